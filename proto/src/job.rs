@@ -1,0 +1,277 @@
+//! Jobs as they travel between coordinator, queue and worker.
+//!
+//! A request from a client (`JobRequest`) is validated into a `ValidJobSpec` (see `validate`), which
+//! is what the queue stores and the worker runs. The queue keeps a `JobRecord` per job: the spec
+//! plus lifecycle fields. Field names follow diffusers/BFL where those exist (design.md §9).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::JobError;
+use crate::resolution::ResizeMode;
+
+/// Milliseconds since the Unix epoch. Every time-dependent call takes `now` as one of these, so
+/// policy and state transitions are testable without clocks or sleeps.
+pub type Millis = u64;
+
+/// A job's id: a UUID v4, printed hyphenated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Tenant a job belongs to (from the API key). A tenant never sees another tenant's jobs.
+pub type TenantId = String;
+
+/// Generate (text only) or edit (one context image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Generate,
+    Edit,
+}
+
+/// Lifecycle: `queued → running → succeeded | failed | canceled`, plus `dead` (gave up after
+/// crashes or retries). A running job whose lease expires goes back to `queued`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    Dead,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+        JobStatus::Dead,
+    ];
+
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled | Self::Dead)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = UnknownVariant;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownVariant(s.to_owned()))
+    }
+}
+
+/// A string that names no variant of the enum it was parsed as.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown value {0:?}")]
+pub struct UnknownVariant(pub String);
+
+/// Priority class. Workers always take `high` before `standard` before `bulk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    High,
+    #[default]
+    Standard,
+    Bulk,
+}
+
+impl Priority {
+    /// Claim order.
+    pub const ORDER: [Priority; 3] = [Priority::High, Priority::Standard, Priority::Bulk];
+
+    /// Short name used in Redis keys and metrics labels.
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::High => "hi",
+            Self::Standard => "std",
+            Self::Bulk => "bulk",
+        }
+    }
+}
+
+/// Encoding of the output image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    #[default]
+    Png,
+    Jpeg,
+}
+
+impl OutputFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Png => "png",
+            Self::Jpeg => "jpeg",
+        }
+    }
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg => "image/jpeg",
+        }
+    }
+}
+
+/// The context image of an edit, already stored (content-addressed) by the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputImage {
+    /// Object key in the blob store.
+    pub key: String,
+    /// Size of the stored image as decoded.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// What a turn of a chain carries into the next turn (issue 5); plain jobs carry nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Carry {
+    /// The next turn re-encodes this turn's PNG.
+    #[default]
+    Image,
+    /// The next turn uses this turn's packed output latent (skips VAE decode → encode).
+    Latent,
+}
+
+/// A validated job: what the queue stores and the worker runs. Every size is resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidJobSpec {
+    pub kind: JobKind,
+    pub prompt: String,
+    /// Present exactly when `kind == Edit`.
+    pub input: Option<InputImage>,
+    /// Packed latent of the context (safetensors key), used instead of `input` when a chain
+    /// carries latents. The image in `input` is still kept for users and forks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_latent_key: Option<String>,
+    /// How the context is sized (edit only).
+    #[serde(default)]
+    pub resize: ResizeMode,
+    /// Context size after resize (edit only), multiples of 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_height: Option<u32>,
+    /// Target size, multiples of 16.
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub guidance: f32,
+    /// Always set: the server picks one when the client gave none, and reports it.
+    pub seed: u64,
+    pub output_format: OutputFormat,
+    pub priority: Priority,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Packed initial latents (safetensors object key), like diffusers' `latents=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_latents_key: Option<String>,
+    /// Store the packed output latent beside the image (chains with `carry: latent`).
+    #[serde(default)]
+    pub keep_latent: bool,
+}
+
+/// What a worker reports when it commits a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Object key of the output image (attempt-scoped).
+    pub key: String,
+    pub width: u32,
+    pub height: u32,
+    pub format: OutputFormat,
+    pub seed: u64,
+    /// Object key of the packed output latent, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent_key: Option<String>,
+    /// Engine time in milliseconds (for metrics and the overhead benchmark).
+    #[serde(default)]
+    pub engine_ms: u64,
+}
+
+/// Reference from a job to the chain turn it runs (issue 5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainRef {
+    pub chain_id: String,
+    pub turn: u32,
+}
+
+/// The queue's view of one job, as `GET /v1/jobs/{id}` reports it (plus internal fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub tenant: TenantId,
+    pub status: JobStatus,
+    pub spec: ValidJobSpec,
+    /// 0..=1.
+    pub progress: f32,
+    /// Claims that counted (a graceful release does not count).
+    pub attempts: u32,
+    /// Times a worker lost the lease (presumed crashed).
+    pub crashes: u32,
+    /// Fencing token: bumped on every claim and on every re-queue.
+    pub epoch: u64,
+    pub cancel_requested: bool,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub worker: Option<String>,
+    pub result: Option<JobResult>,
+    pub error: Option<JobError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainRef>,
+}

@@ -1,0 +1,231 @@
+//! The `JobQueue` seam: what the coordinator and the workers need from a job queue.
+//!
+//! Two implementations pass one conformance suite: `RedisQueue` (distributed; every transition is
+//! one Lua script) and `MemoryQueue` (embedded mode). Rules every implementation keeps:
+//!
+//! - `submit` is durable before it returns. An idempotency key (per tenant) with the same body hash
+//!   returns the original id; with a different body hash it is `QueueError::IdempotencyConflict`.
+//! - `claim` bumps the job's epoch (the fencing token) and sets a lease. `heartbeat`, `progress`,
+//!   `complete`, `fail` and `release` check the epoch and are refused with `QueueError::Stale` when
+//!   it moved on (the lease expired and the job was re-queued or re-claimed).
+//! - `complete` is idempotent: a second commit by the same lease reports `AlreadyDone`.
+//! - `reap` re-queues jobs whose lease expired (counting a crash), moves a job that crashed
+//!   `policy::MAX_CRASHES` times to `dead` and the dead-letter list, and promotes due retries.
+//! - Every time-dependent call takes `now`; nothing reads a clock inside the queue.
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::JobError;
+use crate::job::{ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec};
+
+/// Stable name of a worker process (host, pid, boot nonce), used as the stream consumer name.
+pub type WorkerId = String;
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    pub tenant: TenantId,
+    pub spec: ValidJobSpec,
+    /// Client-supplied `Idempotency-Key`, scoped to the tenant.
+    pub idempotency_key: Option<String>,
+    /// sha256 (hex) of the canonical request body; compared on an idempotent replay.
+    pub body_hash: String,
+    /// Refuse with `QueueError::TooManyInFlight` when the tenant already has this many
+    /// non-terminal jobs (0 = no limit).
+    pub max_in_flight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitOutcome {
+    pub id: JobId,
+    /// False when an idempotent replay returned an existing job.
+    pub created: bool,
+}
+
+/// Proof of ownership of a running job, returned by `claim` and presented on every later call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub worker: WorkerId,
+    /// Fencing token; a call with an older epoch is refused.
+    pub epoch: u64,
+    /// 1-based attempt number of this claim (feeds the retry policy).
+    pub attempt: u32,
+    /// Implementation detail (the stream entry id for Redis); opaque to callers.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub lease: Lease,
+    pub job: JobRecord,
+}
+
+/// Reply to `heartbeat` and `progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseState {
+    /// The job was canceled while running: stop between steps and `fail` with `Canceled`.
+    pub cancel_requested: bool,
+    pub lease_until: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompleteOutcome {
+    /// This call committed the result.
+    Committed,
+    /// The job was already committed by this lease (a retried commit); nothing changed.
+    AlreadyDone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Back to `queued`, claimable again at `at`.
+    Retrying { at: Millis },
+    /// Terminal: `failed`, `canceled` or `dead`.
+    Finished(JobStatus),
+}
+
+/// fal's cancel vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CancelOutcome {
+    /// Was queued: now `canceled`, will never run.
+    Canceled,
+    /// Is running: the worker sees the flag at its next heartbeat or step.
+    CancellationRequested,
+    AlreadyCompleted,
+    NotFound,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Expired leases whose jobs went back to `queued`.
+    pub requeued: Vec<JobId>,
+    /// Jobs moved to `dead` for crashing too often.
+    pub dead: Vec<JobId>,
+    /// Delayed retries made claimable.
+    pub promoted: usize,
+}
+
+/// One entry of a job's event stream (the SSE source).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    State { status: JobStatus, at: Millis },
+    Progress { step: u32, total: u32, at: Millis },
+}
+
+/// A page of a tenant's jobs, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    /// Pass back to get the next page; `None` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// Point-in-time numbers for metrics and autoscaling.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStats {
+    /// Claimable now, per class.
+    pub ready: Vec<(Priority, u64)>,
+    /// Waiting for a retry time.
+    pub delayed: u64,
+    pub running: u64,
+    /// Age of the oldest claimable job, in ms (0 when none).
+    pub oldest_ready_age_ms: u64,
+    pub dead_letters: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("the lease on job {0} is stale: the job was re-queued or re-claimed")]
+    Stale(JobId),
+    #[error("Idempotency-Key was used before with a different request body")]
+    IdempotencyConflict,
+    #[error("tenant has {in_flight} jobs in flight; the limit is {limit}")]
+    TooManyInFlight { in_flight: u64, limit: u32 },
+    #[error("queue backend: {0}")]
+    Backend(String),
+    #[error("queue configuration: {0}")]
+    Config(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// The queue seam. See the module docs for the rules every implementation keeps.
+pub trait JobQueue: Send + Sync + 'static {
+    fn submit(&self, sub: Submission, now: Millis) -> impl Future<Output = Result<SubmitOutcome, QueueError>> + Send;
+
+    fn get(&self, id: JobId) -> impl Future<Output = Result<Option<JobRecord>, QueueError>> + Send;
+
+    fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<JobPage, QueueError>> + Send;
+
+    fn cancel(&self, id: JobId, now: Millis) -> impl Future<Output = Result<CancelOutcome, QueueError>> + Send;
+
+    /// Take the next claimable job in priority order. Waits up to `wait` when none is ready
+    /// (`Duration::ZERO` returns at once). Canceled jobs met on the way are skipped for good.
+    fn claim(
+        &self,
+        worker: &str,
+        lease_ttl: Duration,
+        now: Millis,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Option<Claim>, QueueError>> + Send;
+
+    /// Renew the lease to `now + lease_ttl` if the epoch still matches.
+    fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> impl Future<Output = Result<LeaseState, QueueError>> + Send;
+
+    /// Record progress (and publish an event); also renews the lease.
+    fn progress(
+        &self,
+        lease: &Lease,
+        step: u32,
+        total: u32,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> impl Future<Output = Result<LeaseState, QueueError>> + Send;
+
+    fn complete(
+        &self,
+        lease: &Lease,
+        result: JobResult,
+        now: Millis,
+    ) -> impl Future<Output = Result<CompleteOutcome, QueueError>> + Send;
+
+    /// End this attempt with an error; the queue's retry policy and the error kind decide what follows.
+    fn fail(&self, lease: &Lease, error: JobError, now: Millis) -> impl Future<Output = Result<FailOutcome, QueueError>> + Send;
+
+    /// Give the job back without counting an attempt (graceful drain).
+    fn release(&self, lease: &Lease, now: Millis) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Re-queue expired leases, dead-letter poison jobs, promote due retries.
+    fn reap(&self, now: Millis) -> impl Future<Output = Result<ReapReport, QueueError>> + Send;
+
+    /// Events of one job after `after` (an opaque cursor from an earlier call; `None` = from the
+    /// start). Waits up to `wait` for at least one. Returns `(cursor, event)` pairs.
+    fn events(
+        &self,
+        id: JobId,
+        after: Option<&str>,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<(String, JobEvent)>, QueueError>> + Send;
+
+    fn stats(&self, now: Millis) -> impl Future<Output = Result<QueueStats, QueueError>> + Send;
+}
