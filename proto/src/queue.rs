@@ -19,7 +19,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::JobError;
-use crate::job::{ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec};
+use crate::job::{
+    ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
+};
 
 /// Stable name of a worker process (host, pid, boot nonce), used as the stream consumer name.
 pub type WorkerId = String;
@@ -108,6 +110,8 @@ pub struct ReapReport {
     pub requeued: Vec<JobId>,
     /// Jobs moved to `dead` for crashing too often.
     pub dead: Vec<JobId>,
+    /// Expired leases of jobs whose cancel was requested: they end `canceled`, not re-queued.
+    pub canceled: Vec<JobId>,
     /// Delayed retries made claimable.
     pub promoted: usize,
 }
@@ -151,6 +155,9 @@ pub enum QueueError {
     IdempotencyConflict,
     #[error("tenant has {in_flight} jobs in flight; the limit is {limit}")]
     TooManyInFlight { in_flight: u64, limit: u32 },
+    /// A list or event cursor that no earlier call returned.
+    #[error("invalid cursor {0:?}")]
+    InvalidCursor(String),
     #[error("queue backend: {0}")]
     Backend(String),
     #[error("queue configuration: {0}")]
@@ -161,7 +168,11 @@ pub enum QueueError {
 
 /// The queue seam. See the module docs for the rules every implementation keeps.
 pub trait JobQueue: Send + Sync + 'static {
-    fn submit(&self, sub: Submission, now: Millis) -> impl Future<Output = Result<SubmitOutcome, QueueError>> + Send;
+    fn submit(
+        &self,
+        sub: Submission,
+        now: Millis,
+    ) -> impl Future<Output = Result<SubmitOutcome, QueueError>> + Send;
 
     fn get(&self, id: JobId) -> impl Future<Output = Result<Option<JobRecord>, QueueError>> + Send;
 
@@ -172,7 +183,11 @@ pub trait JobQueue: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<JobPage, QueueError>> + Send;
 
-    fn cancel(&self, id: JobId, now: Millis) -> impl Future<Output = Result<CancelOutcome, QueueError>> + Send;
+    fn cancel(
+        &self,
+        id: JobId,
+        now: Millis,
+    ) -> impl Future<Output = Result<CancelOutcome, QueueError>> + Send;
 
     /// Take the next claimable job in priority order. Waits up to `wait` when none is ready
     /// (`Duration::ZERO` returns at once). Canceled jobs met on the way are skipped for good.
@@ -210,10 +225,19 @@ pub trait JobQueue: Send + Sync + 'static {
     ) -> impl Future<Output = Result<CompleteOutcome, QueueError>> + Send;
 
     /// End this attempt with an error; the queue's retry policy and the error kind decide what follows.
-    fn fail(&self, lease: &Lease, error: JobError, now: Millis) -> impl Future<Output = Result<FailOutcome, QueueError>> + Send;
+    fn fail(
+        &self,
+        lease: &Lease,
+        error: JobError,
+        now: Millis,
+    ) -> impl Future<Output = Result<FailOutcome, QueueError>> + Send;
 
     /// Give the job back without counting an attempt (graceful drain).
-    fn release(&self, lease: &Lease, now: Millis) -> impl Future<Output = Result<(), QueueError>> + Send;
+    fn release(
+        &self,
+        lease: &Lease,
+        now: Millis,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Re-queue expired leases, dead-letter poison jobs, promote due retries.
     fn reap(&self, now: Millis) -> impl Future<Output = Result<ReapReport, QueueError>> + Send;

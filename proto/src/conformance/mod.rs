@@ -1,0 +1,207 @@
+//! The queue conformance suite: one async function per rule of the `JobQueue` contract, generic
+//! over the implementation, plus `queue_conformance_tests!` which expands into one `#[tokio::test]`
+//! per rule. `tests/tests/queue_conformance.rs` runs it against `MemoryQueue` and against
+//! `RedisQueue` on a real redis-server (apalis' `generic_storage_test!` idea).
+//!
+//! Rules drive time through the injected `now` (never sleeps); every await sits in `within`, whose
+//! panic names what stalled. Each rule gets a fresh queue from the factory, which receives the
+//! `QueueConfig` the rule needs.
+
+mod failures;
+mod lifecycle;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::job::{
+    JobId, JobKind, JobResult, JobStatus, Millis, OutputFormat, Priority, ValidJobSpec,
+};
+use crate::policy::{QueueConfig, RetryPolicy};
+use crate::queue::{JobEvent, JobQueue, Lease, Submission};
+use crate::resolution::ResizeMode;
+
+pub use failures::*;
+pub use lifecycle::*;
+
+/// Injected start time of every rule (ms since the epoch).
+pub const NOW: Millis = 1_700_000_000_000;
+/// Lease length used by the rules.
+pub const TTL: Duration = Duration::from_secs(30);
+/// How long any single await may take before the rule fails as stalled.
+const STALL: Duration = Duration::from_secs(20);
+
+/// Await `fut`, failing with "stalled: <what>" after `STALL`.
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STALL, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("stalled: {what} did not finish within {STALL:?}"),
+    }
+}
+
+/// A config with deterministic jitter (none) and a fixed RNG seed.
+pub fn config() -> QueueConfig {
+    QueueConfig {
+        retry: RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        jitter_seed: Some(7),
+        ..QueueConfig::default()
+    }
+}
+
+/// Build a fresh queue from the factory.
+pub async fn fresh<Q, F, Fut>(make: &F, cfg: QueueConfig) -> Q
+where
+    F: Fn(QueueConfig) -> Fut,
+    Fut: Future<Output = Q>,
+{
+    within("creating a fresh queue", make(cfg)).await
+}
+
+pub fn spec(priority: Priority, prompt: &str) -> ValidJobSpec {
+    ValidJobSpec {
+        kind: JobKind::Generate,
+        prompt: prompt.into(),
+        input: None,
+        input_latent_key: None,
+        resize: ResizeMode::Snap,
+        context_width: None,
+        context_height: None,
+        width: 512,
+        height: 512,
+        steps: 4,
+        guidance: 2.5,
+        seed: 42,
+        output_format: OutputFormat::Png,
+        priority,
+        webhook_url: None,
+        initial_latents_key: None,
+        keep_latent: false,
+    }
+}
+
+pub fn submission(tenant: &str, priority: Priority, prompt: &str) -> Submission {
+    Submission {
+        tenant: tenant.into(),
+        spec: spec(priority, prompt),
+        idempotency_key: None,
+        body_hash: format!("hash-of-{prompt}"),
+        max_in_flight: 0,
+        chain: None,
+    }
+}
+
+/// Submit and return the new id.
+pub async fn submit<Q: JobQueue>(q: &Q, sub: Submission, now: Millis) -> JobId {
+    let out = within("submit", q.submit(sub, now))
+        .await
+        .expect("submit should succeed");
+    assert!(
+        out.created,
+        "a submission without idempotency key always creates a job"
+    );
+    out.id
+}
+
+/// Claim without waiting; panics when nothing is claimable.
+pub async fn claim<Q: JobQueue>(q: &Q, worker: &str, now: Millis) -> (Lease, crate::JobRecord) {
+    let c = within("claim", q.claim(worker, TTL, now, Duration::ZERO))
+        .await
+        .expect("claim should succeed")
+        .unwrap_or_else(|| panic!("{worker} expected a claimable job at {now}"));
+    (c.lease, c.job)
+}
+
+/// Assert that nothing is claimable at `now`.
+pub async fn claim_none<Q: JobQueue>(q: &Q, now: Millis) {
+    let c = within(
+        "claim on an empty queue",
+        q.claim("probe", TTL, now, Duration::ZERO),
+    )
+    .await
+    .expect("claim should succeed");
+    assert!(
+        c.is_none(),
+        "expected no claimable job at {now}, got {:?}",
+        c.map(|c| c.job.id)
+    );
+}
+
+pub async fn record<Q: JobQueue>(q: &Q, id: JobId) -> crate::JobRecord {
+    within("get", q.get(id))
+        .await
+        .expect("get should succeed")
+        .expect("job should exist")
+}
+
+pub fn result_for(lease: &Lease) -> JobResult {
+    JobResult {
+        key: format!("out/{}/{}.png", lease.job_id, lease.epoch),
+        width: 512,
+        height: 512,
+        format: OutputFormat::Png,
+        seed: 42,
+        latent_key: None,
+        engine_ms: 5,
+    }
+}
+
+/// All events of a job so far.
+pub async fn events<Q: JobQueue>(q: &Q, id: JobId) -> Vec<(String, JobEvent)> {
+    within("events", q.events(id, None, Duration::ZERO))
+        .await
+        .expect("events should succeed")
+}
+
+/// The state changes among a job's events, in order.
+pub async fn state_events<Q: JobQueue>(q: &Q, id: JobId) -> Vec<JobStatus> {
+    events(q, id)
+        .await
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            JobEvent::State { status, .. } => Some(status),
+            JobEvent::Progress { .. } => None,
+        })
+        .collect()
+}
+
+/// Expand into one `#[tokio::test]` per conformance rule. `$make` is a factory
+/// `Fn(QueueConfig) -> impl Future<Output = impl JobQueue>` returning a fresh, empty queue.
+#[macro_export]
+macro_rules! queue_conformance_tests {
+    ($make:expr) => {
+        $crate::queue_conformance_tests!(@rules $make;
+            submit_is_visible_at_once,
+            unknown_ids_are_not_found,
+            idempotent_submit,
+            in_flight_limit_per_tenant,
+            claims_follow_priority_then_fifo,
+            blocked_claim_wakes_on_submit,
+            two_workers_race_for_one_job,
+            complete_is_fenced_and_idempotent,
+            progress_and_state_events,
+            list_by_tenant_newest_first,
+            stats_count_ready_running_delayed_dead,
+            heartbeat_renews_only_the_current_epoch,
+            expired_worker_cannot_commit_after_reclaim,
+            crashed_worker_job_completes_exactly_once,
+            poison_job_is_dead_lettered_after_three_crashes,
+            cancel_queued_job_never_runs,
+            cancel_running_job_is_seen_by_heartbeat_and_progress,
+            failed_attempts_retry_on_the_backoff_schedule,
+            jitter_spreads_retries_within_bounds,
+            non_retryable_errors_end_the_job,
+            release_returns_the_job_without_counting,
+            delayed_retry_can_be_canceled,
+        );
+    };
+    (@rules $make:expr; $($rule:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $rule() {
+                $crate::conformance::$rule($make).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,161 @@
+//! Redis key layout: one builder per key, all under one hash tag so every multi-key Lua script
+//! stays on one Redis Cluster slot.
+//!
+//! Layout (`<ns>` is the namespace, default `kx`; tests use a fresh `t-<uuid>` per test):
+//!
+//! ```text
+//! kontext:{<ns>}:job:<id>                 HASH    the job record (source of truth)
+//! kontext:{<ns>}:q:hi|std|bulk            STREAM  dispatch per priority class, group "workers"
+//! kontext:{<ns>}:leases                   ZSET    jid -> lease_until (ms)
+//! kontext:{<ns>}:delay                    ZSET    jid -> retry time (ms)
+//! kontext:{<ns>}:dlq                      STREAM  dead letters {jid, reason, crashes, attempts}
+//! kontext:{<ns>}:ev:<id>                  STREAM  per-job events, MAXLEN ~ 256
+//! kontext:{<ns>}:idem:<len>:<tenant>:<k>  STRING  "<jid>|<body hash>", EX 86400
+//! kontext:{<ns>}:tenant:<t>:jobs          ZSET    list index (lexical members, see `list_member`)
+//! kontext:{<ns>}:tenant:<t>:inflight      STRING  count of the tenant's non-terminal jobs
+//! ```
+//!
+//! The Lua scripts derive per-job and per-tenant keys from `prefix()` (they discover job ids at run
+//! time), so the suffixes below are mirrored in `redis/lua/prelude.lua`; a test checks both agree.
+
+use crate::job::{JobId, Millis, Priority};
+use crate::queue::QueueError;
+
+/// Consumer group every worker reads the class streams through.
+pub const WORKER_GROUP: &str = "workers";
+
+/// Default namespace.
+pub const DEFAULT_NAMESPACE: &str = "kx";
+
+/// The keys of one queue namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+impl KeySpace {
+    /// A namespace may not contain braces (it is the hash tag), ':' or whitespace.
+    pub fn new(ns: &str) -> Result<Self, QueueError> {
+        let bad = |c: char| c == '{' || c == '}' || c == ':' || c.is_whitespace() || c.is_control();
+        if ns.is_empty() || ns.len() > 64 || ns.chars().any(bad) {
+            return Err(QueueError::Config(format!(
+                "namespace {ns:?} must be 1..=64 characters without braces, ':' or whitespace"
+            )));
+        }
+        Ok(Self {
+            prefix: format!("kontext:{{{ns}}}:"),
+        })
+    }
+
+    /// `kontext:{<ns>}:`; the Lua scripts append the suffixes below to it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn job(&self, id: JobId) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+
+    /// Dispatch stream of a priority class.
+    pub fn class_stream(&self, priority: Priority) -> String {
+        format!("{}q:{}", self.prefix, priority.class())
+    }
+
+    pub fn leases(&self) -> String {
+        format!("{}leases", self.prefix)
+    }
+
+    pub fn delay(&self) -> String {
+        format!("{}delay", self.prefix)
+    }
+
+    pub fn dead_letters(&self) -> String {
+        format!("{}dlq", self.prefix)
+    }
+
+    pub fn events(&self, id: JobId) -> String {
+        format!("{}ev:{id}", self.prefix)
+    }
+
+    /// The tenant's length prefix keeps the key injective: tenant `a` with key `b:c` and tenant
+    /// `a:b` with key `c` must not share a slot.
+    pub fn idempotency(&self, tenant: &str, key: &str) -> String {
+        format!("{}idem:{}:{tenant}:{key}", self.prefix, tenant.len())
+    }
+
+    pub fn tenant_jobs(&self, tenant: &str) -> String {
+        format!("{}tenant:{tenant}:jobs", self.prefix)
+    }
+
+    pub fn tenant_inflight(&self, tenant: &str) -> String {
+        format!("{}tenant:{tenant}:inflight", self.prefix)
+    }
+}
+
+/// Member of a tenant's list index: `<created_at, 20 digits>:<id>`. All members share score 0,
+/// so lexical order is creation order (ties broken by id) and the member itself is the list
+/// cursor; both queue implementations use the same format.
+pub fn list_member(created_at: Millis, id: JobId) -> String {
+    format!("{created_at:020}:{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_carries_the_namespace_hash_tag() {
+        let k = KeySpace::new("kx").expect("valid namespace");
+        let id: JobId = "67e55044-10b1-426f-9247-bb680e5fe0c8"
+            .parse()
+            .expect("uuid");
+        let all = [
+            k.job(id),
+            k.class_stream(Priority::High),
+            k.class_stream(Priority::Standard),
+            k.class_stream(Priority::Bulk),
+            k.leases(),
+            k.delay(),
+            k.dead_letters(),
+            k.events(id),
+            k.idempotency("acme", "key-1"),
+            k.tenant_jobs("acme"),
+            k.tenant_inflight("acme"),
+        ];
+        for key in &all {
+            assert!(key.starts_with("kontext:{kx}:"), "{key}");
+        }
+        assert_eq!(
+            all[0],
+            "kontext:{kx}:job:67e55044-10b1-426f-9247-bb680e5fe0c8"
+        );
+        assert_eq!(all[1], "kontext:{kx}:q:hi");
+        assert_eq!(all[3], "kontext:{kx}:q:bulk");
+        assert_eq!(all[8], "kontext:{kx}:idem:4:acme:key-1");
+    }
+
+    #[test]
+    fn idempotency_keys_do_not_collide_across_tenants() {
+        let k = KeySpace::new("kx").expect("valid namespace");
+        assert_ne!(k.idempotency("a", "b:c"), k.idempotency("a:b", "c"));
+    }
+
+    #[test]
+    fn rejects_namespaces_that_break_the_hash_tag() {
+        for ns in ["", "a}b", "{x", "a:b", "a b", &"n".repeat(65)] {
+            assert!(
+                matches!(KeySpace::new(ns), Err(QueueError::Config(_))),
+                "{ns:?}"
+            );
+        }
+        assert!(KeySpace::new("t-67e55044-10b1-426f-9247-bb680e5fe0c8").is_ok());
+    }
+
+    #[test]
+    fn list_members_sort_by_creation_time() {
+        let a = JobId::new();
+        let b = JobId::new();
+        assert!(list_member(999, a) < list_member(1_000, b));
+        assert_eq!(list_member(5, a).len(), 20 + 1 + 36);
+    }
+}

@@ -1,0 +1,207 @@
+//! `MemoryQueue`: the embedded-mode queue. One mutex around `State` (whose transitions mirror the
+//! Redis scripts one for one) plus a `Notify` that wakes blocked `claim` and `events` calls after
+//! every change. Same observable semantics as `RedisQueue` (the conformance suite runs on both);
+//! "durable" here means durable for the life of the process, nothing more.
+
+mod state;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::error::JobError;
+use crate::job::{JobId, JobRecord, JobResult, Millis};
+use crate::policy::{self, Jitter, QueueConfig};
+use crate::queue::{
+    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
+    LeaseState, QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
+};
+
+use state::State;
+
+/// Most events one `events` call returns.
+const EVENTS_PER_CALL: usize = 100;
+
+/// The in-process job queue.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    state: Mutex<State>,
+    /// Signalled after every change; waiters re-check their condition.
+    changed: Notify,
+    jitter: Jitter,
+}
+
+impl MemoryQueue {
+    pub fn new(config: QueueConfig) -> Self {
+        let jitter = Jitter::new(config.jitter_seed);
+        Self {
+            state: Mutex::new(State::new(config)),
+            changed: Notify::new(),
+            jitter,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Transitions check before they write, so a panic inside one leaves the state consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Run a mutating transition, then wake every waiter.
+    fn mutate<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let out = f(&mut self.lock());
+        self.changed.notify_waiters();
+        out
+    }
+
+    /// Poll `attempt` until it yields something or `wait` has passed, sleeping on `changed`.
+    /// `attempt` gets the milliseconds waited so far.
+    async fn wait_for<T>(
+        &self,
+        wait: Duration,
+        mut attempt: impl FnMut(u64) -> Result<Option<T>, QueueError>,
+    ) -> Result<Option<T>, QueueError> {
+        let started = Instant::now();
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a change between the check and the wait is not lost.
+            notified.as_mut().enable();
+            if let Some(found) = attempt(policy::millis(started.elapsed()))? {
+                return Ok(Some(found));
+            }
+            let remaining = wait.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Ok(None);
+            }
+            // On timeout the loop runs once more and then returns `None`.
+            let _ = tokio::time::timeout(remaining, notified).await;
+        }
+    }
+}
+
+impl Default for MemoryQueue {
+    fn default() -> Self {
+        Self::new(QueueConfig::default())
+    }
+}
+
+impl JobQueue for MemoryQueue {
+    async fn submit(&self, sub: Submission, now: Millis) -> Result<SubmitOutcome, QueueError> {
+        self.mutate(|s| s.submit(sub, JobId::new(), now))
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        Ok(self.lock().get(id))
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage, QueueError> {
+        self.lock().list(tenant, cursor, limit)
+    }
+
+    async fn cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome, QueueError> {
+        Ok(self.mutate(|s| s.cancel(id, now)))
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        lease_ttl: Duration,
+        now: Millis,
+        wait: Duration,
+    ) -> Result<Option<Claim>, QueueError> {
+        let claim = self
+            .wait_for(wait, |waited| {
+                Ok(self.lock().claim(worker, lease_ttl, now + waited))
+            })
+            .await?;
+        if claim.is_some() {
+            self.changed.notify_waiters();
+        }
+        Ok(claim)
+    }
+
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Result<LeaseState, QueueError> {
+        self.lock().heartbeat(lease, lease_ttl, now)
+    }
+
+    async fn progress(
+        &self,
+        lease: &Lease,
+        step: u32,
+        total: u32,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Result<LeaseState, QueueError> {
+        self.mutate(|s| s.progress(lease, step, total, lease_ttl, now))
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result: JobResult,
+        now: Millis,
+    ) -> Result<CompleteOutcome, QueueError> {
+        self.mutate(|s| s.complete(lease, result, now))
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        error: JobError,
+        now: Millis,
+    ) -> Result<FailOutcome, QueueError> {
+        let fraction = self.jitter.fraction();
+        self.mutate(|s| {
+            let decision =
+                policy::retry_decision(&s.config().retry, lease.attempt, error.kind, now, fraction);
+            s.fail(lease, error, decision, now)
+        })
+    }
+
+    async fn release(&self, lease: &Lease, now: Millis) -> Result<(), QueueError> {
+        self.mutate(|s| s.release(lease, now))
+    }
+
+    async fn reap(&self, now: Millis) -> Result<ReapReport, QueueError> {
+        Ok(self.mutate(|s| s.reap(now)))
+    }
+
+    async fn events(
+        &self,
+        id: JobId,
+        after: Option<&str>,
+        wait: Duration,
+    ) -> Result<Vec<(String, JobEvent)>, QueueError> {
+        let found = self
+            .wait_for(wait, |_| {
+                let events = self.lock().events(id, after, EVENTS_PER_CALL)?;
+                Ok((!events.is_empty()).then_some(events))
+            })
+            .await?;
+        Ok(found.unwrap_or_default())
+    }
+
+    async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
+        Ok(self.lock().stats(now))
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
+
+#[cfg(all(test, feature = "conformance"))]
+mod conformance {
+    crate::queue_conformance_tests!(|cfg| async move { super::MemoryQueue::new(cfg) });
+}

@@ -1,0 +1,606 @@
+//! The embedded queue's state and its transitions as plain functions on `State`: no locks, no
+//! clocks, no waiting. Each transition mirrors one Redis Lua script (same checks, same order), so
+//! both implementations show the same behaviour; `MemoryQueue` wraps this in a mutex.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::time::Duration;
+
+use crate::error::JobError;
+use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId};
+use crate::keys::list_member;
+use crate::policy::{self, QueueConfig, RetryDecision};
+use crate::queue::{
+    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, Lease, LeaseState,
+    QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
+};
+
+/// One dispatch entry of a class stream.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    seq: u64,
+    job: JobId,
+    /// When the entry was added (for the age of the oldest ready job).
+    at: Millis,
+}
+
+#[derive(Debug)]
+struct MemJob {
+    record: JobRecord,
+    /// The dispatch entry that may start this job; older entries are skipped.
+    entry: Option<u64>,
+    lease_until: Option<Millis>,
+    delayed_until: Option<Millis>,
+    /// Finished jobs are dropped from here on (retention).
+    expires_at: Option<Millis>,
+    events: VecDeque<(u64, JobEvent)>,
+    next_event: u64,
+}
+
+#[derive(Debug)]
+struct IdempotencyEntry {
+    job: JobId,
+    body_hash: String,
+    expires_at: Millis,
+}
+
+/// Everything the embedded queue knows.
+#[derive(Debug)]
+pub(crate) struct State {
+    cfg: QueueConfig,
+    jobs: HashMap<JobId, MemJob>,
+    /// Undelivered dispatch entries per class, in `Priority::ORDER`.
+    streams: [VecDeque<Entry>; 3],
+    next_seq: u64,
+    leases: BTreeSet<(Millis, JobId)>,
+    delay: BTreeSet<(Millis, JobId)>,
+    dead_letters: Vec<JobId>,
+    idempotency: HashMap<(TenantId, String), IdempotencyEntry>,
+    /// Per tenant: `list_member`s (creation order).
+    tenant_jobs: HashMap<TenantId, BTreeSet<String>>,
+    inflight: HashMap<TenantId, u64>,
+}
+
+fn class_index(p: Priority) -> usize {
+    match p {
+        Priority::High => 0,
+        Priority::Standard => 1,
+        Priority::Bulk => 2,
+    }
+}
+
+impl State {
+    pub(crate) fn new(cfg: QueueConfig) -> Self {
+        Self {
+            cfg,
+            jobs: HashMap::new(),
+            streams: Default::default(),
+            next_seq: 0,
+            leases: BTreeSet::new(),
+            delay: BTreeSet::new(),
+            dead_letters: Vec::new(),
+            idempotency: HashMap::new(),
+            tenant_jobs: HashMap::new(),
+            inflight: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &QueueConfig {
+        &self.cfg
+    }
+
+    fn emit(&mut self, id: JobId, event: JobEvent) {
+        let cap = self.cfg.events_maxlen.max(1);
+        if let Some(job) = self.jobs.get_mut(&id) {
+            job.next_event += 1;
+            job.events.push_back((job.next_event, event));
+            while job.events.len() > cap {
+                job.events.pop_front();
+            }
+        }
+    }
+
+    fn emit_state(&mut self, id: JobId, status: JobStatus, at: Millis) {
+        self.emit(id, JobEvent::State { status, at });
+    }
+
+    /// Append a dispatch entry for `id` to its class stream and remember it as current.
+    fn dispatch(&mut self, id: JobId, now: Millis) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        self.next_seq += 1;
+        job.entry = Some(self.next_seq);
+        let class = class_index(job.record.spec.priority);
+        self.streams[class].push_back(Entry {
+            seq: self.next_seq,
+            job: id,
+            at: now,
+        });
+    }
+
+    pub(crate) fn submit(
+        &mut self,
+        sub: Submission,
+        id: JobId,
+        now: Millis,
+    ) -> Result<SubmitOutcome, QueueError> {
+        let idem_key = sub.idempotency_key.clone().map(|k| (sub.tenant.clone(), k));
+        if let Some(key) = &idem_key {
+            if let Some(prev) = self.idempotency.get(key).filter(|e| e.expires_at > now) {
+                if prev.body_hash == sub.body_hash {
+                    return Ok(SubmitOutcome {
+                        id: prev.job,
+                        created: false,
+                    });
+                }
+                return Err(QueueError::IdempotencyConflict);
+            }
+        }
+        let in_flight = self.inflight.get(&sub.tenant).copied().unwrap_or(0);
+        if sub.max_in_flight > 0 && in_flight >= u64::from(sub.max_in_flight) {
+            return Err(QueueError::TooManyInFlight {
+                in_flight,
+                limit: sub.max_in_flight,
+            });
+        }
+        let record = JobRecord {
+            id,
+            tenant: sub.tenant.clone(),
+            status: JobStatus::Queued,
+            spec: sub.spec,
+            progress: 0.0,
+            attempts: 0,
+            crashes: 0,
+            epoch: 0,
+            cancel_requested: false,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            result: None,
+            error: None,
+            chain: sub.chain,
+        };
+        self.jobs.insert(
+            id,
+            MemJob {
+                record,
+                entry: None,
+                lease_until: None,
+                delayed_until: None,
+                expires_at: None,
+                events: VecDeque::new(),
+                next_event: 0,
+            },
+        );
+        if let Some(key) = idem_key {
+            let expires_at = now.saturating_add(policy::millis(self.cfg.idempotency_ttl));
+            let entry = IdempotencyEntry {
+                job: id,
+                body_hash: sub.body_hash,
+                expires_at,
+            };
+            self.idempotency.insert(key, entry);
+        }
+        self.tenant_jobs
+            .entry(sub.tenant.clone())
+            .or_default()
+            .insert(list_member(now, id));
+        *self.inflight.entry(sub.tenant).or_default() += 1;
+        self.dispatch(id, now);
+        self.emit_state(id, JobStatus::Queued, now);
+        Ok(SubmitOutcome { id, created: true })
+    }
+
+    pub(crate) fn get(&self, id: JobId) -> Option<JobRecord> {
+        self.jobs.get(&id).map(|j| j.record.clone())
+    }
+
+    pub(crate) fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage, QueueError> {
+        let empty = BTreeSet::new();
+        let members = self.tenant_jobs.get(tenant).unwrap_or(&empty);
+        let below: Box<dyn Iterator<Item = &String>> = match cursor {
+            Some(c) => {
+                validate_list_cursor(c)?;
+                Box::new(
+                    members
+                        .range::<str, _>((Bound::Unbounded, Bound::Excluded(c)))
+                        .rev(),
+                )
+            }
+            None => Box::new(members.iter().rev()),
+        };
+        let mut jobs = Vec::new();
+        let mut next_cursor = None;
+        for member in below {
+            if jobs.len() == limit {
+                next_cursor = jobs
+                    .last()
+                    .map(|r: &JobRecord| list_member(r.created_at, r.id));
+                break;
+            }
+            let id = parse_list_member(member)?;
+            if let Some(job) = self.jobs.get(&id) {
+                jobs.push(job.record.clone());
+            }
+        }
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    pub(crate) fn cancel(&mut self, id: JobId, now: Millis) -> CancelOutcome {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return CancelOutcome::NotFound;
+        };
+        match job.record.status {
+            s if s.is_terminal() => CancelOutcome::AlreadyCompleted,
+            JobStatus::Running => {
+                job.record.cancel_requested = true;
+                CancelOutcome::CancellationRequested
+            }
+            _ => {
+                // Queued (maybe waiting for a retry): its stream entry stays and is skipped on claim.
+                if let Some(at) = job.delayed_until.take() {
+                    self.delay.remove(&(at, id));
+                }
+                self.finish(id, JobStatus::Canceled, now);
+                CancelOutcome::Canceled
+            }
+        }
+    }
+
+    /// Take the next queued job in priority order, skipping entries of jobs that are no longer
+    /// queued (canceled) or that were superseded by a newer entry.
+    pub(crate) fn claim(
+        &mut self,
+        worker: &str,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Option<Claim> {
+        for class in 0..self.streams.len() {
+            while let Some(entry) = self.streams[class].pop_front() {
+                let startable = self.jobs.get(&entry.job).is_some_and(|j| {
+                    j.record.status == JobStatus::Queued && j.entry == Some(entry.seq)
+                });
+                if startable {
+                    return Some(self.start(entry.job, worker, lease_ttl, now));
+                }
+            }
+        }
+        None
+    }
+
+    fn start(&mut self, id: JobId, worker: &str, lease_ttl: Duration, now: Millis) -> Claim {
+        let until = policy::lease_until(now, lease_ttl);
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .expect("start is called with a live job; this is a bug");
+        let r = &mut job.record;
+        r.status = JobStatus::Running;
+        r.attempts += 1;
+        r.epoch += 1;
+        r.progress = 0.0;
+        r.started_at = Some(now);
+        r.worker = Some(worker.to_owned());
+        job.lease_until = Some(until);
+        let lease = Lease {
+            job_id: id,
+            worker: worker.to_owned(),
+            epoch: r.epoch,
+            attempt: r.attempts,
+            token: job.entry.map(|s| s.to_string()).unwrap_or_default(),
+        };
+        let record = r.clone();
+        self.leases.insert((until, id));
+        self.emit_state(id, JobStatus::Running, now);
+        Claim { lease, job: record }
+    }
+
+    /// The job behind a lease, if the lease is current: present, same epoch, running.
+    fn current(&mut self, lease: &Lease) -> Result<&mut MemJob, QueueError> {
+        let job = self
+            .jobs
+            .get_mut(&lease.job_id)
+            .ok_or(QueueError::NotFound(lease.job_id))?;
+        if job.record.epoch != lease.epoch || job.record.status != JobStatus::Running {
+            return Err(QueueError::Stale(lease.job_id));
+        }
+        Ok(job)
+    }
+
+    fn renew(&mut self, id: JobId, lease_ttl: Duration, now: Millis) -> LeaseState {
+        let until = policy::lease_until(now, lease_ttl);
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .expect("renew follows `current`; this is a bug");
+        if let Some(old) = job.lease_until.replace(until) {
+            self.leases.remove(&(old, id));
+        }
+        self.leases.insert((until, id));
+        LeaseState {
+            cancel_requested: job.record.cancel_requested,
+            lease_until: until,
+        }
+    }
+
+    pub(crate) fn heartbeat(
+        &mut self,
+        lease: &Lease,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Result<LeaseState, QueueError> {
+        self.current(lease)?;
+        Ok(self.renew(lease.job_id, lease_ttl, now))
+    }
+
+    pub(crate) fn progress(
+        &mut self,
+        lease: &Lease,
+        step: u32,
+        total: u32,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Result<LeaseState, QueueError> {
+        let job = self.current(lease)?;
+        job.record.progress = progress_fraction(step, total);
+        self.emit(
+            lease.job_id,
+            JobEvent::Progress {
+                step,
+                total,
+                at: now,
+            },
+        );
+        Ok(self.renew(lease.job_id, lease_ttl, now))
+    }
+
+    pub(crate) fn complete(
+        &mut self,
+        lease: &Lease,
+        result: JobResult,
+        now: Millis,
+    ) -> Result<CompleteOutcome, QueueError> {
+        let id = lease.job_id;
+        let job = self.jobs.get_mut(&id).ok_or(QueueError::NotFound(id))?;
+        if job.record.epoch == lease.epoch && job.record.status == JobStatus::Succeeded {
+            return Ok(CompleteOutcome::AlreadyDone);
+        }
+        self.current(lease)?;
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .expect("checked by `current`; this is a bug");
+        job.record.result = Some(result);
+        job.record.error = None;
+        job.record.progress = 1.0;
+        self.finish(id, JobStatus::Succeeded, now);
+        Ok(CompleteOutcome::Committed)
+    }
+
+    /// `decision` comes from `policy::retry_decision` for this lease's attempt.
+    pub(crate) fn fail(
+        &mut self,
+        lease: &Lease,
+        error: JobError,
+        decision: RetryDecision,
+        now: Millis,
+    ) -> Result<FailOutcome, QueueError> {
+        let id = lease.job_id;
+        let job = self.current(lease)?;
+        job.record.error = Some(error);
+        let cancel = job.record.cancel_requested;
+        self.drop_lease(id);
+        match decision {
+            RetryDecision::Retry { at } if !cancel => {
+                let job = self
+                    .jobs
+                    .get_mut(&id)
+                    .expect("checked by `current`; this is a bug");
+                job.record.status = JobStatus::Queued;
+                job.record.epoch += 1;
+                job.record.worker = None;
+                job.delayed_until = Some(at);
+                self.delay.insert((at, id));
+                self.emit_state(id, JobStatus::Queued, now);
+                Ok(FailOutcome::Retrying { at })
+            }
+            RetryDecision::Retry { .. } => {
+                self.finish(id, JobStatus::Canceled, now);
+                Ok(FailOutcome::Finished(JobStatus::Canceled))
+            }
+            RetryDecision::GiveUp { status } => {
+                let status = if cancel { JobStatus::Canceled } else { status };
+                self.finish(id, status, now);
+                Ok(FailOutcome::Finished(status))
+            }
+        }
+    }
+
+    pub(crate) fn release(&mut self, lease: &Lease, now: Millis) -> Result<(), QueueError> {
+        let id = lease.job_id;
+        let job = self.current(lease)?;
+        if job.record.cancel_requested {
+            self.drop_lease(id);
+            self.finish(id, JobStatus::Canceled, now);
+            return Ok(());
+        }
+        job.record.status = JobStatus::Queued;
+        job.record.epoch += 1;
+        job.record.attempts = job.record.attempts.saturating_sub(1);
+        job.record.worker = None;
+        self.drop_lease(id);
+        self.dispatch(id, now);
+        self.emit_state(id, JobStatus::Queued, now);
+        Ok(())
+    }
+
+    pub(crate) fn reap(&mut self, now: Millis) -> ReapReport {
+        let mut report = ReapReport::default();
+        let expired: Vec<JobId> = self
+            .leases
+            .iter()
+            .take_while(|(until, _)| *until <= now)
+            .map(|&(_, id)| id)
+            .collect();
+        for id in expired {
+            self.drop_lease(id);
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if job.record.status != JobStatus::Running {
+                continue;
+            }
+            job.record.epoch += 1;
+            job.record.crashes += 1;
+            if job.record.cancel_requested {
+                self.finish(id, JobStatus::Canceled, now);
+                report.canceled.push(id);
+            } else if policy::is_poison(job.record.crashes) {
+                self.finish(id, JobStatus::Dead, now);
+                self.dead_letters.push(id);
+                report.dead.push(id);
+            } else {
+                job.record.status = JobStatus::Queued;
+                job.record.worker = None;
+                self.dispatch(id, now);
+                self.emit_state(id, JobStatus::Queued, now);
+                report.requeued.push(id);
+            }
+        }
+        let due: Vec<(Millis, JobId)> = self
+            .delay
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .copied()
+            .collect();
+        for key in due {
+            self.delay.remove(&key);
+            let id = key.1;
+            let queued = self.jobs.get_mut(&id).is_some_and(|j| {
+                j.delayed_until = None;
+                j.record.status == JobStatus::Queued
+            });
+            if queued {
+                self.dispatch(id, now);
+                report.promoted += 1;
+            }
+        }
+        self.forget_expired(now);
+        report
+    }
+
+    /// Retention: drop finished jobs and idempotency keys whose time is up.
+    fn forget_expired(&mut self, now: Millis) {
+        let gone: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.expires_at.is_some_and(|t| t <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            if let Some(job) = self.jobs.remove(&id) {
+                let member = list_member(job.record.created_at, id);
+                if let Some(set) = self.tenant_jobs.get_mut(&job.record.tenant) {
+                    set.remove(&member);
+                }
+            }
+        }
+        self.idempotency.retain(|_, e| e.expires_at > now);
+    }
+
+    fn drop_lease(&mut self, id: JobId) {
+        if let Some(job) = self.jobs.get_mut(&id) {
+            if let Some(until) = job.lease_until.take() {
+                self.leases.remove(&(until, id));
+            }
+        }
+    }
+
+    /// Move a job to a terminal state: timestamps, in-flight count, retention, event.
+    fn finish(&mut self, id: JobId, status: JobStatus, now: Millis) {
+        let retention = policy::millis(self.cfg.retention);
+        self.drop_lease(id);
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        job.record.status = status;
+        job.record.finished_at = Some(now);
+        job.expires_at = Some(now.saturating_add(retention));
+        let tenant = job.record.tenant.clone();
+        if let Some(n) = self.inflight.get_mut(&tenant) {
+            *n = n.saturating_sub(1);
+        }
+        self.emit_state(id, status, now);
+    }
+
+    /// Events after `after` (a cursor from an earlier call), at most `limit`.
+    pub(crate) fn events(
+        &self,
+        id: JobId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, JobEvent)>, QueueError> {
+        let job = self.jobs.get(&id).ok_or(QueueError::NotFound(id))?;
+        let after: u64 = match after {
+            Some(c) => c
+                .parse()
+                .map_err(|_| QueueError::InvalidCursor(c.to_owned()))?,
+            None => 0,
+        };
+        Ok(job
+            .events
+            .iter()
+            .filter(|(seq, _)| *seq > after)
+            .take(limit)
+            .map(|(seq, ev)| (seq.to_string(), ev.clone()))
+            .collect())
+    }
+
+    pub(crate) fn stats(&self, now: Millis) -> QueueStats {
+        let ready = Priority::ORDER
+            .iter()
+            .map(|&p| (p, self.streams[class_index(p)].len() as u64))
+            .collect();
+        let oldest = self
+            .streams
+            .iter()
+            .filter_map(|s| s.front().map(|e| e.at))
+            .min();
+        QueueStats {
+            ready,
+            delayed: self.delay.len() as u64,
+            running: self.leases.len() as u64,
+            oldest_ready_age_ms: oldest.map_or(0, |at| now.saturating_sub(at)),
+            dead_letters: self.dead_letters.len() as u64,
+        }
+    }
+}
+
+/// Share of the work done, `0..=1`.
+pub(crate) fn progress_fraction(step: u32, total: u32) -> f32 {
+    if total == 0 {
+        0.0
+    } else {
+        (step.min(total) as f32) / (total as f32)
+    }
+}
+
+fn validate_list_cursor(c: &str) -> Result<(), QueueError> {
+    parse_list_member(c).map(|_| ())
+}
+
+/// The job id inside a `list_member` (also the list cursor).
+pub(crate) fn parse_list_member(member: &str) -> Result<JobId, QueueError> {
+    member
+        .split_once(':')
+        .filter(|(ts, _)| ts.len() == 20 && ts.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(_, id)| id.parse().ok())
+        .ok_or_else(|| QueueError::InvalidCursor(member.to_owned()))
+}
