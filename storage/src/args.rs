@@ -1,0 +1,157 @@
+//! `StorageArgs` (feature "cli"): the storage flags that coordinator, worker and `kontext up`
+//! share through `#[command(flatten)]`, so every binary spells them the same way.
+//!
+//! Endpoint, region and credentials use the standard AWS variable names (design.md §9), so an
+//! environment that already works with the AWS CLI works with us.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use clap::builder::BoolishValueParser;
+
+use crate::{S3Config, StorageConfig, StorageError};
+
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// S3 bucket for inputs and results. Without it, objects go to --data-dir.
+    #[arg(long, env = "KONTEXT_BUCKET", conflicts_with = "data_dir")]
+    pub bucket: Option<String>,
+
+    /// Local directory for inputs and results when no bucket is given (embedded mode).
+    #[arg(long, env = "KONTEXT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// S3 endpoint URL for S3-compatible stores (MinIO, Ceph, R2, Garage...).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+
+    /// S3 access key id; without it the AWS default credential chain is used.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+
+    /// S3 secret access key (prefer the environment variable: flags show up in `ps`).
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+
+    /// Path-style requests (http://host/bucket/key); most self-hosted stores need this.
+    #[arg(long, env = "KONTEXT_S3_PATH_STYLE", value_parser = BoolishValueParser::new())]
+    pub s3_path_style: bool,
+
+    /// Create the bucket at start if it does not exist.
+    #[arg(long, env = "KONTEXT_S3_CREATE_BUCKET", value_parser = BoolishValueParser::new())]
+    pub s3_create_bucket: bool,
+
+    /// How long presigned result URLs stay valid (e.g. 900s, 15m, 1h, 7d; at most 7d).
+    #[arg(long, env = "KONTEXT_PRESIGN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub presign_ttl: Duration,
+}
+
+impl StorageArgs {
+    /// The store these flags select; refuses a configuration that names neither store.
+    pub fn into_config(self) -> Result<StorageConfig, StorageError> {
+        match (self.bucket, self.data_dir) {
+            (Some(bucket), _) => {
+                let mut config = S3Config::new(bucket);
+                config.endpoint = self.s3_endpoint;
+                config.region = self.s3_region;
+                config.access_key_id = self.s3_access_key_id;
+                config.secret_access_key = self.s3_secret_access_key;
+                config.force_path_style = self.s3_path_style;
+                config.create_bucket_if_missing = self.s3_create_bucket;
+                config.presign_ttl = self.presign_ttl;
+                Ok(StorageConfig::S3(config))
+            }
+            (None, Some(root)) => Ok(StorageConfig::Local { root }),
+            (None, None) => Err(StorageError::Config {
+                field: "--bucket/--data-dir",
+                reason: "give a bucket (KONTEXT_BUCKET) or a local directory (KONTEXT_DATA_DIR)"
+                    .to_owned(),
+            }),
+        }
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `1h` or `7d` into a duration.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let bad = || format!("{value:?} is not a duration: use e.g. 90s, 15m, 1h or 7d");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(unit_secs)
+        .map(Duration::from_secs)
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        storage: StorageArgs,
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "h", "1.5h", "-1s", "10y", "1h30m"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bucket_selects_s3_with_the_overrides() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--bucket",
+            "results",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-region",
+            "us-east-1",
+            "--s3-path-style",
+            "--presign-ttl",
+            "15m",
+        ])
+        .expect("valid flags");
+        let StorageConfig::S3(config) = cli.storage.into_config().expect("config") else {
+            panic!("a bucket selects S3");
+        };
+        assert_eq!(config.bucket, "results");
+        assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(config.force_path_style);
+        assert_eq!(config.presign_ttl, Duration::from_secs(900));
+    }
+
+    #[test]
+    fn data_dir_selects_local_and_both_conflict() {
+        let cli = Cli::try_parse_from(["x", "--data-dir", "/tmp/k"]).expect("valid flags");
+        assert!(matches!(
+            cli.storage.into_config(),
+            Ok(StorageConfig::Local { .. })
+        ));
+        assert!(Cli::try_parse_from(["x", "--data-dir", "/tmp/k", "--bucket", "b"]).is_err());
+    }
+}
