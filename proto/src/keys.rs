@@ -99,6 +99,15 @@ pub fn list_member(created_at: Millis, id: JobId) -> String {
     format!("{created_at:020}:{id}")
 }
 
+/// The job id inside a `list_member` (which is also the list cursor clients pass back).
+pub fn parse_list_member(member: &str) -> Result<JobId, QueueError> {
+    member
+        .split_once(':')
+        .filter(|(ts, _)| ts.len() == 20 && ts.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(_, id)| id.parse().ok())
+        .ok_or_else(|| QueueError::InvalidCursor(member.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +166,10 @@ mod tests {
         let b = JobId::new();
         assert!(list_member(999, a) < list_member(1_000, b));
         assert_eq!(list_member(5, a).len(), 20 + 1 + 36);
+        assert_eq!(
+            parse_list_member(&list_member(5, a)).expect("round trip"),
+            a
+        );
+        assert!(parse_list_member("5:x").is_err());
     }
 }

@@ -26,6 +26,9 @@ pub mod validate;
 #[cfg(feature = "memory")]
 pub mod memory;
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 #[cfg(feature = "conformance")]
 pub mod conformance;
 

@@ -111,6 +111,15 @@ pub fn is_poison(crashes: u32) -> bool {
     crashes >= MAX_CRASHES
 }
 
+/// Share of the work done after `step` of `total` steps, `0..=1`.
+pub fn progress_fraction(step: u32, total: u32) -> f32 {
+    if total == 0 {
+        0.0
+    } else {
+        step.min(total) as f32 / total as f32
+    }
+}
+
 /// Settings both queue implementations share.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueConfig {

@@ -124,6 +124,9 @@ pub enum JobEvent {
     Progress { step: u32, total: u32, at: Millis },
 }
 
+/// Largest page `list` returns; smaller limits (and 0, taken as 1) are honoured.
+pub const MAX_PAGE: usize = 1_000;
+
 /// A page of a tenant's jobs, newest first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobPage {

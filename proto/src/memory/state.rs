@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::error::JobError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId};
-use crate::keys::list_member;
-use crate::policy::{self, QueueConfig, RetryDecision};
+use crate::keys::{list_member, parse_list_member};
+use crate::policy::{self, QueueConfig, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, Lease, LeaseState,
     QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
@@ -126,16 +126,16 @@ impl State {
         now: Millis,
     ) -> Result<SubmitOutcome, QueueError> {
         let idem_key = sub.idempotency_key.clone().map(|k| (sub.tenant.clone(), k));
-        if let Some(key) = &idem_key {
-            if let Some(prev) = self.idempotency.get(key).filter(|e| e.expires_at > now) {
-                if prev.body_hash == sub.body_hash {
-                    return Ok(SubmitOutcome {
-                        id: prev.job,
-                        created: false,
-                    });
-                }
-                return Err(QueueError::IdempotencyConflict);
+        if let Some(key) = &idem_key
+            && let Some(prev) = self.idempotency.get(key).filter(|e| e.expires_at > now)
+        {
+            if prev.body_hash == sub.body_hash {
+                return Ok(SubmitOutcome {
+                    id: prev.job,
+                    created: false,
+                });
             }
+            return Err(QueueError::IdempotencyConflict);
         }
         let in_flight = self.inflight.get(&sub.tenant).copied().unwrap_or(0);
         if sub.max_in_flight > 0 && in_flight >= u64::from(sub.max_in_flight) {
@@ -216,15 +216,11 @@ impl State {
             }
             None => Box::new(members.iter().rev()),
         };
+        let limit = clamp_page(limit);
+        let page: Vec<&String> = below.take(limit + 1).collect();
+        let next_cursor = (page.len() > limit).then(|| page[limit - 1].clone());
         let mut jobs = Vec::new();
-        let mut next_cursor = None;
-        for member in below {
-            if jobs.len() == limit {
-                next_cursor = jobs
-                    .last()
-                    .map(|r: &JobRecord| list_member(r.created_at, r.id));
-                break;
-            }
+        for member in page.into_iter().take(limit) {
             let id = parse_list_member(member)?;
             if let Some(job) = self.jobs.get(&id) {
                 jobs.push(job.record.clone());
@@ -516,10 +512,8 @@ impl State {
     }
 
     fn drop_lease(&mut self, id: JobId) {
-        if let Some(job) = self.jobs.get_mut(&id) {
-            if let Some(until) = job.lease_until.take() {
-                self.leases.remove(&(until, id));
-            }
+        if let Some(until) = self.jobs.get_mut(&id).and_then(|j| j.lease_until.take()) {
+            self.leases.remove(&(until, id));
         }
     }
 
@@ -583,24 +577,11 @@ impl State {
     }
 }
 
-/// Share of the work done, `0..=1`.
-pub(crate) fn progress_fraction(step: u32, total: u32) -> f32 {
-    if total == 0 {
-        0.0
-    } else {
-        (step.min(total) as f32) / (total as f32)
-    }
+/// Page sizes are clamped to `1..=MAX_PAGE`.
+pub(crate) fn clamp_page(limit: usize) -> usize {
+    limit.clamp(1, crate::queue::MAX_PAGE)
 }
 
 fn validate_list_cursor(c: &str) -> Result<(), QueueError> {
     parse_list_member(c).map(|_| ())
-}
-
-/// The job id inside a `list_member` (also the list cursor).
-pub(crate) fn parse_list_member(member: &str) -> Result<JobId, QueueError> {
-    member
-        .split_once(':')
-        .filter(|(ts, _)| ts.len() == 20 && ts.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|(_, id)| id.parse().ok())
-        .ok_or_else(|| QueueError::InvalidCursor(member.to_owned()))
 }

@@ -1,0 +1,53 @@
+-- claim: read the next dispatch entry in priority order and start its job, in one step, so an
+-- entry is never pending without a lease. Entries of jobs that are no longer queued (canceled)
+-- or that were superseded by a newer entry are acknowledged and skipped.
+-- KEYS[1] stream q:hi   KEYS[2] stream q:std   KEYS[3] stream q:bulk   KEYS[4] leases zset
+-- ARGV[1] key prefix   ARGV[2] group   ARGV[3] worker (consumer name)   ARGV[4] now (ms)
+-- ARGV[5] lease_until (ms)   ARGV[6] events maxlen   ARGV[7] most entries to skip per call
+-- Returns {'claimed', entry id, {job hash as HGETALL}}
+--       | {'empty', last id hi, last id std, last id bulk}  (for a blocking XREAD after them)
+--       | {'busy'}  (skip budget used up; call again)
+local prefix, group, worker, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local budget = tonumber(ARGV[7])
+
+local function read_one(stream)
+  local r = redis.pcall('XREADGROUP', 'GROUP', group, worker, 'COUNT', 1, 'STREAMS', stream, '>')
+  if type(r) == 'table' and r.err then
+    if not string.find(r.err, 'NOGROUP', 1, true) then return redis.error_reply(r.err) end
+    redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+    r = redis.call('XREADGROUP', 'GROUP', group, worker, 'COUNT', 1, 'STREAMS', stream, '>')
+  end
+  if not r then return nil end
+  return r[1][2][1]
+end
+
+for i = 1, 3 do
+  while true do
+    local entry = read_one(KEYS[i])
+    if not entry then break end
+    if entry.err then return entry end
+    local id, fields = entry[1], entry[2]
+    local jid = fields[2]
+    local job = job_key(prefix, jid)
+    local v = redis.call('HMGET', job, 'state', 'entry')
+    if v[1] == 'queued' and v[2] == id then
+      redis.call('HSET', job, 'state', 'running', 'lease_until', ARGV[5], 'worker', worker,
+        'started_at', now, 'progress', '0')
+      redis.call('HINCRBY', job, 'attempts', 1)
+      redis.call('HINCRBY', job, 'epoch', 1)
+      redis.call('ZADD', KEYS[4], ARGV[5], jid)
+      emit_state(prefix, jid, 'running', now, ARGV[6])
+      return {'claimed', id, redis.call('HGETALL', job)}
+    end
+    redis.call('XACK', KEYS[i], group, id)
+    budget = budget - 1
+    if budget <= 0 then return {'busy'} end
+  end
+end
+
+local last = {'empty'}
+for i = 1, 3 do
+  local top = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  if top[1] then last[i + 1] = top[1][1] else last[i + 1] = '0-0' end
+end
+return last

@@ -1,0 +1,17 @@
+-- complete: commit a result, if the caller's epoch is current; idempotent for the same epoch.
+-- KEYS[1] job hash   KEYS[2] leases zset   KEYS[3] job event stream
+-- ARGV[1] key prefix   ARGV[2] jid   ARGV[3] epoch   ARGV[4] result JSON   ARGV[5] now (ms)
+-- ARGV[6] group   ARGV[7] retention (s)   ARGV[8] events maxlen
+-- Returns {'committed'} | {'already'} | {'not_found'} | {'stale'}
+local v = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+if not v[1] then return {'not_found'} end
+if v[2] ~= ARGV[3] then return {'stale'} end
+if v[1] == 'succeeded' then return {'already'} end
+if v[1] ~= 'running' then return {'stale'} end
+ack(ARGV[1], ARGV[2], ARGV[6])
+redis.call('HSET', KEYS[1], 'result', ARGV[4], 'progress', '1')
+redis.call('HDEL', KEYS[1], 'error')
+-- Chains (issue 5) hook in here: the next turn is created in this same script, so a turn can
+-- never be enqueued twice.
+finish(ARGV[1], ARGV[2], 'succeeded', ARGV[5], ARGV[7], ARGV[8])
+return {'committed'}

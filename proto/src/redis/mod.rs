@@ -1,0 +1,665 @@
+//! `RedisQueue`: the distributed `JobQueue`. The job hash is the source of truth and the class
+//! streams only dispatch; every state transition is one Lua script (`lua/*.lua`, each with a
+//! KEYS/ARGV/Returns header), so transitions are atomic and fenced by the job's epoch. Time comes
+//! from the caller's `now` (ARGV), never from the server clock. Key layout: `crate::keys`.
+//!
+//! Deviations from a plain XREADGROUP-then-start claim: `claim.lua` runs the non-blocking
+//! XREADGROUP itself (priority order, COUNT 1), so an entry is never pending without a lease and
+//! there are no extra entries to release; only when every class is empty does the client block,
+//! with XREAD (not the group) after the last ids the script saw, then claim again.
+//!
+//! Durability: submit is written before it returns; with `wait_replicas > 0` it also WAITs for
+//! replicas on the same connection. Redis must run with `appendonly yes` to survive restarts.
+
+mod connection;
+mod reply;
+mod scripts;
+
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{Client, ScriptInvocation};
+
+pub use connection::RedisConfig;
+
+use self::connection::BlockingPool;
+use self::reply::{array, at, backend, hash, int, is_stream_id, record, tagged, text};
+use self::scripts::SCRIPTS;
+use crate::error::JobError;
+use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority};
+use crate::keys::{KeySpace, WORKER_GROUP, list_member, parse_list_member};
+use crate::policy::{self, Jitter, MAX_CRASHES, RetryDecision, progress_fraction};
+use crate::queue::{
+    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
+    LeaseState, MAX_PAGE, QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
+};
+
+/// Entries of canceled jobs one claim call may skip before handing control back.
+const SKIP_BUDGET: u32 = 64;
+/// Most events one `events` call returns.
+const EVENTS_PER_CALL: usize = 100;
+/// Upper bound of reaper script calls per `reap` (each handles `reap_batch` jobs).
+const MAX_REAP_ROUNDS: usize = 100;
+
+/// The Redis-backed job queue.
+pub struct RedisQueue {
+    conn: ConnectionManager,
+    blocking: BlockingPool,
+    keys: KeySpace,
+    cfg: RedisConfig,
+    jitter: Jitter,
+}
+
+impl std::fmt::Debug for RedisQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password, so only the namespace is shown.
+        f.debug_struct("RedisQueue")
+            .field("prefix", &self.keys.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One pass of the claim script.
+enum ClaimStep {
+    Claimed(Box<Claim>),
+    /// Nothing claimable; the last entry id of each class stream at that moment.
+    Empty([String; 3]),
+    /// The skip budget ran out; call again.
+    Busy,
+}
+
+impl RedisQueue {
+    /// Connect, check the server (Redis >= 7, `maxmemory-policy noeviction`), create the consumer
+    /// groups and load the scripts. `ns` is the namespace inside the hash tag (default "kx").
+    pub async fn connect(url: &str, ns: &str, cfg: RedisConfig) -> Result<Self, QueueError> {
+        let keys = KeySpace::new(ns)?;
+        let client =
+            Client::open(url).map_err(|e| QueueError::Config(format!("invalid Redis URL: {e}")))?;
+        let mut conn = connection::shared(&client, &cfg).await?;
+        connection::check_server(&mut conn).await?;
+        for p in Priority::ORDER {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(keys.class_stream(p))
+                .arg(WORKER_GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Err(e) if e.code() != Some("BUSYGROUP") => return Err(backend(e)),
+                _ => {}
+            }
+        }
+        SCRIPTS.load(&mut conn).await.map_err(backend)?;
+        let blocking = BlockingPool::new(client, cfg.connect_timeout);
+        let jitter = Jitter::new(cfg.queue.jitter_seed);
+        Ok(Self {
+            conn,
+            blocking,
+            keys,
+            cfg,
+            jitter,
+        })
+    }
+
+    /// The key layout of this queue's namespace.
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    async fn run(&self, inv: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
+        inv.invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(backend)
+    }
+
+    fn retention_s(&self) -> u64 {
+        self.cfg.queue.retention.as_secs().max(1)
+    }
+
+    fn maxlen(&self) -> usize {
+        self.cfg.queue.events_maxlen.max(1)
+    }
+
+    /// Run a blocking command on a dedicated connection, bounded by `wait` plus the command
+    /// timeout; the connection is reused only when the command finished in time.
+    async fn blocking_query(&self, cmd: &redis::Cmd, wait: Duration) -> Result<Value, QueueError> {
+        let mut con: MultiplexedConnection = self.blocking.take().await?;
+        let bound = wait + self.cfg.command_timeout;
+        match tokio::time::timeout(bound, cmd.query_async::<Value>(&mut con)).await {
+            Ok(Ok(v)) => {
+                self.blocking.put(con);
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(backend(e)),
+            Err(_) => Err(QueueError::Backend(format!(
+                "blocking command gave no reply within {bound:?}"
+            ))),
+        }
+    }
+
+    async fn claim_once(
+        &self,
+        worker: &str,
+        ttl: Duration,
+        now: Millis,
+    ) -> Result<ClaimStep, QueueError> {
+        let k = &self.keys;
+        let mut inv = SCRIPTS.claim.prepare_invoke();
+        for p in Priority::ORDER {
+            inv.key(k.class_stream(p));
+        }
+        inv.key(k.leases())
+            .arg(k.prefix())
+            .arg(WORKER_GROUP)
+            .arg(worker)
+            .arg(now)
+            .arg(policy::lease_until(now, ttl))
+            .arg(self.maxlen())
+            .arg(SKIP_BUDGET);
+        let reply = self.run(&inv).await?;
+        let (tag, rest) = tagged(&reply)?;
+        match tag.as_str() {
+            "claimed" => {
+                let token = text(at(rest, 0)?)?;
+                let job = record(&hash(at(rest, 1)?)?)?;
+                let lease = Lease {
+                    job_id: job.id,
+                    worker: worker.to_owned(),
+                    epoch: job.epoch,
+                    attempt: job.attempts,
+                    token,
+                };
+                Ok(ClaimStep::Claimed(Box::new(Claim { lease, job })))
+            }
+            "empty" => Ok(ClaimStep::Empty([
+                text(at(rest, 0)?)?,
+                text(at(rest, 1)?)?,
+                text(at(rest, 2)?)?,
+            ])),
+            "busy" => Ok(ClaimStep::Busy),
+            other => Err(QueueError::Corrupt(format!("claim replied {other:?}"))),
+        }
+    }
+
+    /// Block until any class stream gets an entry after `last`, or `wait` passes.
+    async fn wait_for_dispatch(
+        &self,
+        last: &[String; 3],
+        wait: Duration,
+    ) -> Result<(), QueueError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(policy::millis(wait).max(1))
+            .arg("STREAMS");
+        for p in Priority::ORDER {
+            cmd.arg(self.keys.class_stream(p));
+        }
+        cmd.arg(last.as_slice());
+        self.blocking_query(&cmd, wait).await.map(|_| ())
+    }
+
+    /// The error for a lease-check reply (`not_found`, `stale`) of a lease-bearing script.
+    fn lease_error(tag: &str, lease: &Lease) -> QueueError {
+        match tag {
+            "not_found" => QueueError::NotFound(lease.job_id),
+            "stale" => QueueError::Stale(lease.job_id),
+            other => QueueError::Corrupt(format!("unexpected script reply {other:?}")),
+        }
+    }
+
+    async fn renew(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Millis,
+        step: Option<(u32, u32)>,
+    ) -> Result<LeaseState, QueueError> {
+        let k = &self.keys;
+        let until = policy::lease_until(now, ttl);
+        let mut inv = match step {
+            None => SCRIPTS.heartbeat.prepare_invoke(),
+            Some(_) => SCRIPTS.progress.prepare_invoke(),
+        };
+        inv.key(k.job(lease.job_id)).key(k.leases());
+        if step.is_some() {
+            inv.key(k.events(lease.job_id));
+        }
+        inv.arg(lease.job_id.to_string())
+            .arg(lease.epoch)
+            .arg(until);
+        if let Some((step, total)) = step {
+            inv.arg(step)
+                .arg(total)
+                .arg(progress_fraction(step, total))
+                .arg(now)
+                .arg(self.maxlen());
+        }
+        let reply = self.run(&inv).await?;
+        let (tag, rest) = tagged(&reply)?;
+        if tag != "ok" {
+            return Err(Self::lease_error(&tag, lease));
+        }
+        Ok(LeaseState {
+            cancel_requested: int(at(rest, 0)?)? == 1,
+            lease_until: until,
+        })
+    }
+}
+
+impl JobQueue for RedisQueue {
+    async fn submit(&self, sub: Submission, now: Millis) -> Result<SubmitOutcome, QueueError> {
+        let k = &self.keys;
+        let id = JobId::new();
+        let spec =
+            serde_json::to_string(&sub.spec).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let chain = match &sub.chain {
+            Some(c) => serde_json::to_string(c).map_err(|e| QueueError::Corrupt(e.to_string()))?,
+            None => String::new(),
+        };
+        let (idem_key, idem_ttl) = match &sub.idempotency_key {
+            Some(key) => (
+                k.idempotency(&sub.tenant, key),
+                self.cfg.queue.idempotency_ttl.as_secs().max(1),
+            ),
+            None => (k.job(id), 0),
+        };
+        let cutoff = now.saturating_sub(policy::millis(self.cfg.queue.retention));
+        let mut inv = SCRIPTS.submit.prepare_invoke();
+        inv.key(k.job(id))
+            .key(k.class_stream(sub.spec.priority))
+            .key(idem_key)
+            .key(k.tenant_jobs(&sub.tenant))
+            .key(k.tenant_inflight(&sub.tenant))
+            .key(k.events(id))
+            .arg(k.prefix())
+            .arg(id.to_string())
+            .arg(&sub.tenant)
+            .arg(spec)
+            .arg(&sub.body_hash)
+            .arg(now)
+            .arg(idem_ttl)
+            .arg(sub.max_in_flight)
+            .arg(sub.spec.priority.class())
+            .arg(chain)
+            .arg(list_member(now, id))
+            .arg(format!("{cutoff:020}:"))
+            .arg(self.maxlen());
+        let reply = if self.cfg.wait_replicas == 0 {
+            self.run(&inv).await?
+        } else {
+            // WAIT covers the writes of its own connection, so both go over the same one.
+            let mut con = self.blocking.take().await?;
+            let reply = inv.invoke_async(&mut con).await.map_err(backend)?;
+            let timeout_ms = policy::millis(self.cfg.wait_timeout).max(1);
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(self.cfg.wait_replicas).arg(timeout_ms);
+            let acked: i64 = wait.query_async(&mut con).await.map_err(backend)?;
+            self.blocking.put(con);
+            if acked < i64::from(self.cfg.wait_replicas) {
+                tracing::warn!(job_id = %id, acked, wanted = self.cfg.wait_replicas, "submit reached fewer replicas than configured");
+            }
+            reply
+        };
+        let (tag, rest) = tagged(&reply)?;
+        let parse_id = |v: &Value| -> Result<JobId, QueueError> {
+            let raw = text(v)?;
+            raw.parse()
+                .map_err(|_| QueueError::Corrupt(format!("bad job id {raw:?}")))
+        };
+        match tag.as_str() {
+            "created" => Ok(SubmitOutcome {
+                id: parse_id(at(rest, 0)?)?,
+                created: true,
+            }),
+            "replay" => Ok(SubmitOutcome {
+                id: parse_id(at(rest, 0)?)?,
+                created: false,
+            }),
+            "conflict" => Err(QueueError::IdempotencyConflict),
+            "too_many" => Err(QueueError::TooManyInFlight {
+                in_flight: u64::try_from(int(at(rest, 0)?)?).unwrap_or(0),
+                limit: sub.max_in_flight,
+            }),
+            other => Err(QueueError::Corrupt(format!("submit replied {other:?}"))),
+        }
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        let reply: Value = redis::cmd("HGETALL")
+            .arg(self.keys.job(id))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(backend)?;
+        let h = hash(&reply)?;
+        if h.is_empty() {
+            Ok(None)
+        } else {
+            record(&h).map(Some)
+        }
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage, QueueError> {
+        let upper = match cursor {
+            Some(c) => {
+                parse_list_member(c)?;
+                format!("({c}")
+            }
+            None => "+".to_owned(),
+        };
+        let mut inv = SCRIPTS.list.prepare_invoke();
+        inv.key(self.keys.tenant_jobs(tenant))
+            .arg(self.keys.prefix())
+            .arg(upper)
+            .arg(limit.clamp(1, MAX_PAGE));
+        let reply = self.run(&inv).await?;
+        let parts = array(&reply)?;
+        let jobs = array(at(parts, 0)?)?
+            .iter()
+            .map(|h| record(&hash(h)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = text(at(parts, 1)?)?;
+        Ok(JobPage {
+            jobs,
+            next_cursor: (!next.is_empty()).then_some(next),
+        })
+    }
+
+    async fn cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome, QueueError> {
+        let mut inv = SCRIPTS.cancel.prepare_invoke();
+        inv.key(self.keys.job(id))
+            .key(self.keys.delay())
+            .arg(self.keys.prefix())
+            .arg(id.to_string())
+            .arg(now)
+            .arg(self.retention_s())
+            .arg(self.maxlen());
+        let reply = self.run(&inv).await?;
+        match tagged(&reply)?.0.as_str() {
+            "canceled" => Ok(CancelOutcome::Canceled),
+            "requested" => Ok(CancelOutcome::CancellationRequested),
+            "already" => Ok(CancelOutcome::AlreadyCompleted),
+            "not_found" => Ok(CancelOutcome::NotFound),
+            other => Err(QueueError::Corrupt(format!("cancel replied {other:?}"))),
+        }
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        lease_ttl: Duration,
+        now: Millis,
+        wait: Duration,
+    ) -> Result<Option<Claim>, QueueError> {
+        let started = Instant::now();
+        loop {
+            let waited = policy::millis(started.elapsed());
+            match self.claim_once(worker, lease_ttl, now + waited).await? {
+                ClaimStep::Claimed(c) => return Ok(Some(*c)),
+                ClaimStep::Busy => {}
+                ClaimStep::Empty(last) => {
+                    let remaining = wait.saturating_sub(started.elapsed());
+                    if remaining.is_zero() {
+                        return Ok(None);
+                    }
+                    // Then claim again: on news, or for one last look when the wait ran out.
+                    self.wait_for_dispatch(&last, remaining).await?;
+                }
+            }
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(job_id = %lease.job_id, epoch = lease.epoch))]
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Result<LeaseState, QueueError> {
+        self.renew(lease, lease_ttl, now, None).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(job_id = %lease.job_id, epoch = lease.epoch))]
+    async fn progress(
+        &self,
+        lease: &Lease,
+        step: u32,
+        total: u32,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Result<LeaseState, QueueError> {
+        self.renew(lease, lease_ttl, now, Some((step, total))).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(job_id = %lease.job_id, epoch = lease.epoch))]
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result: JobResult,
+        now: Millis,
+    ) -> Result<CompleteOutcome, QueueError> {
+        let k = &self.keys;
+        let result =
+            serde_json::to_string(&result).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let mut inv = SCRIPTS.complete.prepare_invoke();
+        inv.key(k.job(lease.job_id))
+            .key(k.leases())
+            .key(k.events(lease.job_id))
+            .arg(k.prefix())
+            .arg(lease.job_id.to_string())
+            .arg(lease.epoch)
+            .arg(result)
+            .arg(now)
+            .arg(WORKER_GROUP)
+            .arg(self.retention_s())
+            .arg(self.maxlen());
+        let reply = self.run(&inv).await?;
+        match tagged(&reply)?.0.as_str() {
+            "committed" => Ok(CompleteOutcome::Committed),
+            "already" => Ok(CompleteOutcome::AlreadyDone),
+            other => Err(Self::lease_error(other, lease)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(job_id = %lease.job_id, epoch = lease.epoch))]
+    async fn fail(
+        &self,
+        lease: &Lease,
+        error: JobError,
+        now: Millis,
+    ) -> Result<FailOutcome, QueueError> {
+        let k = &self.keys;
+        let decision = policy::retry_decision(
+            &self.cfg.queue.retry,
+            lease.attempt,
+            error.kind,
+            now,
+            self.jitter.fraction(),
+        );
+        let (decision, retry_at) = match decision {
+            RetryDecision::Retry { at } => ("retry", at),
+            RetryDecision::GiveUp { status } => (status.as_str(), 0),
+        };
+        let error =
+            serde_json::to_string(&error).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let mut inv = SCRIPTS.fail.prepare_invoke();
+        inv.key(k.job(lease.job_id))
+            .key(k.leases())
+            .key(k.delay())
+            .key(k.events(lease.job_id))
+            .arg(k.prefix())
+            .arg(lease.job_id.to_string())
+            .arg(lease.epoch)
+            .arg(decision)
+            .arg(retry_at)
+            .arg(error)
+            .arg(now)
+            .arg(WORKER_GROUP)
+            .arg(self.retention_s())
+            .arg(self.maxlen());
+        let reply = self.run(&inv).await?;
+        let (tag, rest) = tagged(&reply)?;
+        match tag.as_str() {
+            "retry" => Ok(FailOutcome::Retrying {
+                at: u64::try_from(int(at(rest, 0)?)?).unwrap_or(0),
+            }),
+            "finished" => {
+                let state = text(at(rest, 0)?)?;
+                let status: JobStatus = state
+                    .parse()
+                    .map_err(|_| QueueError::Corrupt(format!("fail ended in {state:?}")))?;
+                Ok(FailOutcome::Finished(status))
+            }
+            other => Err(Self::lease_error(other, lease)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(job_id = %lease.job_id, epoch = lease.epoch))]
+    async fn release(&self, lease: &Lease, now: Millis) -> Result<(), QueueError> {
+        let mut inv = SCRIPTS.release.prepare_invoke();
+        inv.key(self.keys.job(lease.job_id))
+            .arg(self.keys.prefix())
+            .arg(lease.job_id.to_string())
+            .arg(lease.epoch)
+            .arg(now)
+            .arg(WORKER_GROUP)
+            .arg(self.retention_s())
+            .arg(self.maxlen());
+        let reply = self.run(&inv).await?;
+        match tagged(&reply)?.0.as_str() {
+            "released" | "canceled" => Ok(()),
+            other => Err(Self::lease_error(other, lease)),
+        }
+    }
+
+    async fn reap(&self, now: Millis) -> Result<ReapReport, QueueError> {
+        let k = &self.keys;
+        let batch = self.cfg.queue.reap_batch.max(1);
+        let mut report = ReapReport::default();
+        let ids = |v: &Value| -> Result<Vec<JobId>, QueueError> {
+            array(v)?
+                .iter()
+                .map(|j| {
+                    let raw = text(j)?;
+                    raw.parse()
+                        .map_err(|_| QueueError::Corrupt(format!("bad job id {raw:?}")))
+                })
+                .collect()
+        };
+        for _ in 0..MAX_REAP_ROUNDS {
+            let mut inv = SCRIPTS.reap.prepare_invoke();
+            inv.key(k.leases()).key(k.delay()).key(k.dead_letters());
+            for p in Priority::ORDER {
+                inv.key(k.class_stream(p));
+            }
+            inv.arg(k.prefix())
+                .arg(now)
+                .arg(WORKER_GROUP)
+                .arg(batch)
+                .arg(MAX_CRASHES)
+                .arg(self.retention_s())
+                .arg(self.maxlen());
+            let reply = self.run(&inv).await?;
+            let parts = array(&reply)?;
+            report.requeued.extend(ids(at(parts, 0)?)?);
+            report.dead.extend(ids(at(parts, 1)?)?);
+            report.canceled.extend(ids(at(parts, 2)?)?);
+            report.promoted += usize::try_from(int(at(parts, 3)?)?).unwrap_or(0);
+            let expired_seen = usize::try_from(int(at(parts, 4)?)?).unwrap_or(0);
+            let due_seen = usize::try_from(int(at(parts, 5)?)?).unwrap_or(0);
+            if expired_seen < batch && due_seen < batch {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn events(
+        &self,
+        id: JobId,
+        after: Option<&str>,
+        wait: Duration,
+    ) -> Result<Vec<(String, JobEvent)>, QueueError> {
+        let after = match after {
+            Some(c) if is_stream_id(c) => c.to_owned(),
+            Some(c) => return Err(QueueError::InvalidCursor(c.to_owned())),
+            None => "0-0".to_owned(),
+        };
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(self.keys.job(id))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(backend)?;
+        if !exists {
+            return Err(QueueError::NotFound(id));
+        }
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(EVENTS_PER_CALL);
+        if !wait.is_zero() {
+            cmd.arg("BLOCK").arg(policy::millis(wait).max(1));
+        }
+        cmd.arg("STREAMS").arg(self.keys.events(id)).arg(after);
+        let reply = if wait.is_zero() {
+            cmd.query_async::<Value>(&mut self.conn.clone())
+                .await
+                .map_err(backend)?
+        } else {
+            self.blocking_query(&cmd, wait).await?
+        };
+        if reply == Value::Nil {
+            return Ok(Vec::new());
+        }
+        // [[stream key, [[entry id, [field, value, ...]], ...]]]
+        let streams = array(&reply)?;
+        let entries = array(at(array(at(streams, 0)?)?, 1)?)?;
+        entries
+            .iter()
+            .map(|entry| {
+                let entry = array(entry)?;
+                let cursor = text(at(entry, 0)?)?;
+                let fields = array(at(entry, 1)?)?;
+                let json = text(at(fields, 1)?)?;
+                let event: JobEvent = serde_json::from_str(&json)
+                    .map_err(|e| QueueError::Corrupt(format!("event {cursor} of job {id}: {e}")))?;
+                Ok((cursor, event))
+            })
+            .collect()
+    }
+
+    async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
+        let k = &self.keys;
+        let mut inv = SCRIPTS.stats.prepare_invoke();
+        for p in Priority::ORDER {
+            inv.key(k.class_stream(p));
+        }
+        inv.key(k.delay())
+            .key(k.leases())
+            .key(k.dead_letters())
+            .arg(WORKER_GROUP);
+        let reply = self.run(&inv).await?;
+        let n = |i: usize| -> Result<u64, QueueError> {
+            Ok(u64::try_from(int(at(array(&reply)?, i)?)?).unwrap_or(0))
+        };
+        let oldest = int(at(array(&reply)?, 6)?)?;
+        Ok(QueueStats {
+            ready: vec![
+                (Priority::High, n(0)?),
+                (Priority::Standard, n(1)?),
+                (Priority::Bulk, n(2)?),
+            ],
+            delayed: n(3)?,
+            running: n(4)?,
+            oldest_ready_age_ms: u64::try_from(oldest).map_or(0, |at| now.saturating_sub(at)),
+            dead_letters: n(5)?,
+        })
+    }
+}

@@ -1,0 +1,119 @@
+//! The Lua scripts, one per state transition, compiled into the binary with `include_str!`. Each
+//! is `prelude.lua` (shared helpers) followed by its own file, whose header lists KEYS, ARGV and
+//! Returns. `redis::Script` runs them with EVALSHA and loads them on NOSCRIPT; `Scripts::load`
+//! loads them all at connect so the first calls don't pay for that.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+use redis::aio::ConnectionLike;
+
+const PRELUDE: &str = include_str!("lua/prelude.lua");
+
+/// Every script file by name, for loading and for the header checks in the tests.
+pub(crate) const SOURCES: [(&str, &str); 11] = [
+    ("submit", include_str!("lua/submit.lua")),
+    ("claim", include_str!("lua/claim.lua")),
+    ("heartbeat", include_str!("lua/heartbeat.lua")),
+    ("progress", include_str!("lua/progress.lua")),
+    ("complete", include_str!("lua/complete.lua")),
+    ("fail", include_str!("lua/fail.lua")),
+    ("release", include_str!("lua/release.lua")),
+    ("cancel", include_str!("lua/cancel.lua")),
+    ("reap", include_str!("lua/reap.lua")),
+    ("stats", include_str!("lua/stats.lua")),
+    ("list", include_str!("lua/list.lua")),
+];
+
+pub(crate) struct Scripts {
+    pub submit: Script,
+    pub claim: Script,
+    pub heartbeat: Script,
+    pub progress: Script,
+    pub complete: Script,
+    pub fail: Script,
+    pub release: Script,
+    pub cancel: Script,
+    pub reap: Script,
+    pub stats: Script,
+    pub list: Script,
+}
+
+fn with_prelude(name: &str) -> Script {
+    let body = SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, body)| *body)
+        .expect("every script named in Scripts is in SOURCES; this is a bug");
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    submit: with_prelude("submit"),
+    claim: with_prelude("claim"),
+    heartbeat: with_prelude("heartbeat"),
+    progress: with_prelude("progress"),
+    complete: with_prelude("complete"),
+    fail: with_prelude("fail"),
+    release: with_prelude("release"),
+    cancel: with_prelude("cancel"),
+    reap: with_prelude("reap"),
+    stats: with_prelude("stats"),
+    list: with_prelude("list"),
+});
+
+impl Scripts {
+    fn all(&self) -> [&Script; 11] {
+        [
+            &self.submit,
+            &self.claim,
+            &self.heartbeat,
+            &self.progress,
+            &self.complete,
+            &self.fail,
+            &self.release,
+            &self.cancel,
+            &self.reap,
+            &self.stats,
+            &self.list,
+        ]
+    }
+
+    /// SCRIPT LOAD every script (also surfaces Lua syntax errors at connect).
+    pub(crate) async fn load(&self, con: &mut impl ConnectionLike) -> redis::RedisResult<()> {
+        for script in self.all() {
+            script.prepare_invoke().load_async(con).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_has_a_keys_argv_returns_header() {
+        for (name, body) in SOURCES {
+            let header: Vec<&str> = body.lines().take_while(|l| l.starts_with("--")).collect();
+            let header = header.join("\n");
+            for tag in ["KEYS[1]", "ARGV[1]", "Returns"] {
+                assert!(header.contains(tag), "{name}.lua header lacks {tag}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_script_reads_the_server_clock() {
+        for (name, body) in SOURCES.iter().chain([("prelude", PRELUDE)].iter()) {
+            let code: String = body
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect();
+            assert!(
+                !code.contains("'TIME'") && !code.contains("\"TIME\""),
+                "{name}.lua calls TIME"
+            );
+        }
+    }
+}
