@@ -46,6 +46,7 @@ macro_rules! blob_store_conformance {
             put_get_roundtrip,
             overwrite_replaces_the_object,
             put_if_absent_keeps_the_first_object,
+            racing_put_if_absent_leaves_one_whole_object,
             missing_key_is_not_found,
             head_reports_size_and_content_type,
             delete_removes_the_object,
@@ -151,6 +152,39 @@ pub async fn put_if_absent_keeps_the_first_object<S: BlobStore>(store: S, _: Exp
     let blob = store.get(&key).await.expect("get");
     assert_eq!(blob.bytes, first, "the existing object is untouched");
     assert_eq!(blob.content_type, "image/png");
+}
+
+/// Content-addressed uploads of the same image can race (two clients, or a retry). Whatever
+/// the store's atomicity, every writer must succeed, at least one must report `Created`, and
+/// the object must be one writer's bytes, whole. (The local store guarantees exactly one
+/// `Created`; its own tests check that.)
+pub async fn racing_put_if_absent_leaves_one_whole_object<S: BlobStore + Clone + 'static>(
+    store: S,
+    _: Expect,
+) {
+    let key = input(b"raced");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..8u64 {
+        let (store, key) = (store.clone(), key.clone());
+        tasks.spawn(async move {
+            store
+                .put_if_absent(&key, pattern(256 * 1024, 100 + i), "image/png")
+                .await
+                .expect("a racing put_if_absent succeeds")
+        });
+    }
+    let mut created = 0;
+    while let Some(outcome) = tasks.join_next().await {
+        if outcome.expect("put task") == PutOutcome::Created {
+            created += 1;
+        }
+    }
+    assert!(created >= 1, "somebody created the object");
+    let stored = store.get(&key).await.expect("get").bytes;
+    assert!(
+        (0..8u64).any(|i| stored == pattern(256 * 1024, 100 + i)),
+        "the object is one writer's bytes, whole"
+    );
 }
 
 pub async fn missing_key_is_not_found<S: BlobStore>(store: S, _: Expect) {

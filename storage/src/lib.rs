@@ -33,7 +33,7 @@ pub use args::{StorageArgs, parse_duration};
 pub use error::{BoxError, StorageError};
 pub use keys::{KeyError, ObjectKey};
 pub use local::LocalStore;
-pub use s3::{S3Config, S3Store};
+pub use s3::{MAX_PRESIGN_TTL, S3Config, S3Store};
 
 /// Size and content type of a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]

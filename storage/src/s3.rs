@@ -230,6 +230,19 @@ impl S3Store {
         Ok(request.uri().to_owned())
     }
 
+    /// One PUT with `If-None-Match: *` and no HEAD before it: the store itself refuses to
+    /// replace an existing object (412, or 409 while a concurrent conditional write is in
+    /// flight), which is reported as [`PutOutcome::AlreadyExists`]. Only as reliable as the
+    /// store's support for conditional writes; [`BlobStore::put_if_absent`] HEADs first.
+    pub async fn put_conditional(
+        &self,
+        key: &ObjectKey,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<PutOutcome, StorageError> {
+        self.put_object(key, bytes, content_type, true).await
+    }
+
     async fn create_bucket(&self) -> Result<(), StorageError> {
         let mut request = self.client.create_bucket().bucket(&self.bucket);
         // us-east-1 is the default location and must not be named explicitly.
@@ -388,7 +401,7 @@ impl BlobStore for S3Store {
         if self.head(key).await?.is_some() {
             return Ok(PutOutcome::AlreadyExists);
         }
-        self.put_object(key, bytes, content_type, true).await
+        self.put_conditional(key, bytes, content_type).await
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Blob, StorageError> {

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use kontext_e2e::s3_server::{S3Server, unique_bucket_name};
 use kontext_storage::keys::{self, UploadId};
-use kontext_storage::{AnyBlobStore, BlobStore, LocalStore, S3Store, StorageConfig, StorageError};
+use kontext_storage::{
+    AnyBlobStore, BlobStore, LocalStore, PutOutcome, S3Store, StorageConfig, StorageError,
+};
 
 mod s3 {
     use super::*;
@@ -203,4 +205,23 @@ async fn a_private_server_stops_and_deletes_its_data_when_dropped() {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
         "nothing listens on {addr} any more"
     );
+}
+
+#[tokio::test]
+async fn conditional_put_never_replaces_an_object() {
+    let server = S3Server::shared().expect("server");
+    let store = server.fresh_store().await.expect("bucket");
+    let key = upload_key(b"first");
+    let first = store
+        .put_conditional(&key, bytes::Bytes::from_static(b"first"), "image/png")
+        .await
+        .expect("conditional put of a new key");
+    assert_eq!(first, PutOutcome::Created);
+    // No HEAD before this PUT: the 412 from the server itself must read as AlreadyExists.
+    let second = store
+        .put_conditional(&key, bytes::Bytes::from_static(b"second"), "image/png")
+        .await
+        .expect("conditional put of an existing key");
+    assert_eq!(second, PutOutcome::AlreadyExists);
+    assert_eq!(&store.get(&key).await.expect("get").bytes[..], b"first");
 }
