@@ -1,0 +1,443 @@
+//! Command-line flags (`Args`; every flag also reads a `KONTEXT_*` environment variable, and its
+//! doc comment is its `--help`) and the validated `Config` the server runs with.
+//!
+//! `Config` is built once at start (`Config::from_args`) and passed by reference afterwards; nothing
+//! reads the environment later. Its `Debug` redacts every secret, so the startup log line is safe.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand};
+use kontext_proto::policy::QueueConfig;
+use kontext_proto::validate::Limits;
+use kontext_storage::{StorageArgs, StorageConfig, StorageError, parse_duration};
+
+use crate::auth::{Auth, AuthConfigError};
+use crate::signing::Secret;
+
+#[derive(Parser)]
+#[command(
+    name = "kontext-coordinator",
+    version,
+    about = "Kontext Fleet coordinator: the HTTP API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the OpenAPI document (JSON) and exit; docs/openapi.json is this output.
+    PrintOpenapi,
+}
+
+/// Flags of the server.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Without --api-keys it must be a loopback address.
+    #[arg(long, env = "KONTEXT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Base URL clients reach this coordinator at (behind a proxy or load balancer); used in
+    /// Location headers, polling_url and signed result URLs. Default: http://<listen address>.
+    #[arg(long, env = "KONTEXT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Redis URL of the job queue, e.g. redis://:password@host:6379/0. Absent: an in-process
+    /// queue that only workers in this process can reach (embedded mode, `kontext up`).
+    #[arg(long, env = "KONTEXT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Namespace of the queue's keys inside Redis (the hash tag: kontext:{<ns>}:...).
+    #[arg(long, env = "KONTEXT_REDIS_NAMESPACE", default_value = "kx")]
+    pub redis_namespace: String,
+
+    /// After each submit, WAIT for this many Redis replicas to have the job (best effort).
+    #[arg(long, env = "KONTEXT_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// API keys: a file with one "key tenant [max_in_flight]" per line, or an inline list
+    /// "key:tenant[:max_in_flight],key2:tenant2". Absent: open access as tenant "default",
+    /// allowed only on a loopback --listen address.
+    #[arg(long, env = "KONTEXT_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// Non-terminal jobs a tenant may have at once, unless its key line says otherwise
+    /// (0 = no limit). Over it, submits get 429.
+    #[arg(long, env = "KONTEXT_MAX_IN_FLIGHT", default_value_t = 24)]
+    pub max_in_flight: u32,
+
+    /// Largest request body (JSON with a base64 image included), e.g. 32MiB.
+    #[arg(long, env = "KONTEXT_MAX_BODY_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
+    pub max_body_bytes: u64,
+
+    /// Largest input image file (upload, base64 or URL), e.g. 20MiB.
+    #[arg(long, env = "KONTEXT_MAX_IMAGE_BYTES", default_value = "20MiB", value_parser = parse_bytes)]
+    pub max_image_bytes: u64,
+
+    /// Most pixels (width x height) of an input image; checked from the header before decoding.
+    #[arg(long, env = "KONTEXT_MAX_INPUT_PIXELS", default_value_t = 4096 * 4096)]
+    pub max_input_pixels: u64,
+
+    /// Longest side of an input image, in pixels.
+    #[arg(long, env = "KONTEXT_MAX_INPUT_SIDE", default_value_t = 8192)]
+    pub max_input_side: u32,
+
+    /// Longest prompt, in characters.
+    #[arg(long, env = "KONTEXT_MAX_PROMPT_CHARS", default_value_t = 2000)]
+    pub max_prompt_chars: usize,
+
+    /// Longest side of an output image, in pixels (a multiple of 16).
+    #[arg(long, env = "KONTEXT_MAX_SIDE", default_value_t = 2048)]
+    pub max_side: u32,
+
+    /// Most pixels of an output image.
+    #[arg(long, env = "KONTEXT_MAX_PIXELS", default_value_t = 2048 * 2048)]
+    pub max_pixels: u64,
+
+    /// Most denoising steps per job.
+    #[arg(long, env = "KONTEXT_MAX_STEPS", default_value_t = 100)]
+    pub max_steps: u32,
+
+    /// Fetch input_image URLs and deliver webhooks to private, loopback, link-local and CGNAT
+    /// addresses too. Off by default (SSRF guard); for trusted networks and tests only.
+    #[arg(long, env = "KONTEXT_ALLOW_PRIVATE_URLS", value_parser = BoolishValueParser::new())]
+    pub allow_private_urls: bool,
+
+    /// Time limit for fetching one input_image URL (e.g. 10s).
+    #[arg(long, env = "KONTEXT_URL_FETCH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub url_fetch_timeout: Duration,
+
+    /// Secret for signed result URLs of local storage (/v1/blobs/...). Set the same value on
+    /// every coordinator behind one load balancer; absent: random per process (URLs then stop
+    /// working when the process restarts).
+    #[arg(long, env = "KONTEXT_URL_SIGNING_SECRET", hide_env_values = true)]
+    pub url_signing_secret: Option<String>,
+
+    /// Standard Webhooks signing secret ("whsec_<base64>", or any string used as raw bytes).
+    /// Without it, jobs with a webhook_url are refused.
+    #[arg(long, env = "KONTEXT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Time limit of one webhook delivery attempt.
+    #[arg(long, env = "KONTEXT_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// Delivery attempts per webhook before giving up (backoff 5 s, x4 each time, capped at 2 h).
+    #[arg(long, env = "KONTEXT_WEBHOOK_MAX_ATTEMPTS", default_value_t = 12)]
+    pub webhook_max_attempts: u32,
+
+    /// How often this coordinator re-queues expired leases and promotes due retries. Every
+    /// coordinator may reap: the queue's scripts are atomic, no leader is needed.
+    #[arg(long, env = "KONTEXT_REAP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub reap_interval: Duration,
+
+    /// How long finished jobs (and their events) are kept.
+    #[arg(long, env = "KONTEXT_JOB_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub job_retention: Duration,
+
+    /// How long an Idempotency-Key is remembered.
+    #[arg(long, env = "KONTEXT_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// Log as JSON lines instead of text (filter with RUST_LOG).
+    #[arg(long, env = "KONTEXT_JSON_LOGS", value_parser = BoolishValueParser::new())]
+    pub json_logs: bool,
+}
+
+/// Where jobs are queued.
+#[derive(Clone, PartialEq)]
+pub enum QueueSource {
+    /// In-process: embedded mode only.
+    Memory,
+    Redis {
+        url: String,
+        namespace: String,
+        wait_replicas: u32,
+    },
+}
+
+impl fmt::Debug for QueueSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            // The URL may carry a password.
+            Self::Redis {
+                namespace,
+                wait_replicas,
+                ..
+            } => f
+                .debug_struct("Redis")
+                .field("url", &"<redacted>")
+                .field("namespace", namespace)
+                .field("wait_replicas", wait_replicas)
+                .finish(),
+        }
+    }
+}
+
+/// Bounds on what clients send, beyond the job fields `Limits` covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestLimits {
+    pub max_body_bytes: u64,
+    pub max_image_bytes: u64,
+    /// Job fields: prompt, sizes, steps, input pixels...
+    pub job: Limits,
+}
+
+/// Webhook delivery settings.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `None`: jobs with a webhook_url are refused.
+    pub secret: Option<Secret>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    /// Delay before the second attempt; multiplied by 4 each further attempt, capped.
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+    /// How often the notifier looks for finished jobs.
+    pub poll_interval: Duration,
+    /// How long a taken notification stays with this coordinator before another may take it.
+    pub lease: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Without a trailing slash.
+    pub public_url: Option<String>,
+    pub queue: QueueSource,
+    pub queue_config: QueueConfig,
+    pub storage: StorageConfig,
+    pub auth: Auth,
+    pub limits: RequestLimits,
+    pub allow_private_urls: bool,
+    pub url_fetch_timeout: Duration,
+    /// Validity of result URLs (presigned S3 URLs and signed local URLs alike).
+    pub result_url_ttl: Duration,
+    pub url_signing_secret: Secret,
+    pub webhooks: WebhookConfig,
+    pub reap_interval: Duration,
+}
+
+/// A flag value that cannot work; names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("--{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+}
+
+impl Config {
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
+        let invalid = |flag, reason: &str| ConfigError::Invalid {
+            flag,
+            reason: reason.to_owned(),
+        };
+        let auth = match &args.api_keys {
+            Some(v) => Auth::from_arg(v, args.max_in_flight)?,
+            None => Auth::Open {
+                max_in_flight: args.max_in_flight,
+            },
+        };
+        let public_url = match args.public_url {
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(invalid("public-url", "must start with http:// or https://"));
+            }
+            other => other.map(|u| u.trim_end_matches('/').to_owned()),
+        };
+        if args.max_side % 16 != 0 {
+            return Err(invalid("max-side", "must be a multiple of 16"));
+        }
+        if args.reap_interval.is_zero() {
+            return Err(invalid("reap-interval", "must be above zero"));
+        }
+        let queue = match args.redis_url {
+            Some(url) => QueueSource::Redis {
+                url,
+                namespace: args.redis_namespace,
+                wait_replicas: args.redis_wait_replicas,
+            },
+            None => QueueSource::Memory,
+        };
+        let webhook_secret = args
+            .webhook_secret
+            .as_deref()
+            .map(Secret::from_standard_webhooks)
+            .transpose()
+            .map_err(|reason| invalid("webhook-secret", &reason))?;
+        let url_signing_secret = match args.url_signing_secret.as_deref() {
+            Some(s) if s.len() < 16 => {
+                return Err(invalid("url-signing-secret", "use at least 16 characters"));
+            }
+            Some(s) => Secret::from_bytes(s.as_bytes().to_vec()),
+            None => Secret::random(),
+        };
+        let result_url_ttl = args.storage.presign_ttl;
+        let job = Limits {
+            max_prompt_chars: args.max_prompt_chars,
+            max_side: args.max_side,
+            max_pixels: args.max_pixels,
+            max_steps: args.max_steps,
+            max_input_pixels: args.max_input_pixels,
+            max_input_side: args.max_input_side,
+            ..Limits::default()
+        };
+        let queue_config = QueueConfig {
+            retention: args.job_retention,
+            idempotency_ttl: args.idempotency_ttl,
+            ..QueueConfig::default()
+        };
+        Ok(Self {
+            listen: args.listen,
+            public_url,
+            queue,
+            queue_config,
+            storage: args.storage.into_config()?,
+            auth,
+            limits: RequestLimits {
+                max_body_bytes: args.max_body_bytes,
+                max_image_bytes: args.max_image_bytes,
+                job,
+            },
+            allow_private_urls: args.allow_private_urls,
+            url_fetch_timeout: args.url_fetch_timeout,
+            result_url_ttl,
+            url_signing_secret,
+            webhooks: WebhookConfig {
+                secret: webhook_secret,
+                timeout: args.webhook_timeout,
+                max_attempts: args.webhook_max_attempts.max(1),
+                ..WebhookConfig::default()
+            },
+            reap_interval: args.reap_interval,
+        })
+    }
+
+    /// Embedded defaults (memory queue, local storage under `data_dir`, open access): what
+    /// `kontext up` and the tests start from, adjusting fields as needed.
+    pub fn embedded(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            queue: QueueSource::Memory,
+            queue_config: QueueConfig::default(),
+            storage: StorageConfig::Local {
+                root: data_dir.into(),
+            },
+            auth: Auth::Open { max_in_flight: 24 },
+            limits: RequestLimits {
+                max_body_bytes: 32 << 20,
+                max_image_bytes: 20 << 20,
+                job: Limits::default(),
+            },
+            allow_private_urls: false,
+            url_fetch_timeout: Duration::from_secs(10),
+            result_url_ttl: Duration::from_secs(3600),
+            url_signing_secret: Secret::random(),
+            webhooks: WebhookConfig::default(),
+            reap_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            timeout: Duration::from_secs(10),
+            max_attempts: 12,
+            first_retry: Duration::from_secs(5),
+            max_retry: Duration::from_secs(2 * 3600),
+            poll_interval: Duration::from_millis(250),
+            lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `20MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1000).
+pub fn parse_bytes(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let bad = || format!("{value:?} is not a size: use e.g. 1048576, 512KiB, 20MiB or 1GiB");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(unit).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("20MiB"), Ok(20 << 20));
+        assert_eq!(parse_bytes("2 KB"), Ok(2_000));
+        for bad in ["", "MiB", "1.5MiB", "-1", "3TB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags_become_a_config_with_secrets_redacted() {
+        let cli = Cli::try_parse_from([
+            "kontext-coordinator",
+            "--data-dir",
+            "/tmp/k",
+            "--redis-url",
+            "redis://:hunter2hunter2@db:6379",
+            "--api-keys",
+            "key-0123456789abcdef:acme:3",
+            "--webhook-secret",
+            "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=",
+            "--max-body-bytes",
+            "1MiB",
+            "--public-url",
+            "https://api.example.com/",
+        ])
+        .expect("valid flags");
+        let config = Config::from_args(cli.serve).expect("valid config");
+        assert_eq!(config.limits.max_body_bytes, 1 << 20);
+        assert_eq!(
+            config.public_url.as_deref(),
+            Some("https://api.example.com")
+        );
+        let text = format!("{config:?}");
+        for secret in ["hunter2", "key-0123456789abcdef", "c2VjcmV0"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        let cli = Cli::try_parse_from(["x", "--data-dir", "/tmp/k", "--max-side", "1000"])
+            .expect("parses");
+        let err = Config::from_args(cli.serve).expect_err("1000 is no multiple of 16");
+        assert!(err.to_string().contains("--max-side"), "{err}");
+    }
+}

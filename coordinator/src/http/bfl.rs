@@ -1,0 +1,236 @@
+//! BFL-compatible routes, so existing Black Forest Labs API clients work by changing the base URL
+//! (serving-reference.md §0): `POST /v1/flux-kontext-dev` (also `-pro` and `-max`, which run the
+//! same model here) with BFL's field names → `{id, polling_url}`, and `GET /v1/get_result?id=` →
+//! `{id, status, result: {sample, ...}, progress}` with BFL's status words. Auth: `x-key` (or
+//! Bearer). Jobs made here are ordinary jobs: the native routes see them too.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kontext_proto::JobStatus;
+use kontext_proto::validate::JobRequest;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody, ErrorDetail};
+use super::jobs::submit_job;
+use super::request::{Caller, parse_json, query_pairs, query_param, read_body};
+use crate::state::AppState;
+
+/// BFL's Kontext request body. `prompt_upsampling` and `safety_tolerance` are accepted and
+/// ignored (no upsampler or safety model runs here).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(default)]
+#[schema(example = json!({"prompt": "make the jacket red", "input_image": "<base64 or URL>",
+    "seed": 42, "aspect_ratio": "1:1", "output_format": "png"}))]
+pub struct BflRequest {
+    pub prompt: String,
+    /// Base64 image or http(s) URL (our upload ids and object keys work too).
+    pub input_image: Option<String>,
+    /// BFL's experimental multi-reference inputs: not supported yet (422).
+    pub input_image_2: Option<String>,
+    pub input_image_3: Option<String>,
+    pub input_image_4: Option<String>,
+    pub seed: Option<u64>,
+    /// e.g. "16:9", between 21:9 and 9:21.
+    pub aspect_ratio: Option<String>,
+    /// "png" (default) or "jpeg".
+    pub output_format: Option<String>,
+    pub webhook_url: Option<String>,
+    /// Not supported: deliveries are signed with the server's Standard Webhooks secret (422).
+    pub webhook_secret: Option<String>,
+    pub prompt_upsampling: Option<bool>,
+    pub safety_tolerance: Option<u32>,
+    /// Extension: denoising steps (default 28).
+    pub steps: Option<u32>,
+    /// Extension: distilled guidance (default 2.5).
+    pub guidance: Option<f32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d",
+    "polling_url": "http://127.0.0.1:8080/v1/get_result?id=0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d"}))]
+pub struct BflSubmitted {
+    pub id: String,
+    pub polling_url: String,
+}
+
+/// BFL's `get_result` reply.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d", "status": "Ready",
+    "result": {"sample": "http://127.0.0.1:8080/v1/blobs/out/default/0b6a.../1.png?expires=1795701600&signature=...",
+        "prompt": "make the jacket red", "seed": 42, "start_time": 1795698000.12,
+        "end_time": 1795698004.87, "duration": 4.75},
+    "progress": 1.0, "details": null}))]
+pub struct BflResult {
+    pub id: String,
+    /// Pending, Ready, Error or Task not found.
+    pub status: String,
+    pub result: Option<BflSample>,
+    /// 0..1 while Pending.
+    pub progress: Option<f32>,
+    /// Why, when the status is Error.
+    pub details: Option<serde_json::Value>,
+    /// Present on 404 replies (our error shape, besides BFL's status word).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BflSample {
+    /// Signed URL of the image; GET it without credentials (valid for --presign-ttl).
+    pub sample: String,
+    pub prompt: String,
+    pub seed: u64,
+    /// Unix seconds.
+    pub start_time: Option<f64>,
+    pub end_time: Option<f64>,
+    /// Seconds from start to end.
+    pub duration: Option<f64>,
+}
+
+#[utoipa::path(
+    post, path = "/v1/flux-kontext-dev", tag = "bfl",
+    request_body = BflRequest,
+    responses(
+        (status = 200, description = "Task created", body = BflSubmitted),
+        (status = 401, description = "Missing or unknown x-key", body = ErrorBody),
+        (status = 413, description = "Body or image too large", body = ErrorBody),
+        (status = 422, description = "A field's value is not acceptable", body = ErrorBody,
+            example = json!({"error": {"type": "invalid_request", "field": "aspect_ratio",
+                "message": "aspect_ratio must be between 9:21 and 21:9 (got 32:9)",
+                "limit": "9:21..=21:9"}})),
+        (status = 429, description = "Too many tasks in flight", body = ErrorBody),
+    ),
+    security(("x_key" = []), ("bearer" = []))
+)]
+pub async fn create_task(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<BflSubmitted>, ApiError> {
+    let max = state.config.limits.max_body_bytes;
+    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let (req, body_hash) = parse_json::<BflRequest>(&bytes)?;
+    for (field, value) in [
+        ("input_image_2", &req.input_image_2),
+        ("input_image_3", &req.input_image_3),
+        ("input_image_4", &req.input_image_4),
+    ] {
+        if value.is_some() {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{field}: multi-reference inputs are not supported yet; send input_image only"
+                ),
+            ));
+        }
+    }
+    if req.webhook_secret.is_some() {
+        return Err(ApiError::invalid(
+            "webhook_secret",
+            "webhook_secret is not supported: webhooks are signed with the server's Standard \
+             Webhooks secret (headers webhook-id, webhook-timestamp, webhook-signature)",
+        ));
+    }
+    let job = JobRequest {
+        prompt: req.prompt,
+        input_image: req.input_image.filter(|s| !s.trim().is_empty()),
+        aspect_ratio: req.aspect_ratio,
+        steps: req.steps,
+        guidance: req.guidance,
+        seed: req.seed,
+        output_format: req.output_format,
+        webhook_url: req.webhook_url,
+        ..JobRequest::default()
+    };
+    let idem = super::jobs::idempotency_key(&headers)?;
+    let (id, _) = submit_job(&state, &tenant, job, body_hash, idem).await?;
+    Ok(Json(BflSubmitted {
+        polling_url: format!("{}/v1/get_result?id={id}", state.public_url),
+        id: id.to_string(),
+    }))
+}
+
+#[utoipa::path(
+    get, path = "/v1/get_result", tag = "bfl",
+    params(("id" = String, Query, description = "Task id from the create reply")),
+    responses(
+        (status = 200, description = "The task", body = BflResult),
+        (status = 401, description = "Missing or unknown x-key", body = ErrorBody),
+        (status = 404, description = "Unknown id (or another tenant's): status \"Task not found\"",
+            body = BflResult, example = json!({"id": "0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d",
+                "status": "Task not found", "result": null, "progress": null, "details": null,
+                "error": {"type": "not_found", "field": "id", "message": "task not found"}})),
+        (status = 422, description = "No id given", body = ErrorBody),
+    ),
+    security(("x_key" = []), ("bearer" = []))
+)]
+pub async fn get_result(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(query.as_deref());
+    let id = query_param(&pairs, "id")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::invalid("id", "the id query parameter is required"))?
+        .to_owned();
+    let job = match state.job_for(&id, &tenant).await {
+        Ok(job) => job,
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            let body = BflResult {
+                id,
+                status: "Task not found".into(),
+                result: None,
+                progress: None,
+                details: None,
+                error: Some(ErrorDetail {
+                    message: "task not found".into(),
+                    ..e.detail
+                }),
+            };
+            return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());
+        }
+        Err(e) => return Err(e),
+    };
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    let (status, result, details) = match job.status {
+        JobStatus::Queued | JobStatus::Running => ("Pending", None, None),
+        JobStatus::Succeeded => {
+            let sample = state.result_url(&job).await?;
+            let result = sample.map(|sample| BflSample {
+                sample,
+                prompt: job.spec.prompt.clone(),
+                seed: job.result.as_ref().map_or(job.spec.seed, |r| r.seed),
+                start_time: job.started_at.map(secs),
+                end_time: job.finished_at.map(secs),
+                duration: job
+                    .started_at
+                    .zip(job.finished_at)
+                    .map(|(s, e)| secs(e.saturating_sub(s))),
+            });
+            ("Ready", result, None)
+        }
+        JobStatus::Failed | JobStatus::Canceled | JobStatus::Dead => {
+            let details = serde_json::json!({
+                "status": job.status.as_str(),
+                "kind": job.error.as_ref().map(|e| e.kind.as_str()),
+                "message": job.error.as_ref().map(|e| e.message.clone()),
+            });
+            ("Error", None, Some(details))
+        }
+    };
+    Ok(Json(BflResult {
+        id: job.id.to_string(),
+        status: status.into(),
+        result,
+        progress: Some(job.progress),
+        details,
+        error: None,
+    })
+    .into_response())
+}

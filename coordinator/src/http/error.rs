@@ -1,0 +1,255 @@
+//! `ApiError`: the one error type of every handler, and its one mapping to an HTTP answer:
+//! `(StatusCode, Json {"error": {type, field?, message, limit?, errors?}})`.
+//!
+//! Every 4xx names the field it is about (a JSON field, a header such as `Idempotency-Key`, `id`
+//! for path ids, `body` for the request body) and, where one applies, the limit. 5xx answers carry
+//! a generic message; the cause is logged once, here.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kontext_proto::QueueError;
+use kontext_proto::validate::{FieldError, ValidationErrors};
+use kontext_storage::StorageError;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"error": {"type": "invalid_request", "field": "steps",
+    "message": "steps must be between 1 and 100 (got 150)", "limit": "1..=100"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable class: invalid_request, bad_request, unauthorized, not_found,
+    /// forbidden, not_ready, payload_too_large, unsupported_media_type, too_many_requests, unavailable,
+    /// internal.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The field, header or part of the request the error is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub message: String,
+    /// The bound that was broken, e.g. "1..=100" or "..=1048576 bytes".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    /// Every problem when there was more than one (validation reports all fields at once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub errors: Vec<FieldError>,
+}
+
+/// An error on its way to becoming a response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub detail: ErrorDetail,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &str,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            detail: ErrorDetail {
+                kind: kind.to_owned(),
+                field: field.map(str::to_owned),
+                message: message.into(),
+                limit: None,
+                errors: Vec::new(),
+            },
+            retry_after_s: None,
+        }
+    }
+
+    pub fn with_limit(mut self, limit: impl Into<String>) -> Self {
+        self.detail.limit = Some(limit.into());
+        self
+    }
+
+    /// 422: the request is well-formed but a field's value is not acceptable.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some(field),
+            message,
+        )
+    }
+
+    /// 400: the request cannot be read (malformed JSON, header or query).
+    pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", Some(field), message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            Some("Authorization"),
+            "missing or unknown API key: send \"Authorization: Bearer <key>\" or \"x-key: <key>\"",
+        )
+    }
+
+    /// 404 for ids that don't exist *or belong to another tenant* (never 403: existence must
+    /// not leak).
+    pub fn not_found(field: &str, what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            Some(field),
+            format!("{what} not found"),
+        )
+    }
+
+    /// 403 for signed URLs whose signature is missing, wrong or expired (never for tenancy).
+    pub fn forbidden(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", Some(field), message)
+    }
+
+    pub fn too_large(field: &str, limit_bytes: u64, what: &str) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            Some(field),
+            format!("{what} is larger than the limit of {limit_bytes} bytes"),
+        )
+        .with_limit(format!("..={limit_bytes} bytes"))
+    }
+
+    pub fn unsupported_media(field: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            Some(field),
+            message,
+        )
+    }
+
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "not_ready", Some("id"), message)
+    }
+
+    pub fn too_many(in_flight: u64, limit: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            Some("max_in_flight"),
+            format!(
+                "this tenant has {in_flight} jobs queued or running; the limit is {limit}: \
+                 wait for some to finish"
+            ),
+        )
+        .with_limit(format!("..={limit} jobs in flight"));
+        e.retry_after_s = Some(1);
+        e
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            None,
+            message,
+        );
+        e.retry_after_s = Some(1);
+        e
+    }
+
+    /// 500; `cause` is logged, the client sees a generic message.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            None,
+            "internal error; the coordinator's log has the details",
+        )
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(v: ValidationErrors) -> Self {
+        let first = v.errors.first().cloned().unwrap_or_else(|| FieldError {
+            field: "body".into(),
+            message: "invalid request".into(),
+            limit: None,
+        });
+        let message = v
+            .errors
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut e = Self::invalid(&first.field, message);
+        e.detail.limit = first.limit;
+        if v.errors.len() > 1 {
+            e.detail.errors = v.errors;
+        }
+        e
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::IdempotencyConflict => Self::invalid(
+                "Idempotency-Key",
+                "Idempotency-Key was used before with a different request body; use a new key \
+                 for a different request",
+            ),
+            QueueError::TooManyInFlight { in_flight, limit } => Self::too_many(in_flight, limit),
+            QueueError::InvalidCursor(c) => Self::bad_request(
+                "cursor",
+                format!("cursor {c:?} was not returned by this API"),
+            ),
+            QueueError::NotFound(_) => Self::not_found("id", "job"),
+            QueueError::Backend(_) => {
+                tracing::error!(error = %e, "queue unavailable");
+                Self::unavailable("the job queue is unavailable; retry shortly")
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        if e.is_transient() {
+            tracing::error!(error = %e, "storage unavailable");
+            return Self::unavailable("object storage is unavailable; retry shortly");
+        }
+        Self::internal(&e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(ErrorBody { error: self.detail })).into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}
+
+/// Fallback for unknown routes, so they answer in the same JSON shape.
+pub async fn no_route() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        Some("path"),
+        "no such route",
+    )
+}

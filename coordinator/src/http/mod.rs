@@ -1,0 +1,126 @@
+//! The HTTP surface: `router(state)` and `ApiDoc` (the OpenAPI document, generated from the
+//! handlers' `#[utoipa::path]` annotations; `docs/openapi.json` is its committed output and a test
+//! fails when they drift).
+//!
+//! Routes: native jobs API (`jobs`, `events`, `results`), uploads, BFL-compatible routes (`bfl`),
+//! and operations (`health`). Every error answers through `error::ApiError`.
+
+pub mod bfl;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod jobs;
+pub mod request;
+pub mod results;
+pub mod uploads;
+pub mod views;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Kontext Fleet",
+        description = "Self-hosted FLUX.1 Kontext image generation and editing: asynchronous \
+            jobs over a Redis queue, GPU workers, results in S3-compatible storage. \
+            Authenticate with `Authorization: Bearer <key>` or BFL's `x-key: <key>` (open \
+            access as tenant \"default\" when the server runs without keys on loopback). \
+            Every 4xx body is `{\"error\": {type, field, message, limit?}}` naming the field.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
+        events::job_events, results::job_result, results::signed_blob,
+        uploads::upload,
+        bfl::create_task, bfl::get_result,
+        health::healthz, health::readyz, health::metrics,
+    ),
+    components(schemas(
+        views::SubmitJob, views::JobAccepted, views::JobView, views::JobList, views::ResultView,
+        views::JobErrorView, views::ApiJobStatus, views::ApiJobKind, views::CancelReply,
+        views::ApiCancelOutcome, views::UploadReply, error::ErrorBody, error::ErrorDetail,
+        bfl::BflRequest, bfl::BflSubmitted, bfl::BflResult, bfl::BflSample,
+    )),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "jobs", description = "Native job API"),
+        (name = "uploads", description = "Input images"),
+        (name = "bfl", description = "BFL-compatible routes: change a BFL client's base URL"),
+        (name = "operations", description = "Health and metrics (no API key)"),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "x_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-key"))),
+        );
+    }
+}
+
+/// The OpenAPI document as pretty JSON with a trailing newline (what `print-openapi` prints and
+/// docs/openapi.json holds).
+pub fn openapi_json() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes; this is a bug");
+    text.push('\n');
+    text
+}
+
+/// Every route, with the state applied.
+pub fn router(state: AppState) -> Router {
+    let bfl_create = post(bfl::create_task);
+    Router::new()
+        .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/events", get(events::job_events))
+        .route("/v1/jobs/{id}/result", get(results::job_result))
+        .route("/v1/blobs/{*key}", get(results::signed_blob))
+        .route("/v1/uploads", post(uploads::upload))
+        .route("/v1/flux-kontext-dev", bfl_create.clone())
+        .route("/v1/flux-kontext-pro", bfl_create.clone())
+        .route("/v1/flux-kontext-max", bfl_create)
+        .route("/v1/get_result", get(bfl::get_result))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(error::no_route)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Counts requests per (method, route template, status) for `kontext_http_requests_total`.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_request(&method, &route, response.status().as_u16());
+    response
+}

@@ -1,0 +1,162 @@
+//! Reading requests: the caller's tenant (`Caller` extractor), bodies read with a size limit, and
+//! JSON parsed so that a type error names the field it is in.
+
+use axum::body::Body;
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::auth::Tenant;
+use crate::state::AppState;
+
+/// The authenticated tenant of a request: `Authorization: Bearer <key>` or BFL's `x-key: <key>`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Tenant);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let key = api_key(&parts.headers);
+        state
+            .config
+            .auth
+            .tenant(key)
+            .map(Caller)
+            .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+fn api_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    bearer
+        .or_else(|| headers.get("x-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+/// The whole body, refused with 413 (naming `field` and the limit) past `limit` bytes — checked
+/// against Content-Length first, then while reading, so an oversized body is never buffered.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+    field: &str,
+    what: &str,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(field, limit, what));
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::too_large(field, limit, what))
+        }
+        Err(e) => Err(ApiError::bad_request(
+            field,
+            format!("reading the {what} failed: {e}"),
+        )),
+    }
+}
+
+/// Parses a JSON object into `T`; returns it with the SHA-256 (hex) of its canonical form (keys
+/// sorted, no whitespace), which is what idempotent replays are compared by.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, String), ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("body", format!("body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("body", "body must be a JSON object"));
+    }
+    let value = sorted_keys(value);
+    let canonical = serde_json::to_vec(&value).map_err(|e| ApiError::internal(&e))?;
+    let hash = hex::encode(Sha256::digest(&canonical));
+    let parsed = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." {
+            "body".to_owned()
+        } else {
+            field
+        };
+        ApiError::invalid(&field, format!("{field}: {}", e.inner()))
+    })?;
+    Ok((parsed, hash))
+}
+
+/// `value` with every object's keys in sorted order (explicitly: serde_json keeps insertion order
+/// when any crate in the build enables its `preserve_order` feature).
+fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
+        other => other,
+    }
+}
+
+/// Query string pairs (percent-decoded).
+pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.map(|q| {
+        reqwest::Url::parse(&format!("http://q/?{q}"))
+            .map(|u| u.query_pairs().into_owned().collect())
+            .unwrap_or_default()
+    })
+    .unwrap_or_default()
+}
+
+/// The value of query parameter `name`.
+pub fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::views::SubmitJob;
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = parse_json::<SubmitJob>(br#"{"prompt": "x", "steps": "many"}"#)
+            .expect_err("steps is a string");
+        assert_eq!(err.detail.field.as_deref(), Some("steps"));
+        assert_eq!(err.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let err = parse_json::<SubmitJob>(b"[1]").expect_err("not an object");
+        assert_eq!(err.detail.field.as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn canonical_hash_ignores_whitespace_and_key_order() {
+        let (_, a) = parse_json::<SubmitJob>(br#"{"prompt":"x","seed":1}"#).expect("valid");
+        let (_, b) =
+            parse_json::<SubmitJob>(b"{ \"seed\": 1,\n \"prompt\": \"x\" }").expect("valid");
+        let (_, c) = parse_json::<SubmitJob>(br#"{"prompt":"x","seed":2}"#).expect("valid");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

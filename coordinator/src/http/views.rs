@@ -1,0 +1,314 @@
+//! What the API sends and receives (the OpenAPI schemas): the job view of design.md §9, submit
+//! and list replies, uploads, cancel. Conversions from the queue's records live here too, so
+//! every route renders a job the same way.
+
+use kontext_proto::validate::JobRequest;
+use kontext_proto::{CancelOutcome, JobErrorKind, JobKind, JobRecord, JobStatus, Millis};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /v1/jobs` body. Field names follow BFL and diffusers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(default)]
+#[schema(example = json!({"prompt": "make the jacket red", "input_image": "<upload id>",
+    "steps": 28, "guidance": 2.5, "seed": 42, "output_format": "png"}))]
+pub struct SubmitJob {
+    /// What to generate, or the edit instruction.
+    pub prompt: String,
+    /// Context image of an edit: an upload id (`POST /v1/uploads`), an object key of this
+    /// tenant (`in/<tenant>/...` or `out/<tenant>/...`), base64 (optionally a `data:` URL) or an
+    /// http(s) URL. Absent: a text-to-image job.
+    pub input_image: Option<String>,
+    /// Output width (multiple of 16). Default: the snapped input size, or 1024 for generate.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// `"w:h"`, e.g. `"16:9"` (about one megapixel); exclusive with width/height.
+    pub aspect_ratio: Option<String>,
+    /// How an edit's input is sized: `snap` (Kontext's preferred resolutions, default) or `keep`.
+    pub resize: Option<String>,
+    /// Denoising steps (default 28).
+    pub steps: Option<u32>,
+    /// Distilled guidance (default 2.5).
+    pub guidance: Option<f32>,
+    /// Absent: the server picks one and reports it.
+    pub seed: Option<u64>,
+    /// `png` (default) or `jpeg`.
+    pub output_format: Option<String>,
+    /// `high`, `standard` (default) or `bulk`.
+    pub priority: Option<String>,
+    /// Called (Standard Webhooks signature) when the job finishes.
+    pub webhook_url: Option<String>,
+}
+
+impl From<SubmitJob> for JobRequest {
+    fn from(s: SubmitJob) -> Self {
+        Self {
+            prompt: s.prompt,
+            input_image: s.input_image,
+            width: s.width,
+            height: s.height,
+            aspect_ratio: s.aspect_ratio,
+            resize: s.resize,
+            steps: s.steps,
+            guidance: s.guidance,
+            seed: s.seed,
+            output_format: s.output_format,
+            priority: s.priority,
+            webhook_url: s.webhook_url,
+        }
+    }
+}
+
+/// `202` reply to a submit: where to follow the job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d", "status": "queued",
+    "status_url": "http://127.0.0.1:8080/v1/jobs/0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d",
+    "events_url": "http://127.0.0.1:8080/v1/jobs/0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d/events",
+    "cancel_url": "http://127.0.0.1:8080/v1/jobs/0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d/cancel",
+    "result_url": "http://127.0.0.1:8080/v1/jobs/0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d/result"}))]
+pub struct JobAccepted {
+    pub id: String,
+    pub status: ApiJobStatus,
+    pub status_url: String,
+    /// Server-sent events: state and progress, then the final job.
+    pub events_url: String,
+    pub cancel_url: String,
+    /// The image once the job succeeded.
+    pub result_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiJobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    /// Gave up: crashed workers too often (poison job).
+    Dead,
+}
+
+impl From<JobStatus> for ApiJobStatus {
+    fn from(s: JobStatus) -> Self {
+        match s {
+            JobStatus::Queued => Self::Queued,
+            JobStatus::Running => Self::Running,
+            JobStatus::Succeeded => Self::Succeeded,
+            JobStatus::Failed => Self::Failed,
+            JobStatus::Canceled => Self::Canceled,
+            JobStatus::Dead => Self::Dead,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiJobKind {
+    Generate,
+    Edit,
+}
+
+/// A job as `GET /v1/jobs/{id}` returns it (design.md §9).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d", "kind": "edit",
+    "status": "succeeded", "progress": 1.0, "prompt": "make the jacket red", "seed": 42,
+    "width": 1024, "height": 1024, "steps": 28, "guidance": 2.5, "output_format": "png",
+    "priority": "standard", "input_image": "in/acme/9f86d0...a08.png",
+    "created_at": "2026-11-26T13:00:00.000Z", "started_at": "2026-11-26T13:00:00.120Z",
+    "finished_at": "2026-11-26T13:00:04.870Z", "attempts": 1,
+    "result": {"url": "https://s3.example.com/results/out/acme/0b6a.../1.png?X-Amz-Signature=...",
+        "key": "out/acme/0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d/1.png", "width": 1024,
+        "height": 1024, "format": "png"},
+    "error": null}))]
+pub struct JobView {
+    pub id: String,
+    pub kind: ApiJobKind,
+    pub status: ApiJobStatus,
+    /// Share of the denoising steps done, 0..1.
+    pub progress: f32,
+    pub prompt: String,
+    /// Always set: the server picks one when the request had none.
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub guidance: f32,
+    pub output_format: String,
+    pub priority: String,
+    /// Object key of the stored context image (edits).
+    pub input_image: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Claims that counted (a worker's graceful release does not).
+    pub attempts: u32,
+    pub result: Option<ResultView>,
+    pub error: Option<JobErrorView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResultView {
+    /// Presigned (S3) or signed (local storage) URL: GET it without credentials until it expires.
+    pub url: String,
+    pub key: String,
+    pub width: u32,
+    pub height: u32,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobErrorView {
+    /// invalid_input, transient, fatal or canceled.
+    pub kind: String,
+    pub message: String,
+}
+
+/// A page of the caller's jobs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Reply to `POST /v1/jobs/{id}/cancel` (fal's vocabulary).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d",
+    "status": "CANCELLATION_REQUESTED"}))]
+pub struct CancelReply {
+    pub id: String,
+    pub status: ApiCancelOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApiCancelOutcome {
+    /// Was queued: it will never run.
+    Canceled,
+    /// Is running: the worker stops at its next step.
+    CancellationRequested,
+    AlreadyCompleted,
+}
+
+impl ApiCancelOutcome {
+    /// `None` for `NotFound`, which the handler turns into a 404.
+    pub fn from_outcome(o: CancelOutcome) -> Option<Self> {
+        match o {
+            CancelOutcome::Canceled => Some(Self::Canceled),
+            CancelOutcome::CancellationRequested => Some(Self::CancellationRequested),
+            CancelOutcome::AlreadyCompleted => Some(Self::AlreadyCompleted),
+            CancelOutcome::NotFound => None,
+        }
+    }
+}
+
+/// Reply to `POST /v1/uploads`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"id": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08.png",
+    "key": "in/acme/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08.png",
+    "width": 1024, "height": 768, "content_type": "image/png"}))]
+pub struct UploadReply {
+    /// Use as `input_image`.
+    pub id: String,
+    pub key: String,
+    pub width: u32,
+    pub height: u32,
+    /// How it is stored (WebP uploads are stored as PNG).
+    pub content_type: String,
+}
+
+/// Builds a `JobView`; `result_url` is the signed URL of the result, when there is one.
+pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
+    let spec = &job.spec;
+    JobView {
+        id: job.id.to_string(),
+        kind: match spec.kind {
+            JobKind::Generate => ApiJobKind::Generate,
+            JobKind::Edit => ApiJobKind::Edit,
+        },
+        status: job.status.into(),
+        progress: job.progress,
+        prompt: spec.prompt.clone(),
+        seed: job.result.as_ref().map_or(spec.seed, |r| r.seed),
+        width: spec.width,
+        height: spec.height,
+        steps: spec.steps,
+        guidance: spec.guidance,
+        output_format: spec.output_format.extension().to_owned(),
+        priority: match spec.priority {
+            kontext_proto::Priority::High => "high",
+            kontext_proto::Priority::Standard => "standard",
+            kontext_proto::Priority::Bulk => "bulk",
+        }
+        .to_owned(),
+        input_image: spec.input.as_ref().map(|i| i.key.clone()),
+        created_at: rfc3339(job.created_at),
+        started_at: job.started_at.map(rfc3339),
+        finished_at: job.finished_at.map(rfc3339),
+        attempts: job.attempts,
+        result: job
+            .result
+            .as_ref()
+            .zip(result_url)
+            .map(|(r, url)| ResultView {
+                url,
+                key: r.key.clone(),
+                width: r.width,
+                height: r.height,
+                format: r.format.extension().to_owned(),
+            }),
+        error: job.error.as_ref().map(|e| JobErrorView {
+            kind: error_kind(e.kind).to_owned(),
+            message: e.message.clone(),
+        }),
+    }
+}
+
+fn error_kind(kind: JobErrorKind) -> &'static str {
+    kind.as_str()
+}
+
+/// `ms` since the Unix epoch as RFC 3339 UTC with milliseconds, e.g. `2026-11-26T13:00:00.123Z`.
+pub fn rfc3339(ms: Millis) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's
+/// `civil_from_days`, restricted to dates after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_render_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_698_000_123), "2026-11-26T13:00:00.123Z");
+        assert_eq!(rfc3339(4_102_444_799_999), "2099-12-31T23:59:59.999Z");
+    }
+}

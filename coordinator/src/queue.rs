@@ -1,0 +1,147 @@
+//! `AnyQueue`: the job queue chosen at run time — `RedisQueue` when a Redis URL is configured,
+//! otherwise the in-process `MemoryQueue` (embedded mode: `kontext up`, tests). Both sit behind an
+//! `Arc`, so the coordinator and an in-process worker can share one `MemoryQueue`.
+//!
+//! `JobQueue` uses `impl Future` returns (not object safe), hence an enum rather than `dyn`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kontext_proto::memory::MemoryQueue;
+use kontext_proto::redis::RedisQueue;
+use kontext_proto::{
+    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobError, JobEvent, JobId, JobPage,
+    JobQueue, JobRecord, JobResult, Lease, LeaseState, Millis, QueueError, QueueStats, ReapReport,
+    Submission, SubmitOutcome,
+};
+
+/// One of the queue implementations. Cloning is cheap (an `Arc`).
+#[derive(Debug, Clone)]
+pub enum AnyQueue {
+    Memory(Arc<MemoryQueue>),
+    Redis(Arc<RedisQueue>),
+}
+
+impl AnyQueue {
+    /// Short name for logs and `/readyz`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "in-process memory queue",
+            Self::Redis(_) => "redis queue",
+        }
+    }
+}
+
+impl From<Arc<MemoryQueue>> for AnyQueue {
+    fn from(q: Arc<MemoryQueue>) -> Self {
+        Self::Memory(q)
+    }
+}
+
+impl From<Arc<RedisQueue>> for AnyQueue {
+    fn from(q: Arc<RedisQueue>) -> Self {
+        Self::Redis(q)
+    }
+}
+
+/// Forwards a call to whichever queue this is.
+macro_rules! dispatch {
+    ($self:ident, $q:ident => $call:expr) => {
+        match $self {
+            AnyQueue::Memory($q) => $call,
+            AnyQueue::Redis($q) => $call,
+        }
+    };
+}
+
+impl JobQueue for AnyQueue {
+    async fn submit(&self, sub: Submission, now: Millis) -> Result<SubmitOutcome, QueueError> {
+        dispatch!(self, q => q.submit(sub, now).await)
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        dispatch!(self, q => q.get(id).await)
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<JobPage, QueueError> {
+        dispatch!(self, q => q.list(tenant, cursor, limit).await)
+    }
+
+    async fn cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome, QueueError> {
+        dispatch!(self, q => q.cancel(id, now).await)
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        lease_ttl: Duration,
+        now: Millis,
+        wait: Duration,
+    ) -> Result<Option<Claim>, QueueError> {
+        dispatch!(self, q => q.claim(worker, lease_ttl, now, wait).await)
+    }
+
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Result<LeaseState, QueueError> {
+        dispatch!(self, q => q.heartbeat(lease, lease_ttl, now).await)
+    }
+
+    async fn progress(
+        &self,
+        lease: &Lease,
+        step: u32,
+        total: u32,
+        lease_ttl: Duration,
+        now: Millis,
+    ) -> Result<LeaseState, QueueError> {
+        dispatch!(self, q => q.progress(lease, step, total, lease_ttl, now).await)
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result: JobResult,
+        now: Millis,
+    ) -> Result<CompleteOutcome, QueueError> {
+        dispatch!(self, q => q.complete(lease, result, now).await)
+    }
+
+    async fn fail(
+        &self,
+        lease: &Lease,
+        error: JobError,
+        now: Millis,
+    ) -> Result<FailOutcome, QueueError> {
+        dispatch!(self, q => q.fail(lease, error, now).await)
+    }
+
+    async fn release(&self, lease: &Lease, now: Millis) -> Result<(), QueueError> {
+        dispatch!(self, q => q.release(lease, now).await)
+    }
+
+    async fn reap(&self, now: Millis) -> Result<ReapReport, QueueError> {
+        dispatch!(self, q => q.reap(now).await)
+    }
+
+    async fn events(
+        &self,
+        id: JobId,
+        after: Option<&str>,
+        wait: Duration,
+    ) -> Result<Vec<(String, JobEvent)>, QueueError> {
+        dispatch!(self, q => q.events(id, after, wait).await)
+    }
+
+    async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
+        dispatch!(self, q => q.stats(now).await)
+    }
+}

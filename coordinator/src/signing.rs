@@ -1,0 +1,174 @@
+//! HMAC-SHA256 signatures: Standard Webhooks signatures on webhook deliveries, and the signed
+//! `/v1/blobs/...` URLs through which a local-storage coordinator hands out results (the local
+//! stand-in for S3 presigned URLs: anyone holding the URL may GET the object until it expires).
+//!
+//! Everything here is a pure function of its inputs (including `now`), unit-tested below.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Key bytes of an HMAC. `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Secret {
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// 32 random bytes.
+    pub fn random() -> Self {
+        Self(rand::random::<[u8; 32]>().to_vec())
+    }
+
+    /// A Standard Webhooks secret: `whsec_<base64>` (the bytes are the decoded base64), or any
+    /// other string of at least 16 characters, used as raw bytes.
+    pub fn from_standard_webhooks(value: &str) -> Result<Self, String> {
+        match value.strip_prefix("whsec_") {
+            Some(b64) => {
+                let bytes = BASE64
+                    .decode(b64)
+                    .map_err(|e| format!("the part after whsec_ is not base64: {e}"))?;
+                if bytes.len() < 16 {
+                    return Err("the decoded secret must have at least 16 bytes".into());
+                }
+                Ok(Self(bytes))
+            }
+            None if value.len() >= 16 => Ok(Self(value.as_bytes().to_vec())),
+            None => Err("use whsec_<base64> or at least 16 characters".into()),
+        }
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length; this is a bug")
+    }
+}
+
+/// `webhook-signature` header value: `v1,<base64 HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>`
+/// (Standard Webhooks).
+pub fn webhook_signature(secret: &Secret, id: &str, timestamp_s: u64, body: &[u8]) -> String {
+    let mut mac = secret.mac();
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp_s.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
+}
+
+fn blob_mac(secret: &Secret, key: &str, expires_s: u64) -> HmacSha256 {
+    let mut mac = secret.mac();
+    // The newlines keep (key, expires) pairs unambiguous: keys contain no '\n'.
+    mac.update(format!("blob\n{key}\n{expires_s}").as_bytes());
+    mac
+}
+
+/// Query string (`expires=..&signature=..`) of a signed blob URL valid until `expires_s`.
+pub fn blob_query(secret: &Secret, key: &str, expires_s: u64) -> String {
+    let signature = hex::encode(blob_mac(secret, key, expires_s).finalize().into_bytes());
+    format!("expires={expires_s}&signature={signature}")
+}
+
+/// Why a signed blob URL was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobUrlError {
+    Expired,
+    BadSignature,
+}
+
+/// Checks a signed blob URL's parameters at `now_s` (constant-time signature comparison).
+pub fn verify_blob(
+    secret: &Secret,
+    key: &str,
+    expires_s: u64,
+    signature_hex: &str,
+    now_s: u64,
+) -> Result<(), BlobUrlError> {
+    let signature = hex::decode(signature_hex).map_err(|_| BlobUrlError::BadSignature)?;
+    blob_mac(secret, key, expires_s)
+        .verify_slice(&signature)
+        .map_err(|_| BlobUrlError::BadSignature)?;
+    if now_s >= expires_s {
+        return Err(BlobUrlError::Expired);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        let secret = Secret::from_bytes(b"Jefe".to_vec());
+        let mut mac = secret.mac();
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac.finalize().into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn webhook_signature_matches_the_standard_webhooks_example() {
+        // The example of the Standard Webhooks specification (spec.md, "Signature scheme").
+        let secret = Secret::from_standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .expect("valid");
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            webhook_signature(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn short_or_malformed_webhook_secrets_are_refused() {
+        assert!(Secret::from_standard_webhooks("whsec_!!!").is_err());
+        assert!(Secret::from_standard_webhooks("whsec_c2hvcnQ=").is_err());
+        assert!(Secret::from_standard_webhooks("short").is_err());
+        assert!(Secret::from_standard_webhooks("a-long-enough-raw-secret").is_ok());
+    }
+
+    #[test]
+    fn signed_blob_urls_verify_until_they_expire() {
+        let secret = Secret::from_bytes(b"0123456789abcdef".to_vec());
+        let key = "out/acme/job/1.png";
+        let query = blob_query(&secret, key, 1_000);
+        let signature = query.split("signature=").nth(1).expect("has a signature");
+        assert_eq!(verify_blob(&secret, key, 1_000, signature, 999), Ok(()));
+        assert_eq!(
+            verify_blob(&secret, key, 1_000, signature, 1_000),
+            Err(BlobUrlError::Expired)
+        );
+        assert_eq!(
+            verify_blob(&secret, "out/acme/job/2.png", 1_000, signature, 0),
+            Err(BlobUrlError::BadSignature)
+        );
+        assert_eq!(
+            verify_blob(&secret, key, 2_000, signature, 0),
+            Err(BlobUrlError::BadSignature),
+            "extending the expiry must break the signature"
+        );
+        let other = Secret::from_bytes(b"fedcba9876543210".to_vec());
+        assert_eq!(
+            verify_blob(&other, key, 1_000, signature, 0),
+            Err(BlobUrlError::BadSignature)
+        );
+        assert_eq!(
+            verify_blob(&secret, key, 1_000, "zz", 0),
+            Err(BlobUrlError::BadSignature)
+        );
+    }
+}
