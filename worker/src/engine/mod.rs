@@ -5,6 +5,9 @@
 //! 12B CUDA model; only the configuration, dtype and device differ.
 
 pub mod config;
+pub mod flux;
+pub mod noise;
+pub mod thread;
 
 use std::time::Duration;
 
@@ -96,6 +99,9 @@ pub enum EngineError {
     Candle(#[from] candle_core::Error),
     #[error("engine thread stopped")]
     Stopped,
+    /// The engine panicked while running this request (caught on the engine thread).
+    #[error("engine panicked: {0}")]
+    Panicked(String),
 }
 
 impl EngineError {
@@ -105,7 +111,7 @@ impl EngineError {
             Self::InvalidInput(_) => JobErrorKind::InvalidInput,
             Self::Canceled => JobErrorKind::Canceled,
             Self::OutOfMemory(_) | Self::Stopped => JobErrorKind::Transient,
-            Self::Weights(_) | Self::Candle(_) => JobErrorKind::Fatal,
+            Self::Weights(_) | Self::Candle(_) | Self::Panicked(_) => JobErrorKind::Fatal,
         }
     }
 }
@@ -115,7 +121,8 @@ pub trait Engine: Send + 'static {
     fn info(&self) -> EngineInfo;
     /// One small generation; readiness flips only after this succeeds.
     fn warmup(&mut self) -> Result<(), EngineError>;
-    /// Run one request. `on_step(done, total)` is called after every denoising step and may cancel.
+    /// Run one request. `on_step(done, total)` is called once before the first denoising step
+    /// (done = 0) and after every step, and may cancel.
     fn generate(
         &mut self,
         req: &EngineRequest,

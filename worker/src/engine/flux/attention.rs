@@ -1,0 +1,40 @@
+//! Joint scaled-dot-product attention, `softmax(q·kᵀ/√d)·v` over the whole joint sequence with no
+//! mask (BFL `math.py:6-12`, `scaled_dot_product_attention`).
+//!
+//! Softmax statistics are always f32: logits are computed from f32 copies of q and k, so a bf16
+//! model never rounds a logit to bf16 (kontext-reference.md §10.5); the probabilities are cast back
+//! to the compute dtype for the product with v, as fused SDPA does. Heads are processed in groups
+//! so the materialised `(b, heads, L, L)` scores stay under a memory budget.
+
+use candle_core::{D, DType, Result, Tensor};
+
+/// Largest score block materialised at once (f32 bytes).
+const SCORE_BUDGET_BYTES: usize = 1 << 30;
+
+/// Attention over q, k, v `(b, heads, seq_len, head_dim)`; returns `(b, seq_len, heads·head_dim)`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b_sz, n_head, seq_len, head_dim) = q.dims4()?;
+    let dtype = q.dtype();
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let per_head = b_sz * seq_len * seq_len * 4;
+    let group = (SCORE_BUDGET_BYTES / per_head.max(1)).clamp(1, n_head);
+    let mut outs = Vec::with_capacity(n_head.div_ceil(group));
+    let mut h0 = 0;
+    while h0 < n_head {
+        let hn = group.min(n_head - h0);
+        let q = q.narrow(1, h0, hn)?.to_dtype(DType::F32)?.contiguous()?;
+        let k = k.narrow(1, h0, hn)?.to_dtype(DType::F32)?.contiguous()?;
+        let v = v.narrow(1, h0, hn)?.contiguous()?;
+        let logits = (q.matmul(&k.t()?)? * scale)?; // (b, hn, L, L) f32
+        let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_dtype(dtype)?;
+        outs.push(probs.matmul(&v)?); // (b, hn, L, D)
+        h0 += hn;
+    }
+    let out = if outs.len() == 1 {
+        outs.remove(0)
+    } else {
+        Tensor::cat(&outs, 1)?
+    };
+    // (b, H, L, D) -> (b, L, H, D) -> (b, L, H·D)
+    out.transpose(1, 2)?.flatten_from(D::Minus2)
+}

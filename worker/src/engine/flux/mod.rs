@@ -1,0 +1,19 @@
+//! The FLUX.1 Kontext flow transformer and its sampler, written for candle from the BFL reference
+//! (black-forest-labs/flux @ 802fb47, kontext-reference.md §2-§4).
+//!
+//! - `model`: the transformer (BFL key names) and its inputs;
+//! - `blocks`, `embed`, `ops`, `attention`, `rope`: its parts;
+//! - `sampling`: schedule, 2×2 packing, position ids, the Kontext denoising loop.
+//!
+//! Everything takes the compute dtype from the weights; position ids, RoPE tables and softmax
+//! statistics are f32 whatever that dtype is.
+
+pub mod attention;
+pub mod blocks;
+pub mod embed;
+pub mod model;
+pub mod ops;
+pub mod rope;
+pub mod sampling;
+
+pub use model::{Flux, FluxInputs};
