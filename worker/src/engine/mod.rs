@@ -8,6 +8,8 @@ pub mod config;
 pub mod flux;
 pub mod noise;
 pub mod thread;
+pub mod tiny;
+pub mod weights;
 
 use std::time::Duration;
 

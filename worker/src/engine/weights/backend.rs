@@ -1,0 +1,214 @@
+//! Canonical-name views of weight files, as candle `SimpleBackend`s: a model asks for a BFL
+//! name (`double_blocks.0.img_attn.qkv.weight`) and the backend finds it in whatever layout the
+//! files use. Diffusers tensors are fused/renamed/reshaped lazily, when the model asks.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+
+use super::WeightsError;
+use super::files::TensorFiles;
+use super::keys::{Source, transformer_source, vae_source};
+
+/// How canonical names map to keys in the files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapping {
+    /// The files use canonical names, possibly under a prefix (ComfyUI's
+    /// `model.diffusion_model.`).
+    Canonical { prefix: String },
+    /// A diffusers `transformer/` (kontext-reference.md §8 table).
+    DiffusersTransformer,
+    /// A diffusers `vae/` with `levels` resolution levels.
+    DiffusersVae { levels: usize },
+}
+
+/// Weight files seen through a [`Mapping`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CanonicalBackend {
+    files: Arc<TensorFiles>,
+    mapping: Mapping,
+}
+
+impl CanonicalBackend {
+    pub fn new(files: Arc<TensorFiles>, mapping: Mapping) -> Self {
+        Self { files, mapping }
+    }
+
+    pub fn files(&self) -> &TensorFiles {
+        &self.files
+    }
+
+    fn source(&self, canonical: &str) -> Result<Source, WeightsError> {
+        let found = match &self.mapping {
+            Mapping::Canonical { prefix } => Some(Source::Renamed(format!("{prefix}{canonical}"))),
+            Mapping::DiffusersTransformer => transformer_source(canonical),
+            Mapping::DiffusersVae { levels } => vae_source(canonical, *levels),
+        };
+        found.ok_or_else(|| WeightsError::MissingKey {
+            key: canonical.to_string(),
+            canonical: None,
+            file: format!(
+                "{} (no diffusers equivalent is known)",
+                self.files.origin().display()
+            ),
+        })
+    }
+
+    fn missing(&self, key: &str, canonical: &str) -> WeightsError {
+        WeightsError::MissingKey {
+            key: key.to_string(),
+            canonical: (key != canonical).then(|| canonical.to_string()),
+            file: self.files.origin().display().to_string(),
+        }
+    }
+
+    /// The shape the canonical tensor will have, from the file headers alone.
+    pub fn shape(&self, canonical: &str) -> Result<Vec<usize>, WeightsError> {
+        let source = self.source(canonical)?;
+        let shape_of = |k: &str| {
+            self.files
+                .shape(k)
+                .ok_or_else(|| self.missing(k, canonical))
+        };
+        Ok(match &source {
+            Source::Renamed(k) | Source::SwapHalves(k) => shape_of(k)?,
+            Source::Conv1x1(k) => {
+                let s = shape_of(k)?;
+                match s.as_slice() {
+                    [o, i] => vec![*o, *i, 1, 1],
+                    _ => s,
+                }
+            }
+            Source::Rows(keys) => {
+                let mut total: Option<Vec<usize>> = None;
+                for k in keys {
+                    let s = shape_of(k)?;
+                    match &mut total {
+                        None => total = Some(s),
+                        Some(t) => {
+                            if t.len() != s.len() || t[1..] != s[1..] || t.is_empty() {
+                                return Err(WeightsError::Shape {
+                                    canonical: canonical.to_string(),
+                                    key: k.clone(),
+                                    file: self.files.origin().to_path_buf(),
+                                    expected: format!("(_, {:?}) like {}", &t[1..], keys[0]),
+                                    found: format!("{s:?}"),
+                                });
+                            }
+                            t[0] += s[0];
+                        }
+                    }
+                }
+                total.expect("Rows sources have at least one key; this is a bug")
+            }
+        })
+    }
+
+    /// The stored key(s) of a canonical tensor, for messages.
+    pub fn stored_as(&self, canonical: &str) -> String {
+        self.source(canonical)
+            .map(|s| s.keys().join(" + "))
+            .unwrap_or_else(|_| canonical.into())
+    }
+
+    pub fn contains(&self, canonical: &str) -> bool {
+        self.source(canonical)
+            .map(|s| s.keys().iter().all(|k| self.files.contains(k)))
+            .unwrap_or(false)
+    }
+
+    /// Loads a canonical tensor in `dtype` on `dev`.
+    pub fn load(
+        &self,
+        canonical: &str,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor, WeightsError> {
+        let source = self.source(canonical)?;
+        let load = |k: &str| self.files.load(k, canonical, dtype, dev);
+        let candle = |source| WeightsError::Candle {
+            canonical: canonical.to_string(),
+            source,
+        };
+        match &source {
+            Source::Renamed(k) => load(k),
+            Source::Rows(keys) => {
+                let parts = keys
+                    .iter()
+                    .map(|k| load(k))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // (Σ rows, cols) ← [(rows_i, cols)]: the fused qkv / linear1 layout "(K H D)".
+                Tensor::cat(&parts, 0).map_err(candle)
+            }
+            Source::SwapHalves(k) => {
+                let t = load(k)?;
+                let n = t.dim(0).map_err(candle)?;
+                if n % 2 != 0 {
+                    return Err(WeightsError::Shape {
+                        canonical: canonical.to_string(),
+                        key: k.clone(),
+                        file: self.files.origin().to_path_buf(),
+                        expected: "an even number of rows".into(),
+                        found: format!("{:?}", t.dims()),
+                    });
+                }
+                // diffusers [scale; shift] → BFL [shift; scale] (halves along dim 0).
+                let (scale, shift) = (t.narrow(0, 0, n / 2), t.narrow(0, n / 2, n / 2));
+                Tensor::cat(&[shift.map_err(candle)?, scale.map_err(candle)?], 0).map_err(candle)
+            }
+            Source::Conv1x1(k) => {
+                let t = load(k)?;
+                match *t.dims() {
+                    // (c_out, c_in) → (c_out, c_in, 1, 1)
+                    [o, i] => t.reshape((o, i, 1, 1)).map_err(candle),
+                    _ => Ok(t),
+                }
+            }
+        }
+    }
+
+    /// Loads a canonical tensor and checks its shape.
+    pub fn load_checked(
+        &self,
+        canonical: &str,
+        expected: &[usize],
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor, WeightsError> {
+        let t = self.load(canonical, dtype, dev)?;
+        if t.dims() != expected {
+            return Err(WeightsError::Shape {
+                canonical: canonical.to_string(),
+                key: self.stored_as(canonical),
+                file: self.files.origin().to_path_buf(),
+                expected: format!("{expected:?}"),
+                found: format!("{:?}", t.dims()),
+            });
+        }
+        Ok(t)
+    }
+}
+
+impl SimpleBackend for CanonicalBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.load_checked(name, s.dims(), dtype, dev)
+            .map_err(candle_core::Error::wrap)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, dev)
+            .map_err(candle_core::Error::wrap)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
