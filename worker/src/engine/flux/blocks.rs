@@ -5,9 +5,8 @@
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use super::attention::attention;
-use super::ops::{self, ModulationOut};
-use super::rope::{RopeTable, apply_rope};
+use super::ops::{self, ModulationOut, QkvStream, linear};
+use super::rope::RopeTable;
 use crate::engine::config::FluxConfig;
 
 /// BFL `Modulation` (layers.py:112-128): `lin(silu(vec))[:, None, :].chunk(k)`, k = 3 or 6.
@@ -58,24 +57,6 @@ impl QkNorm {
     }
 }
 
-/// Splits fused `(b, L, 3·H·D)` projections into q, k, v `(b, H, L, D)` ("B L (K H D) -> K B H L D"),
-/// applying the QK-norm to q and k.
-fn split_qkv(qkv: &Tensor, num_heads: usize, norm: &QkNorm) -> Result<(Tensor, Tensor, Tensor)> {
-    let (b_sz, seq_len, _) = qkv.dims3()?;
-    let qkv = qkv.reshape((b_sz, seq_len, 3, num_heads, ()))?; // (b, L, 3, H, D)
-    let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2); // (b, H, L, D)
-    let q = ops::qk_rms_norm(&part(0)?, &norm.query_scale)?;
-    let k = ops::qk_rms_norm(&part(1)?, &norm.key_scale)?;
-    Ok((q, k, part(2)?))
-}
-
-/// RoPE on q and k, then joint attention; `(b, H, L, D)` in, `(b, L, H·D)` out (BFL `math.attention`).
-fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, pe: &RopeTable) -> Result<Tensor> {
-    let q = apply_rope(q, pe)?;
-    let k = apply_rope(k, pe)?;
-    attention(&q, &k, v)
-}
-
 /// BFL `SelfAttention` weights: `qkv`, `norm`, `proj`.
 #[derive(Debug, Clone)]
 struct SelfAttention {
@@ -85,6 +66,14 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
+    fn stream<'a>(&'a self, qkv: &'a Tensor) -> QkvStream<'a> {
+        QkvStream {
+            qkv,
+            q_scale: &self.norm.query_scale,
+            k_scale: &self.norm.key_scale,
+        }
+    }
+
     fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
@@ -113,31 +102,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        ops::gelu_tanh(&xs.apply(&self.fc1)?)?.apply(&self.fc2)
-    }
-}
-
-/// Non-affine LayerNorm constants (`(hidden)` ones and zeros in the compute dtype).
-#[derive(Debug, Clone)]
-pub(crate) struct NormConsts {
-    ones: Tensor,
-    zeros: Tensor,
-}
-
-impl NormConsts {
-    pub(crate) fn new(dim: usize, vb: &VarBuilder<'_>) -> Result<Self> {
-        Ok(Self {
-            ones: Tensor::ones(dim, vb.dtype(), vb.device())?,
-            zeros: Tensor::zeros(dim, vb.dtype(), vb.device())?,
-        })
-    }
-
-    fn modulate(&self, x: &Tensor, m: &ModulationOut) -> Result<Tensor> {
-        self.shift_scale(x, &m.shift, &m.scale)
-    }
-
-    fn shift_scale(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        ops::modulated_layer_norm(x, shift, scale, &self.ones, &self.zeros)
+        linear(&ops::gelu_tanh(&linear(xs, &self.fc1)?)?, &self.fc2)
     }
 }
 
@@ -164,7 +129,6 @@ impl Stream {
 pub struct DoubleStreamBlock {
     img: Stream,
     txt: Stream,
-    norm: NormConsts,
     num_heads: usize,
 }
 
@@ -173,7 +137,6 @@ impl DoubleStreamBlock {
         Ok(Self {
             img: Stream::new(cfg, &vb, "img")?,
             txt: Stream::new(cfg, &vb, "txt")?,
-            norm: NormConsts::new(cfg.hidden_size, &vb)?,
             num_heads: cfg.num_heads,
         })
     }
@@ -193,43 +156,44 @@ impl DoubleStreamBlock {
             txt_mod2.expect("double modulation yields two triples; this is a bug"),
         );
 
-        let img_x = self.norm.modulate(img, &img_mod1)?;
-        let (img_q, img_k, img_v) = split_qkv(
-            &img_x.apply(&self.img.attn.qkv)?,
-            self.num_heads,
-            &self.img.attn.norm,
-        )?;
-        let txt_x = self.norm.modulate(txt, &txt_mod1)?;
-        let (txt_q, txt_k, txt_v) = split_qkv(
-            &txt_x.apply(&self.txt.attn.qkv)?,
-            self.num_heads,
-            &self.txt.attn.norm,
-        )?;
-
+        let img_qkv = linear(&modulate(img, &img_mod1)?, &self.img.attn.qkv)?; // (b, L_img, 3h)
+        let txt_qkv = linear(&modulate(txt, &txt_mod1)?, &self.txt.attn.qkv)?; // (b, L_txt, 3h)
         // Joint sequence, txt first (layers.py:175-177): (b, H, L_txt + L_img, D).
-        let q = Tensor::cat(&[&txt_q, &img_q], 2)?;
-        let k = Tensor::cat(&[&txt_k, &img_k], 2)?;
-        let v = Tensor::cat(&[&txt_v, &img_v], 2)?;
-        let attn = rope_attention(&q, &k, &v, pe)?; // (b, L, h)
+        let (q, k, v) = ops::attention_inputs(
+            &[
+                self.txt.attn.stream(&txt_qkv),
+                self.img.attn.stream(&img_qkv),
+            ],
+            self.num_heads,
+            pe,
+        )?;
+        let attn = ops::attention(&q, &k, &v)?; // (b, L_txt + L_img, h)
         let n_txt = txt.dim(1)?;
         let txt_attn = attn.narrow(1, 0, n_txt)?;
         let img_attn = attn.narrow(1, n_txt, img.dim(1)?)?;
 
-        let img = ops::gated_residual(img, &img_mod1.gate, &img_attn.apply(&self.img.attn.proj)?)?;
-        let img_mlp = self
-            .img
-            .mlp
-            .forward(&self.norm.modulate(&img, &img_mod2)?)?;
+        let img = ops::gated_residual(
+            img,
+            &img_mod1.gate,
+            &linear(&img_attn, &self.img.attn.proj)?,
+        )?;
+        let img_mlp = self.img.mlp.forward(&modulate(&img, &img_mod2)?)?;
         let img = ops::gated_residual(&img, &img_mod2.gate, &img_mlp)?;
 
-        let txt = ops::gated_residual(txt, &txt_mod1.gate, &txt_attn.apply(&self.txt.attn.proj)?)?;
-        let txt_mlp = self
-            .txt
-            .mlp
-            .forward(&self.norm.modulate(&txt, &txt_mod2)?)?;
+        let txt = ops::gated_residual(
+            txt,
+            &txt_mod1.gate,
+            &linear(&txt_attn, &self.txt.attn.proj)?,
+        )?;
+        let txt_mlp = self.txt.mlp.forward(&modulate(&txt, &txt_mod2)?)?;
         let txt = ops::gated_residual(&txt, &txt_mod2.gate, &txt_mlp)?;
         Ok((img, txt))
     }
+}
+
+/// `(1 + scale)·LN(x) + shift` for a modulation triple.
+fn modulate(x: &Tensor, m: &ModulationOut) -> Result<Tensor> {
+    ops::modulated_layer_norm(x, &m.shift, &m.scale)
 }
 
 /// BFL `SingleStreamBlock` (layers.py:204-254): fused `linear1` → [q, k, v | mlp], `linear2` over
@@ -240,7 +204,6 @@ pub struct SingleStreamBlock {
     linear2: Linear,
     norm: QkNorm,
     modulation: Modulation,
-    ln: NormConsts,
     hidden: usize,
     mlp_hidden: usize,
     num_heads: usize,
@@ -254,7 +217,6 @@ impl SingleStreamBlock {
             linear2: candle_nn::linear(h + m, h, vb.pp("linear2"))?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
             modulation: Modulation::new(h, false, vb.pp("modulation"))?,
-            ln: NormConsts::new(h, &vb)?,
             hidden: h,
             mlp_hidden: m,
             num_heads: cfg.num_heads,
@@ -264,15 +226,18 @@ impl SingleStreamBlock {
     /// `x (b, L, h)` is the joint txt+img sequence.
     pub fn forward(&self, x: &Tensor, vec: &Tensor, pe: &RopeTable) -> Result<Tensor> {
         let (m, _) = self.modulation.forward(vec)?;
-        let x_mod = self.ln.modulate(x, &m)?;
-        let lin1 = x_mod.apply(&self.linear1)?; // (b, L, 3h + mlp)
-        let qkv = lin1.narrow(D::Minus1, 0, 3 * self.hidden)?;
-        let mlp = lin1.narrow(D::Minus1, 3 * self.hidden, self.mlp_hidden)?;
-        let (q, k, v) = split_qkv(&qkv, self.num_heads, &self.norm)?;
-        let attn = rope_attention(&q, &k, &v, pe)?; // (b, L, h)
-        let mlp = ops::gelu_tanh(&mlp)?;
-        let out = Tensor::cat(&[&attn, &mlp], D::Minus1)?.apply(&self.linear2)?; // (b, L, h + mlp) -> (b, L, h)
-        ops::gated_residual(x, &m.gate, &out)
+        let lin1 = linear(&modulate(x, &m)?, &self.linear1)?; // (b, L, 3h + mlp)
+        let qkv = lin1.narrow(D::Minus1, 0, 3 * self.hidden)?; // (b, L, 3h)
+        let mlp = lin1.narrow(D::Minus1, 3 * self.hidden, self.mlp_hidden)?; // (b, L, mlp)
+        let stream = QkvStream {
+            qkv: &qkv,
+            q_scale: &self.norm.query_scale,
+            k_scale: &self.norm.key_scale,
+        };
+        let (q, k, v) = ops::attention_inputs(&[stream], self.num_heads, pe)?;
+        let attn = ops::attention(&q, &k, &v)?; // (b, L, h)
+        let hidden = ops::cat_features(&attn, &ops::gelu_tanh(&mlp)?)?; // (b, L, h + mlp)
+        ops::gated_residual(x, &m.gate, &linear(&hidden, &self.linear2)?)
     }
 }
 
@@ -282,7 +247,6 @@ impl SingleStreamBlock {
 pub struct LastLayer {
     linear: Linear,
     ada_ln: Linear,
-    ln: NormConsts,
 }
 
 impl LastLayer {
@@ -291,17 +255,14 @@ impl LastLayer {
         Ok(Self {
             linear: candle_nn::linear(h, cfg.in_channels, vb.pp("linear"))?,
             ada_ln: candle_nn::linear(h, 2 * h, vb.pp("adaLN_modulation.1"))?,
-            ln: NormConsts::new(h, &vb)?,
         })
     }
 
     pub fn forward(&self, x: &Tensor, vec: &Tensor) -> Result<Tensor> {
-        let chunks = vec
-            .silu()?
-            .apply(&self.ada_ln)?
+        let chunks = linear(&vec.silu()?, &self.ada_ln)?
             .unsqueeze(1)?
             .chunk(2, D::Minus1)?; // 2 × (b, 1, h)
         let (shift, scale) = (&chunks[0], &chunks[1]);
-        self.ln.shift_scale(x, shift, scale)?.apply(&self.linear)
+        linear(&ops::modulated_layer_norm(x, shift, scale)?, &self.linear)
     }
 }

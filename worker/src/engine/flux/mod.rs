@@ -13,6 +13,7 @@ pub mod blocks;
 pub mod embed;
 pub mod model;
 pub mod ops;
+pub mod profile;
 pub mod rope;
 pub mod sampling;
 
