@@ -11,8 +11,8 @@ use kontext_proto::memory::MemoryQueue;
 use kontext_proto::redis::RedisQueue;
 use kontext_proto::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobError, JobEvent, JobId, JobPage,
-    JobQueue, JobRecord, JobResult, Lease, LeaseState, Millis, QueueError, QueueStats, ReapReport,
-    Submission, SubmitOutcome,
+    JobQueue, JobRecord, JobResult, Lease, LeaseState, Millis, Notification, QueueError, QueueStats,
+    ReapReport, Submission, SubmitOutcome,
 };
 
 /// One of the queue implementations. Cloning is cheap (an `Arc`).
@@ -143,5 +143,22 @@ impl JobQueue for AnyQueue {
 
     async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
         dispatch!(self, q => q.stats(now).await)
+    }
+
+    async fn take_notifications(
+        &self,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Notification>, QueueError> {
+        dispatch!(self, q => q.take_notifications(now, lease, limit).await)
+    }
+
+    async fn ack_notifications(&self, ids: &[JobId]) -> Result<(), QueueError> {
+        dispatch!(self, q => q.ack_notifications(ids).await)
+    }
+
+    async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
+        dispatch!(self, q => q.retry_notification(id, at).await)
     }
 }

@@ -13,6 +13,8 @@
 //! kontext:{<ns>}:idem:<len>:<tenant>:<k>  STRING  "<jid>|<body hash>", EX 86400
 //! kontext:{<ns>}:tenant:<t>:jobs          ZSET    list index (lexical members, see `list_member`)
 //! kontext:{<ns>}:tenant:<t>:inflight      STRING  count of the tenant's non-terminal jobs
+//! kontext:{<ns>}:notify                   ZSET    finished jid -> due (ms): notifier work
+//! kontext:{<ns>}:notify:attempts          HASH    jid -> times taken
 //! ```
 //!
 //! The Lua scripts derive per-job and per-tenant keys from `prefix()` (they discover job ids at run
@@ -90,6 +92,16 @@ impl KeySpace {
     pub fn tenant_inflight(&self, tenant: &str) -> String {
         format!("{}tenant:{tenant}:inflight", self.prefix)
     }
+
+    /// Finished jobs waiting for the notifier (webhooks, latency metrics), scored by due time.
+    pub fn notify(&self) -> String {
+        format!("{}notify", self.prefix)
+    }
+
+    /// How many times each pending notification was taken.
+    pub fn notify_attempts(&self) -> String {
+        format!("{}notify:attempts", self.prefix)
+    }
 }
 
 /// Member of a tenant's list index: `<created_at, 20 digits>:<id>`. All members share score 0,
@@ -130,6 +142,8 @@ mod tests {
             k.idempotency("acme", "key-1"),
             k.tenant_jobs("acme"),
             k.tenant_inflight("acme"),
+            k.notify(),
+            k.notify_attempts(),
         ];
         for key in &all {
             assert!(key.starts_with("kontext:{kx}:"), "{key}");

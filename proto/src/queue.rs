@@ -124,6 +124,21 @@ pub enum JobEvent {
     Progress { step: u32, total: u32, at: Millis },
 }
 
+/// A job that reached a terminal state, as the coordinators' notifier takes it (webhooks, job
+/// latency metrics). Every terminal transition queues one; `take_notifications` hands it to one
+/// taker at a time under a lease, and it stays until `ack_notifications` (at-least-once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub webhook_url: Option<String>,
+    /// 1 on the first take; one more on every later take (a retry, or an expired lease).
+    pub attempt: u32,
+}
+
 /// Largest page `list` returns; smaller limits (and 0, taken as 1) are honoured.
 pub const MAX_PAGE: usize = 1_000;
 
@@ -255,4 +270,27 @@ pub trait JobQueue: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(String, JobEvent)>, QueueError>> + Send;
 
     fn stats(&self, now: Millis) -> impl Future<Output = Result<QueueStats, QueueError>> + Send;
+
+    /// Take up to `limit` notifications due at `now`. Each taken one is due again at
+    /// `now + lease` unless acknowledged or rescheduled before, so a taker that dies loses
+    /// nothing; several takers never get the same notification within one lease.
+    fn take_notifications(
+        &self,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Notification>, QueueError>> + Send;
+
+    /// Done with these notifications (delivered, or given up on): forget them.
+    fn ack_notifications(
+        &self,
+        ids: &[JobId],
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Make a taken notification due again at `at` (a failed delivery's backoff).
+    fn retry_notification(
+        &self,
+        id: JobId,
+        at: Millis,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }

@@ -144,6 +144,8 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
         k.tenant_jobs("acme"),
         k.tenant_inflight("acme"),
         k.leases(),
+        k.notify(),
+        k.notify_attempts(),
     ]
     .into_iter()
     .collect();

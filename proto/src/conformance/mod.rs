@@ -9,6 +9,7 @@
 
 mod failures;
 mod lifecycle;
+mod notifications;
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::resolution::ResizeMode;
 
 pub use failures::*;
 pub use lifecycle::*;
+pub use notifications::*;
 
 /// Injected start time of every rule (ms since the epoch).
 pub const NOW: Millis = 1_700_000_000_000;
@@ -194,6 +196,9 @@ macro_rules! queue_conformance_tests {
             non_retryable_errors_end_the_job,
             release_returns_the_job_without_counting,
             delayed_retry_can_be_canceled,
+            finished_jobs_are_notified_once,
+            unacknowledged_notifications_come_back,
+            failed_and_dead_jobs_are_notified,
         );
     };
     (@rules $make:expr; $($rule:ident),* $(,)?) => {

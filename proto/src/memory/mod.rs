@@ -15,7 +15,7 @@ use crate::job::{JobId, JobRecord, JobResult, Millis};
 use crate::policy::{self, Jitter, QueueConfig};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
-    LeaseState, QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
+    LeaseState, Notification, QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 
 use state::State;
@@ -194,6 +194,25 @@ impl JobQueue for MemoryQueue {
 
     async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
         Ok(self.lock().stats(now))
+    }
+
+    async fn take_notifications(
+        &self,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Notification>, QueueError> {
+        Ok(self.lock().take_notifications(now, lease, limit))
+    }
+
+    async fn ack_notifications(&self, ids: &[JobId]) -> Result<(), QueueError> {
+        self.lock().ack_notifications(ids);
+        Ok(())
+    }
+
+    async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
+        self.lock().retry_notification(id, at);
+        Ok(())
     }
 }
 

@@ -59,6 +59,9 @@ pub(crate) struct State {
     /// Per tenant: `list_member`s (creation order).
     tenant_jobs: HashMap<TenantId, BTreeSet<String>>,
     inflight: HashMap<TenantId, u64>,
+    /// Finished jobs waiting for the notifier: (due, id), plus id -> (due, times taken).
+    notify: BTreeSet<(Millis, JobId)>,
+    notify_due: HashMap<JobId, (Millis, u32)>,
 }
 
 fn class_index(p: Priority) -> usize {
@@ -82,6 +85,8 @@ impl State {
             idempotency: HashMap::new(),
             tenant_jobs: HashMap::new(),
             inflight: HashMap::new(),
+            notify: BTreeSet::new(),
+            notify_due: HashMap::new(),
         }
     }
 
@@ -532,6 +537,7 @@ impl State {
             *n = n.saturating_sub(1);
         }
         self.emit_state(id, status, now);
+        self.queue_notification(id, now);
     }
 
     /// Events after `after` (a cursor from an earlier call), at most `limit`.
@@ -585,3 +591,7 @@ pub(crate) fn clamp_page(limit: usize) -> usize {
 fn validate_list_cursor(c: &str) -> Result<(), QueueError> {
     parse_list_member(c).map(|_| ())
 }
+
+// Notifications of finished jobs (mirrors redis/lua/notify_*.lua).
+#[path = "notify.rs"]
+mod notify;

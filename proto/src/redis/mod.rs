@@ -12,6 +12,7 @@
 //! replicas on the same connection. Redis must run with `appendonly yes` to survive restarts.
 
 mod connection;
+mod notify;
 mod reply;
 mod scripts;
 
@@ -32,7 +33,8 @@ use crate::keys::{KeySpace, WORKER_GROUP, list_member, parse_list_member};
 use crate::policy::{self, Jitter, MAX_CRASHES, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
-    LeaseState, MAX_PAGE, QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
+    LeaseState, MAX_PAGE, Notification, QueueError, QueueStats, ReapReport, Submission,
+    SubmitOutcome,
 };
 
 /// Entries of canceled jobs one claim call may skip before handing control back.
@@ -661,5 +663,22 @@ impl JobQueue for RedisQueue {
             oldest_ready_age_ms: u64::try_from(oldest).map_or(0, |at| now.saturating_sub(at)),
             dead_letters: n(5)?,
         })
+    }
+
+    async fn take_notifications(
+        &self,
+        now: Millis,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Notification>, QueueError> {
+        self.take_notifications_impl(now, lease, limit).await
+    }
+
+    async fn ack_notifications(&self, ids: &[JobId]) -> Result<(), QueueError> {
+        self.ack_notifications_impl(ids).await
+    }
+
+    async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
+        self.retry_notification_impl(id, at).await
     }
 }

@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 11] = [
+pub(crate) const SOURCES: [(&str, &str); 14] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -23,6 +23,9 @@ pub(crate) const SOURCES: [(&str, &str); 11] = [
     ("reap", include_str!("lua/reap.lua")),
     ("stats", include_str!("lua/stats.lua")),
     ("list", include_str!("lua/list.lua")),
+    ("notify_take", include_str!("lua/notify_take.lua")),
+    ("notify_ack", include_str!("lua/notify_ack.lua")),
+    ("notify_retry", include_str!("lua/notify_retry.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -37,6 +40,9 @@ pub(crate) struct Scripts {
     pub reap: Script,
     pub stats: Script,
     pub list: Script,
+    pub notify_take: Script,
+    pub notify_ack: Script,
+    pub notify_retry: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -60,10 +66,13 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     reap: with_prelude("reap"),
     stats: with_prelude("stats"),
     list: with_prelude("list"),
+    notify_take: with_prelude("notify_take"),
+    notify_ack: with_prelude("notify_ack"),
+    notify_retry: with_prelude("notify_retry"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 11] {
+    fn all(&self) -> [&Script; 14] {
         [
             &self.submit,
             &self.claim,
@@ -76,6 +85,9 @@ impl Scripts {
             &self.reap,
             &self.stats,
             &self.list,
+            &self.notify_take,
+            &self.notify_ack,
+            &self.notify_retry,
         ]
     }
 

@@ -42,7 +42,8 @@ local function check_lease(job, epoch)
   return 'ok'
 end
 
--- Move a job to a terminal state: no lease, one less in flight, event, retention clock starts.
+-- Move a job to a terminal state: no lease, one less in flight, event, notification, retention
+-- clock starts.
 local function finish(prefix, jid, state, now, retention_s, maxlen)
   local job = job_key(prefix, jid)
   redis.call('HSET', job, 'state', state, 'finished_at', now)
@@ -51,6 +52,8 @@ local function finish(prefix, jid, state, now, retention_s, maxlen)
   local inflight = inflight_key(prefix, redis.call('HGET', job, 'tenant'))
   if redis.call('DECR', inflight) <= 0 then redis.call('DEL', inflight) end
   emit_state(prefix, jid, state, now, maxlen)
+  -- The notifier (webhooks, latency metrics) takes it from here; see notify_take.lua.
+  redis.call('ZADD', prefix .. 'notify', now, jid)
   redis.call('EXPIRE', job, retention_s)
   redis.call('EXPIRE', events_key(prefix, jid), retention_s)
 end
