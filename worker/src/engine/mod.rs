@@ -6,9 +6,11 @@
 
 pub mod config;
 pub mod flux;
+pub mod image_ops;
 pub mod noise;
 pub mod thread;
 pub mod tiny;
+pub mod vae;
 pub mod weights;
 
 use std::time::Duration;
