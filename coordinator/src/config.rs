@@ -258,7 +258,7 @@ impl Config {
             }
             other => other.map(|u| u.trim_end_matches('/').to_owned()),
         };
-        if args.max_side % 16 != 0 {
+        if !args.max_side.is_multiple_of(16) {
             return Err(invalid("max-side", "must be a multiple of 16"));
         }
         if args.reap_interval.is_zero() {

@@ -129,10 +129,8 @@ async fn resolve_checked(
     if addrs.is_empty() {
         return Err(FetchError::Unresolvable(host.to_owned()));
     }
-    if !allow_private {
-        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-            return Err(FetchError::PrivateAddress(bad.ip()));
-        }
+    if !allow_private && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+        return Err(FetchError::PrivateAddress(bad.ip()));
     }
     Ok(Some((host.to_owned(), addrs)))
 }

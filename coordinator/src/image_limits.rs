@@ -75,9 +75,7 @@ pub fn check_image(bytes: Bytes, limits: &ImageLimits) -> Result<CheckedImage, I
         });
     }
     let format = sniff(&bytes)?;
-    let (width, height) = reader(&bytes, format)
-        .into_dimensions()
-        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let (width, height) = dimensions(&bytes, format)?;
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
         return Err(ImageError::TooManyPixels {
@@ -121,10 +119,30 @@ pub fn check_image(bytes: Bytes, limits: &ImageLimits) -> Result<CheckedImage, I
 
 /// Dimensions from the header only (for objects already stored, which passed `check_image`).
 pub fn header_dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
-    let format = sniff(bytes)?;
+    dimensions(bytes, sniff(bytes)?)
+}
+
+/// Width and height from the header. PNG's come straight from the IHDR chunk (the `png` crate
+/// reads on to the first IDAT before it reports them, which a hostile header need not have).
+fn dimensions(bytes: &[u8], format: ImageFormat) -> Result<(u32, u32), ImageError> {
+    if format == ImageFormat::Png {
+        return png_ihdr(bytes)
+            .ok_or_else(|| ImageError::Corrupt("PNG does not start with an IHDR chunk".into()));
+    }
     reader(bytes, format)
         .into_dimensions()
         .map_err(|e| ImageError::Corrupt(e.to_string()))
+}
+
+/// IHDR width and height: signature (8 bytes), chunk length (4), "IHDR" (4), width, height.
+fn png_ihdr(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    let be = |at: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    Some((be(16)?, be(20)?))
 }
 
 fn checked(

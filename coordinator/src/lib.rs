@@ -21,6 +21,7 @@ pub mod queue;
 pub mod reaper;
 pub mod signing;
 pub mod state;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -112,6 +113,7 @@ pub async fn serve(
     check_open_access(&state.config, listener.local_addr()?)?;
     let addr = listener.local_addr()?;
     let reaper = tokio::spawn(reaper::run(state.clone()));
+    let notifier = tokio::spawn(webhooks::run(state.clone()));
     let signal = state.clone();
     let app = router(state);
     tracing::info!(%addr, "listening");
@@ -122,5 +124,6 @@ pub async fn serve(
         })
         .await;
     let _ = reaper.await;
+    let _ = notifier.await;
     served.map_err(RunError::Io)
 }

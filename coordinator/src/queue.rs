@@ -11,8 +11,8 @@ use kontext_proto::memory::MemoryQueue;
 use kontext_proto::redis::RedisQueue;
 use kontext_proto::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobError, JobEvent, JobId, JobPage,
-    JobQueue, JobRecord, JobResult, Lease, LeaseState, Millis, Notification, QueueError, QueueStats,
-    ReapReport, Submission, SubmitOutcome,
+    JobQueue, JobRecord, JobResult, Lease, LeaseState, Millis, Notification, QueueError,
+    QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 
 /// One of the queue implementations. Cloning is cheap (an `Arc`).

@@ -22,7 +22,7 @@ use crate::signing;
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| kontext_proto::policy::millis(d))
+        .map_or(0, kontext_proto::policy::millis)
 }
 
 /// Shared state; cloning is cheap.

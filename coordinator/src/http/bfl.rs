@@ -190,7 +190,7 @@ pub async fn get_result(
                 details: None,
                 error: Some(ErrorDetail {
                     message: "task not found".into(),
-                    ..e.detail
+                    ..*e.detail
                 }),
             };
             return Ok((StatusCode::NOT_FOUND, Json(body)).into_response());

@@ -46,7 +46,8 @@ pub struct ErrorDetail {
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub detail: ErrorDetail,
+    /// Boxed so `Result<_, ApiError>` stays small on the happy path.
+    pub detail: Box<ErrorDetail>,
     /// Seconds for a `Retry-After` header (429, 503).
     pub retry_after_s: Option<u64>,
 }
@@ -60,13 +61,13 @@ impl ApiError {
     ) -> Self {
         Self {
             status,
-            detail: ErrorDetail {
+            detail: Box::new(ErrorDetail {
                 kind: kind.to_owned(),
                 field: field.map(str::to_owned),
                 message: message.into(),
                 limit: None,
                 errors: Vec::new(),
-            },
+            }),
             retry_after_s: None,
         }
     }
@@ -234,7 +235,13 @@ impl From<StorageError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(ErrorBody { error: self.detail })).into_response();
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                error: *self.detail,
+            }),
+        )
+            .into_response();
         if let Some(s) = self.retry_after_s {
             response
                 .headers_mut()

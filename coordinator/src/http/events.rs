@@ -73,6 +73,10 @@ pub async fn job_events(
         done: false,
     };
     follower.take(first).await;
+    // Resuming after the last event of a finished job: only the final view is left to send.
+    if !follower.done && job.status.is_terminal() {
+        follower.finish().await;
+    }
     let mut response = Sse::new(follow(follower))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
         .into_response();
@@ -126,10 +130,10 @@ impl Follower {
             Ok(Some(job)) => self.state.view(&job).await.ok(),
             _ => None,
         };
-        if let Some(view) = view {
-            if let Ok(e) = Event::default().event("job").json_data(&view) {
-                self.pending.push_back(e);
-            }
+        if let Some(view) = view
+            && let Ok(e) = Event::default().event("job").json_data(&view)
+        {
+            self.pending.push_back(e);
         }
     }
 

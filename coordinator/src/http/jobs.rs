@@ -228,20 +228,20 @@ pub async fn create_job(
     let status_url = state.job_url(&id.to_string());
     let location = HeaderValue::from_str(&status_url).map_err(|e| ApiError::internal(&e))?;
 
-    if let Some(wait) = prefer_wait(&headers) {
-        if let Some(job) = wait_for_terminal(&state, id, wait).await? {
-            let view = state.view(&job).await?;
-            let applied = HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
-                .map_err(|e| ApiError::internal(&e))?;
-            let headers = [
-                (header::LOCATION, location),
-                (
-                    header::HeaderName::from_static("preference-applied"),
-                    applied,
-                ),
-            ];
-            return Ok((StatusCode::OK, headers, Json(view)).into_response());
-        }
+    if let Some(wait) = prefer_wait(&headers)
+        && let Some(job) = wait_for_terminal(&state, id, wait).await?
+    {
+        let view = state.view(&job).await?;
+        let applied = HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+            .map_err(|e| ApiError::internal(&e))?;
+        let headers = [
+            (header::LOCATION, location),
+            (
+                header::HeaderName::from_static("preference-applied"),
+                applied,
+            ),
+        ];
+        return Ok((StatusCode::OK, headers, Json(view)).into_response());
     }
     let status = if created {
         ApiJobStatus::Queued

@@ -35,14 +35,11 @@ pub async fn job_result(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let job = state.job_for(&id, &tenant).await?;
-    let result = match (&job.result, job.status) {
-        (Some(r), JobStatus::Succeeded) => r,
-        _ => {
-            return Err(ApiError::not_ready(format!(
-                "job is {}; a result exists only once it succeeded",
-                job.status
-            )));
-        }
+    let (Some(result), JobStatus::Succeeded) = (&job.result, job.status) else {
+        return Err(ApiError::not_ready(format!(
+            "job is {}; a result exists only once it succeeded",
+            job.status
+        )));
     };
     let key = ObjectKey::parse(&result.key).map_err(|e| ApiError::internal(&e))?;
     if let Some(url) = state.store.presigned_get(&key).await? {
