@@ -13,6 +13,7 @@
 
 mod connection;
 mod notify;
+mod reads;
 mod reply;
 mod scripts;
 
@@ -25,24 +26,23 @@ use redis::{Client, ScriptInvocation};
 pub use connection::RedisConfig;
 
 use self::connection::BlockingPool;
-use self::reply::{array, at, backend, hash, int, is_stream_id, record, tagged, text};
+use self::reply::{array, at, backend, hash, int, record, tagged, text};
 use self::scripts::SCRIPTS;
 use crate::error::JobError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority};
-use crate::keys::{KeySpace, WORKER_GROUP, list_member, parse_list_member};
+use crate::keys::{KeySpace, WORKER_GROUP, list_member};
 use crate::policy::{self, Jitter, MAX_CRASHES, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
-    LeaseState, MAX_PAGE, Notification, QueueError, QueueStats, ReapReport, Submission,
-    SubmitOutcome,
+    LeaseState, Notification, QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 
 /// Entries of canceled jobs one claim call may skip before handing control back.
 const SKIP_BUDGET: u32 = 64;
-/// Most events one `events` call returns.
-const EVENTS_PER_CALL: usize = 100;
 /// Upper bound of reaper script calls per `reap` (each handles `reap_batch` jobs).
 const MAX_REAP_ROUNDS: usize = 100;
+/// Consumers (worker names) idle this long with nothing pending are deleted by the reaper.
+const CONSUMER_IDLE_MS: u64 = 3_600_000;
 
 /// The Redis-backed job queue.
 pub struct RedisQueue {
@@ -140,6 +140,41 @@ impl RedisQueue {
                 "blocking command gave no reply within {bound:?}"
             ))),
         }
+    }
+
+    /// Run a submit and then `WAIT` for replicas, on one dedicated connection: WAIT covers only
+    /// the writes of its own connection.
+    async fn run_replicated(
+        &self,
+        inv: &ScriptInvocation<'_>,
+        id: JobId,
+    ) -> Result<Value, QueueError> {
+        let wanted = self.cfg.wait_replicas;
+        let mut con = self.blocking.take().await?;
+        let bound = 2 * self.cfg.command_timeout + self.cfg.wait_timeout;
+        let both = async {
+            let reply: Value = inv.invoke_async(&mut con).await?;
+            let acked: i64 = redis::cmd("WAIT")
+                .arg(wanted)
+                .arg(policy::millis(self.cfg.wait_timeout).max(1))
+                .query_async(&mut con)
+                .await?;
+            Ok::<_, redis::RedisError>((reply, acked))
+        };
+        let (reply, acked) = match tokio::time::timeout(bound, both).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Err(backend(e)),
+            Err(_) => {
+                return Err(QueueError::Backend(format!(
+                    "submit + WAIT gave no reply within {bound:?}"
+                )));
+            }
+        };
+        self.blocking.put(con);
+        if acked < i64::from(wanted) {
+            tracing::warn!(job_id = %id, acked, wanted, "submit reached fewer replicas than configured");
+        }
+        Ok(reply)
     }
 
     async fn claim_once(
@@ -294,18 +329,7 @@ impl JobQueue for RedisQueue {
         let reply = if self.cfg.wait_replicas == 0 {
             self.run(&inv).await?
         } else {
-            // WAIT covers the writes of its own connection, so both go over the same one.
-            let mut con = self.blocking.take().await?;
-            let reply = inv.invoke_async(&mut con).await.map_err(backend)?;
-            let timeout_ms = policy::millis(self.cfg.wait_timeout).max(1);
-            let mut wait = redis::cmd("WAIT");
-            wait.arg(self.cfg.wait_replicas).arg(timeout_ms);
-            let acked: i64 = wait.query_async(&mut con).await.map_err(backend)?;
-            self.blocking.put(con);
-            if acked < i64::from(self.cfg.wait_replicas) {
-                tracing::warn!(job_id = %id, acked, wanted = self.cfg.wait_replicas, "submit reached fewer replicas than configured");
-            }
-            reply
+            self.run_replicated(&inv, id).await?
         };
         let (tag, rest) = tagged(&reply)?;
         let parse_id = |v: &Value| -> Result<JobId, QueueError> {
@@ -332,17 +356,7 @@ impl JobQueue for RedisQueue {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
-        let reply: Value = redis::cmd("HGETALL")
-            .arg(self.keys.job(id))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(backend)?;
-        let h = hash(&reply)?;
-        if h.is_empty() {
-            Ok(None)
-        } else {
-            record(&h).map(Some)
-        }
+        self.read_job(id).await
     }
 
     async fn list(
@@ -351,29 +365,7 @@ impl JobQueue for RedisQueue {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<JobPage, QueueError> {
-        let upper = match cursor {
-            Some(c) => {
-                parse_list_member(c)?;
-                format!("({c}")
-            }
-            None => "+".to_owned(),
-        };
-        let mut inv = SCRIPTS.list.prepare_invoke();
-        inv.key(self.keys.tenant_jobs(tenant))
-            .arg(self.keys.prefix())
-            .arg(upper)
-            .arg(limit.clamp(1, MAX_PAGE));
-        let reply = self.run(&inv).await?;
-        let parts = array(&reply)?;
-        let jobs = array(at(parts, 0)?)?
-            .iter()
-            .map(|h| record(&hash(h)?))
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = text(at(parts, 1)?)?;
-        Ok(JobPage {
-            jobs,
-            next_cursor: (!next.is_empty()).then_some(next),
-        })
+        self.list_jobs(tenant, cursor, limit).await
     }
 
     async fn cancel(&self, id: JobId, now: Millis) -> Result<CancelOutcome, QueueError> {
@@ -569,7 +561,8 @@ impl JobQueue for RedisQueue {
                 .arg(batch)
                 .arg(MAX_CRASHES)
                 .arg(self.retention_s())
-                .arg(self.maxlen());
+                .arg(self.maxlen())
+                .arg(CONSUMER_IDLE_MS);
             let reply = self.run(&inv).await?;
             let parts = array(&reply)?;
             report.requeued.extend(ids(at(parts, 0)?)?);
@@ -591,78 +584,11 @@ impl JobQueue for RedisQueue {
         after: Option<&str>,
         wait: Duration,
     ) -> Result<Vec<(String, JobEvent)>, QueueError> {
-        let after = match after {
-            Some(c) if is_stream_id(c) => c.to_owned(),
-            Some(c) => return Err(QueueError::InvalidCursor(c.to_owned())),
-            None => "0-0".to_owned(),
-        };
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(self.keys.job(id))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(backend)?;
-        if !exists {
-            return Err(QueueError::NotFound(id));
-        }
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(EVENTS_PER_CALL);
-        if !wait.is_zero() {
-            cmd.arg("BLOCK").arg(policy::millis(wait).max(1));
-        }
-        cmd.arg("STREAMS").arg(self.keys.events(id)).arg(after);
-        let reply = if wait.is_zero() {
-            cmd.query_async::<Value>(&mut self.conn.clone())
-                .await
-                .map_err(backend)?
-        } else {
-            self.blocking_query(&cmd, wait).await?
-        };
-        if reply == Value::Nil {
-            return Ok(Vec::new());
-        }
-        // [[stream key, [[entry id, [field, value, ...]], ...]]]
-        let streams = array(&reply)?;
-        let entries = array(at(array(at(streams, 0)?)?, 1)?)?;
-        entries
-            .iter()
-            .map(|entry| {
-                let entry = array(entry)?;
-                let cursor = text(at(entry, 0)?)?;
-                let fields = array(at(entry, 1)?)?;
-                let json = text(at(fields, 1)?)?;
-                let event: JobEvent = serde_json::from_str(&json)
-                    .map_err(|e| QueueError::Corrupt(format!("event {cursor} of job {id}: {e}")))?;
-                Ok((cursor, event))
-            })
-            .collect()
+        self.read_events(id, after, wait).await
     }
 
     async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
-        let k = &self.keys;
-        let mut inv = SCRIPTS.stats.prepare_invoke();
-        for p in Priority::ORDER {
-            inv.key(k.class_stream(p));
-        }
-        inv.key(k.delay())
-            .key(k.leases())
-            .key(k.dead_letters())
-            .arg(WORKER_GROUP);
-        let reply = self.run(&inv).await?;
-        let n = |i: usize| -> Result<u64, QueueError> {
-            Ok(u64::try_from(int(at(array(&reply)?, i)?)?).unwrap_or(0))
-        };
-        let oldest = int(at(array(&reply)?, 6)?)?;
-        Ok(QueueStats {
-            ready: vec![
-                (Priority::High, n(0)?),
-                (Priority::Standard, n(1)?),
-                (Priority::Bulk, n(2)?),
-            ],
-            delayed: n(3)?,
-            running: n(4)?,
-            oldest_ready_age_ms: u64::try_from(oldest).map_or(0, |at| now.saturating_sub(at)),
-            dead_letters: n(5)?,
-        })
+        self.read_stats(now).await
     }
 
     async fn take_notifications(

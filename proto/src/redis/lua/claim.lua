@@ -29,12 +29,11 @@ for i = 1, 3 do
     local id, fields = entry[1], entry[2]
     local jid = fields[2]
     local job = job_key(prefix, jid)
-    local v = redis.call('HMGET', job, 'state', 'entry')
+    local v = redis.call('HMGET', job, 'state', 'entry', 'attempts', 'epoch')
     if v[1] == 'queued' and v[2] == id then
       redis.call('HSET', job, 'state', 'running', 'lease_until', ARGV[5], 'worker', worker,
-        'started_at', now, 'progress', '0')
-      redis.call('HINCRBY', job, 'attempts', 1)
-      redis.call('HINCRBY', job, 'epoch', 1)
+        'started_at', now, 'progress', '0', 'attempts', tonumber(v[3]) + 1,
+        'epoch', tonumber(v[4]) + 1)
       redis.call('ZADD', KEYS[4], ARGV[5], jid)
       emit_state(prefix, jid, 'running', now, ARGV[6])
       return {'claimed', id, redis.call('HGETALL', job)}

@@ -3,15 +3,14 @@
 -- ARGV[1] key prefix   ARGV[2] jid   ARGV[3] epoch   ARGV[4] result JSON   ARGV[5] now (ms)
 -- ARGV[6] group   ARGV[7] retention (s)   ARGV[8] events maxlen
 -- Returns {'committed'} | {'already'} | {'not_found'} | {'stale'}
-local v = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+local v = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'entry', 'prio')
 if not v[1] then return {'not_found'} end
 if v[2] ~= ARGV[3] then return {'stale'} end
 if v[1] == 'succeeded' then return {'already'} end
 if v[1] ~= 'running' then return {'stale'} end
-ack(ARGV[1], ARGV[2], ARGV[6])
-redis.call('HSET', KEYS[1], 'result', ARGV[4], 'progress', '1')
-redis.call('HDEL', KEYS[1], 'error')
+redis.call('XACK', class_key(ARGV[1], v[4]), ARGV[6], v[3])
 -- Chains (issue 5) hook in here: the next turn is created in this same script, so a turn can
 -- never be enqueued twice.
-finish(ARGV[1], ARGV[2], 'succeeded', ARGV[5], ARGV[7], ARGV[8])
+finish(ARGV[1], ARGV[2], 'succeeded', ARGV[5], ARGV[7], ARGV[8],
+  {'result', ARGV[4], 'progress', '1'}, {'error'})
 return {'committed'}

@@ -43,11 +43,12 @@ local function check_lease(job, epoch)
 end
 
 -- Move a job to a terminal state: no lease, one less in flight, event, notification, retention
--- clock starts.
-local function finish(prefix, jid, state, now, retention_s, maxlen)
+-- clock starts. `set` / `del` are optional extra hash fields to write / delete in the same
+-- commands (field, value, field, value...) / (field, field...).
+local function finish(prefix, jid, state, now, retention_s, maxlen, set, del)
   local job = job_key(prefix, jid)
-  redis.call('HSET', job, 'state', state, 'finished_at', now)
-  redis.call('HDEL', job, 'lease_until')
+  redis.call('HSET', job, 'state', state, 'finished_at', now, unpack(set or {}))
+  redis.call('HDEL', job, 'lease_until', unpack(del or {}))
   redis.call('ZREM', leases_key(prefix), jid)
   local inflight = inflight_key(prefix, redis.call('HGET', job, 'tenant'))
   if redis.call('DECR', inflight) <= 0 then redis.call('DEL', inflight) end

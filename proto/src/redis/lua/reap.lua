@@ -4,7 +4,7 @@
 -- KEYS[4] stream q:hi   KEYS[5] stream q:std   KEYS[6] stream q:bulk
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] group   ARGV[4] batch size
 -- ARGV[5] crashes that make a job poison (policy::MAX_CRASHES)   ARGV[6] retention (s)
--- ARGV[7] events maxlen
+-- ARGV[7] events maxlen   ARGV[8] idle time (ms) after which a consumer with nothing pending is deleted
 -- Returns {requeued jids, dead jids, canceled jids, promoted count, expired seen, due seen}
 local prefix, now, group = ARGV[1], ARGV[2], ARGV[3]
 local requeued, dead, canceled = {}, {}, {}
@@ -65,6 +65,19 @@ for i = 4, 6 do
         local pending = redis.call('XPENDING', KEYS[i], group)
         if pending[1] > 0 and id_less(pending[2], min_id) then min_id = pending[2] end
         redis.call('XTRIM', KEYS[i], 'MINID', min_id)
+      end
+    end
+    -- Worker names churn (pods come and go); a consumer with nothing pending holds nothing, so
+    -- long-idle ones are deleted. Idle time is the server's clock, but this is housekeeping
+    -- only: no job's fate depends on it.
+    local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[i], group)
+    if type(consumers) == 'table' and not consumers.err then
+      for _, c in ipairs(consumers) do
+        local info = {}
+        for j = 1, #c, 2 do info[c[j]] = c[j + 1] end
+        if info['pending'] == 0 and info['idle'] > tonumber(ARGV[8]) then
+          redis.call('XGROUP', 'DELCONSUMER', KEYS[i], group, info['name'])
+        end
       end
     end
   end

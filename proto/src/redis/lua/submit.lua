@@ -23,9 +23,11 @@ local in_flight = tonumber(redis.call('GET', KEYS[5]) or '0')
 if limit > 0 and in_flight >= limit then return {'too_many', in_flight} end
 
 local now = ARGV[6]
+-- No MAXLEN on work streams: trimming happens in reap, below everything still pending.
+local entry = redis.call('XADD', KEYS[2], '*', 'jid', ARGV[2], 'at', now)
 redis.call('HSET', KEYS[1], 'id', ARGV[2], 'tenant', ARGV[3], 'state', 'queued', 'spec', ARGV[4],
   'prio', ARGV[9], 'progress', '0', 'attempts', '0', 'crashes', '0', 'epoch', '0', 'cancel', '0',
-  'created_at', now)
+  'created_at', now, 'entry', entry)
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'chain', ARGV[10]) end
 if idem_ttl > 0 then
   redis.call('SET', KEYS[3], ARGV[2] .. '|' .. ARGV[5], 'EX', idem_ttl)
@@ -33,9 +35,6 @@ end
 redis.call('ZADD', KEYS[4], 0, ARGV[11])
 redis.call('ZREMRANGEBYLEX', KEYS[4], '-', '(' .. ARGV[12])
 redis.call('INCR', KEYS[5])
--- No MAXLEN on work streams: trimming happens in reap, below everything still pending.
-local entry = redis.call('XADD', KEYS[2], '*', 'jid', ARGV[2], 'at', now)
-redis.call('HSET', KEYS[1], 'entry', entry)
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[13], '*', 'e',
   '{"type":"state","status":"queued","at":' .. now .. '}')
 return {'created', ARGV[2]}
