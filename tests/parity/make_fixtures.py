@@ -127,6 +127,17 @@ def write_model(args: argparse.Namespace) -> tuple[Path, str]:
     return model, " ".join(cmd)
 
 
+def git_provenance() -> dict:
+    """Which writer source made the model: HEAD plus any uncommitted changes under worker/."""
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=REPO_ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else f"<git failed: {r.stderr.strip()}>"
+
+    return {"commit": git("rev-parse", "HEAD"),
+            "uncommitted_under_worker": git("status", "--porcelain", "--", "worker").splitlines()}
+
+
 def model_hashes(model: Path) -> dict[str, dict]:
     out = {}
     for p in sorted(model.rglob("*")):
@@ -496,7 +507,7 @@ def make_fixtures(args: argparse.Namespace) -> None:
         "output_png_rule": "((x/2+0.5).clamp(0,1)*255).round() as u8 (diffusers postprocess)",
         "torch_threads": args.threads,
         "versions": versions(),
-        "model": {"source": source, "layout": "diffusers", "files": hashes},
+        "model": {"source": source, "layout": "diffusers", "writer_git": git_provenance(), "files": hashes},
         "tensors": {
             "edit.safetensors": save_tensors(args.out / "edit.safetensors", e),
             "generate.safetensors": save_tensors(args.out / "generate.safetensors", g),
