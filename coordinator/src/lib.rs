@@ -115,6 +115,7 @@ pub async fn serve(
     let reaper = tokio::spawn(reaper::run(state.clone()));
     let notifier = tokio::spawn(webhooks::run(state.clone()));
     let signal = state.clone();
+    let state_for_tasks = state.clone();
     let app = router(state);
     tracing::info!(%addr, "listening");
     let served = axum::serve(listener, app)
@@ -123,6 +124,8 @@ pub async fn serve(
             signal.begin_shutdown();
         })
         .await;
+    // Also when serving failed: the background tasks end on this signal.
+    state_for_tasks.begin_shutdown();
     let _ = reaper.await;
     let _ = notifier.await;
     served.map_err(RunError::Io)

@@ -514,3 +514,31 @@ async fn unknown_routes_answer_json_404() {
     let s = start(|_| {}).await;
     s.get("/v2/nothing", KEY_A).await.assert_error(404, "path");
 }
+
+#[tokio::test]
+async fn graceful_shutdown_ends_open_event_streams() {
+    let s = start(|_| {}).await;
+    let id = s.submit(KEY_A, json!({"prompt": "never worked on"})).await;
+    let resp = within(
+        "open SSE",
+        s.http
+            .get(s.at(&format!("/v1/jobs/{id}/events")))
+            .bearer_auth(KEY_A)
+            .send(),
+    )
+    .await
+    .expect("SSE opens");
+    let reader = tokio::spawn(async move {
+        let mut body = resp.bytes_stream();
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    });
+    s.shutdown().await;
+    let text = within("SSE ends at shutdown", reader)
+        .await
+        .expect("reader");
+    assert!(text.contains("event: state"), "{text}");
+}

@@ -91,6 +91,8 @@ pub struct BflSample {
     pub duration: Option<f64>,
 }
 
+/// Create a task, BFL-style. Also served at `/v1/flux-kontext-pro` and `/v1/flux-kontext-max`
+/// (the same FLUX.1 Kontext dev model runs behind all three).
 #[utoipa::path(
     post, path = "/v1/flux-kontext-dev", tag = "bfl",
     request_body = BflRequest,
@@ -155,6 +157,7 @@ pub async fn create_task(
     }))
 }
 
+/// Poll a task, BFL-style.
 #[utoipa::path(
     get, path = "/v1/get_result", tag = "bfl",
     params(("id" = String, Query, description = "Task id from the create reply")),

@@ -24,6 +24,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Longest single wait on the queue; after it the job is re-checked (it may have expired).
 const POLL: Duration = Duration::from_secs(10);
 
+/// Follow a job's state and progress as server-sent events.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(

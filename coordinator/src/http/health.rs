@@ -13,12 +13,14 @@ use crate::state::{AppState, now_ms};
 /// Longest wait for the queue in readiness and metrics checks.
 const QUEUE_CHECK: Duration = Duration::from_secs(1);
 
+/// Liveness.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process is alive", body = String, example = "ok")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Readiness: the queue answers within a second.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The queue answers", body = String, example = "ready"),
@@ -41,6 +43,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
         content_type = "text/plain")))]

@@ -97,6 +97,7 @@ pub async fn submit_job(
     if outcome.created {
         state.metrics.submitted(priority);
     }
+    tracing::debug!(job_id = %outcome.id, tenant = %tenant.id, created = outcome.created, "job submitted");
     Ok((outcome.id, outcome.created))
 }
 
@@ -178,6 +179,7 @@ pub async fn wait_for_terminal(
     Ok(job.filter(|j| j.status.is_terminal()))
 }
 
+/// Submit a job (generate without `input_image`, edit with one).
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
     request_body(content = SubmitJob, description = "The job. Unknown fields are ignored."),
@@ -267,6 +269,7 @@ pub async fn create_job(
         .into_response())
 }
 
+/// A job of the caller's tenant.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
@@ -287,6 +290,7 @@ pub async fn get_job(
     Ok(Json(state.view(&job).await?))
 }
 
+/// The caller's jobs, newest first, one page at a time.
 #[utoipa::path(
     get, path = "/v1/jobs", tag = "jobs",
     params(
@@ -334,6 +338,7 @@ pub async fn list_jobs(
     }))
 }
 
+/// Cancel a job: a queued job never runs; a running one stops at its next step.
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),

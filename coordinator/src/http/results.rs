@@ -14,6 +14,7 @@ use super::request::{Caller, query_pairs, query_param};
 use crate::signing::{BlobUrlError, verify_blob};
 use crate::state::{AppState, now_ms};
 
+/// The result image of a succeeded job.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/result", tag = "jobs",
     params(("id" = String, Path, description = "Job id")),
@@ -49,6 +50,7 @@ pub async fn job_result(
     blob_response(&state, &key).await
 }
 
+/// An object behind a signed URL (local storage's stand-in for presigned S3 URLs).
 #[utoipa::path(
     get, path = "/v1/blobs/{key}", tag = "jobs",
     params(

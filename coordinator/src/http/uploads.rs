@@ -21,6 +21,7 @@ const ACCEPTED_TYPES: [&str; 5] = [
     "application/octet-stream",
 ];
 
+/// Upload an input image (the raw file as the body).
 #[utoipa::path(
     post, path = "/v1/uploads", tag = "uploads",
     request_body(content = Vec<u8>, description = "The image file (PNG, JPEG or WebP)",

@@ -106,6 +106,18 @@ pub async fn start(adjust: impl FnOnce(&mut Config)) -> Server {
 }
 
 impl Server {
+    /// Triggers graceful shutdown and waits until the server has stopped.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within("graceful shutdown", task)
+                .await
+                .expect("server task");
+        }
+    }
+
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
