@@ -9,7 +9,7 @@ Run by hand (never in CI) from the repository root with the project-local venv
 
 What it does, in order:
   1. Writes the tiny model with the RUST writer:
-       cargo run --release -p kontext-worker -- tiny --seed S --layout diffusers --out OUT/model
+       cargo run --release -p kontext-worker --bin kontext-worker -- tiny --seed S --layout diffusers --out OUT/model
      (--model-dir DIR reuses an existing diffusers folder instead; --python-tiny builds the
      Python stand-in from tiny_py.py, for development only). OUT/model is git-ignored and never
      committed: the Rust tests regenerate it from the seed and compare the sha256 in meta.json.
@@ -120,10 +120,11 @@ def write_model(args: argparse.Namespace) -> tuple[Path, str]:
 
         tiny_py.build(model, args.seed)
         return model, "python stand-in tests/parity/tiny_py.py (development only)"
-    cmd = ["cargo", "run", "--release", "-p", "kontext-worker", "--", "tiny", "--seed", str(args.seed),
-           "--layout", "diffusers", "--out", str(model.resolve())]
+    cmd = ["cargo", "run", "--release", "-p", "kontext-worker", "--bin", "kontext-worker", "--", "tiny",
+           "--seed", str(args.seed), "--layout", "diffusers", "--out", str(model.resolve())]
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO_ROOT, check=True)
+    if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
+        sys.exit(f"the Rust tiny writer failed (see cargo's output above): {' '.join(cmd)}")
     return model, " ".join(cmd)
 
 
@@ -549,20 +550,26 @@ def bench(args: argparse.Namespace) -> None:
         txt_ids=torch.zeros(n_txt, 3),
         return_dict=False,
     )
-    times = []
+    times, cpu_times = [], []
+    load_before = os.getloadavg()[0]
     with torch.inference_mode():
         t0 = time.perf_counter()
         model(**inputs)
         warmup = time.perf_counter() - t0
         for _ in range(args.bench_runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = model(**inputs)[0]
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     assert out.shape == (1, 2048, 64) and torch.isfinite(out).all()
     med = statistics.median(times)
+    # CPU seconds / threads approximates the wall time on an idle machine; the load average says
+    # how far the wall numbers are from that (parallel builds on a 2-core VM inflate them).
     print(f"pytorch_mid_forward_median_s={med:.4f} min_s={min(times):.4f} max_s={max(times):.4f} "
           f"warmup_s={warmup:.4f} runs={args.bench_runs} threads={torch.get_num_threads()} dtype=float32 "
           f"params={params} tokens=1024+1024+128 torch={torch.__version__}")
+    print(f"pytorch_mid_forward_median_cpu_s={statistics.median(cpu_times):.4f} "
+          f"loadavg_1m_before={load_before:.2f} loadavg_1m_after={os.getloadavg()[0]:.2f} cpus={os.cpu_count()}")
     print("times_s=" + ",".join(f"{t:.4f}" for t in times))
 
 
