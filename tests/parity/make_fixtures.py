@@ -125,7 +125,8 @@ def write_model(args: argparse.Namespace) -> tuple[Path, str]:
     print("+", " ".join(cmd), flush=True)
     if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
         sys.exit(f"the Rust tiny writer failed (see cargo's output above): {' '.join(cmd)}")
-    return model, " ".join(cmd)
+    shown = cmd[:-1] + [os.path.relpath(model.resolve(), REPO_ROOT)]  # no machine-specific path in meta
+    return model, " ".join(shown)
 
 
 def git_provenance() -> dict:
