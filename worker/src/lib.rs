@@ -1,4 +1,24 @@
 //! kontext-worker: the FLUX.1 Kontext engine (candle) kept resident on one thread, and the job
 //! loop that claims work from the queue, runs it, uploads results and commits.
+//!
+//! - `engine`: the model behind the `Engine` trait, and `EngineThread` that owns it;
+//! - `consumer`: `Worker`, the job loop over any `JobQueue` + `BlobStore` (embeddable: `kontext
+//!   up` runs one beside the coordinator); `attempt`: one claimed job from inputs to commit;
+//!   `inputs` / `output` / `latents`: objects in and out; `lease`: heartbeat and the stop flag;
+//!   `progress`: throttled progress events; `drain`: what SIGTERM does to the running job;
+//! - `metrics` + `health`: readiness, liveness and Prometheus metrics on `--metrics-listen`;
+//! - `config`: the flags; `service`: `kontext-worker serve` wired from flags.
 
+pub mod attempt;
+pub mod clock;
+pub mod config;
+pub mod consumer;
+pub mod drain;
 pub mod engine;
+pub mod health;
+pub mod inputs;
+pub mod latents;
+pub mod lease;
+pub mod metrics;
+pub mod output;
+pub mod progress;

@@ -1,0 +1,313 @@
+//! One attempt at a claimed job: fetch inputs → run the engine (progress published, cancel
+//! checked between steps) → encode → upload under the attempt's own key → commit. The lease is
+//! renewed by a heartbeat task for as long as the attempt runs.
+//!
+//! How it ends decides the one queue call made at the end: `complete` on success (a stale lease
+//! there means another worker owns the job now, so the uploaded objects are deleted as orphans);
+//! `fail` with the error's kind (the queue's retry policy takes it from there) or with `Canceled`;
+//! `release` when a drain stopped it; nothing at all when the lease was lost.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kontext_proto::{
+    Claim, FailOutcome, JobError, JobErrorKind, JobQueue, JobRecord, JobResult, JobStatus, Lease,
+    QueueError,
+};
+use kontext_storage::BlobStore;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::clock::now_ms;
+use crate::consumer::WorkerSettings;
+use crate::drain::StepClock;
+use crate::engine::EngineError;
+use crate::engine::thread::EngineHandle;
+use crate::inputs;
+use crate::lease::{self, AbortOnDrop, JobControl, StopReason};
+use crate::metrics::{Outcome, Stage, WorkerStatus};
+use crate::output::Outputs;
+use crate::progress::Forwarder;
+
+/// Commit attempts before the worker gives up and lets the lease expire.
+const COMMIT_TRIES: u32 = 4;
+/// First delay between commit attempts; doubled each time.
+const COMMIT_RETRY: Duration = Duration::from_millis(100);
+
+/// How an attempt went, for metrics and the drain estimates of later jobs.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub outcome: Outcome,
+    /// Recent step time of this job's denoising loop.
+    pub step_time: Option<Duration>,
+    /// Time after the last step: decode, encode, upload, commit.
+    pub tail: Option<Duration>,
+}
+
+/// Why the attempt did not produce a result.
+enum Stop {
+    Reason(StopReason),
+    Error(JobError),
+}
+
+/// A generation that is stored and ready to commit.
+struct Stored {
+    outputs: Outputs,
+    result: JobResult,
+    decode: Duration,
+    /// When the engine returned.
+    engine_done: Instant,
+}
+
+/// What one attempt needs from its worker.
+pub struct Attempt<Q, S> {
+    pub queue: Arc<Q>,
+    pub store: Arc<S>,
+    pub engine: EngineHandle,
+    pub settings: WorkerSettings,
+    pub status: Arc<WorkerStatus>,
+    pub control: Arc<JobControl>,
+    pub clock: Arc<Mutex<StepClock>>,
+}
+
+impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
+    /// Runs the claimed job to one of its ends; call inside the job's tracing span.
+    pub async fn run(self, claim: Claim) -> AttemptReport {
+        let Claim { lease, job } = claim;
+        let claimed_at = now_ms();
+        let heartbeat = AbortOnDrop::spawn(
+            lease::heartbeat(
+                Arc::clone(&self.queue),
+                lease.clone(),
+                self.settings.lease_ttl,
+                self.settings.heartbeat_every,
+                claimed_at + kontext_proto::policy::millis(self.settings.lease_ttl),
+                Arc::clone(&self.control),
+                Arc::clone(&self.status),
+            )
+            .in_current_span(),
+        );
+        let result = self.execute(&lease, &job).await;
+        // The final queue call settles the lease; a renewal racing it would only add noise.
+        drop(heartbeat);
+        let step_time = self.clock.lock().ok().and_then(|c| c.step_time());
+        match result {
+            Ok(stored) => {
+                let outcome = self.commit(&lease, &stored).await;
+                AttemptReport {
+                    outcome,
+                    step_time,
+                    tail: Some(stored.decode + stored.engine_done.elapsed()),
+                }
+            }
+            Err(stop) => AttemptReport {
+                outcome: self.settle(&lease, stop).await,
+                step_time,
+                tail: None,
+            },
+        }
+    }
+
+    async fn execute(&self, lease: &Lease, job: &JobRecord) -> Result<Stored, Stop> {
+        let metrics = &self.status.metrics;
+        let started = Instant::now();
+        let req = inputs::engine_request(&*self.store, &job.spec)
+            .await
+            .map_err(Stop::Error)?;
+        metrics.stage(Stage::Fetch, started.elapsed());
+        if let Some(reason) = self.control.reason() {
+            return Err(Stop::Reason(reason));
+        }
+
+        let (steps_tx, steps_rx) = mpsc::unbounded_channel();
+        let forwarder = AbortOnDrop::spawn(
+            Forwarder {
+                queue: Arc::clone(&self.queue),
+                lease: lease.clone(),
+                lease_ttl: self.settings.lease_ttl,
+                interval: self.settings.progress_interval,
+                control: Arc::clone(&self.control),
+                clock: Arc::clone(&self.clock),
+                status: Arc::clone(&self.status),
+            }
+            .run(steps_rx)
+            .in_current_span(),
+        );
+        let started = Instant::now();
+        metrics.engine_busy.store(true, Ordering::Relaxed);
+        let generated = self
+            .engine
+            .generate(req, Some(steps_tx), self.control.engine_cancel())
+            .await;
+        metrics.engine_busy.store(false, Ordering::Relaxed);
+        let engine_time = started.elapsed();
+        let engine_done = Instant::now();
+        metrics.stage(Stage::Engine, engine_time);
+        // The engine drops its end of the channel once it replied; the forwarder then ends
+        // (after a publish in flight), so no progress event trails the commit.
+        forwarder.join().await;
+
+        let out = match generated {
+            Ok(out) => out,
+            Err(EngineError::Canceled) => {
+                return Err(Stop::Reason(
+                    self.control.reason().unwrap_or(StopReason::CancelRequested),
+                ));
+            }
+            Err(e) => {
+                if let EngineError::Panicked(msg) = &e {
+                    self.status.set_fatal(format!("engine panicked: {msg}"));
+                }
+                tracing::warn!(error = %e, kind = e.kind().as_str(), "engine failed");
+                return Err(Stop::Error(JobError::new(e.kind(), e.to_string())));
+            }
+        };
+        for step in &out.timings.steps {
+            metrics.step_seconds.observe(*step);
+        }
+
+        let spec = &job.spec;
+        let (width, height) = out.image.dimensions();
+        let latent = out.packed_latent.map(|data| {
+            let tokens = kontext_proto::resolution::token_count(width, height).max(1);
+            let features = data.len() / tokens;
+            (data, features)
+        });
+        let started = Instant::now();
+        let outputs = Outputs::encode(
+            &job.tenant,
+            job.id,
+            lease.epoch,
+            spec.output_format,
+            out.image,
+            latent,
+        )
+        .await
+        .map_err(Stop::Error)?;
+        metrics.stage(Stage::Encode, started.elapsed());
+        let started = Instant::now();
+        outputs.upload(&*self.store).await.map_err(Stop::Error)?;
+        metrics.stage(Stage::Upload, started.elapsed());
+        let result = JobResult {
+            key: outputs.image_key.as_str().to_owned(),
+            width,
+            height,
+            format: spec.output_format,
+            seed: out.seed,
+            latent_key: outputs.latent_key(),
+            engine_ms: kontext_proto::policy::millis(engine_time),
+        };
+        Ok(Stored {
+            outputs,
+            result,
+            decode: out.timings.decode,
+            engine_done,
+        })
+    }
+
+    /// Points the job at this attempt's objects. Retries a failing queue a few times: the commit
+    /// is idempotent for one lease.
+    async fn commit(&self, lease: &Lease, stored: &Stored) -> Outcome {
+        let started = Instant::now();
+        let mut delay = COMMIT_RETRY;
+        for attempt in 1..=COMMIT_TRIES {
+            match self
+                .queue
+                .complete(lease, stored.result.clone(), now_ms())
+                .await
+            {
+                Ok(outcome) => {
+                    self.status.metrics.stage(Stage::Commit, started.elapsed());
+                    tracing::info!(key = %stored.result.key, ?outcome, "job committed");
+                    return Outcome::Succeeded;
+                }
+                Err(QueueError::Stale(_)) => {
+                    let deleted = stored.outputs.delete(&*self.store).await;
+                    self.status
+                        .metrics
+                        .orphans_deleted
+                        .fetch_add(deleted as u64, Ordering::Relaxed);
+                    tracing::warn!(
+                        key = %stored.result.key,
+                        "commit refused: the lease is stale and another attempt owns the job; \
+                         deleted this attempt's result"
+                    );
+                    return Outcome::LeaseLost;
+                }
+                Err(e) => {
+                    self.status
+                        .metrics
+                        .queue_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    if attempt == COMMIT_TRIES {
+                        tracing::error!(error = %e, "commit failed; the lease will expire and the job re-run");
+                        return Outcome::Abandoned;
+                    }
+                    tracing::warn!(error = %e, attempt, "commit failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        Outcome::Abandoned
+    }
+
+    /// Tells the queue how an attempt without a result ended.
+    async fn settle(&self, lease: &Lease, stop: Stop) -> Outcome {
+        let error = match stop {
+            Stop::Reason(StopReason::LeaseLost) => {
+                tracing::warn!("lease lost: the job was re-queued; dropping this attempt");
+                return Outcome::LeaseLost;
+            }
+            Stop::Reason(StopReason::Draining) => {
+                return match self.queue.release(lease, now_ms()).await {
+                    Ok(()) => {
+                        tracing::info!("draining: job released to the queue");
+                        Outcome::Released
+                    }
+                    Err(QueueError::Stale(_)) => Outcome::LeaseLost,
+                    Err(e) => {
+                        self.status
+                            .metrics
+                            .queue_errors
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "release failed; the lease will expire");
+                        Outcome::Abandoned
+                    }
+                };
+            }
+            Stop::Reason(StopReason::CancelRequested) => {
+                JobError::new(JobErrorKind::Canceled, "canceled by request")
+            }
+            Stop::Error(e) => e,
+        };
+        let kind = error.kind;
+        match self.queue.fail(lease, error, now_ms()).await {
+            Ok(FailOutcome::Retrying { at }) => {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    retry_at = at,
+                    "job failed; will retry"
+                );
+                Outcome::Retrying
+            }
+            Ok(FailOutcome::Finished(status)) => {
+                tracing::info!(kind = kind.as_str(), %status, "job ended");
+                match status {
+                    JobStatus::Canceled => Outcome::Canceled,
+                    _ => Outcome::Failed,
+                }
+            }
+            Err(QueueError::Stale(_)) => Outcome::LeaseLost,
+            Err(e) => {
+                self.status
+                    .metrics
+                    .queue_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "recording the failure failed; the lease will expire");
+                Outcome::Abandoned
+            }
+        }
+    }
+}

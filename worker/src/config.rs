@@ -1,0 +1,314 @@
+//! Flags of the worker (`kontext-worker serve`), grouped so `kontext up` can reuse the model and
+//! job-loop groups with `#[command(flatten)]`. Every flag also reads a `KONTEXT_*` environment
+//! variable (storage uses the standard `AWS_*` names, see `kontext_storage::StorageArgs`); its doc
+//! comment is its `--help`. Flags become a validated `WorkerSettings` once, at start.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use clap::builder::BoolishValueParser;
+use kontext_storage::StorageArgs;
+
+use crate::consumer::WorkerSettings;
+
+/// Default of --engine-max-pixels: 2 MP, about twice the preferred Kontext sizes.
+// TODO(fleet-worker): use engine::pipeline::DEFAULT_MAX_PIXELS once the pipeline is committed.
+const DEFAULT_MAX_PIXELS: u64 = 2048 * 1024;
+
+/// The compute dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+/// Which model runs, where.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// `tiny` (the real Kontext architecture at toy size, weights generated from --tiny-seed into
+    /// a cache directory on first use) or a directory of FLUX.1-Kontext-dev weights (BFL single
+    /// files or diffusers folders). Never downloads anything.
+    #[arg(long, env = "KONTEXT_MODEL", default_value = "tiny")]
+    pub model: String,
+
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, env = "KONTEXT_DEVICE", default_value = "cpu")]
+    pub device: String,
+
+    /// Compute dtype; default f32 on CPU, bf16 on CUDA.
+    #[arg(long, env = "KONTEXT_DTYPE", value_enum)]
+    pub dtype: Option<DtypeArg>,
+
+    /// Weights seed of `--model tiny`.
+    #[arg(long, env = "KONTEXT_TINY_SEED", default_value_t = 0)]
+    pub tiny_seed: u64,
+
+    /// Largest target or context area the engine accepts, in pixels; larger jobs fail as
+    /// invalid input. Keep it at least the coordinator's --max-pixels.
+    #[arg(long, env = "KONTEXT_ENGINE_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
+    pub engine_max_pixels: u64,
+}
+
+impl Default for ModelArgs {
+    fn default() -> Self {
+        Self {
+            model: "tiny".into(),
+            device: "cpu".into(),
+            dtype: None,
+            tiny_seed: 0,
+            engine_max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// How the worker takes and keeps jobs.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumerArgs {
+    /// Name of this worker in the queue (running jobs show it). Default: <hostname>-<pid>-<random>,
+    /// unique per process start.
+    #[arg(long, env = "KONTEXT_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Lease of a claimed job: renewed every third of it; a job whose worker stops renewing is
+    /// re-queued by the coordinator's reaper this long after the last renewal (e.g. 30s, 1500ms).
+    #[arg(long, env = "KONTEXT_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+
+    /// On SIGTERM/SIGINT: finish the running job if its expected remaining time fits this,
+    /// else cancel it between steps and give it back to the queue. Keep it below the
+    /// orchestrator's kill timeout (Kubernetes: terminationGracePeriodSeconds, 30 s by default).
+    #[arg(long, env = "KONTEXT_GRACE_PERIOD", default_value = "25s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+
+    /// Longest blocking wait of one claim; also bounds how long a drain waits for a claim call.
+    #[arg(long, env = "KONTEXT_CLAIM_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub claim_wait: Duration,
+
+    /// Shortest time between two progress events of a job (at least 500ms: 2 per second).
+    #[arg(long, env = "KONTEXT_PROGRESS_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub progress_interval: Duration,
+}
+
+impl Default for ConsumerArgs {
+    fn default() -> Self {
+        Self {
+            worker_id: None,
+            lease_ttl: Duration::from_secs(30),
+            grace_period: Duration::from_secs(25),
+            claim_wait: Duration::from_secs(2),
+            progress_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Shortest lease accepted: the heartbeat must fit three renewals into it.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(300);
+/// Shortest progress interval: two events per second.
+pub const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A flag value that cannot work; names the flag and the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+impl ConsumerArgs {
+    /// The validated settings.
+    pub fn settings(&self) -> Result<WorkerSettings, ConfigError> {
+        if self.lease_ttl < MIN_LEASE_TTL {
+            return Err(ConfigError {
+                flag: "lease-ttl",
+                reason: format!(
+                    "must be at least {MIN_LEASE_TTL:?} (got {:?})",
+                    self.lease_ttl
+                ),
+            });
+        }
+        if self.progress_interval < MIN_PROGRESS_INTERVAL {
+            return Err(ConfigError {
+                flag: "progress-interval",
+                reason: format!(
+                    "must be at least {MIN_PROGRESS_INTERVAL:?} (got {:?}): progress is published at most twice a second",
+                    self.progress_interval
+                ),
+            });
+        }
+        if self.claim_wait.is_zero() {
+            return Err(ConfigError {
+                flag: "claim-wait",
+                reason: "must be above zero (a zero wait would spin on an empty queue)".into(),
+            });
+        }
+        let worker_id = match &self.worker_id {
+            Some(id) if id.trim().is_empty() || id.len() > 200 => {
+                return Err(ConfigError {
+                    flag: "worker-id",
+                    reason: "must be 1 to 200 characters".into(),
+                });
+            }
+            Some(id) => id.trim().to_owned(),
+            None => default_worker_id(),
+        };
+        let mut settings = WorkerSettings::with_lease(worker_id, self.lease_ttl);
+        settings.grace_period = self.grace_period;
+        settings.claim_wait = self.claim_wait;
+        settings.progress_interval = self.progress_interval;
+        Ok(settings)
+    }
+}
+
+/// `<hostname>-<pid>-<4 random hex>`: stable for the process, new on every start, so a restarted
+/// pod never inherits its predecessor's stream entries.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let nonce: u16 = rand::random();
+    format!("{host}-{}-{nonce:04x}", std::process::id())
+}
+
+/// Flags of `kontext-worker serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Redis URL of the job queue, e.g. redis://:password@host:6379/0.
+    #[arg(long, env = "KONTEXT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: String,
+
+    /// Namespace of the queue's keys inside Redis (the coordinator's --redis-namespace).
+    #[arg(long, env = "KONTEXT_REDIS_NAMESPACE", default_value = "kx")]
+    pub redis_namespace: String,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
+
+    /// Address of /healthz, /readyz and /metrics (use 0.0.0.0:9091 in a pod for probes).
+    #[arg(long, env = "KONTEXT_METRICS_LISTEN", default_value = "127.0.0.1:9091")]
+    pub metrics_listen: SocketAddr,
+
+    /// Log as JSON lines instead of text (filter with RUST_LOG).
+    #[arg(long, env = "KONTEXT_JSON_LOGS", value_parser = BoolishValueParser::new())]
+    pub json_logs: bool,
+}
+
+impl fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The Redis URL and the S3 secret may carry credentials.
+        f.debug_struct("ServeArgs")
+            .field("redis_url", &"<redacted>")
+            .field("redis_namespace", &self.redis_namespace)
+            .field("bucket", &self.storage.bucket)
+            .field("data_dir", &self.storage.data_dir)
+            .field("s3_endpoint", &self.storage.s3_endpoint)
+            .field("model", &self.model)
+            .field("consumer", &self.consumer)
+            .field("metrics_listen", &self.metrics_listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses `1500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let bad = || format!("{value:?} is not a duration: use e.g. 500ms, 30s, 2m or 1h");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "ms", "1.5s", "-1s", "3d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn flags_become_settings_and_secrets_stay_out_of_debug() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis-url",
+            "redis://:hunter2hunter2@db:6379",
+            "--data-dir",
+            "/tmp/k",
+            "--lease-ttl",
+            "1500ms",
+            "--grace-period",
+            "5s",
+            "--worker-id",
+            "gpu-0",
+        ])
+        .expect("valid flags");
+        let settings = cli.serve.consumer.settings().expect("valid settings");
+        assert_eq!(settings.lease_ttl, Duration::from_millis(1500));
+        assert_eq!(settings.heartbeat_every, Duration::from_millis(500));
+        assert_eq!(settings.grace_period, Duration::from_secs(5));
+        assert_eq!(settings.worker_id, "gpu-0");
+        assert!(!format!("{:?}", cli.serve).contains("hunter2"));
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_and_the_limit() {
+        let args = ConsumerArgs {
+            lease_ttl: Duration::from_millis(100),
+            ..ConsumerArgs::default()
+        };
+        let err = args.settings().expect_err("too short").to_string();
+        assert!(
+            err.contains("--lease-ttl") && err.contains("300ms"),
+            "{err}"
+        );
+        let args = ConsumerArgs {
+            progress_interval: Duration::from_millis(100),
+            ..ConsumerArgs::default()
+        };
+        let err = args.settings().expect_err("too often").to_string();
+        assert!(
+            err.contains("--progress-interval") && err.contains("500ms"),
+            "{err}"
+        );
+        let id = ConsumerArgs::default()
+            .settings()
+            .expect("defaults")
+            .worker_id;
+        assert!(id.contains(&std::process::id().to_string()), "{id}");
+    }
+}

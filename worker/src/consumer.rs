@@ -1,0 +1,303 @@
+//! The job loop of a worker: wait for the engine to be warm → claim (blocking wait) → run the
+//! attempt in a span carrying the job id → repeat, until the shutdown future resolves; then drain.
+//!
+//! `Worker` works with any `JobQueue` and `BlobStore`: `RedisQueue` + S3 in a `kontext-worker
+//! serve` process, the coordinator's shared `MemoryQueue` + a local directory inside `kontext up`.
+//!
+//! Shutdown never interrupts a claim call half-way (a claim whose reply is dropped would leave a
+//! leased job nobody runs until the lease expires): the loop waits for the claim to return —
+//! at most `claim_wait` — and releases whatever it got. Readiness turns false at once.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kontext_proto::{Claim, JobQueue};
+use kontext_storage::BlobStore;
+use tracing::Instrument;
+
+use crate::attempt::{Attempt, AttemptReport};
+use crate::clock::now_ms;
+use crate::drain::{DrainDecision, StepClock, drain_decision};
+use crate::engine::thread::{EngineHandle, Health};
+use crate::lease::{JobControl, StopReason};
+use crate::metrics::WorkerStatus;
+
+/// Longest pause after a failed claim (the queue is unreachable); doubles from 100 ms.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How a worker takes and keeps jobs.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Stream consumer name and the `worker` field of running jobs: stable per process.
+    pub worker_id: String,
+    /// A claimed job is presumed abandoned this long after the last renewal.
+    pub lease_ttl: Duration,
+    /// Renewal period; a third of the TTL leaves two chances before expiry.
+    pub heartbeat_every: Duration,
+    /// Longest blocking wait of one claim call.
+    pub claim_wait: Duration,
+    /// After a shutdown signal, how long the running job may still take.
+    pub grace_period: Duration,
+    /// Shortest time between two progress events of one job.
+    pub progress_interval: Duration,
+}
+
+impl WorkerSettings {
+    /// Defaults: 30 s lease renewed every 10 s, 2 s claim wait, 25 s grace (Kubernetes gives 30 s
+    /// between SIGTERM and SIGKILL), progress at most twice a second.
+    pub fn new(worker_id: impl Into<String>) -> Self {
+        Self::with_lease(worker_id, Duration::from_secs(30))
+    }
+
+    /// The defaults with another lease TTL (the heartbeat follows at a third of it).
+    pub fn with_lease(worker_id: impl Into<String>, lease_ttl: Duration) -> Self {
+        Self {
+            worker_id: worker_id.into(),
+            lease_ttl,
+            heartbeat_every: lease_ttl / 3,
+            claim_wait: Duration::from_secs(2),
+            grace_period: Duration::from_secs(25),
+            progress_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Warm-up failed, or the engine panicked: this process can run no more jobs.
+    #[error("the engine is not usable: {0}")]
+    Engine(String),
+}
+
+/// What earlier jobs measured, for the drain estimate of the next one.
+#[derive(Debug, Default, Clone, Copy)]
+struct History {
+    step_time: Option<Duration>,
+    tail: Duration,
+}
+
+/// A job consumer over any queue and blob store.
+pub struct Worker<Q, S> {
+    queue: Arc<Q>,
+    store: Arc<S>,
+    engine: EngineHandle,
+    settings: WorkerSettings,
+    status: Arc<WorkerStatus>,
+    history: History,
+}
+
+impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
+    pub fn new(
+        queue: Arc<Q>,
+        store: Arc<S>,
+        engine: EngineHandle,
+        settings: WorkerSettings,
+    ) -> Self {
+        let status = Arc::new(WorkerStatus::new(settings.worker_id.clone()));
+        Self {
+            queue,
+            store,
+            engine,
+            settings,
+            status,
+            history: History::default(),
+        }
+    }
+
+    /// Shares an existing status (a health server started before the model finished loading).
+    pub fn with_status(mut self, status: Arc<WorkerStatus>) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Readiness and metrics, for a health server.
+    pub fn status(&self) -> Arc<WorkerStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Takes jobs until `shutdown` resolves, then drains (see `drain`). Returns an error only when
+    /// the engine becomes unusable; queue outages are waited out.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), WorkerError> {
+        tokio::pin!(shutdown);
+        let mut stopping = false;
+        let mut health = self.engine.health();
+        tokio::select! {
+            changed = health.wait_for(|h| *h != Health::Starting) => {
+                let ready = changed.map(|h| h.clone()).unwrap_or(Health::Stopped);
+                self.check_engine(&ready)?;
+            }
+            () = &mut shutdown => {
+                self.status.begin_drain();
+                return Ok(());
+            }
+        }
+        tracing::info!(worker = %self.settings.worker_id, engine = ?self.engine.info(), "worker ready");
+        self.status.set_ready(true);
+        let mut backoff = Duration::from_millis(100);
+        while !stopping {
+            let current = health.borrow().clone();
+            self.check_engine(&current)?;
+            let claimed = {
+                let claim = self.queue.claim(
+                    &self.settings.worker_id,
+                    self.settings.lease_ttl,
+                    now_ms(),
+                    self.settings.claim_wait,
+                );
+                tokio::pin!(claim);
+                loop {
+                    tokio::select! {
+                        claimed = &mut claim => break claimed,
+                        () = &mut shutdown, if !stopping => {
+                            stopping = true;
+                            self.status.begin_drain();
+                        }
+                    }
+                }
+            };
+            match claimed {
+                Ok(Some(claim)) if stopping => self.release_unstarted(claim).await,
+                Ok(Some(claim)) => {
+                    backoff = Duration::from_millis(100);
+                    self.run_job(claim, &mut shutdown, &mut stopping).await;
+                }
+                Ok(None) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    self.status
+                        .metrics
+                        .queue_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "claim failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = &mut shutdown, if !stopping => {
+                            stopping = true;
+                            self.status.begin_drain();
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_CLAIM_BACKOFF);
+                }
+            }
+        }
+        tracing::info!("worker drained");
+        Ok(())
+    }
+
+    fn check_engine(&self, health: &Health) -> Result<(), WorkerError> {
+        match health {
+            Health::Ready | Health::Starting => Ok(()),
+            Health::Unhealthy(reason) => {
+                self.status.set_fatal(reason.clone());
+                Err(WorkerError::Engine(reason.clone()))
+            }
+            Health::Stopped => {
+                let reason = "engine thread stopped".to_owned();
+                self.status.set_fatal(reason.clone());
+                Err(WorkerError::Engine(reason))
+            }
+        }
+    }
+
+    /// A job claimed while the shutdown arrived: give it back untouched.
+    async fn release_unstarted(&self, claim: Claim) {
+        let span = job_span(&claim);
+        match self
+            .queue
+            .release(&claim.lease, now_ms())
+            .instrument(span.clone())
+            .await
+        {
+            Ok(()) => {
+                span.in_scope(|| tracing::info!("draining: released a job claimed during shutdown"))
+            }
+            Err(e) => span.in_scope(
+                || tracing::warn!(error = %e, "draining: release failed; the lease will expire"),
+            ),
+        }
+    }
+
+    async fn run_job(
+        &mut self,
+        claim: Claim,
+        shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+        stopping: &mut bool,
+    ) {
+        let started = Instant::now();
+        self.status
+            .metrics
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = job_span(&claim);
+        let control = Arc::new(JobControl::default());
+        let clock = Arc::new(Mutex::new(StepClock::new(
+            claim.job.spec.steps,
+            self.history.step_time,
+        )));
+        let attempt = Attempt {
+            queue: Arc::clone(&self.queue),
+            store: Arc::clone(&self.store),
+            engine: self.engine.clone(),
+            settings: self.settings.clone(),
+            status: Arc::clone(&self.status),
+            control: Arc::clone(&control),
+            clock: Arc::clone(&clock),
+        }
+        .run(claim)
+        .instrument(span.clone());
+        tokio::pin!(attempt);
+        let report: AttemptReport = tokio::select! {
+            report = &mut attempt => report,
+            () = shutdown.as_mut(), if !*stopping => {
+                *stopping = true;
+                self.status.begin_drain();
+                let decision = {
+                    let c = clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    drain_decision(c.steps_left(), c.step_time(), self.history.tail, self.settings.grace_period)
+                };
+                span.in_scope(|| tracing::info!(?decision, grace = ?self.settings.grace_period, "draining"));
+                match decision {
+                    DrainDecision::Release => {
+                        control.stop(StopReason::Draining);
+                        attempt.await
+                    }
+                    DrainDecision::Finish { .. } => tokio::select! {
+                        report = &mut attempt => report,
+                        () = tokio::time::sleep(self.settings.grace_period) => {
+                            span.in_scope(|| tracing::warn!("grace period ran out: releasing the job"));
+                            control.stop(StopReason::Draining);
+                            attempt.await
+                        }
+                    },
+                }
+            }
+        };
+        if report.step_time.is_some() {
+            self.history.step_time = report.step_time;
+        }
+        if let Some(tail) = report.tail {
+            self.history.tail = tail;
+        }
+        let elapsed = started.elapsed();
+        self.status.metrics.job_finished(report.outcome, elapsed);
+        span.in_scope(|| {
+            tracing::info!(
+                outcome = report.outcome.as_str(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "job done"
+            );
+        });
+    }
+}
+
+fn job_span(claim: &Claim) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        job_id = %claim.lease.job_id,
+        attempt = claim.lease.attempt,
+        epoch = claim.lease.epoch,
+    )
+}

@@ -1,0 +1,123 @@
+//! From a claimed job's spec to an `EngineRequest`: the context image (or a carried context
+//! latent) and optional initial latents are read from the blob store and decoded here. Every
+//! failure becomes a `JobError` whose kind decides whether the queue retries: a missing or
+//! undecodable input is the job's fault (`InvalidInput`, never retried); any other storage failure
+//! is the environment's (`Transient`, retried with backoff, possibly on another worker).
+
+use bytes::Bytes;
+use kontext_proto::resolution::context_size;
+use kontext_proto::{JobError, JobErrorKind, ValidJobSpec};
+use kontext_storage::{BlobStore, ObjectKey, StorageError};
+
+use crate::engine::{Context, EngineRequest};
+use crate::latents;
+
+/// Context area used when an old record lacks a resolved context size (`keep` mode only).
+const FALLBACK_CONTEXT_PIXELS: u64 = 1024 * 1024;
+
+/// The job error for a failed storage call about `what` (e.g. `input_image in/t/ab.png`).
+pub fn storage_error(what: &str, e: &StorageError) -> JobError {
+    let kind = if e.is_not_found() || matches!(e, StorageError::InvalidKey(_)) {
+        JobErrorKind::InvalidInput
+    } else {
+        JobErrorKind::Transient
+    };
+    JobError::new(kind, format!("{what}: {e}"))
+}
+
+async fn fetch<S: BlobStore>(store: &S, raw_key: &str, field: &str) -> Result<Bytes, JobError> {
+    let what = format!("{field} {raw_key}");
+    let key = ObjectKey::parse(raw_key)
+        .map_err(|e| JobError::new(JobErrorKind::InvalidInput, format!("{what}: {e}")))?;
+    store
+        .get(&key)
+        .await
+        .map(|blob| blob.bytes)
+        .map_err(|e| storage_error(&what, &e))
+}
+
+fn invalid(msg: String) -> JobError {
+    JobError::new(JobErrorKind::InvalidInput, msg)
+}
+
+/// Decodes on a blocking thread: a large PNG takes long enough to stall the runtime.
+async fn decode_image(bytes: Bytes, what: String) -> Result<image::RgbImage, JobError> {
+    tokio::task::spawn_blocking(move || {
+        image::load_from_memory(&bytes)
+            .map(|img| img.to_rgb8())
+            .map_err(|e| invalid(format!("{what}: cannot decode the image: {e}")))
+    })
+    .await
+    .map_err(|e| JobError::new(JobErrorKind::Fatal, format!("image decode task: {e}")))?
+}
+
+fn decode_latents(bytes: &[u8], what: &str) -> Result<Vec<f32>, JobError> {
+    latents::decode(bytes).map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+/// Everything the engine needs for `spec`, with inputs fetched from `store`.
+pub async fn engine_request<S: BlobStore>(
+    store: &S,
+    spec: &ValidJobSpec,
+) -> Result<EngineRequest, JobError> {
+    let context = match (&spec.input_latent_key, &spec.input) {
+        (Some(key), input) => {
+            let bytes = fetch(store, key, "input_latent").await?;
+            let data = decode_latents(&bytes, &format!("input_latent {key}"))?;
+            let (width, height) = match (spec.context_width, spec.context_height, input) {
+                (Some(w), Some(h), _) => (w, h),
+                (_, _, Some(img)) => (img.width, img.height),
+                _ => {
+                    return Err(invalid(
+                        "input_latent needs a context size (context_width/context_height)".into(),
+                    ));
+                }
+            };
+            Some(Context::PackedLatent {
+                data,
+                width,
+                height,
+            })
+        }
+        (None, Some(input)) => {
+            let bytes = fetch(store, &input.key, "input_image").await?;
+            let image = decode_image(bytes, format!("input_image {}", input.key)).await?;
+            let (width, height) = match (spec.context_width, spec.context_height) {
+                (Some(w), Some(h)) => (w, h),
+                _ => context_size(
+                    image.width(),
+                    image.height(),
+                    spec.resize,
+                    FALLBACK_CONTEXT_PIXELS,
+                ),
+            };
+            Some(Context::Image {
+                image,
+                width,
+                height,
+                // Content-addressed keys: the same key is the same image, so the engine may reuse
+                // its encoded context latents (multi-turn edits of one image).
+                cache_key: Some(input.key.clone()),
+            })
+        }
+        (None, None) => None,
+    };
+    let initial_latents = match &spec.initial_latents_key {
+        Some(key) => {
+            let bytes = fetch(store, key, "initial_latents").await?;
+            Some(decode_latents(&bytes, &format!("initial_latents {key}"))?)
+        }
+        None => None,
+    };
+    Ok(EngineRequest {
+        prompt: spec.prompt.clone(),
+        context,
+        width: spec.width,
+        height: spec.height,
+        steps: spec.steps,
+        guidance: spec.guidance,
+        seed: spec.seed,
+        initial_latents,
+        want_latent: spec.keep_latent,
+    })
+}
