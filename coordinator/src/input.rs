@@ -60,6 +60,11 @@ pub async fn store_image(
     field: &str,
 ) -> Result<StoredImage, ApiError> {
     let limits = limits(state);
+    let _permit = state
+        .decode_permits
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     let image = tokio::task::spawn_blocking(move || check_image(bytes, &limits))
         .await
         .map_err(|e| ApiError::internal(&e))?

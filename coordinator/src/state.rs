@@ -34,6 +34,9 @@ pub struct Inner {
     pub queue: AnyQueue,
     pub store: AnyBlobStore,
     pub metrics: Metrics,
+    /// Bounds concurrent image decodes (each may hold up to `max_input_pixels` × 16 bytes), so a
+    /// burst of uploads cannot exhaust memory; one permit per CPU.
+    pub decode_permits: tokio::sync::Semaphore,
     /// Base of every URL we hand out, without a trailing slash.
     pub public_url: String,
     /// Flips to `true` when the server starts shutting down: long-lived responses (SSE,
@@ -67,6 +70,9 @@ impl AppState {
             queue,
             store,
             metrics: Metrics::default(),
+            decode_permits: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
             public_url,
             shutdown_tx,
         }))
