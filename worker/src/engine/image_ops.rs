@@ -190,6 +190,7 @@ pub fn tensor_to_image(t: &Tensor) -> Result<RgbImage> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 use candle_core::{DType, Device, IndexOp, Tensor};
 
 use super::tokenize::{CLIP_MAX_TOKENS, PromptTokenizers, T5_MAX_TOKENS};

@@ -247,6 +247,7 @@ impl PromptTokenizers {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 pub(crate) mod tests_support {
     use super::*;
 

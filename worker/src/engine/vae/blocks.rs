@@ -164,6 +164,7 @@ impl Module for Upsample {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use candle_core::{Device, Tensor};
     use candle_nn::VarBuilder;

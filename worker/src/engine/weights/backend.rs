@@ -88,13 +88,13 @@ impl CanonicalBackend {
                         None => total = Some(s),
                         Some(t) => {
                             if t.len() != s.len() || t[1..] != s[1..] || t.is_empty() {
-                                return Err(WeightsError::Shape {
-                                    canonical: canonical.to_string(),
-                                    key: k.clone(),
-                                    file: self.files.origin().to_path_buf(),
-                                    expected: format!("(_, {:?}) like {}", &t[1..], keys[0]),
-                                    found: format!("{s:?}"),
-                                });
+                                return Err(WeightsError::shape(
+                                    canonical,
+                                    k,
+                                    self.files.origin(),
+                                    format!("(_, {:?}) like {}", &t[1..], keys[0]),
+                                    format!("{s:?}"),
+                                ));
                             }
                             t[0] += s[0];
                         }
@@ -129,7 +129,7 @@ impl CanonicalBackend {
         let load = |k: &str| self.files.load(k, canonical, dtype, dev);
         let candle = |source| WeightsError::Candle {
             canonical: canonical.to_string(),
-            source,
+            source: Box::new(source),
         };
         match &source {
             Source::Renamed(k) => load(k),
@@ -144,14 +144,14 @@ impl CanonicalBackend {
             Source::SwapHalves(k) => {
                 let t = load(k)?;
                 let n = t.dim(0).map_err(candle)?;
-                if n % 2 != 0 {
-                    return Err(WeightsError::Shape {
-                        canonical: canonical.to_string(),
-                        key: k.clone(),
-                        file: self.files.origin().to_path_buf(),
-                        expected: "an even number of rows".into(),
-                        found: format!("{:?}", t.dims()),
-                    });
+                if !n.is_multiple_of(2) {
+                    return Err(WeightsError::shape(
+                        canonical,
+                        k,
+                        self.files.origin(),
+                        "an even number of rows".to_string(),
+                        format!("{:?}", t.dims()),
+                    ));
                 }
                 // diffusers [scale; shift] → BFL [shift; scale] (halves along dim 0).
                 let (scale, shift) = (t.narrow(0, 0, n / 2), t.narrow(0, n / 2, n / 2));
@@ -178,13 +178,13 @@ impl CanonicalBackend {
     ) -> Result<Tensor, WeightsError> {
         let t = self.load(canonical, dtype, dev)?;
         if t.dims() != expected {
-            return Err(WeightsError::Shape {
-                canonical: canonical.to_string(),
-                key: self.stored_as(canonical),
-                file: self.files.origin().to_path_buf(),
-                expected: format!("{expected:?}"),
-                found: format!("{:?}", t.dims()),
-            });
+            return Err(WeightsError::shape(
+                canonical,
+                &self.stored_as(canonical),
+                self.files.origin(),
+                format!("{expected:?}"),
+                format!("{:?}", t.dims()),
+            ));
         }
         Ok(t)
     }

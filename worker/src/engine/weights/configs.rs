@@ -134,7 +134,7 @@ pub fn flux_to_diffusers(cfg: &FluxConfig) -> Value {
 
 /// RoPE and width invariants every loader checks (BFL `Flux.__init__` raises on these too).
 pub fn check_flux(cfg: &FluxConfig) -> Result<(), String> {
-    if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 {
+    if !cfg.hidden_size.is_multiple_of(cfg.num_heads) || cfg.num_heads == 0 {
         return Err(format!(
             "hidden size {} is not a multiple of num_heads {}",
             cfg.hidden_size, cfg.num_heads
@@ -148,7 +148,7 @@ pub fn check_flux(cfg: &FluxConfig) -> Result<(), String> {
             cfg.head_dim()
         ));
     }
-    if cfg.axes_dim.iter().any(|d| d % 2 != 0) {
+    if cfg.axes_dim.iter().any(|d| !d.is_multiple_of(2)) {
         return Err(format!(
             "every axes_dim entry must be even, got {:?}",
             cfg.axes_dim
@@ -242,7 +242,7 @@ pub fn vae_from_diffusers(text: &str, file: &str) -> Result<VaeConfig, WeightsEr
         .block_out_channels
         .first()
         .ok_or_else(|| bad("block_out_channels is empty".into()))?;
-    if ch == 0 || raw.block_out_channels.iter().any(|c| c % ch != 0) {
+    if ch == 0 || raw.block_out_channels.iter().any(|c| !c.is_multiple_of(ch)) {
         return Err(bad(format!(
             "block_out_channels {:?} must be multiples of the first entry",
             raw.block_out_channels
@@ -297,7 +297,7 @@ pub fn check_vae(cfg: &VaeConfig) -> Result<(), String> {
     }
     let mut chans = cfg.block_out_channels();
     chans.push(cfg.ch);
-    if cfg.norm_groups == 0 || chans.iter().any(|c| c % cfg.norm_groups != 0) {
+    if cfg.norm_groups == 0 || chans.iter().any(|c| !c.is_multiple_of(cfg.norm_groups)) {
         return Err(format!(
             "norm groups {} must divide every channel count {chans:?}",
             cfg.norm_groups
@@ -341,6 +341,7 @@ impl Sidecar {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

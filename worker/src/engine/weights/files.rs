@@ -149,7 +149,7 @@ impl TensorFiles {
             .map_err(|source| WeightsError::Load {
                 key: key.to_string(),
                 file: path.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(t)
     }
@@ -163,6 +163,6 @@ fn mmap(path: &Path) -> Result<MmapedSafetensors, WeightsError> {
     unsafe { MmapedSafetensors::new(path) }.map_err(|source| WeightsError::Load {
         key: "<header>".into(),
         file: path.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }

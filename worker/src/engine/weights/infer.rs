@@ -21,13 +21,13 @@ fn count(b: &CanonicalBackend, key: impl Fn(usize) -> String) -> usize {
 fn dims(b: &CanonicalBackend, key: &str, rank: usize) -> Result<Vec<usize>, WeightsError> {
     let s = b.shape(key)?;
     if s.len() != rank {
-        return Err(WeightsError::Shape {
-            canonical: key.to_string(),
-            key: key.to_string(),
-            file: b.files().origin().to_path_buf(),
-            expected: format!("a rank-{rank} tensor"),
-            found: format!("{s:?}"),
-        });
+        return Err(WeightsError::shape(
+            key,
+            key,
+            b.files().origin(),
+            format!("a rank-{rank} tensor"),
+            format!("{s:?}"),
+        ));
     }
     Ok(s)
 }
@@ -55,7 +55,7 @@ pub fn flux_config(b: &CanonicalBackend, sidecar: &Sidecar) -> Result<FluxConfig
         file: file.clone(),
         reason,
     };
-    if head_dim == 0 || hidden % head_dim != 0 {
+    if head_dim == 0 || !hidden.is_multiple_of(head_dim) {
         return Err(bad(format!(
             "hidden size {hidden} is not a multiple of the head dim {head_dim}"
         )));
@@ -108,7 +108,7 @@ pub fn vae_config(b: &CanonicalBackend, sidecar: &Sidecar) -> Result<VaeConfig, 
     let mut ch_mult = Vec::with_capacity(levels);
     for i in 0..levels {
         let out = dims(b, &format!("encoder.down.{i}.block.0.conv1.weight"), 4)?[0];
-        if out % ch != 0 {
+        if !out.is_multiple_of(ch) {
             return Err(bad(format!(
                 "level {i} has {out} channels, not a multiple of {ch}"
             )));

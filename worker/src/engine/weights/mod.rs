@@ -70,15 +70,8 @@ pub enum WeightsError {
         canonical: Option<String>,
         file: String,
     },
-    #[error("tensor `{canonical}` (stored as `{key}` in {}) has the wrong shape: expected {expected}, found {found}",
-        file.display())]
-    Shape {
-        canonical: String,
-        key: String,
-        file: PathBuf,
-        expected: String,
-        found: String,
-    },
+    #[error("{0}")]
+    Shape(Box<ShapeMismatch>),
     #[error("cannot tell the layout of {}: {reason}", file.display())]
     UnknownLayout { file: PathBuf, reason: String },
     #[error("config {file}: {reason}")]
@@ -92,16 +85,40 @@ pub enum WeightsError {
     Load {
         key: String,
         file: PathBuf,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("assembling `{canonical}`: {source}")]
     Candle {
         canonical: String,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
+/// A tensor whose shape is not what the config implies.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tensor `{canonical}` (stored as `{key}` in {}) has the wrong shape: expected {expected}, found {found}",
+    file.display()
+)]
+pub struct ShapeMismatch {
+    pub canonical: String,
+    pub key: String,
+    pub file: PathBuf,
+    pub expected: String,
+    pub found: String,
+}
+
 impl WeightsError {
+    pub fn shape(canonical: &str, key: &str, file: &Path, expected: String, found: String) -> Self {
+        Self::Shape(Box::new(ShapeMismatch {
+            canonical: canonical.to_string(),
+            key: key.to_string(),
+            file: file.to_path_buf(),
+            expected,
+            found,
+        }))
+    }
+
     pub fn missing_file(path: &Path) -> Self {
         Self::MissingFile {
             file: path
@@ -389,13 +406,13 @@ fn verify(b: &CanonicalBackend, expected: &[(String, Vec<usize>)]) -> Result<(),
     for (name, shape) in expected {
         let found = b.shape(name)?;
         if &found != shape {
-            return Err(WeightsError::Shape {
-                canonical: name.clone(),
-                key: b.stored_as(name),
-                file: b.files().origin().to_path_buf(),
-                expected: format!("{shape:?}"),
-                found: format!("{found:?}"),
-            });
+            return Err(WeightsError::shape(
+                name,
+                &b.stored_as(name),
+                b.files().origin(),
+                format!("{shape:?}"),
+                format!("{found:?}"),
+            ));
         }
     }
     Ok(())

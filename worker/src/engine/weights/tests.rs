@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 //! Both layouts of the tiny model load to the same canonical tensors; bad directories fail with
 //! the file, key and shapes named.
 
