@@ -1,6 +1,6 @@
 //! Parity of the engine-io stages against the diffusers fixtures (tests/parity/README.md):
 //! resized input, context latents, T5 ids + embeddings, CLIP ids + hidden states + pooled
-//! output, decoded image. Each stage runs on the fixture's own inputs, so a failure points at
+//! output, decoded image, output PNG (diffusers postprocess). Each stage runs on the fixture's own inputs, so a failure points at
 //! one stage; every stage is checked with the model written in BOTH layouts.
 //!
 //! The tiny weights are regenerated from the fixture's seed in a temp dir and their sha256 are
@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
-use kontext_worker::engine::image_ops::{image_to_tensor, resize_lanczos};
+use kontext_worker::engine::image_ops::{image_to_tensor, resize_lanczos, tensor_to_image};
 use kontext_worker::engine::text::TextEncoders;
 use kontext_worker::engine::tiny;
 use kontext_worker::engine::vae::AutoEncoder;
@@ -270,6 +270,33 @@ fn decoded_images_match() -> Result<()> {
                 &f.edit["decoded_image"],
             )?;
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn output_png_matches_diffusers_postprocess() -> Result<()> {
+    let f = fixture();
+    for (name, tensors) in [("edit", &f.edit), ("generate", &f.generate)] {
+        let png = f.meta[name]["output_png"]
+            .as_str()
+            .with_context(|| format!("meta.json: {name}.output_png"))?;
+        let want = image::open(f.dir.join(png))?.to_rgb8();
+        let got = tensor_to_image(&tensors["decoded_image"])?;
+        let differing = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        ensure!(
+            got.dimensions() == want.dimensions(),
+            "{name}: size differs"
+        );
+        ensure!(
+            differing == 0,
+            "{name}: {differing} bytes differ from diffusers' postprocess"
+        );
     }
     Ok(())
 }
