@@ -1,7 +1,8 @@
 //! Parity of the engine-io stages against the diffusers fixtures (tests/parity/README.md):
 //! resized input, context latents, T5 ids + embeddings, CLIP ids + hidden states + pooled
-//! output, decoded image, output PNG (diffusers postprocess). Each stage runs on the fixture's own inputs, so a failure points at
-//! one stage; every stage is checked with the model written in BOTH layouts.
+//! output, decoded image, output PNG (diffusers postprocess). Each stage runs on the fixture's
+//! own inputs, so a failure points at one stage; every stage is checked with the model written
+//! in BOTH layouts.
 //!
 //! The tiny weights are regenerated from the fixture's seed in a temp dir and their sha256 are
 //! checked against meta.json first, so a fixture made from other weights fails loudly.
