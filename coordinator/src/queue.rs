@@ -10,9 +10,10 @@ use std::time::Duration;
 use kontext_proto::memory::MemoryQueue;
 use kontext_proto::redis::RedisQueue;
 use kontext_proto::{
-    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobError, JobEvent, JobId, JobPage,
-    JobQueue, JobRecord, JobResult, Lease, LeaseState, Millis, Notification, QueueError,
-    QueueStats, ReapReport, Submission, SubmitOutcome,
+    AppendOutcome, CancelOutcome, ChainId, ChainRecord, ChainSubmission, Claim, CompleteOutcome,
+    FailOutcome, JobError, JobEvent, JobId, JobPage, JobQueue, JobRecord, JobResult, Lease,
+    LeaseState, Millis, Notification, QueueError, QueueStats, ReapReport, Submission,
+    SubmitOutcome, TurnAppend,
 };
 
 /// One of the queue implementations. Cloning is cheap (an `Arc`).
@@ -160,5 +161,36 @@ impl JobQueue for AnyQueue {
 
     async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
         dispatch!(self, q => q.retry_notification(id, at).await)
+    }
+
+    async fn create_chain(&self, chain: ChainSubmission, now: Millis) -> Result<(), QueueError> {
+        dispatch!(self, q => q.create_chain(chain, now).await)
+    }
+
+    async fn get_chain(&self, id: ChainId) -> Result<Option<ChainRecord>, QueueError> {
+        dispatch!(self, q => q.get_chain(id).await)
+    }
+
+    async fn append_turn(
+        &self,
+        id: ChainId,
+        turn: TurnAppend,
+        now: Millis,
+    ) -> Result<AppendOutcome, QueueError> {
+        dispatch!(self, q => q.append_turn(id, turn, now).await)
+    }
+
+    async fn fork_chain(
+        &self,
+        id: ChainId,
+        from_turn: u32,
+        new_id: ChainId,
+        now: Millis,
+    ) -> Result<(), QueueError> {
+        dispatch!(self, q => q.fork_chain(id, from_turn, new_id, now).await)
+    }
+
+    async fn cancel_chain(&self, id: ChainId, now: Millis) -> Result<CancelOutcome, QueueError> {
+        dispatch!(self, q => q.cancel_chain(id, now).await)
     }
 }

@@ -41,6 +41,9 @@ pub struct JobError {
 
 impl JobError {
     pub fn new(kind: JobErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }

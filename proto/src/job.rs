@@ -83,7 +83,10 @@ impl JobStatus {
 
     /// Terminal states never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled | Self::Dead)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Canceled | Self::Dead
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -120,7 +123,9 @@ impl FromStr for JobStatus {
 pub struct UnknownVariant(pub String);
 
 /// Priority class. Workers always take `high` before `standard` before `bulk`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     High,

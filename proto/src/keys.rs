@@ -15,11 +15,16 @@
 //! kontext:{<ns>}:tenant:<t>:inflight      STRING  count of the tenant's non-terminal jobs
 //! kontext:{<ns>}:notify                   ZSET    finished jid -> due (ms): notifier work
 //! kontext:{<ns>}:notify:attempts          HASH    jid -> times taken
+//! kontext:{<ns>}:chain:<cid>              HASH    chain record: settings, `t:<i>` turn templates,
+//!                                                 `j:<i>` planned job ids (fields: prelude.lua)
+//! kontext:{<ns>}:q:w:<worker>             STREAM  per-worker affinity offers (chain turns), no
+//!                                                 group: the worker XDELs what it reads
 //! ```
 //!
 //! The Lua scripts derive per-job and per-tenant keys from `prefix()` (they discover job ids at run
 //! time), so the suffixes below are mirrored in `redis/lua/prelude.lua`; a test checks both agree.
 
+use crate::chain::ChainId;
 use crate::job::{JobId, Millis, Priority};
 use crate::queue::QueueError;
 
@@ -98,6 +103,17 @@ impl KeySpace {
         format!("{}notify", self.prefix)
     }
 
+    /// A chain's record.
+    pub fn chain(&self, id: ChainId) -> String {
+        format!("{}chain:{id}", self.prefix)
+    }
+
+    /// Offers of chain turns to the worker that ran the turn before (read before the class
+    /// streams by that worker's claims).
+    pub fn affinity_stream(&self, worker: &str) -> String {
+        format!("{}q:w:{worker}", self.prefix)
+    }
+
     /// How many times each pending notification was taken.
     pub fn notify_attempts(&self) -> String {
         format!("{}notify:attempts", self.prefix)
@@ -144,6 +160,8 @@ mod tests {
             k.tenant_inflight("acme"),
             k.notify(),
             k.notify_attempts(),
+            k.chain(ChainId(id.0)),
+            k.affinity_stream("host-1-abc"),
         ];
         for key in &all {
             assert!(key.starts_with("kontext:{kx}:"), "{key}");

@@ -1,6 +1,6 @@
 //! kontext-proto: the wire contract and queue protocol shared by coordinator and worker.
 //!
-//! - `job`: job types, states, records; `error`: error kinds that decide retries;
+//! - `job`: job types, states, records; `chain`: chains of edit turns (storyboards); `error`: error kinds that decide retries;
 //! - `validate`: client requests → `ValidJobSpec` with field-level errors;
 //! - `resolution`: Kontext size rules (preferred-resolution snapping, keep-aspect);
 //! - `queue`: the `JobQueue` seam and its types; `policy`: retry/backoff, lease expiry and the
@@ -15,6 +15,7 @@
 //!
 //! This crate never depends on candle; its default features pull in no async runtime.
 
+pub mod chain;
 pub mod error;
 pub mod job;
 pub mod keys;
@@ -32,6 +33,10 @@ pub mod redis;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use chain::{
+    AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn, FailurePolicy,
+    PlannedTurn, TurnAppend, TurnState,
+};
 pub use error::{JobError, JobErrorKind};
 pub use job::*;
 pub use queue::*;

@@ -134,6 +134,9 @@ pub struct QueueConfig {
     pub reap_batch: usize,
     /// Seed of the jitter RNG; `None` seeds from the OS.
     pub jitter_seed: Option<u64>,
+    /// A chain's next turn is offered only to the worker that ran the previous turn (warm
+    /// caches) for this long, then to every worker.
+    pub affinity_delay: Duration,
 }
 
 impl Default for QueueConfig {
@@ -145,6 +148,7 @@ impl Default for QueueConfig {
             events_maxlen: 256,
             reap_batch: 100,
             jitter_seed: None,
+            affinity_delay: Duration::from_secs(2),
         }
     }
 }

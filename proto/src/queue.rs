@@ -12,12 +12,17 @@
 //! - `reap` re-queues jobs whose lease expired (counting a crash), moves a job that crashed
 //!   `policy::MAX_CRASHES` times to `dead` and the dead-letter list, and promotes due retries.
 //! - Every time-dependent call takes `now`; nothing reads a clock inside the queue.
+//! - Chains (`crate::chain`): the terminal transition of a chain turn (commit, terminal fail,
+//!   cancel, dead-lettering) also creates the next turn's job, in the same atomic step, so a turn
+//!   is created exactly once. After a commit the next turn is offered first to the worker that
+//!   ran the committed turn, and to every worker from `now + QueueConfig::affinity_delay`.
 
 use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::JobError;
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
@@ -176,6 +181,12 @@ pub enum QueueError {
     /// A list or event cursor that no earlier call returned.
     #[error("invalid cursor {0:?}")]
     InvalidCursor(String),
+    #[error("chain {0} not found")]
+    ChainNotFound(ChainId),
+    /// The chain's state does not allow the request (appending to a canceled chain, forking
+    /// from a turn that did not succeed); the message says why.
+    #[error("{0}")]
+    ChainConflict(String),
     #[error("queue backend: {0}")]
     Backend(String),
     #[error("queue configuration: {0}")]
@@ -293,4 +304,46 @@ pub trait JobQueue: Send + Sync + 'static {
         id: JobId,
         at: Millis,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Create a chain and its first turn's job (durable before it returns).
+    fn create_chain(
+        &self,
+        chain: ChainSubmission,
+        now: Millis,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// A chain with its turns (and the jobs created so far).
+    fn get_chain(
+        &self,
+        id: ChainId,
+    ) -> impl Future<Output = Result<Option<ChainRecord>, QueueError>> + Send;
+
+    /// Add a turn at the end. A running chain creates it after the turns before it; a finished
+    /// (succeeded or failed) chain runs again from its last good frame at once. A canceled chain
+    /// refuses (`ChainConflict`).
+    fn append_turn(
+        &self,
+        id: ChainId,
+        turn: TurnAppend,
+        now: Millis,
+    ) -> impl Future<Output = Result<AppendOutcome, QueueError>> + Send;
+
+    /// A new chain `new_id` sharing turns `1..=from_turn` of `id` (the same jobs, not re-run),
+    /// with `from_turn` as its last good frame; it starts `succeeded`, ready for `append_turn`.
+    /// `from_turn` must have succeeded.
+    fn fork_chain(
+        &self,
+        id: ChainId,
+        from_turn: u32,
+        new_id: ChainId,
+        now: Millis,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Cancel a running chain: no further turn is created, and its live turn is canceled like
+    /// `cancel` does (at once when queued, at the next step when running).
+    fn cancel_chain(
+        &self,
+        id: ChainId,
+        now: Millis,
+    ) -> impl Future<Output = Result<CancelOutcome, QueueError>> + Send;
 }

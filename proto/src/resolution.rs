@@ -50,7 +50,8 @@ pub fn snap_to_preferred(width: u32, height: u32) -> (u32, u32) {
     let mut best_key = (f64::INFINITY, u32::MAX, u32::MAX);
     for &(w, h) in &PREFERRED_KONTEXT_RESOLUTIONS {
         let key = ((ar - f64::from(w) / f64::from(h)).abs(), w, h);
-        if key.0 < best_key.0 || (key.0 == best_key.0 && (key.1, key.2) < (best_key.1, best_key.2)) {
+        if key.0 < best_key.0 || (key.0 == best_key.0 && (key.1, key.2) < (best_key.1, best_key.2))
+        {
             best_key = key;
             best = (w, h);
         }

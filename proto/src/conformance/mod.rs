@@ -3,10 +3,11 @@
 //! per rule. `tests/tests/queue_conformance.rs` runs it against `MemoryQueue` and against
 //! `RedisQueue` on a real redis-server (apalis' `generic_storage_test!` idea).
 //!
-//! Rules drive time through the injected `now` (never sleeps); every await sits in `within`, whose
+//! Chain rules are in `chains`. Rules drive time through the injected `now` (never sleeps); every await sits in `within`, whose
 //! panic names what stalled. Each rule gets a fresh queue from the factory, which receives the
 //! `QueueConfig` the rule needs.
 
+mod chains;
 mod failures;
 mod lifecycle;
 mod notifications;
@@ -21,6 +22,7 @@ use crate::policy::{QueueConfig, RetryPolicy};
 use crate::queue::{JobEvent, JobQueue, Lease, Submission};
 use crate::resolution::ResizeMode;
 
+pub use chains::*;
 pub use failures::*;
 pub use lifecycle::*;
 pub use notifications::*;
@@ -199,6 +201,16 @@ macro_rules! queue_conformance_tests {
             finished_jobs_are_notified_once,
             unacknowledged_notifications_come_back,
             failed_and_dead_jobs_are_notified,
+            chain_turns_run_in_order_from_the_previous_frame,
+            chain_carries_latents_when_asked,
+            chain_turn_is_created_once_under_redelivery_and_crashes,
+            next_turn_prefers_the_previous_worker_then_anyone,
+            stop_policy_ends_the_chain_at_a_failed_turn,
+            continue_policy_resumes_from_the_last_good_frame,
+            appended_turns_extend_running_and_finished_chains,
+            fork_shares_the_committed_prefix,
+            canceled_chain_creates_no_more_turns,
+            text_to_image_chain_and_creation_checks,
         );
     };
     (@rules $make:expr; $($rule:ident),* $(,)?) => {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::JobError;
 use crate::job::{JobId, JobRecord, JobResult, Millis};
 use crate::policy::{self, Jitter, QueueConfig};
@@ -213,6 +214,37 @@ impl JobQueue for MemoryQueue {
     async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
         self.lock().retry_notification(id, at);
         Ok(())
+    }
+
+    async fn create_chain(&self, chain: ChainSubmission, now: Millis) -> Result<(), QueueError> {
+        self.mutate(|s| s.create_chain(chain, now))
+    }
+
+    async fn get_chain(&self, id: ChainId) -> Result<Option<ChainRecord>, QueueError> {
+        Ok(self.lock().get_chain(id))
+    }
+
+    async fn append_turn(
+        &self,
+        id: ChainId,
+        turn: TurnAppend,
+        now: Millis,
+    ) -> Result<AppendOutcome, QueueError> {
+        self.mutate(|s| s.append_turn(id, turn, now))
+    }
+
+    async fn fork_chain(
+        &self,
+        id: ChainId,
+        from_turn: u32,
+        new_id: ChainId,
+        now: Millis,
+    ) -> Result<(), QueueError> {
+        self.mutate(|s| s.fork_chain(id, from_turn, new_id, now))
+    }
+
+    async fn cancel_chain(&self, id: ChainId, now: Millis) -> Result<CancelOutcome, QueueError> {
+        Ok(self.mutate(|s| s.cancel_chain(id, now)))
     }
 }
 

@@ -6,13 +6,14 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::time::Duration;
 
+use crate::chain::ChainId;
 use crate::error::JobError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId};
 use crate::keys::{list_member, parse_list_member};
 use crate::policy::{self, QueueConfig, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, Lease, LeaseState,
-    QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
+    QueueError, ReapReport, Submission, SubmitOutcome,
 };
 
 /// One dispatch entry of a class stream.
@@ -62,9 +63,12 @@ pub(crate) struct State {
     /// Finished jobs waiting for the notifier: (due, id), plus id -> (due, times taken).
     notify: BTreeSet<(Millis, JobId)>,
     notify_due: HashMap<JobId, (Millis, u32)>,
+    chains: HashMap<ChainId, chains::MemChain>,
+    /// Chain turns offered to the worker that ran the turn before (see `chains`).
+    affinity: HashMap<String, VecDeque<Entry>>,
 }
 
-fn class_index(p: Priority) -> usize {
+pub(super) fn class_index(p: Priority) -> usize {
     match p {
         Priority::High => 0,
         Priority::Standard => 1,
@@ -87,6 +91,8 @@ impl State {
             inflight: HashMap::new(),
             notify: BTreeSet::new(),
             notify_due: HashMap::new(),
+            chains: HashMap::new(),
+            affinity: HashMap::new(),
         }
     }
 
@@ -263,6 +269,9 @@ impl State {
         lease_ttl: Duration,
         now: Millis,
     ) -> Option<Claim> {
+        if let Some(claim) = self.claim_offered(worker, lease_ttl, now) {
+            return Some(claim);
+        }
         for class in 0..self.streams.len() {
             while let Some(entry) = self.streams[class].pop_front() {
                 let startable = self.jobs.get(&entry.job).is_some_and(|j| {
@@ -514,6 +523,9 @@ impl State {
             }
         }
         self.idempotency.retain(|_, e| e.expires_at > now);
+        self.chains
+            .retain(|_, c| c.expires_at.is_none_or(|t| t > now));
+        self.prune_offers();
     }
 
     fn drop_lease(&mut self, id: JobId) {
@@ -538,48 +550,7 @@ impl State {
         }
         self.emit_state(id, status, now);
         self.queue_notification(id, now);
-    }
-
-    /// Events after `after` (a cursor from an earlier call), at most `limit`.
-    pub(crate) fn events(
-        &self,
-        id: JobId,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, JobEvent)>, QueueError> {
-        let job = self.jobs.get(&id).ok_or(QueueError::NotFound(id))?;
-        let after: u64 = match after {
-            Some(c) => c
-                .parse()
-                .map_err(|_| QueueError::InvalidCursor(c.to_owned()))?,
-            None => 0,
-        };
-        Ok(job
-            .events
-            .iter()
-            .filter(|(seq, _)| *seq > after)
-            .take(limit)
-            .map(|(seq, ev)| (seq.to_string(), ev.clone()))
-            .collect())
-    }
-
-    pub(crate) fn stats(&self, now: Millis) -> QueueStats {
-        let ready = Priority::ORDER
-            .iter()
-            .map(|&p| (p, self.streams[class_index(p)].len() as u64))
-            .collect();
-        let oldest = self
-            .streams
-            .iter()
-            .filter_map(|s| s.front().map(|e| e.at))
-            .min();
-        QueueStats {
-            ready,
-            delayed: self.delay.len() as u64,
-            running: self.leases.len() as u64,
-            oldest_ready_age_ms: oldest.map_or(0, |at| now.saturating_sub(at)),
-            dead_letters: self.dead_letters.len() as u64,
-        }
+        self.advance_chain(id, status, now);
     }
 }
 
@@ -595,3 +566,11 @@ fn validate_list_cursor(c: &str) -> Result<(), QueueError> {
 // Notifications of finished jobs (mirrors redis/lua/notify_*.lua).
 #[path = "notify.rs"]
 mod notify;
+
+// Chains and affinity offers (mirrors redis/lua/chain_*.lua and prelude.lua's advance_chain).
+#[path = "chains.rs"]
+mod chains;
+
+// Events and stats.
+#[path = "reads.rs"]
+mod reads;

@@ -11,6 +11,7 @@
 //! Durability: submit is written before it returns; with `wait_replicas > 0` it also WAITs for
 //! replicas on the same connection. Redis must run with `appendonly yes` to survive restarts.
 
+mod chains;
 mod connection;
 mod notify;
 mod reads;
@@ -28,6 +29,7 @@ pub use connection::RedisConfig;
 use self::connection::BlockingPool;
 use self::reply::{array, at, backend, hash, int, record, tagged, text};
 use self::scripts::SCRIPTS;
+use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::JobError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority};
 use crate::keys::{KeySpace, WORKER_GROUP, list_member};
@@ -65,8 +67,9 @@ impl std::fmt::Debug for RedisQueue {
 /// One pass of the claim script.
 enum ClaimStep {
     Claimed(Box<Claim>),
-    /// Nothing claimable; the last entry id of each class stream at that moment.
-    Empty([String; 3]),
+    /// Nothing claimable; the last entry id of each class stream and of the worker's affinity
+    /// stream at that moment.
+    Empty([String; 4]),
     /// The skip budget ran out; call again.
     Busy,
 }
@@ -189,6 +192,8 @@ impl RedisQueue {
             inv.key(k.class_stream(p));
         }
         inv.key(k.leases())
+            .key(k.affinity_stream(worker))
+            .key(k.delay())
             .arg(k.prefix())
             .arg(WORKER_GROUP)
             .arg(worker)
@@ -215,16 +220,19 @@ impl RedisQueue {
                 text(at(rest, 0)?)?,
                 text(at(rest, 1)?)?,
                 text(at(rest, 2)?)?,
+                text(at(rest, 3)?)?,
             ])),
             "busy" => Ok(ClaimStep::Busy),
             other => Err(QueueError::Corrupt(format!("claim replied {other:?}"))),
         }
     }
 
-    /// Block until any class stream gets an entry after `last`, or `wait` passes.
+    /// Block until any class stream or the worker's affinity stream gets an entry after `last`,
+    /// or `wait` passes.
     async fn wait_for_dispatch(
         &self,
-        last: &[String; 3],
+        worker: &str,
+        last: &[String; 4],
         wait: Duration,
     ) -> Result<(), QueueError> {
         let mut cmd = redis::cmd("XREAD");
@@ -236,6 +244,7 @@ impl RedisQueue {
         for p in Priority::ORDER {
             cmd.arg(self.keys.class_stream(p));
         }
+        cmd.arg(self.keys.affinity_stream(worker));
         cmd.arg(last.as_slice());
         self.blocking_query(&cmd, wait).await.map(|_| ())
     }
@@ -406,7 +415,7 @@ impl JobQueue for RedisQueue {
                         return Ok(None);
                     }
                     // Then claim again: on news, or for one last look when the wait ran out.
-                    self.wait_for_dispatch(&last, remaining).await?;
+                    self.wait_for_dispatch(worker, &last, remaining).await?;
                 }
             }
         }
@@ -455,7 +464,8 @@ impl JobQueue for RedisQueue {
             .arg(now)
             .arg(WORKER_GROUP)
             .arg(self.retention_s())
-            .arg(self.maxlen());
+            .arg(self.maxlen())
+            .arg(policy::millis(self.cfg.queue.affinity_delay));
         let reply = self.run(&inv).await?;
         match tagged(&reply)?.0.as_str() {
             "committed" => Ok(CompleteOutcome::Committed),
@@ -606,5 +616,36 @@ impl JobQueue for RedisQueue {
 
     async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
         self.retry_notification_impl(id, at).await
+    }
+
+    async fn create_chain(&self, chain: ChainSubmission, now: Millis) -> Result<(), QueueError> {
+        self.create_chain_impl(chain, now).await
+    }
+
+    async fn get_chain(&self, id: ChainId) -> Result<Option<ChainRecord>, QueueError> {
+        self.get_chain_impl(id).await
+    }
+
+    async fn append_turn(
+        &self,
+        id: ChainId,
+        turn: TurnAppend,
+        now: Millis,
+    ) -> Result<AppendOutcome, QueueError> {
+        self.append_turn_impl(id, turn, now).await
+    }
+
+    async fn fork_chain(
+        &self,
+        id: ChainId,
+        from_turn: u32,
+        new_id: ChainId,
+        now: Millis,
+    ) -> Result<(), QueueError> {
+        self.fork_chain_impl(id, from_turn, new_id, now).await
+    }
+
+    async fn cancel_chain(&self, id: ChainId, now: Millis) -> Result<CancelOutcome, QueueError> {
+        self.cancel_chain_impl(id, now).await
     }
 }

@@ -73,26 +73,29 @@ pub(crate) fn hash(v: &Value) -> Result<HashMap<String, String>, QueueError> {
         .collect()
 }
 
-fn field<'a>(h: &'a HashMap<String, String>, name: &str) -> Result<&'a str, QueueError> {
+pub(crate) fn field<'a>(h: &'a HashMap<String, String>, name: &str) -> Result<&'a str, QueueError> {
     h.get(name)
         .map(String::as_str)
-        .ok_or_else(|| corrupt(format!("job hash lacks {name}")))
+        .ok_or_else(|| corrupt(format!("hash lacks {name}")))
 }
 
-fn parsed<T: FromStr>(h: &HashMap<String, String>, name: &str) -> Result<T, QueueError> {
+pub(crate) fn parsed<T: FromStr>(h: &HashMap<String, String>, name: &str) -> Result<T, QueueError> {
     let raw = field(h, name)?;
     raw.parse()
-        .map_err(|_| corrupt(format!("job field {name} = {raw:?} does not parse")))
+        .map_err(|_| corrupt(format!("field {name} = {raw:?} does not parse")))
 }
 
-fn optional<T: FromStr>(h: &HashMap<String, String>, name: &str) -> Result<Option<T>, QueueError> {
+pub(crate) fn optional<T: FromStr>(
+    h: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<T>, QueueError> {
     match h.get(name).filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(_) => parsed(h, name).map(Some),
     }
 }
 
-fn json<T: DeserializeOwned>(
+pub(crate) fn json<T: DeserializeOwned>(
     h: &HashMap<String, String>,
     name: &str,
 ) -> Result<Option<T>, QueueError> {
@@ -100,7 +103,7 @@ fn json<T: DeserializeOwned>(
         None => Ok(None),
         Some(raw) => serde_json::from_str(raw)
             .map(Some)
-            .map_err(|e| corrupt(format!("job field {name} is not valid JSON: {e}"))),
+            .map_err(|e| corrupt(format!("field {name} is not valid JSON: {e}"))),
     }
 }
 

@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 14] = [
+pub(crate) const SOURCES: [(&str, &str); 19] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -26,6 +26,11 @@ pub(crate) const SOURCES: [(&str, &str); 14] = [
     ("notify_take", include_str!("lua/notify_take.lua")),
     ("notify_ack", include_str!("lua/notify_ack.lua")),
     ("notify_retry", include_str!("lua/notify_retry.lua")),
+    ("chain_create", include_str!("lua/chain_create.lua")),
+    ("chain_get", include_str!("lua/chain_get.lua")),
+    ("chain_append", include_str!("lua/chain_append.lua")),
+    ("chain_fork", include_str!("lua/chain_fork.lua")),
+    ("chain_cancel", include_str!("lua/chain_cancel.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -43,6 +48,11 @@ pub(crate) struct Scripts {
     pub notify_take: Script,
     pub notify_ack: Script,
     pub notify_retry: Script,
+    pub chain_create: Script,
+    pub chain_get: Script,
+    pub chain_append: Script,
+    pub chain_fork: Script,
+    pub chain_cancel: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -69,10 +79,15 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     notify_take: with_prelude("notify_take"),
     notify_ack: with_prelude("notify_ack"),
     notify_retry: with_prelude("notify_retry"),
+    chain_create: with_prelude("chain_create"),
+    chain_get: with_prelude("chain_get"),
+    chain_append: with_prelude("chain_append"),
+    chain_fork: with_prelude("chain_fork"),
+    chain_cancel: with_prelude("chain_cancel"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 14] {
+    fn all(&self) -> [&Script; 19] {
         [
             &self.submit,
             &self.claim,
@@ -88,6 +103,11 @@ impl Scripts {
             &self.notify_take,
             &self.notify_ack,
             &self.notify_retry,
+            &self.chain_create,
+            &self.chain_get,
+            &self.chain_append,
+            &self.chain_fork,
+            &self.chain_cancel,
         ]
     }
 

@@ -1,16 +1,17 @@
--- complete: commit a result, if the caller's epoch is current; idempotent for the same epoch.
+-- complete: commit a result, if the caller's epoch is current; idempotent for the same epoch. A
+-- chain turn's commit also creates the chain's next turn (prelude `finish` → `advance_chain`), in
+-- this same script, so a turn can never be created twice.
 -- KEYS[1] job hash   KEYS[2] leases zset   KEYS[3] job event stream
 -- ARGV[1] key prefix   ARGV[2] jid   ARGV[3] epoch   ARGV[4] result JSON   ARGV[5] now (ms)
 -- ARGV[6] group   ARGV[7] retention (s)   ARGV[8] events maxlen
+-- ARGV[9] affinity delay (ms): the next chain turn is offered to this worker alone that long
 -- Returns {'committed'} | {'already'} | {'not_found'} | {'stale'}
-local v = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'entry', 'prio')
+local v = redis.call('HMGET', KEYS[1], 'state', 'epoch')
 if not v[1] then return {'not_found'} end
 if v[2] ~= ARGV[3] then return {'stale'} end
 if v[1] == 'succeeded' then return {'already'} end
 if v[1] ~= 'running' then return {'stale'} end
-redis.call('XACK', class_key(ARGV[1], v[4]), ARGV[6], v[3])
--- Chains (issue 5) hook in here: the next turn is created in this same script, so a turn can
--- never be enqueued twice.
+ack(ARGV[1], ARGV[2], ARGV[6])
 finish(ARGV[1], ARGV[2], 'succeeded', ARGV[5], ARGV[7], ARGV[8],
-  {'result', ARGV[4], 'progress', '1'}, {'error'})
+  {'result', ARGV[4], 'progress', '1'}, {'error'}, ARGV[9])
 return {'committed'}

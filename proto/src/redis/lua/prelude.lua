@@ -42,10 +42,141 @@ local function check_lease(job, epoch)
   return 'ok'
 end
 
+-- ---------------------------------------------------------------------------------------------
+-- Chains (issue 5). The chain hash `chain:<cid>` holds: id, tenant, status (running | succeeded |
+-- failed | canceled), carry (image | latent), on_failure (stop | continue), seed, input (InputImage
+-- JSON or ''), webhook, prio (class of every turn), created_at, finished_at, turns (count),
+-- current (turn whose job is live or ended last), last_good (0 = none), forked_from (ChainRef
+-- JSON or ''), and per turn i (1-based): t:<i> (spec template JSON; for i > 1 with "input":null,
+-- which the turn's creation replaces) and j:<i> (the job id planned for it).
+local function chain_key(prefix, cid) return prefix .. 'chain:' .. cid end
+local function affinity_key(prefix, worker) return prefix .. 'q:w:' .. worker end
+-- Offers to a worker that went away are covered by the delay fallback; its stream then expires.
+local AFFINITY_STREAM_TTL_S = 3600
+
+-- keys.rs list_member: `<created_at, 20 digits>:<jid>`.
+local function list_member(now, jid) return string.rep('0', 20 - #now) .. now .. ':' .. jid end
+
+-- The InputImage JSON of a committed result (JobResult JSON), and its latent key if any. Only
+-- strings and small integers are read, so cjson's number handling loses nothing.
+local function frame_of(result_json)
+  local r = cjson.decode(result_json)
+  local input = '{"key":' .. cjson.encode(r.key) .. ',"width":' .. string.format('%d', r.width)
+    .. ',"height":' .. string.format('%d', r.height) .. '}'
+  local latent = nil
+  if type(r.latent_key) == 'string' then latent = r.latent_key end
+  return input, latent
+end
+
+-- A turn template with its context spliced in. Templates are serde output with "input":null; that
+-- text cannot occur inside a JSON string (quotes are escaped there), so the first match is the
+-- field. Splicing text keeps every other byte (u64 seeds, f32 guidance) exactly as Rust wrote it.
+local function with_context(template, input_json, latent_key)
+  local s, e = string.find(template, '"input":null', 1, true)
+  if not s then return nil end
+  local spec = string.sub(template, 1, s - 1) .. '"input":' .. input_json .. string.sub(template, e + 1)
+  if latent_key then
+    spec = '{"input_latent_key":' .. cjson.encode(latent_key) .. ',' .. string.sub(spec, 2)
+  end
+  return spec
+end
+
+-- Create the job of turn `turn` with the final `spec`, unless it exists (never twice). With a
+-- `worker`, it is offered on that worker's affinity stream and, from now + affinity_ms, to
+-- everyone (the delay ZSET; claim skips whichever offer comes second). Without, it is dispatched.
+local function create_turn_job(prefix, ckey, turn, spec, now, maxlen, worker, affinity_ms)
+  local c = redis.call('HMGET', ckey, 'id', 'j:' .. turn, 'tenant', 'prio')
+  local jid = c[2]
+  local job = job_key(prefix, jid)
+  redis.call('HSET', ckey, 'current', turn)
+  if redis.call('EXISTS', job) == 1 then return end
+  redis.call('HSET', job, 'id', jid, 'tenant', c[3], 'state', 'queued', 'spec', spec, 'prio', c[4],
+    'progress', '0', 'attempts', '0', 'crashes', '0', 'epoch', '0', 'cancel', '0',
+    'created_at', now, 'chain', '{"chain_id":"' .. c[1] .. '","turn":' .. turn .. '}')
+  redis.call('ZADD', prefix .. 'tenant:' .. c[3] .. ':jobs', 0, list_member(now, jid))
+  redis.call('INCR', inflight_key(prefix, c[3]))
+  emit_state(prefix, jid, 'queued', now, maxlen)
+  if worker and worker ~= '' and affinity_ms then
+    local stream = affinity_key(prefix, worker)
+    local entry = redis.call('XADD', stream, '*', 'jid', jid, 'at', now)
+    redis.call('EXPIRE', stream, AFFINITY_STREAM_TTL_S)
+    redis.call('HSET', job, 'entry', entry)
+    redis.call('ZADD', prefix .. 'delay', tonumber(now) + tonumber(affinity_ms), jid)
+  else
+    dispatch(prefix, jid, now)
+  end
+end
+
+-- Start turn `turn` editing the frame of `source` (a JobResult JSON), or the chain's input image
+-- when `source` is nil. Returns false when there is nothing to edit.
+local function start_turn(prefix, ckey, turn, source, now, maxlen, worker, affinity_ms)
+  local c = redis.call('HMGET', ckey, 't:' .. turn, 'carry', 'input')
+  local input, latent = nil, nil
+  if source then
+    input, latent = frame_of(source)
+    if c[2] ~= 'latent' then latent = nil end
+  elseif c[3] and c[3] ~= '' then
+    input = c[3]
+  else
+    return false
+  end
+  local spec = with_context(c[1], input, latent)
+  if not spec then return false end
+  create_turn_job(prefix, ckey, turn, spec, now, maxlen, worker, affinity_ms)
+  return true
+end
+
+local function end_chain(ckey, status, now, retention_s)
+  redis.call('HSET', ckey, 'status', status, 'finished_at', now)
+  redis.call('EXPIRE', ckey, retention_s)
+end
+
+-- The result JSON of the chain's last good turn, or nil.
+local function last_good_result(prefix, ckey)
+  local good = tonumber(redis.call('HGET', ckey, 'last_good') or '0')
+  if good == 0 then return nil end
+  local jid = redis.call('HGET', ckey, 'j:' .. good)
+  return redis.call('HGET', job_key(prefix, jid), 'result')
+end
+
+-- A chain turn's job just ended in `state`: create the next turn, or end the chain. Runs inside
+-- the transition that ended the job, which is what makes "never twice" hold. `affinity_ms` is
+-- given by commits only (the committing worker has the warm caches).
+local function advance_chain(prefix, jid, state, now, retention_s, maxlen, affinity_ms)
+  local job = job_key(prefix, jid)
+  local v = redis.call('HMGET', job, 'chain', 'result', 'worker')
+  if not v[1] or v[1] == '' then return end
+  local ref = cjson.decode(v[1])
+  local ckey = chain_key(prefix, ref.chain_id)
+  local turn = tonumber(ref.turn)
+  local c = redis.call('HMGET', ckey, 'status', 'turns', 'current', 'on_failure')
+  -- A canceled chain, or a job that is not the chain's live turn (a forked prefix): nothing to do.
+  if c[1] ~= 'running' or tonumber(c[3]) ~= turn then return end
+  local source, worker = nil, nil
+  if state == 'succeeded' then
+    redis.call('HSET', ckey, 'last_good', turn)
+    source, worker = v[2], v[3]
+  elseif c[4] == 'continue' then
+    source = last_good_result(prefix, ckey)
+  else
+    end_chain(ckey, 'failed', now, retention_s)
+    return
+  end
+  if turn >= tonumber(c[2]) then
+    if state == 'succeeded' then end_chain(ckey, 'succeeded', now, retention_s)
+    else end_chain(ckey, 'failed', now, retention_s) end
+    return
+  end
+  if not start_turn(prefix, ckey, turn + 1, source, now, maxlen, worker, affinity_ms) then
+    end_chain(ckey, 'failed', now, retention_s)
+  end
+end
+
 -- Move a job to a terminal state: no lease, one less in flight, event, notification, retention
--- clock starts. `set` / `del` are optional extra hash fields to write / delete in the same
--- commands (field, value, field, value...) / (field, field...).
-local function finish(prefix, jid, state, now, retention_s, maxlen, set, del)
+-- clock starts, and a chain turn's chain moves on. `set` / `del` are optional extra hash fields
+-- to write / delete in the same commands (field, value, field, value...) / (field, field...).
+-- `affinity_ms` (commits only): how long the next chain turn is offered to this job's worker only.
+local function finish(prefix, jid, state, now, retention_s, maxlen, set, del, affinity_ms)
   local job = job_key(prefix, jid)
   redis.call('HSET', job, 'state', state, 'finished_at', now, unpack(set or {}))
   redis.call('HDEL', job, 'lease_until', unpack(del or {}))
@@ -57,6 +188,7 @@ local function finish(prefix, jid, state, now, retention_s, maxlen, set, del)
   redis.call('ZADD', prefix .. 'notify', now, jid)
   redis.call('EXPIRE', job, retention_s)
   redis.call('EXPIRE', events_key(prefix, jid), retention_s)
+  advance_chain(prefix, jid, state, now, retention_s, maxlen, affinity_ms)
 end
 
 -- Put a job that is no longer running back in line: new entry, event.
