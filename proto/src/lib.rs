@@ -1,7 +1,8 @@
 //! kontext-proto: the wire contract and queue protocol shared by coordinator and worker.
 //!
 //! - `job`: job types, states, records; `chain`: chains of edit turns (storyboards); `error`: error kinds that decide retries;
-//! - `validate`: client requests → `ValidJobSpec` with field-level errors;
+//! - `validate`: client requests → `ValidJobSpec` with field-level errors (`validate_chain`:
+//!   chain requests → planned turn specs);
 //! - `resolution`: Kontext size rules (preferred-resolution snapping, keep-aspect);
 //! - `queue`: the `JobQueue` seam and its types; `policy`: retry/backoff, lease expiry and the
 //!   poison rule as pure functions of `now`; `keys`: the Redis key layout;
@@ -23,6 +24,7 @@ pub mod policy;
 pub mod queue;
 pub mod resolution;
 pub mod validate;
+pub mod validate_chain;
 
 #[cfg(feature = "memory")]
 pub mod memory;

@@ -112,6 +112,11 @@ impl ApiError {
         )
     }
 
+    /// 409: the request does not fit the resource's current state (e.g. a canceled chain).
+    pub fn conflict(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", Some(field), message)
+    }
+
     /// 403 for signed URLs whose signature is missing, wrong or expired (never for tenancy).
     pub fn forbidden(field: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", Some(field), message)
@@ -214,6 +219,8 @@ impl From<QueueError> for ApiError {
                 format!("cursor {c:?} was not returned by this API"),
             ),
             QueueError::NotFound(_) => Self::not_found("id", "job"),
+            QueueError::ChainNotFound(_) => Self::not_found("id", "chain"),
+            QueueError::ChainConflict(msg) => Self::conflict("id", msg),
             QueueError::Backend(_) => {
                 tracing::error!(error = %e, "queue unavailable");
                 Self::unavailable("the job queue is unavailable; retry shortly")

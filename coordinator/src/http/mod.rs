@@ -2,10 +2,13 @@
 //! handlers' `#[utoipa::path]` annotations; `docs/openapi.json` is its committed output and a test
 //! fails when they drift).
 //!
-//! Routes: native jobs API (`jobs`, `events`, `results`), uploads, BFL-compatible routes (`bfl`),
-//! and operations (`health`). Every error answers through `error::ApiError`.
+//! Routes: native jobs API (`jobs`, `events`, `results`), chains (`chains`), uploads,
+//! BFL-compatible routes (`bfl`), and operations (`health`). Every error answers through
+//! `error::ApiError`.
 
 pub mod bfl;
+pub mod chain_views;
+pub mod chains;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -40,6 +43,8 @@ use crate::state::AppState;
         jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
         events::job_events, results::job_result, results::signed_blob,
         uploads::upload,
+        chains::create_chain, chains::get_chain, chains::append_turn, chains::fork_chain,
+        chains::cancel_chain,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -48,11 +53,16 @@ use crate::state::AppState;
         views::JobErrorView, views::ApiJobStatus, views::ApiJobKind, views::CancelReply,
         views::ApiCancelOutcome, views::UploadReply, error::ErrorBody, error::ErrorDetail,
         bfl::BflRequest, bfl::BflSubmitted, bfl::BflResult, bfl::BflSample,
+        chain_views::CreateChain, chain_views::ChainTurnBody, chain_views::ForkChain,
+        chain_views::ChainAccepted, chain_views::TurnAccepted, chain_views::ChainView,
+        chain_views::TurnView, chain_views::ApiChainStatus, chain_views::ApiTurnState,
+        chain_views::ForkedFrom, chain_views::ChainCancelReply,
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "jobs", description = "Native job API"),
         (name = "uploads", description = "Input images"),
+        (name = "chains", description = "Storyboards: chains of edit turns that carry state"),
         (name = "bfl", description = "BFL-compatible routes: change a BFL client's base URL"),
         (name = "operations", description = "Health and metrics (no API key)"),
     )
@@ -96,6 +106,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/result", get(results::job_result))
         .route("/v1/blobs/{*key}", get(results::signed_blob))
         .route("/v1/uploads", post(uploads::upload))
+        .route("/v1/chains", post(chains::create_chain))
+        .route("/v1/chains/{id}", get(chains::get_chain))
+        .route("/v1/chains/{id}/turns", post(chains::append_turn))
+        .route("/v1/chains/{id}/fork", post(chains::fork_chain))
+        .route("/v1/chains/{id}/cancel", post(chains::cancel_chain))
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

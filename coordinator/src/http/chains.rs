@@ -1,0 +1,363 @@
+//! The chain API (issue 5): create a storyboard (`POST /v1/chains`), read it, append a turn,
+//! fork it from a committed turn, cancel it. The queue does the orchestration (the next turn is
+//! created inside the commit of the one before); these handlers validate, resolve the input
+//! image, plan job ids and seeds, and keep tenants apart (another tenant's chain is a 404).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kontext_proto::validate_chain::{ChainRequest, TurnRequest, turn_template, validate_chain};
+use kontext_proto::{
+    ChainId, ChainRecord, ChainSubmission, InputImage, JobId, JobQueue, PlannedTurn, QueueError,
+    TurnAppend,
+};
+
+use super::chain_views::{
+    ChainAccepted, ChainCancelReply, ChainTurnBody, ChainView, CreateChain, ForkChain,
+    TurnAccepted, chain_view,
+};
+use super::error::{ApiError, ErrorBody};
+use super::request::{Caller, parse_json, read_body};
+use super::views::{ApiCancelOutcome, JobView};
+use crate::auth::Tenant;
+use crate::fetch::check_url_syntax;
+use crate::input::resolve_input;
+use crate::state::{AppState, now_ms};
+
+/// Longest chain `append` grows (a chain renders in one response).
+pub const MAX_CHAIN_TURNS: usize = 1_000;
+
+/// The chain `raw_id` if it exists and belongs to `tenant`; 404 otherwise.
+async fn chain_for(
+    state: &AppState,
+    raw_id: &str,
+    tenant: &Tenant,
+) -> Result<ChainRecord, ApiError> {
+    let id: ChainId = raw_id
+        .parse()
+        .map_err(|_| ApiError::not_found("id", "chain"))?;
+    match state.queue.get_chain(id).await? {
+        Some(c) if c.tenant == tenant.id => Ok(c),
+        _ => Err(ApiError::not_found("id", "chain")),
+    }
+}
+
+/// A queue refusal, answered for `field`.
+fn refused(e: QueueError, field: &str) -> ApiError {
+    match e {
+        QueueError::ChainConflict(msg) => ApiError::conflict(field, msg),
+        other => other.into(),
+    }
+}
+
+fn chain_url(state: &AppState, id: ChainId) -> String {
+    format!("{}/v1/chains/{id}", state.public_url)
+}
+
+fn accepted(state: &AppState, id: ChainId, chain: &ChainRecord) -> Response {
+    let status_url = chain_url(state, id);
+    let body = ChainAccepted {
+        id: id.to_string(),
+        status: chain.status.into(),
+        turns_url: format!("{status_url}/turns"),
+        cancel_url: format!("{status_url}/cancel"),
+        job_ids: chain.turns.iter().map(|t| t.job_id.to_string()).collect(),
+        status_url: status_url.clone(),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&status_url) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+async fn render(state: &AppState, chain: &ChainRecord) -> Result<ChainView, ApiError> {
+    let mut jobs: Vec<Option<JobView>> = Vec::with_capacity(chain.turns.len());
+    for t in &chain.turns {
+        jobs.push(match &t.job {
+            Some(job) => Some(state.view(job).await?),
+            None => None,
+        });
+    }
+    Ok(chain_view(chain, jobs))
+}
+
+/// Rejects a webhook the coordinator cannot sign or may not call (same rules as jobs).
+fn check_webhook(state: &AppState, url: Option<&str>) -> Result<(), ApiError> {
+    let Some(url) = url else { return Ok(()) };
+    if state.config.webhooks.secret.is_none() {
+        return Err(ApiError::invalid(
+            "webhook_url",
+            "webhook_url needs a signing secret: this coordinator was started without \
+             --webhook-secret",
+        ));
+    }
+    check_url_syntax(url, state.config.allow_private_urls)
+        .map_err(|e| ApiError::invalid("webhook_url", format!("webhook_url {e}")))
+}
+
+/// Checks every field that does not depend on the input image before it is fetched or stored, so
+/// a bad request stores nothing (as `submit_job` does).
+fn precheck(state: &AppState, req: &ChainRequest) -> Result<(), ApiError> {
+    let Some(_) = &req.input_image else {
+        return Ok(());
+    };
+    let limits = &state.config.limits.job;
+    let side = limits.max_input_side.min(1024);
+    let stand_in = InputImage {
+        key: String::new(),
+        width: side,
+        height: side,
+    };
+    if let Err(mut errors) = validate_chain(req, Some(stand_in), limits, || 0) {
+        let derived = req.width.is_none() && req.height.is_none() && req.aspect_ratio.is_none();
+        errors.errors.retain(|e| {
+            e.field != "input_image" && !(derived && (e.field == "width" || e.field == "height"))
+        });
+        if !errors.errors.is_empty() {
+            return Err(errors.into());
+        }
+    }
+    Ok(())
+}
+
+/// Create a chain: a storyboard of edit turns, each editing the previous turn's output.
+#[utoipa::path(
+    post, path = "/v1/chains", tag = "chains",
+    request_body(content = CreateChain, description = "The chain. Unknown fields are ignored."),
+    responses(
+        (status = 202, description = "Accepted: turn 1 is queued; each later turn is created when \
+            the one before it ends", body = ChainAccepted,
+            headers(("Location" = String, description = "The chain's status URL"))),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "Body or image too large", body = ErrorBody),
+        (status = 422, description = "A field's value is not acceptable", body = ErrorBody,
+            example = json!({"error": {"type": "invalid_request", "field": "turns[2].steps",
+                "message": "turns[2].steps must be between 1 and 100 (got 500)", "limit": "1..=100"}})),
+        (status = 429, description = "The tenant's in-flight limit is reached", body = ErrorBody),
+        (status = 503, description = "Queue or storage unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x_key" = []))
+)]
+pub async fn create_chain(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let max = state.config.limits.max_body_bytes;
+    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let (body, _) = parse_json::<CreateChain>(&bytes)?;
+    let req: ChainRequest = body.into();
+    precheck(&state, &req)?;
+    let input = match &req.input_image {
+        Some(raw) => Some(resolve_input(&state, &tenant, raw).await?),
+        None => None,
+    };
+    // Server-picked seeds stay below 2^53 so JavaScript clients read them exactly.
+    let valid = validate_chain(&req, input, &state.config.limits.job, || {
+        rand::random::<u64>() >> 11
+    })?;
+    check_webhook(&state, valid.webhook_url.as_deref())?;
+    let id = ChainId::new();
+    let sub = ChainSubmission {
+        id,
+        tenant: tenant.id.clone(),
+        carry: valid.carry,
+        on_failure: valid.on_failure,
+        seed: valid.seed,
+        input: valid.input,
+        webhook_url: valid.webhook_url,
+        turns: valid
+            .turns
+            .into_iter()
+            .map(|spec| PlannedTurn {
+                job_id: JobId::new(),
+                spec,
+            })
+            .collect(),
+        max_in_flight: tenant.max_in_flight,
+    };
+    let priority = sub.turns[0].spec.priority;
+    state
+        .queue
+        .create_chain(sub, now_ms())
+        .await
+        .map_err(|e| refused(e, "body"))?;
+    state.metrics.submitted(priority);
+    tracing::info!(chain_id = %id, tenant = %tenant.id, "chain created");
+    let chain = chain_for(&state, &id.to_string(), &tenant).await?;
+    Ok(accepted(&state, id, &chain))
+}
+
+/// A chain of the caller's tenant, with its turns (states, seeds, object keys, result URLs).
+#[utoipa::path(
+    get, path = "/v1/chains/{id}", tag = "chains",
+    params(("id" = String, Path, description = "Chain id")),
+    responses(
+        (status = 200, description = "The chain", body = ChainView),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such chain for this tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x_key" = []))
+)]
+pub async fn get_chain(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ChainView>, ApiError> {
+    let chain = chain_for(&state, &id, &tenant).await?;
+    Ok(Json(render(&state, &chain).await?))
+}
+
+/// Appends `turn` to `chain`: steps and guidance default to the chain's last turn's.
+async fn append(
+    state: &AppState,
+    chain: &ChainRecord,
+    turn: TurnRequest,
+    field_prefix: &str,
+) -> Result<TurnAccepted, ApiError> {
+    if chain.turns.len() >= MAX_CHAIN_TURNS {
+        return Err(ApiError::invalid(
+            "turns",
+            format!("a chain has at most {MAX_CHAIN_TURNS} turns; fork it to go on"),
+        )
+        .with_limit(format!("..={MAX_CHAIN_TURNS}")));
+    }
+    let first = &chain.turns[0].spec;
+    let last = &chain.turns[chain.turns.len() - 1].spec;
+    let frame = (first.width, first.height);
+    // The queue sets the final seed (explicit, or derived from the new turn's number).
+    let spec = turn_template(
+        &turn,
+        field_prefix,
+        frame,
+        last,
+        chain.carry,
+        turn.seed.unwrap_or(0),
+        &state.config.limits.job,
+    )?;
+    let job_id = JobId::new();
+    let out = state
+        .queue
+        .append_turn(
+            chain.id,
+            TurnAppend {
+                job_id,
+                spec,
+                seed: turn.seed,
+            },
+            now_ms(),
+        )
+        .await
+        .map_err(|e| refused(e, "id"))?;
+    Ok(TurnAccepted {
+        chain_id: chain.id.to_string(),
+        turn: out.turn,
+        job_id: job_id.to_string(),
+        started: out.started,
+        status_url: chain_url(state, chain.id),
+    })
+}
+
+/// Append a turn (interactive editing). A finished chain runs again from its last good frame.
+#[utoipa::path(
+    post, path = "/v1/chains/{id}/turns", tag = "chains",
+    params(("id" = String, Path, description = "Chain id")),
+    request_body(content = ChainTurnBody),
+    responses(
+        (status = 202, description = "Appended", body = TurnAccepted),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such chain for this tenant", body = ErrorBody),
+        (status = 409, description = "The chain was canceled, or has no frame to continue from",
+            body = ErrorBody),
+        (status = 422, description = "A field's value is not acceptable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x_key" = []))
+)]
+pub async fn append_turn(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let chain = chain_for(&state, &id, &tenant).await?;
+    let max = state.config.limits.max_body_bytes;
+    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let (turn, _) = parse_json::<ChainTurnBody>(&bytes)?;
+    let accepted = append(&state, &chain, turn.into(), "").await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+/// Fork a chain from a succeeded turn: a new chain sharing turns 1..=from_turn.
+#[utoipa::path(
+    post, path = "/v1/chains/{id}/fork", tag = "chains",
+    params(("id" = String, Path, description = "Chain id")),
+    request_body(content = ForkChain),
+    responses(
+        (status = 202, description = "The new chain", body = ChainAccepted),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such chain for this tenant", body = ErrorBody),
+        (status = 409, description = "from_turn did not succeed or is out of range",
+            body = ErrorBody,
+            example = json!({"error": {"type": "conflict", "field": "from_turn",
+                "message": "turn 3 is failed; fork from a succeeded turn"}})),
+        (status = 422, description = "A field's value is not acceptable", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x_key" = []))
+)]
+pub async fn fork_chain(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let source = chain_for(&state, &id, &tenant).await?;
+    let max = state.config.limits.max_body_bytes;
+    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let (fork, _) = parse_json::<ForkChain>(&bytes)?;
+    let new_id = ChainId::new();
+    state
+        .queue
+        .fork_chain(source.id, fork.from_turn, new_id, now_ms())
+        .await
+        .map_err(|e| refused(e, "from_turn"))?;
+    let mut chain = chain_for(&state, &new_id.to_string(), &tenant).await?;
+    for (i, turn) in fork.turns.into_iter().enumerate() {
+        append(&state, &chain, turn.into(), &format!("turns[{i}]")).await?;
+        chain = chain_for(&state, &new_id.to_string(), &tenant).await?;
+    }
+    tracing::info!(chain_id = %new_id, from = %source.id, turn = fork.from_turn, "chain forked");
+    Ok(accepted(&state, new_id, &chain))
+}
+
+/// Cancel a chain: no further turn is created; its live turn is canceled.
+#[utoipa::path(
+    post, path = "/v1/chains/{id}/cancel", tag = "chains",
+    params(("id" = String, Path, description = "Chain id")),
+    responses(
+        (status = 200, description = "What the cancel did", body = ChainCancelReply),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "No such chain for this tenant", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("x_key" = []))
+)]
+pub async fn cancel_chain(
+    State(state): State<AppState>,
+    Caller(tenant): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ChainCancelReply>, ApiError> {
+    let chain = chain_for(&state, &id, &tenant).await?;
+    let outcome = state.queue.cancel_chain(chain.id, now_ms()).await?;
+    let status = ApiCancelOutcome::from_outcome(outcome)
+        .ok_or_else(|| ApiError::not_found("id", "chain"))?;
+    Ok(Json(ChainCancelReply {
+        id: chain.id.to_string(),
+        status,
+    }))
+}
