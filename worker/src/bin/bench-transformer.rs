@@ -12,9 +12,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
 use kontext_worker::engine::config::FluxConfig;
-use kontext_worker::engine::flux::profile;
 use kontext_worker::engine::flux::sampling::{position_ids, text_ids};
 use kontext_worker::engine::flux::{Flux, FluxInputs};
+use kontext_worker::engine::flux::{cpu, profile};
 use kontext_worker::engine::noise::SplitMix64;
 
 #[derive(Parser)]
@@ -32,6 +32,24 @@ struct Args {
     /// Skip the per-op-class accounting (it adds a timer per op).
     #[arg(long, env = "KONTEXT_BENCH_NO_BREAKDOWN")]
     no_breakdown: bool,
+    /// Run the plain candle compositions instead of the fused CPU kernels (A/B comparison).
+    #[arg(long, env = "KONTEXT_BENCH_NO_CPU_KERNELS")]
+    no_cpu_kernels: bool,
+    /// Query rows per attention tile of the CPU kernel (0 = default).
+    #[arg(long, env = "KONTEXT_BENCH_ATTENTION_TILE", default_value_t = 0)]
+    attention_tile: usize,
+}
+
+/// User + system CPU time of this process so far (all threads), from /proc/self/stat; the wall
+/// time of a run is inflated by other load on the machine, its CPU time much less.
+fn process_cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Uniform weights with the variance of N(0, 1/fan_in) (norm scales around 1): the timing does
@@ -69,6 +87,8 @@ fn median(v: &mut [Duration]) -> Duration {
 fn main() -> Result<()> {
     let args = Args::parse();
     let threads = candle_core::utils::get_num_threads();
+    cpu::set_enabled(!args.no_cpu_kernels);
+    cpu::attention::set_tile(args.attention_tile);
     let cfg = FluxConfig::bench_mid();
     let dev = Device::Cpu;
     let varmap = VarMap::new();
@@ -109,12 +129,17 @@ fn main() -> Result<()> {
         guidance: Some(&guidance),
     };
     println!(
-        "bench_mid: {:.1}M params, tokens {} target + {} context + {} text = {}, f32, {threads} threads",
+        "bench_mid: {:.1}M params, tokens {} target + {} context + {} text = {}, f32, {threads} threads, {}",
         params as f64 / 1e6,
         g * g,
         g * g,
         args.txt,
-        2 * g * g + args.txt
+        2 * g * g + args.txt,
+        if args.no_cpu_kernels {
+            "candle ops only"
+        } else {
+            "fused CPU kernels"
+        }
     );
     if threads != 2 {
         println!("note: the reference numbers use 2 threads; set RAYON_NUM_THREADS=2");
@@ -131,16 +156,24 @@ fn main() -> Result<()> {
     profile::set_enabled(!args.no_breakdown);
     let mut totals = Vec::with_capacity(args.runs);
     let mut parts = Vec::with_capacity(args.runs);
+    let mut cpu_times = Vec::with_capacity(args.runs);
     for i in 0..args.runs {
         profile::reset();
+        let cpu0 = process_cpu_time();
         let started = Instant::now();
         let out = model.forward(&inp)?;
         let elapsed = started.elapsed();
+        let cpu = match (cpu0, process_cpu_time()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => Duration::ZERO,
+        };
+        cpu_times.push(cpu);
         drop(out);
         let (a, m, e) = profile::snapshot();
         println!(
-            "run {i}: {:.3} s (attention {:.3}, matmul {:.3}, elementwise {:.3})",
+            "run {i}: {:.3} s, cpu {:.2} s (attention {:.3}, matmul {:.3}, elementwise {:.3})",
             elapsed.as_secs_f64(),
+            cpu.as_secs_f64(),
             a.as_secs_f64(),
             m.as_secs_f64(),
             e.as_secs_f64()
@@ -161,6 +194,12 @@ fn main() -> Result<()> {
         spread.0.as_secs_f64(),
         spread.1.as_secs_f64(),
         args.runs
+    );
+    let cpu_med = median(&mut cpu_times).as_secs_f64();
+    println!(
+        "cpu time per forward (median) {cpu_med:.2} s = {:.3} s per thread; wall above {:.0}% of that means other load",
+        cpu_med / threads as f64,
+        100.0 * med.as_secs_f64() / (cpu_med / threads as f64).max(1e-9)
     );
     if !args.no_breakdown {
         println!(

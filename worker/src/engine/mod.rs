@@ -8,6 +8,7 @@ pub mod config;
 pub mod flux;
 pub mod image_ops;
 pub mod noise;
+pub mod pipeline;
 pub mod text;
 pub mod thread;
 pub mod tiny;

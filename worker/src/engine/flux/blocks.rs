@@ -102,7 +102,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        linear(&ops::gelu_tanh(&linear(xs, &self.fc1)?)?, &self.fc2)
+        linear(&ops::gelu_tanh(linear(xs, &self.fc1)?)?, &self.fc2)
     }
 }
 
@@ -172,21 +172,15 @@ impl DoubleStreamBlock {
         let txt_attn = attn.narrow(1, 0, n_txt)?;
         let img_attn = attn.narrow(1, n_txt, img.dim(1)?)?;
 
-        let img = ops::gated_residual(
-            img,
-            &img_mod1.gate,
-            &linear(&img_attn, &self.img.attn.proj)?,
-        )?;
+        let img =
+            ops::gated_residual(img, &img_mod1.gate, linear(&img_attn, &self.img.attn.proj)?)?;
         let img_mlp = self.img.mlp.forward(&modulate(&img, &img_mod2)?)?;
-        let img = ops::gated_residual(&img, &img_mod2.gate, &img_mlp)?;
+        let img = ops::gated_residual(&img, &img_mod2.gate, img_mlp)?;
 
-        let txt = ops::gated_residual(
-            txt,
-            &txt_mod1.gate,
-            &linear(&txt_attn, &self.txt.attn.proj)?,
-        )?;
+        let txt =
+            ops::gated_residual(txt, &txt_mod1.gate, linear(&txt_attn, &self.txt.attn.proj)?)?;
         let txt_mlp = self.txt.mlp.forward(&modulate(&txt, &txt_mod2)?)?;
-        let txt = ops::gated_residual(&txt, &txt_mod2.gate, &txt_mlp)?;
+        let txt = ops::gated_residual(&txt, &txt_mod2.gate, txt_mlp)?;
         Ok((img, txt))
     }
 }
@@ -236,8 +230,8 @@ impl SingleStreamBlock {
         };
         let (q, k, v) = ops::attention_inputs(&[stream], self.num_heads, pe)?;
         let attn = ops::attention(&q, &k, &v)?; // (b, L, h)
-        let hidden = ops::cat_features(&attn, &ops::gelu_tanh(&mlp)?)?; // (b, L, h + mlp)
-        ops::gated_residual(x, &m.gate, &linear(&hidden, &self.linear2)?)
+        let hidden = ops::cat_gelu(&attn, &mlp)?; // (b, L, h + mlp)
+        ops::gated_residual(x, &m.gate, linear(&hidden, &self.linear2)?)
     }
 }
 

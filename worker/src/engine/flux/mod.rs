@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod cpu;
 pub mod embed;
 pub mod model;
 pub mod ops;
