@@ -1,1 +1,98 @@
-fn main(){}
+//! `kontext`: parse the command line, set up logging, dispatch to `commands`.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kontext",
+    version,
+    about = "Kontext Fleet: FLUX.1 Kontext generation and editing — run the service (`up`, `demo`) or talk to one"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a coordinator and one worker in this process (embedded defaults: in-process queue,
+    /// local directory storage, the tiny model on CPU).
+    Up(commands::up::UpArgs),
+    /// The quickstart: start `kontext up` on a free loopback port, generate an image, edit it,
+    /// write both PNGs, stop.
+    Demo(commands::demo::DemoArgs),
+    /// Submit a text-to-image job, follow it, fetch the image.
+    Generate(commands::jobs::GenerateArgs),
+    /// Submit an edit of an image (a file is uploaded first), follow it, fetch the result.
+    Edit(commands::jobs::EditArgs),
+    /// Show a job.
+    Status(commands::jobs::StatusArgs),
+    /// Follow a job until it ends, with a progress bar.
+    Wait(commands::jobs::WaitArgs),
+    /// Download a finished job's image.
+    Fetch(commands::jobs::FetchArgs),
+    /// Cancel a job.
+    Cancel(commands::jobs::StatusArgs),
+    /// Run a storyboard (YAML: an input image or a first prompt, then turns) as one chain; write
+    /// the frames, a contact sheet and a JSON manifest.
+    Storyboard(commands::storyboard::StoryboardArgs),
+    /// PSNR and SSIM between consecutive frames of a chain, and against its first frame.
+    Drift(commands::storyboard::DriftArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let json_logs = matches!(&cli.command, Command::Up(a) if a.json_logs());
+    let default_filter = match cli.command {
+        Command::Up(_) => "info",
+        // Client commands and the demo print their own lines; logs only when asked (RUST_LOG).
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    if json_logs {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => commands::up::run(args).await,
+            Command::Demo(args) => commands::demo::run(args).await,
+            Command::Generate(args) => commands::jobs::generate(args).await,
+            Command::Edit(args) => commands::jobs::edit(args).await,
+            Command::Status(args) => commands::jobs::status(args).await,
+            Command::Wait(args) => commands::jobs::wait(args).await,
+            Command::Fetch(args) => commands::jobs::fetch(args).await,
+            Command::Cancel(args) => commands::jobs::cancel(args).await,
+            Command::Storyboard(args) => commands::storyboard::storyboard(args).await,
+            Command::Drift(args) => commands::storyboard::drift_command(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -12,10 +12,7 @@ use clap::builder::BoolishValueParser;
 use kontext_storage::StorageArgs;
 
 use crate::consumer::WorkerSettings;
-
-/// Default of --engine-max-pixels: 2 MP, about twice the preferred Kontext sizes.
-// TODO(fleet-worker): use engine::pipeline::DEFAULT_MAX_PIXELS once the pipeline is committed.
-const DEFAULT_MAX_PIXELS: u64 = 2048 * 1024;
+use crate::engine::pipeline::DEFAULT_MAX_PIXELS;
 
 /// The compute dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

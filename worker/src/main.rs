@@ -5,7 +5,11 @@ mod commands;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kontext-worker", version, about = "FLUX.1 Kontext worker: one-shot runs, tiny weights, and the queue worker")]
+#[command(
+    name = "kontext-worker",
+    version,
+    about = "FLUX.1 Kontext worker: one-shot runs, tiny weights, and the queue worker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,17 +21,33 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Write the deterministic tiny model (weights, configs, tokenizers) in either layout.
     Tiny(commands::tiny::TinyArgs),
+    /// The queue worker: claim jobs from Redis, run them, store results, until SIGTERM (then drain).
+    Serve(Box<kontext_worker::config::ServeArgs>),
+    /// GPU benchmark and correctness check: 12B random weights on the device, 1024²/512² edits,
+    /// bf16 vs CPU f32 (docs/gpu.md; scripts/gpu-bench.sh).
+    BenchGpu(Box<commands::bench_gpu::BenchGpuArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if matches!(&cli.command, Command::Serve(args) if args.json_logs) {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match cli.command {
         Command::Run(args) => commands::run::run(args),
         Command::Tiny(args) => commands::tiny::run(args),
+        Command::Serve(args) => commands::serve::run(*args),
+        Command::BenchGpu(args) => commands::bench_gpu::run(*args),
     }
 }

@@ -1,1 +1,138 @@
-fn main(){}
+//! Project commands, run as `cargo xtask <command>` (alias in .cargo/config.toml).
+//!
+//! `test` is the one command CI runs: it installs what the tests need on a fresh Debian machine
+//! (redis-server from apt; the S3 server is embedded in the test crate), checks formatting, then
+//! runs the whole test suite. The tests themselves start Redis and the S3 server on free loopback
+//! ports in temporary directories and stop them when the test process exits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  test      install missing test services (redis-server), check formatting, run every test
+  services  only install the test services
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("services") => ensure_redis_server().map(|_| ()),
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root; this is a bug")
+        .to_path_buf()
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let root = workspace_root();
+    ensure_redis_server()?;
+    step("formatting");
+    if cargo_has("fmt") {
+        run(Command::new(cargo())
+            .args(["fmt", "--all", "--check"])
+            .current_dir(&root))
+        .context("`cargo fmt --all --check` found unformatted code: run `cargo fmt --all`")?;
+    } else {
+        eprintln!(
+            "xtask: rustfmt is not installed (rustup component add rustfmt); formatting NOT checked"
+        );
+    }
+    step("tests");
+    let mut cmd = Command::new(cargo());
+    cmd.args(["test", "--workspace", "--locked"])
+        .args(extra)
+        .current_dir(&root);
+    run(&mut cmd).context("tests failed")?;
+    step("all green");
+    Ok(())
+}
+
+/// Path of a usable `redis-server`, installing Debian's package when it is missing.
+fn ensure_redis_server() -> Result<PathBuf> {
+    if let Some(p) = find_on_path("redis-server") {
+        return Ok(p);
+    }
+    step("installing redis-server (apt)");
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.push("apt-get");
+        all.extend_from_slice(args);
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    run(&mut apt(&["update", "-q"]))?;
+    run(&mut apt(&[
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "redis-server",
+    ]))?;
+    find_on_path("redis-server")
+        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
+        .context("redis-server is still missing after apt-get install redis-server")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn find_on_path(bin: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn cargo_has(sub: &str) -> bool {
+    Command::new(cargo())
+        .args([sub, "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn step(what: &str) {
+    eprintln!("\n== xtask: {what}");
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} exited with {status}", cmd.get_program());
+    }
+    Ok(())
+}

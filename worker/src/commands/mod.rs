@@ -1,4 +1,6 @@
 //! Subcommands of the `kontext-worker` binary; binary code, so errors are `anyhow`.
 
+pub mod bench_gpu;
 pub mod run;
+pub mod serve;
 pub mod tiny;

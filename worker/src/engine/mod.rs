@@ -4,6 +4,7 @@
 //! talk to it through an async handle. One generic sampling path serves the tiny CPU model and the
 //! 12B CUDA model; only the configuration, dtype and device differ.
 
+pub mod cache;
 pub mod config;
 pub mod flux;
 pub mod image_ops;
@@ -50,7 +51,11 @@ pub enum Context {
         cache_key: Option<String>,
     },
     /// Already packed context latents for a `width × height` image (skips the VAE encode).
-    PackedLatent { data: Vec<f32>, width: u32, height: u32 },
+    PackedLatent {
+        data: Vec<f32>,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// What one generation produced.

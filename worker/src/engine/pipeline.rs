@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+use super::cache::{self, ByteLru};
 use super::config::{FluxConfig, VaeConfig};
 use super::flux::Flux;
 use super::flux::sampling::{self, Conditioning, ContextTokens};
@@ -51,12 +52,15 @@ impl EngineOptions {
     }
 }
 
-/// The context latents of the last edit, reused when the same image comes back (multi-turn edits).
-struct CachedContext {
-    key: String,
-    width: u32,
-    height: u32,
-    tokens: Tensor,
+/// Budget of the text-embedding cache (T5 (1, 512, 4096) + CLIP pooled in bf16 is ~4 MiB per
+/// prompt on the 12B model: a few dozen prompts).
+pub const TEXT_CACHE_BYTES: usize = 128 << 20;
+/// Budget of the context-latent cache (a 1024² context is 4096 × 64 values: 0.5–1 MiB).
+pub const CONTEXT_CACHE_BYTES: usize = 256 << 20;
+
+/// Bytes a tensor's data takes.
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
 }
 
 /// FLUX.1 Kontext [dev] (or the tiny model) resident on one device.
@@ -68,7 +72,10 @@ pub struct KontextEngine {
     flux_cfg: FluxConfig,
     vae_cfg: VaeConfig,
     opts: EngineOptions,
-    cached_context: Option<CachedContext>,
+    /// Text embeddings `(t5, pooled)` by `cache::prompt_key` (chain turns often repeat prompts).
+    text_cache: ByteLru<(Tensor, Tensor)>,
+    /// Packed context tokens by `cache::context_key` (the previous turn's frame, re-edited).
+    context_cache: ByteLru<Tensor>,
 }
 
 fn dtype_name(dtype: DType) -> &'static str {
@@ -106,7 +113,17 @@ impl KontextEngine {
         }
         let flux = Flux::new(&flux_cfg, dir.transformer_vb(opts.dtype, &opts.device))?;
         let vae = AutoEncoder::new(&vae_cfg, dir.vae_vb(opts.vae_dtype, &opts.device))?;
-        let text = TextEncoders::load(dir, opts.dtype, &opts.device)?;
+        // Text encoders in f32 on the CPU whatever the compute dtype: candle's CPU softmax
+        // accumulates in the tensor's dtype, and T5's 512-wide bf16 softmax then drifts ~0.3
+        // relative from f32 on the tiny model (PyTorch, which softmaxes in f32: 1.6e-2). CUDA
+        // softmax accumulates in f32, so GPUs keep the compute dtype. Encoding runs once per
+        // prompt (and is cached), so the f32 cost on the CPU is small.
+        let text_dtype = if opts.device.is_cpu() {
+            DType::F32
+        } else {
+            opts.dtype
+        };
+        let text = TextEncoders::load(dir, text_dtype, &opts.device)?;
         Ok(Self {
             model: model.to_string(),
             flux,
@@ -115,8 +132,15 @@ impl KontextEngine {
             flux_cfg,
             vae_cfg,
             opts,
-            cached_context: None,
+            text_cache: ByteLru::new(TEXT_CACHE_BYTES, &cache::TEXT),
+            context_cache: ByteLru::new(CONTEXT_CACHE_BYTES, &cache::CONTEXT),
         })
+    }
+
+    /// Round timestep and guidance in `dtype` (see `Flux::set_conditioning_dtype`); the bf16
+    /// correctness checks give their f32 reference the bf16 rounding.
+    pub fn set_conditioning_dtype(&mut self, dtype: DType) {
+        self.flux.set_conditioning_dtype(dtype);
     }
 
     /// An engine from parts built elsewhere (the GPU benchmark makes them from random weights
@@ -144,7 +168,8 @@ impl KontextEngine {
             flux_cfg,
             vae_cfg,
             opts,
-            cached_context: None,
+            text_cache: ByteLru::new(TEXT_CACHE_BYTES, &cache::TEXT),
+            context_cache: ByteLru::new(CONTEXT_CACHE_BYTES, &cache::CONTEXT),
         })
     }
 
@@ -247,22 +272,16 @@ impl KontextEngine {
                 height,
                 cache_key,
             } => {
-                let hit = self.cached_context.as_ref().filter(|c| {
-                    cache_key.as_deref() == Some(c.key.as_str())
-                        && c.width == *width
-                        && c.height == *height
-                });
-                let tokens = match hit {
-                    Some(c) => c.tokens.clone(),
+                let key = cache_key
+                    .as_deref()
+                    .map(|k| cache::context_key(k, *width, *height));
+                let tokens = match key.as_deref().and_then(|k| self.context_cache.get(k)) {
+                    Some(tokens) => tokens,
                     None => {
                         let tokens = self.encode_context(image, *width, *height)?;
-                        if let Some(key) = cache_key {
-                            self.cached_context = Some(CachedContext {
-                                key: key.clone(),
-                                width: *width,
-                                height: *height,
-                                tokens: tokens.clone(),
-                            });
+                        if let Some(key) = key {
+                            let bytes = tensor_bytes(&tokens);
+                            self.context_cache.insert(key, tokens.clone(), bytes);
                         }
                         tokens
                     }
@@ -371,7 +390,17 @@ impl Engine for KontextEngine {
         let mut timings = StageTimings::default();
 
         let started = Instant::now();
-        let (txt, y) = self.text.encode(&req.prompt)?; // (1, 512, d_t5), (1, d_clip)
+        let key = cache::prompt_key(&req.prompt);
+        // (1, 512, d_t5), (1, d_clip)
+        let (txt, y) = match self.text_cache.get(&key) {
+            Some(hit) => hit,
+            None => {
+                let encoded = self.text.encode(&req.prompt)?;
+                let bytes = tensor_bytes(&encoded.0) + tensor_bytes(&encoded.1);
+                self.text_cache.insert(key, encoded.clone(), bytes);
+                encoded
+            }
+        };
         timings.text = started.elapsed();
 
         let started = Instant::now();

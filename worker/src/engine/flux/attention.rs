@@ -5,14 +5,56 @@
 //! model never rounds a logit to bf16 (kontext-reference.md §10.5); the probabilities are cast back
 //! to the compute dtype for the product with v, as fused SDPA does. Heads are processed in groups
 //! so the materialised `(b, heads, L, L)` scores stay under a memory budget.
+//!
+//! With the `flash-attn` feature, CUDA bf16 attention with head dim 128 (the 12B model) runs the
+//! FlashAttention-2 kernel of `kontext-cuda` instead and never materialises the scores; other
+//! shapes and dtypes (the tiny model, f32) keep the path below.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{D, DType, Result, Tensor};
 
 /// Largest score block materialised at once (f32 bytes).
 const SCORE_BUDGET_BYTES: usize = 1 << 30;
 
+static FLASH_ATTN: AtomicBool = AtomicBool::new(true);
+
+/// Turns the flash-attention kernel (feature `flash-attn`) on or off process-wide (on by
+/// default): the GPU benchmark's A/B against the materialising fallback.
+pub fn set_flash_attn(on: bool) {
+    FLASH_ATTN.store(on, Ordering::Relaxed);
+}
+
+/// Whether [`attention`] uses the flash kernel for `q` (CUDA, bf16, head dim 128, compiled in).
+pub fn uses_flash_attn(q: &Tensor) -> bool {
+    #[cfg(feature = "flash-attn")]
+    {
+        FLASH_ATTN.load(Ordering::Relaxed)
+            && q.device().is_cuda()
+            && kontext_cuda::flash_attn::supports(q.dtype(), q.dims().last().copied().unwrap_or(0))
+    }
+    #[cfg(not(feature = "flash-attn"))]
+    {
+        let _ = q;
+        false
+    }
+}
+
 /// Attention over q, k, v `(b, heads, seq_len, head_dim)`; returns `(b, seq_len, heads·head_dim)`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "flash-attn")]
+    if uses_flash_attn(q) {
+        let (b_sz, _, seq_len, head_dim) = q.dims4()?;
+        // (b, H, L, D) -> (b, L, H, D) as strided views: the kernel reads them in place and
+        // keeps the (b, H, L, L) scores in on-chip tiles (f32 statistics).
+        let out = kontext_cuda::flash_attn::flash_attn(
+            &q.transpose(1, 2)?,
+            &k.transpose(1, 2)?,
+            &v.transpose(1, 2)?,
+            1.0 / (head_dim as f32).sqrt(),
+        )?; // (b, L, H, D), contiguous
+        return out.reshape((b_sz, seq_len, ())); // (b, L, H·D)
+    }
     let (b_sz, n_head, seq_len, head_dim) = q.dims4()?;
     let dtype = q.dtype();
     let scale = 1.0 / (head_dim as f64).sqrt();

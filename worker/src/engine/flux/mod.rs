@@ -11,6 +11,7 @@
 pub mod attention;
 pub mod blocks;
 pub mod cpu;
+pub mod cuda_kernels;
 pub mod embed;
 pub mod model;
 pub mod ops;

@@ -9,7 +9,7 @@ use candle_nn::Linear;
 
 use super::profile::{OpClass, scope};
 use super::rope::RopeTable;
-use super::cpu;
+use super::{cpu, cuda_kernels};
 
 /// LayerNorm eps (BFL `nn.LayerNorm(..., elementwise_affine=False, eps=1e-6)`).
 pub const LN_EPS: f32 = 1e-6;
@@ -48,6 +48,9 @@ pub fn modulated_layer_norm(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Resul
     let _t = scope(OpClass::Elementwise);
     if cpu::applies(x) {
         return cpu::elementwise::modulated_layer_norm(x, shift, scale);
+    }
+    if let Some(y) = cuda_kernels::modulated_layer_norm(x, shift, scale)? {
+        return Ok(y);
     }
     generic::modulated_layer_norm(x, shift, scale)
 }
@@ -103,6 +106,9 @@ pub fn attention_inputs(
             .collect::<Result<_>>()?;
         let qkv = cpu::elementwise::attention_inputs(&fast, num_heads, pe)?; // (3, b, H, L, D)
         return Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?));
+    }
+    if let Some(qkv) = cuda_kernels::attention_inputs(streams, num_heads, pe)? {
+        return Ok(qkv);
     }
     generic::attention_inputs(streams, num_heads, pe)
 }

@@ -152,6 +152,25 @@ impl TextEncoders {
         })
     }
 
+    /// Encoders from any weight source: `t5_vb` holds the T5 encoder (HF names, `shared.weight`
+    /// or `encoder.embed_tokens.weight`), `clip_vb` the CLIP text model (`text_model.` prefix).
+    /// The GPU benchmark builds them from random weights generated on the device.
+    pub fn from_parts(
+        tokenizers: PromptTokenizers,
+        t5_vb: VarBuilder<'_>,
+        t5_cfg: &t5::Config,
+        clip_vb: VarBuilder<'_>,
+        clip_cfg: &ClipTextConfig,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        Ok(Self {
+            tokenizers,
+            t5: t5::T5EncoderModel::load(t5_vb, t5_cfg)?,
+            clip: ClipTextTransformer::new(clip_vb.pp("text_model"), clip_cfg)?,
+            device: device.clone(),
+        })
+    }
+
     pub fn tokenizers(&self) -> &PromptTokenizers {
         &self.tokenizers
     }

@@ -22,7 +22,8 @@ const EXP_MIN: f32 = -87.0;
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(EXP_MIN, EXP_MAX);
     // n = round(x / ln 2); r = x − n·ln 2 ∈ [−ln2/2, ln2/2].
-    let n = x.mul_add(LOG2_E, ROUND_MAGIC) - ROUND_MAGIC;
+    let k = x.mul_add(LOG2_E, ROUND_MAGIC);
+    let n = k - ROUND_MAGIC;
     let r = n.mul_add(-LN2_HI, x);
     let r = n.mul_add(-LN2_LO, r);
     // Taylor coefficients to degree 6 (truncation error < 2e-8 relative on the interval).
@@ -33,8 +34,14 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 0.5);
     p = p.mul_add(r, 1.0);
     p = p.mul_add(r, 1.0);
-    // 2ⁿ by building the exponent field; n ∈ [−126, 127] after the clamp.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ by building the exponent field; n ∈ [−126, 127] after the clamp. k's bit pattern is
+    // 0x4B40_0000 + n (the magic constant puts n in the low mantissa bits), so the exponent comes
+    // from integer adds and a shift: an `as i32` cast would be a saturating conversion that LLVM
+    // does not vectorise.
+    let biased = k
+        .to_bits()
+        .wrapping_add(127u32.wrapping_sub(ROUND_MAGIC.to_bits()));
+    let scale = f32::from_bits(biased << 23);
     p * scale
 }
 

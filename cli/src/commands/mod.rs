@@ -1,0 +1,7 @@
+//! The subcommands; binary code, so errors are `anyhow`. Each returns the process exit code
+//! (a job that ended failed or canceled is a non-zero exit).
+
+pub mod demo;
+pub mod jobs;
+pub mod storyboard;
+pub mod up;

@@ -1,0 +1,209 @@
+//! Embedded mode: the coordinator and one worker in this process (`kontext up`, `kontext demo`).
+//!
+//! Both share one queue and one store: with no --redis-url that is the in-process `MemoryQueue`
+//! (the only queue this worker can reach), otherwise Redis; a local directory unless a bucket is
+//! configured. The worker runs the same `Worker` loop as `kontext-worker serve`; the coordinator is
+//! the same library the `kontext-coordinator` binary runs. On shutdown the worker drains first (the
+//! running job finishes or goes back to the queue), then the HTTP server stops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kontext_coordinator::{AppState, Config, RunError};
+use kontext_storage::AnyBlobStore;
+use kontext_worker::config::ModelArgs;
+use kontext_worker::consumer::{Worker, WorkerError, WorkerSettings};
+use kontext_worker::engine::thread::EngineThread;
+use kontext_worker::engine::{Engine, EngineError};
+use kontext_worker::metrics::WorkerStatus;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(transparent)]
+    Coordinator(#[from] RunError),
+    #[error("loading the model: {0}")]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("{what}: {detail}")]
+    Task { what: &'static str, detail: String },
+}
+
+/// Loads the engine `ModelArgs` names (`kontext_worker::model::load_engine`); called on a
+/// blocking thread.
+pub type EngineLoader =
+    Box<dyn FnOnce(&ModelArgs) -> Result<Box<dyn Engine>, EngineError> + Send + 'static>;
+
+/// What to run.
+pub struct EmbeddedConfig {
+    pub coordinator: Config,
+    pub model: ModelArgs,
+    pub load_engine: EngineLoader,
+    pub worker: WorkerSettings,
+}
+
+/// A running coordinator + worker.
+pub struct Embedded {
+    addr: SocketAddr,
+    url: String,
+    status: Arc<WorkerStatus>,
+    stop_worker: oneshot::Sender<()>,
+    stop_http: oneshot::Sender<()>,
+    worker: JoinHandle<Result<(), WorkerError>>,
+    http: JoinHandle<Result<(), RunError>>,
+    engine: EngineThread,
+}
+
+impl Embedded {
+    /// Opens queue and store, loads the model (on a blocking thread; the warm-up runs on the
+    /// engine thread), and starts serving on `listener`.
+    pub async fn start(
+        listener: TcpListener,
+        mut config: EmbeddedConfig,
+    ) -> Result<Self, EmbeddedError> {
+        let addr = listener.local_addr().map_err(RunError::Io)?;
+        kontext_coordinator::check_open_access(&config.coordinator, addr)?;
+        // The coordinator must not accept jobs the engine would refuse for their size.
+        let limits = &mut config.coordinator.limits.job;
+        limits.max_pixels = limits.max_pixels.min(config.model.engine_max_pixels);
+        let queue = kontext_coordinator::open_queue(&config.coordinator).await?;
+        let store = AnyBlobStore::open(config.coordinator.storage.clone())
+            .await
+            .map_err(RunError::Storage)?;
+
+        let model = config.model.clone();
+        let load = config.load_engine;
+        let engine = tokio::task::spawn_blocking(move || load(&model))
+            .await
+            .map_err(|e| EmbeddedError::Task {
+                what: "model loading task",
+                detail: e.to_string(),
+            })??;
+        let engine = EngineThread::spawn(engine, true).map_err(|e| EmbeddedError::Task {
+            what: "spawning the engine thread",
+            detail: e.to_string(),
+        })?;
+
+        let worker = Worker::new(
+            Arc::new(queue.clone()),
+            Arc::new(store.clone()),
+            engine.handle(),
+            config.worker,
+        );
+        let status = worker.status();
+        let (stop_worker, worker_stopped) = oneshot::channel::<()>();
+        let worker = tokio::spawn(worker.run(async move {
+            let _ = worker_stopped.await;
+        }));
+
+        let state = AppState::new(config.coordinator, queue, store, addr);
+        let url = state.public_url.clone();
+        let (stop_http, http_stopped) = oneshot::channel::<()>();
+        let http = tokio::spawn(kontext_coordinator::serve(listener, state, async move {
+            let _ = http_stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            url,
+            status,
+            stop_worker,
+            stop_http,
+            worker,
+            http,
+            engine,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn status(&self) -> Arc<WorkerStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Waits until the worker is warm (model loaded and warm-up done) or died.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), EmbeddedError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut health = self.engine.handle().health();
+        let waited = tokio::time::timeout_at(
+            deadline,
+            health.wait_for(|h| *h != kontext_worker::engine::thread::Health::Starting),
+        )
+        .await;
+        match waited {
+            Ok(Ok(h)) if *h == kontext_worker::engine::thread::Health::Ready => {}
+            Ok(Ok(h)) => {
+                return Err(EmbeddedError::Worker(WorkerError::Engine(format!(
+                    "{:?}",
+                    *h
+                ))));
+            }
+            Ok(Err(_)) | Err(_) => {
+                return Err(EmbeddedError::Task {
+                    what: "warm-up",
+                    detail: format!("the engine was not ready within {timeout:?}"),
+                });
+            }
+        }
+        // The worker flips readiness right after it sees the engine ready.
+        while !self.status.is_ready() {
+            if self.worker.is_finished() || tokio::time::Instant::now() > deadline {
+                return Err(EmbeddedError::Task {
+                    what: "worker",
+                    detail: "stopped before it was ready".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// Drains the worker, then stops the HTTP server.
+    pub async fn shutdown(self) -> Result<(), EmbeddedError> {
+        let _ = self.stop_worker.send(());
+        let worker = self.worker.await.map_err(|e| EmbeddedError::Task {
+            what: "worker task",
+            detail: e.to_string(),
+        })?;
+        let _ = self.stop_http.send(());
+        let http = self.http.await.map_err(|e| EmbeddedError::Task {
+            what: "HTTP server task",
+            detail: e.to_string(),
+        })?;
+        let engine = self.engine;
+        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        worker?;
+        http?;
+        Ok(())
+    }
+
+    /// Runs until `signal` resolves or a part stops on its own, then shuts down.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), EmbeddedError> {
+        tokio::select! {
+            () = signal => {}
+            result = &mut self.worker => {
+                // The worker stopped (its engine died): stop serving too.
+                let _ = self.stop_http.send(());
+                let _ = self.http.await;
+                return match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(EmbeddedError::Task { what: "worker task", detail: e.to_string() }),
+                };
+            }
+        }
+        self.shutdown().await
+    }
+}

@@ -1,0 +1,158 @@
+//! Compiles our CUDA kernels with nvcc into one static library: the trimmed flash-attention kernel
+//! (`kernels/flash_attn_bf16_hd128.cu`, feature `flash-attn`) and the fused elementwise kernels
+//! (`kernels/fused_bf16.cu`, feature `fused`). Without those features this does nothing, so CPU
+//! builds (and `cargo test --workspace` in CI) never look for a CUDA toolchain.
+//!
+//! Inputs (scripts/build-cuda.sh sets them): `nvcc` on PATH or `$CUDA_HOME/bin/nvcc`;
+//! `KONTEXT_CUTLASS_DIR` = a CUTLASS 3.5 source tree (the nvidia-cutlass==3.5.0.0 wheel's
+//! `cutlass_library/source`; flash-attention only); `CUDA_COMPUTE_CAP` = comma-separated compute
+//! capabilities (default 90: H100/H200; these kernels use sm80 instructions at most, so `80,90`
+//! also serves A100).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const FLASH: &str = "kernels/flash_attn_bf16_hd128.cu";
+const FLASH_HEADERS: &str = "kernels/flash-attention";
+const FUSED: &str = "kernels/fused_bf16.cu";
+
+fn main() {
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-changed=kernels");
+    let flash = std::env::var_os("CARGO_FEATURE_FLASH_ATTN").is_some();
+    let fused = std::env::var_os("CARGO_FEATURE_FUSED").is_some();
+    if !flash && !fused {
+        return;
+    }
+    for var in [
+        "KONTEXT_CUTLASS_DIR",
+        "CUDA_COMPUTE_CAP",
+        "CUDA_HOME",
+        "NVCC",
+    ] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    let caps = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let mut objects = Vec::new();
+    if fused {
+        objects.push(compile(FUSED, &[], &caps, &out));
+    }
+    if flash {
+        let cutlass = match std::env::var_os("KONTEXT_CUTLASS_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => fail(
+                "KONTEXT_CUTLASS_DIR is not set: point it at a CUTLASS 3.5 source tree (the \
+                 nvidia-cutlass==3.5.0.0 wheel's cutlass_library/source); scripts/build-cuda.sh does",
+            ),
+        };
+        if !cutlass.join("include/cute/tensor.hpp").is_file() {
+            fail(&format!(
+                "KONTEXT_CUTLASS_DIR={} has no include/cute/tensor.hpp",
+                cutlass.display()
+            ));
+        }
+        let includes = [PathBuf::from(FLASH_HEADERS), cutlass.join("include")];
+        objects.push(compile(FLASH, &includes, &caps, &out));
+    }
+
+    let lib = out.join("libkontext_cuda_kernels.a");
+    let _ = std::fs::remove_file(&lib);
+    let status = Command::new(std::env::var("AR").unwrap_or_else(|_| "ar".into()))
+        .arg("crs")
+        .arg(&lib)
+        .args(&objects)
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run ar: {e}")));
+    if !status.success() {
+        fail("ar failed to archive the kernel objects");
+    }
+    println!("cargo::rustc-link-search=native={}", out.display());
+    println!("cargo::rustc-link-lib=static=kontext_cuda_kernels");
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        for sub in ["lib64", "lib"] {
+            let dir = Path::new(&home).join(sub);
+            if dir.is_dir() {
+                println!("cargo::rustc-link-search=native={}", dir.display());
+            }
+        }
+    }
+    println!("cargo::rustc-link-lib=dylib=cudart");
+    println!("cargo::rustc-link-lib=dylib=stdc++");
+}
+
+/// `nvcc -c` of one kernel file for every compute capability in `caps`; returns the object.
+fn compile(src: &str, includes: &[PathBuf], caps: &str, out: &Path) -> PathBuf {
+    let nvcc = nvcc_path();
+    let stem = Path::new(src)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("kernel");
+    let obj = out.join(format!("{stem}.o"));
+    let mut cmd = Command::new(&nvcc);
+    cmd.arg("-c").arg(src).arg("-o").arg(&obj);
+    for inc in includes {
+        cmd.arg("-I").arg(inc);
+    }
+    cmd.args(["-std=c++17", "-O3", "--use_fast_math"])
+        .args(["--expt-relaxed-constexpr", "--expt-extended-lambda"])
+        // FlashAttention relies on the half/bf16 operators that CUDA hides by default.
+        .args([
+            "-U__CUDA_NO_HALF_OPERATORS__",
+            "-U__CUDA_NO_HALF_CONVERSIONS__",
+        ])
+        .args([
+            "-U__CUDA_NO_HALF2_OPERATORS__",
+            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
+        ])
+        .args(["-Xcompiler", "-fPIC"])
+        // CUTLASS 3.5 names vector types that CUDA 13 deprecates; the warnings are noise.
+        .args(["-Xcompiler", "-Wno-deprecated-declarations"]);
+    let mut n_caps = 0;
+    for cap in caps.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let cap = cap.trim_end_matches('a');
+        if cap.parse::<u32>().map_or(true, |c| c < 80) {
+            fail(&format!(
+                "CUDA_COMPUTE_CAP entry {cap:?}: these kernels need 80 or newer"
+            ));
+        }
+        // Plain sm_XX SASS (no PTX): no sm_90a-only instructions are used, and embedded PTX from
+        // a newer nvcc than the driver would be rejected at load time anyway.
+        cmd.arg(format!("-gencode=arch=compute_{cap},code=sm_{cap}"));
+        n_caps += 1;
+    }
+    if n_caps > 1 {
+        cmd.args(["--threads", &n_caps.to_string()]);
+    }
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", nvcc.display())));
+    if !status.success() {
+        fail(&format!("nvcc failed ({status}) compiling {src}"));
+    }
+    println!(
+        "cargo::warning={src} (sm {caps}) compiled in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    obj
+}
+
+fn nvcc_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("NVCC") {
+        return PathBuf::from(p);
+    }
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        let p = Path::new(&home).join("bin/nvcc");
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from("nvcc")
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("kontext-cuda build: {msg}");
+    std::process::exit(1);
+}

@@ -1,0 +1,11 @@
+//! The GPU benchmark's library side (`kontext-worker bench-gpu`, scripts/gpu-bench.sh): FLOP
+//! accounting against the compute floor (`flops`), engines at the real 12B size built from random
+//! weights generated on the device (`random_weights`), and the correctness checks of a GPU build
+//! against the CPU f32 reference (`checks`).
+//!
+//! Everything here compiles and runs on the CPU too (small configurations), so CI exercises the
+//! code paths; only the numbers that matter need a GPU.
+
+pub mod checks;
+pub mod flops;
+pub mod random_weights;
