@@ -19,13 +19,13 @@ use tokio::sync::Mutex;
 #[derive(Parser)]
 struct Args {
     /// Concurrent clients.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, env = "BENCH_CLIENTS", default_value_t = 32)]
     clients: usize,
     /// Measured duration (after a 1 s warm-up).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "BENCH_SECONDS", default_value_t = 10)]
     seconds: u64,
     /// Queue in Redis instead of in-process (a fresh namespace is used).
-    #[arg(long)]
+    #[arg(long, env = "KONTEXT_REDIS_URL")]
     redis_url: Option<String>,
 }
 

@@ -100,7 +100,7 @@ pub struct ServeArgs {
     pub max_side: u32,
 
     /// Most pixels of an output image.
-    #[arg(long, env = "KONTEXT_MAX_PIXELS", default_value_t = 2048 * 2048)]
+    #[arg(long, env = "KONTEXT_MAX_PIXELS", default_value_t = kontext_proto::resolution::DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
 
     /// Most denoising steps per job.

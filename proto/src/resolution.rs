@@ -28,6 +28,11 @@ pub const PREFERRED_KONTEXT_RESOLUTIONS: [(u32, u32); 17] = [
 /// Every output and context side is a multiple of this: 8× VAE downsampling, then 2×2 packing.
 pub const SIDE_MULTIPLE: u32 = 16;
 
+/// Default largest output (and context) area, in pixels: 2 MP, about twice the preferred Kontext
+/// sizes. One constant for the coordinator's validation and the engine's own check, so a job the
+/// API accepts is never refused by a worker with default flags.
+pub const DEFAULT_MAX_PIXELS: u64 = 2_048 * 1_024;
+
 /// How the context image of an edit is sized before VAE encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]

@@ -73,7 +73,7 @@ impl Default for Limits {
             max_prompt_chars: 2_000,
             min_side: 256,
             max_side: 2_048,
-            max_pixels: 2_048 * 2_048,
+            max_pixels: crate::resolution::DEFAULT_MAX_PIXELS,
             max_steps: 100,
             min_guidance: 0.0,
             max_guidance: 20.0,

@@ -152,7 +152,7 @@ fn sizes_must_be_multiples_of_16_within_bounds() {
     assert!(
         e.errors
             .iter()
-            .any(|f| f.message.contains("at most 4194304 pixels")),
+            .any(|f| f.message.contains("at most 2097152 pixels")),
         "{e:?}"
     );
 }

@@ -26,8 +26,8 @@ use super::{
 
 /// Largest step count a request may ask for.
 pub const MAX_STEPS: u32 = 200;
-/// Default largest target (and context) area: 2 MP, about twice the preferred Kontext sizes.
-pub const DEFAULT_MAX_PIXELS: u64 = 2048 * 1024;
+/// Default largest target (and context) area (shared with the coordinator's validation).
+pub const DEFAULT_MAX_PIXELS: u64 = kontext_proto::resolution::DEFAULT_MAX_PIXELS;
 
 /// How to load a [`KontextEngine`].
 #[derive(Debug, Clone)]
