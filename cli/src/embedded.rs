@@ -101,6 +101,9 @@ impl Embedded {
         }));
 
         let state = AppState::new(config.coordinator, queue, store, addr);
+        // One process, one /metrics: the worker's (stages, engine caches) after the coordinator's.
+        let worker_status = Arc::clone(&status);
+        state.set_extra_metrics(Box::new(move || worker_status.render()));
         let url = state.public_url.clone();
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(kontext_coordinator::serve(listener, state, async move {

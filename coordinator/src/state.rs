@@ -42,7 +42,12 @@ pub struct Inner {
     /// Flips to `true` when the server starts shutting down: long-lived responses (SSE,
     /// `Prefer: wait`) end so that graceful shutdown can finish.
     shutdown_tx: watch::Sender<bool>,
+    /// More Prometheus text appended to `/metrics` (`kontext up` adds its in-process worker's).
+    extra_metrics: std::sync::OnceLock<ExtraMetrics>,
 }
+
+/// Renders Prometheus text for `/metrics` (see `AppState::set_extra_metrics`).
+pub type ExtraMetrics = Box<dyn Fn() -> String + Send + Sync>;
 
 impl std::ops::Deref for AppState {
     type Target = Inner;
@@ -75,7 +80,18 @@ impl AppState {
             ),
             public_url,
             shutdown_tx,
+            extra_metrics: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Appends `render()` to every `/metrics` answer (set once; later calls are ignored).
+    pub fn set_extra_metrics(&self, render: ExtraMetrics) {
+        let _ = self.extra_metrics.set(render);
+    }
+
+    /// The extra Prometheus text, if any.
+    pub fn extra_metrics(&self) -> Option<String> {
+        self.extra_metrics.get().map(|render| render())
     }
 
     /// A receiver that sees `true` once shutdown began.

@@ -56,7 +56,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         }
         Err(_) => None,
     };
-    let body = state.metrics.render(stats.as_ref());
+    let mut body = state.metrics.render(stats.as_ref());
+    if let Some(extra) = state.extra_metrics() {
+        body.push_str(&extra);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,95 @@
+//! The embedded mode: the Quickstart's `kontext demo` binary end to end, and `kontext up`'s
+//! in-process coordinator + worker serving a job and one `/metrics` with both sides.
+
+use std::process::Command;
+use std::time::Duration;
+
+use kontext::client::Client;
+use kontext::embedded::{Embedded, EmbeddedConfig};
+use kontext_coordinator::config::Config;
+use kontext_coordinator::http::views::{ApiJobStatus, SubmitJob};
+use kontext_worker::config::ModelArgs;
+use kontext_worker::consumer::WorkerSettings;
+
+#[test]
+fn demo_writes_a_generated_and_an_edited_png() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = Command::new(env!("CARGO_BIN_EXE_kontext"))
+        .args(["demo", "--steps", "2", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("run kontext demo");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "kontext demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("stopped cleanly"), "{stdout}");
+    let generated = image::open(out.path().join("generate.png")).expect("generate.png decodes");
+    let edited = image::open(out.path().join("edit.png")).expect("edit.png decodes");
+    assert_eq!((generated.width(), generated.height()), (256, 256));
+    // The edit keeps the context's size (resize "keep").
+    assert_eq!((edited.width(), edited.height()), (256, 256));
+    assert_ne!(
+        generated.as_bytes(),
+        edited.as_bytes(),
+        "the edit must change the image"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_a_job_and_the_workers_metrics() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut worker = WorkerSettings::new("embedded-test");
+    worker.claim_wait = Duration::from_millis(200);
+    let mut embedded = Embedded::start(
+        listener,
+        EmbeddedConfig {
+            coordinator: Config::embedded(data.path()),
+            model: ModelArgs::default(),
+            load_engine: Box::new(kontext_worker::model::load_engine),
+            worker,
+        },
+    )
+    .await
+    .expect("start");
+    embedded
+        .wait_ready(Duration::from_secs(120))
+        .await
+        .expect("ready");
+
+    let client = Client::new(embedded.url(), None).expect("client");
+    let job = SubmitJob {
+        prompt: "a lighthouse".into(),
+        width: Some(256),
+        height: Some(256),
+        steps: Some(2),
+        seed: Some(1),
+        ..SubmitJob::default()
+    };
+    let accepted = client.submit(&job, None).await.expect("submit");
+    let done = client.follow(&accepted.id, |_| {}).await.expect("follow");
+    assert_eq!(done.status, ApiJobStatus::Succeeded, "{done:?}");
+    let png = client.result(&accepted.id).await.expect("result");
+    let img = image::load_from_memory(&png).expect("decodable PNG");
+    assert_eq!((img.width(), img.height()), (256, 256));
+
+    let metrics = reqwest::get(format!("{}/metrics", embedded.url()))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    for family in [
+        "kontext_queue_depth",
+        "kontext_worker_claims_total 1",
+        "kontext_worker_stage_seconds_total",
+    ] {
+        assert!(metrics.contains(family), "no {family:?} in:\n{metrics}");
+    }
+    embedded.shutdown().await.expect("clean shutdown");
+}
