@@ -4,7 +4,7 @@
 # stubs generated from cudarc's own bindings, CUDA_COMPUTE_CAP=90 (H100/H200 only), then a
 # stripped binary and a smoke check against a generated fake libcuda that must fail cleanly at
 # device creation. Idempotent: the wheels and stubs are redone only when their pins change, and
-# cargo caches the CUDA kernels (a rebuild after a Rust-only change takes seconds).
+# cargo caches the CUDA kernels (a rebuild after a Rust-only change recompiles only Rust crates).
 #
 # Usage: scripts/build-cuda.sh [--flash-attn] [--fused] [--features LIST] [--no-smoke] [--out DIR]
 #   --flash-attn     also build the trimmed flash-attention kernel (feature `flash-attn`)
@@ -123,6 +123,27 @@ if [ "$(cat "$STUB_STAMP" 2>/dev/null)" != "cudarc-$CUDARC_VERSION $CU" ]; then
   echo "cudarc-$CUDARC_VERSION $CU" >"$STUB_STAMP"
 fi
 
+# Fatbin compression (driver 580+ decompresses it). candle's CUDA backend links candle-kernels'
+# libmoe.a, 15 GGUF/MoE kernel files that FLUX never runs, as 33.5 MB of uncompressed sm_90a SASS:
+# with it the stripped binary was 75 MB. "size" mode cuts that fatbin about 5x. nvcc reads
+# NVCC_APPEND_FLAGS itself, so this reaches candle-kernels' own nvcc calls (PTX output unchanged).
+FATBIN_FLAGS="-Xfatbin=-compress-all --compress-mode=size"
+case " ${NVCC_APPEND_FLAGS:-} " in
+  *" --compress-mode="*) ;;
+  *) export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:+$NVCC_APPEND_FLAGS }$FATBIN_FLAGS" ;;
+esac
+# Neither cargo nor cudaforge's object cache tracks NVCC_APPEND_FLAGS, so objects compiled with
+# other flags would be reused: rebuild candle-kernels once whenever the flags change.
+FLAGS_STAMP=$CARGO_TARGET_DIR/release/.kontext-nvcc-append-flags
+if [ "$TOOLS_ONLY" = 0 ] && [ "$(cat "$FLAGS_STAMP" 2>/dev/null)" != "$NVCC_APPEND_FLAGS" ]; then
+  if compgen -G "$CARGO_TARGET_DIR/release/build/candle-kernels-*" >/dev/null; then
+    log "NVCC_APPEND_FLAGS changed to '$NVCC_APPEND_FLAGS': rebuilding candle-kernels"
+    cargo clean -q --release -p candle-kernels
+  fi
+  mkdir -p "$CARGO_TARGET_DIR/release"
+  echo "$NVCC_APPEND_FLAGS" >"$FLAGS_STAMP"
+fi
+
 THREADS=${KONTEXT_NVCC_THREADS:-$(nproc)}
 export CUDA_HOME=$CH
 export PATH=$CH/bin:$PATH
@@ -133,6 +154,7 @@ export KONTEXT_CUTLASS_DIR=$CUTLASS_DIR
 if [ "$TOOLS_ONLY" = 1 ]; then
   echo "export CUDA_HOME=$CUDA_HOME PATH=$CH/bin:\$PATH CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
   echo "export CUDAFORGE_THREADS=$CUDAFORGE_THREADS KONTEXT_NVCC_THREADS=$THREADS KONTEXT_CUTLASS_DIR=$CUTLASS_DIR"
+  echo "export NVCC_APPEND_FLAGS='$NVCC_APPEND_FLAGS'"
   exit 0
 fi
 

@@ -4,7 +4,7 @@
 #   bash scripts/gpu-bench.sh [bench-gpu flags...]
 #
 # It needs no downloads and no build: the stripped CUDA binary made by scripts/build-cuda.sh
-# travels xz-compressed in .tools/gpu-dist/ (about 6 MB; with the device tool: carry
+# travels xz-compressed in .tools/gpu-dist/ (about 13 MB; with the device tool: carry
 # [".tools/gpu-dist"]), and the CUDA runtime libraries it links (libcudart.so.13,
 # libcublas.so.13 + libcublasLt.so.13, libcurand.so.10) come from the machine: the NVIDIA wheels
 # of its Python (nvidia/cu13/lib) or a CUDA toolkit. They cannot travel in 64 MiB (the cuBLAS

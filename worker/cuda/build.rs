@@ -30,6 +30,9 @@ fn main() {
         "CUDA_COMPUTE_CAP",
         "CUDA_HOME",
         "NVCC",
+        // nvcc reads these itself; scripts/build-cuda.sh sets the fatbin compression there.
+        "NVCC_APPEND_FLAGS",
+        "NVCC_PREPEND_FLAGS",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
