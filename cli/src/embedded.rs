@@ -14,8 +14,8 @@ use kontext_coordinator::{AppState, Config, RunError};
 use kontext_storage::AnyBlobStore;
 use kontext_worker::config::ModelArgs;
 use kontext_worker::consumer::{Worker, WorkerError, WorkerSettings};
-use kontext_worker::engine::thread::EngineThread;
-use kontext_worker::engine::{Engine, EngineError};
+use kontext_engine::thread::EngineThread;
+use kontext_engine::{Engine, EngineError};
 use kontext_worker::metrics::WorkerStatus;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -33,7 +33,7 @@ pub enum EmbeddedError {
     Task { what: &'static str, detail: String },
 }
 
-/// Loads the engine `ModelArgs` names (`kontext_worker::model::load_engine`); called on a
+/// Loads the engine `ModelArgs` names (`kontext_worker::config::load_engine`); called on a
 /// blocking thread.
 pub type EngineLoader =
     Box<dyn FnOnce(&ModelArgs) -> Result<Box<dyn Engine>, EngineError> + Send + 'static>;
@@ -139,11 +139,11 @@ impl Embedded {
         let mut health = self.engine.handle().health();
         let waited = tokio::time::timeout_at(
             deadline,
-            health.wait_for(|h| *h != kontext_worker::engine::thread::Health::Starting),
+            health.wait_for(|h| *h != kontext_engine::thread::Health::Starting),
         )
         .await;
         match waited {
-            Ok(Ok(h)) if *h == kontext_worker::engine::thread::Health::Ready => {}
+            Ok(Ok(h)) if *h == kontext_engine::thread::Health::Ready => {}
             Ok(Ok(h)) => {
                 return Err(EmbeddedError::Worker(WorkerError::Engine(format!(
                     "{:?}",

@@ -51,7 +51,7 @@ async fn up_serves_a_job_and_the_workers_metrics() {
         EmbeddedConfig {
             coordinator: Config::embedded(data.path()),
             model: ModelArgs::default(),
-            load_engine: Box::new(kontext_worker::model::load_engine),
+            load_engine: Box::new(kontext_worker::config::load_engine),
             worker,
         },
     )

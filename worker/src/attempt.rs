@@ -22,8 +22,8 @@ use tracing::Instrument;
 use crate::clock::now_ms;
 use crate::consumer::WorkerSettings;
 use crate::drain::StepClock;
-use crate::engine::EngineError;
-use crate::engine::thread::EngineHandle;
+use kontext_engine::EngineError;
+use kontext_engine::thread::EngineHandle;
 use crate::inputs;
 use crate::lease::{self, AbortOnDrop, JobControl, StopReason};
 use crate::metrics::{Outcome, Stage, WorkerStatus};
@@ -34,6 +34,22 @@ use crate::progress::Forwarder;
 const COMMIT_TRIES: u32 = 4;
 /// First delay between commit attempts; doubled each time.
 const COMMIT_RETRY: Duration = Duration::from_millis(100);
+
+/// Retry semantics of an engine error (the error decides, not the caller): bad input is never
+/// retried, a stopped engine or a full device is worth another worker's try, anything else in
+/// the engine (weights, kernels, a caught panic) fails the job.
+pub fn engine_error_kind(e: &EngineError) -> JobErrorKind {
+    match e {
+        EngineError::InvalidInput(_) => JobErrorKind::InvalidInput,
+        EngineError::Canceled => JobErrorKind::Canceled,
+        EngineError::OutOfMemory(_) | EngineError::Stopped => JobErrorKind::Transient,
+        EngineError::Weights(_)
+        | EngineError::Tiny(_)
+        | EngineError::Device { .. }
+        | EngineError::Candle(_)
+        | EngineError::Panicked(_) => JobErrorKind::Fatal,
+    }
+}
 
 /// How an attempt went, for metrics and the drain estimates of later jobs.
 #[derive(Debug, Clone)]
@@ -159,8 +175,9 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
                 if let EngineError::Panicked(msg) = &e {
                     self.status.set_fatal(format!("engine panicked: {msg}"));
                 }
-                tracing::warn!(error = %e, kind = e.kind().as_str(), "engine failed");
-                return Err(Stop::Error(JobError::new(e.kind(), e.to_string())));
+                let kind = engine_error_kind(&e);
+                tracing::warn!(error = %e, kind = kind.as_str(), "engine failed");
+                return Err(Stop::Error(JobError::new(kind, e.to_string())));
             }
         };
         for step in &out.timings.steps {
@@ -309,5 +326,44 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
                 Outcome::Abandoned
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_errors_map_to_retry_semantics() {
+        assert_eq!(
+            engine_error_kind(&EngineError::InvalidInput("too big".into())),
+            JobErrorKind::InvalidInput
+        );
+        assert_eq!(
+            engine_error_kind(&EngineError::Canceled),
+            JobErrorKind::Canceled
+        );
+        assert_eq!(
+            engine_error_kind(&EngineError::Stopped),
+            JobErrorKind::Transient
+        );
+        assert_eq!(
+            engine_error_kind(&EngineError::OutOfMemory("cuda".into())),
+            JobErrorKind::Transient
+        );
+        assert_eq!(
+            engine_error_kind(&EngineError::Panicked("boom".into())),
+            JobErrorKind::Fatal
+        );
+        let bad_device = kontext_engine::loader::parse_device("tpu").expect_err("not a device");
+        assert_eq!(engine_error_kind(&bad_device), JobErrorKind::Fatal);
+    }
+
+    #[test]
+    fn the_engine_accepts_what_the_api_accepts_by_default() {
+        assert_eq!(
+            kontext_engine::pipeline::DEFAULT_MAX_PIXELS,
+            kontext_proto::resolution::DEFAULT_MAX_PIXELS
+        );
     }
 }

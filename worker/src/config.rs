@@ -12,7 +12,10 @@ use clap::builder::BoolishValueParser;
 use kontext_storage::StorageArgs;
 
 use crate::consumer::WorkerSettings;
-use crate::engine::pipeline::DEFAULT_MAX_PIXELS;
+use candle_core::DType;
+use kontext_engine::loader::LoadOptions;
+use kontext_engine::{Engine, EngineError};
+use kontext_proto::resolution::DEFAULT_MAX_PIXELS;
 
 /// The compute dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,6 +49,27 @@ pub struct ModelArgs {
     /// invalid input. Keep it at least the coordinator's --max-pixels.
     #[arg(long, env = "KONTEXT_ENGINE_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
     pub engine_max_pixels: u64,
+}
+
+impl ModelArgs {
+    /// What the engine's loader needs.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            model: self.model.clone(),
+            device: self.device.clone(),
+            dtype: self.dtype.map(|d| match d {
+                DtypeArg::F32 => DType::F32,
+                DtypeArg::Bf16 => DType::BF16,
+            }),
+            tiny_seed: self.tiny_seed,
+            max_pixels: self.engine_max_pixels,
+        }
+    }
+}
+
+/// Loads the engine `args` name (slow for real weights: call on a blocking thread).
+pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Engine>, EngineError> {
+    kontext_engine::loader::load_engine(&args.load_options())
 }
 
 impl Default for ModelArgs {

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::attempt::{Attempt, AttemptReport};
 use crate::clock::now_ms;
 use crate::drain::{DrainDecision, StepClock, drain_decision};
-use crate::engine::thread::{EngineHandle, Health};
+use kontext_engine::thread::{EngineHandle, Health};
 use crate::lease::{JobControl, StopReason};
 use crate::metrics::WorkerStatus;
 

@@ -9,7 +9,7 @@ use kontext_proto::resolution::context_size;
 use kontext_proto::{JobError, JobErrorKind, ValidJobSpec};
 use kontext_storage::{BlobStore, ObjectKey, StorageError};
 
-use crate::engine::{Context, EngineRequest};
+use kontext_engine::{Context, EngineRequest};
 use crate::latents;
 
 /// Context area used when an old record lacks a resolved context size (`keep` mode only).

@@ -1,7 +1,6 @@
-//! kontext-worker: the FLUX.1 Kontext engine (candle) kept resident on one thread, and the job
-//! loop that claims work from the queue, runs it, uploads results and commits.
+//! kontext-worker: the job loop that claims work from the queue, runs it on the engine
+//! (`kontext-engine`, resident on its own thread), uploads results and commits.
 //!
-//! - `engine`: the model behind the `Engine` trait, and `EngineThread` that owns it;
 //! - `consumer`: `Worker`, the job loop over any `JobQueue` + `BlobStore` (embeddable: `kontext
 //!   up` runs one beside the coordinator); `attempt`: one claimed job from inputs to commit;
 //!   `inputs` / `output` / `latents`: objects in and out; `lease`: heartbeat and the stop flag;
@@ -14,14 +13,11 @@ pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod drain;
-pub mod engine;
-pub mod gpu;
 pub mod health;
 pub mod inputs;
 pub mod latents;
 pub mod lease;
 pub mod metrics;
-pub mod model;
 pub mod output;
 pub mod progress;
 pub mod service;

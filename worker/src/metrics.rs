@@ -350,7 +350,7 @@ impl WorkerStatus {
                 m.stage_us[s.index()].load(Ordering::Relaxed) as f64 / 1e6
             );
         }
-        crate::engine::cache::render_prometheus(&mut out);
+        kontext_engine::cache::render_prometheus(&mut out);
         counter(
             &mut out,
             "kontext_worker_claims_total",

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::clock::now_ms;
 use crate::drain::StepClock;
-use crate::engine::thread::StepProgress;
+use kontext_engine::thread::StepProgress;
 use crate::lease::JobControl;
 use crate::metrics::WorkerStatus;
 

@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 
 use crate::config::{ConfigError, ModelArgs, ServeArgs};
 use crate::consumer::{Worker, WorkerError};
-use crate::engine::thread::EngineThread;
-use crate::engine::{Engine, EngineError};
+use kontext_engine::thread::EngineThread;
+use kontext_engine::{Engine, EngineError};
 use crate::metrics::WorkerStatus;
 
 /// Why `serve` could not start or stopped with an error.

@@ -17,8 +17,8 @@ use kontext_proto::{
 use kontext_storage::{BlobStore, LocalStore, ObjectKey};
 use kontext_worker::clock::now_ms;
 use kontext_worker::consumer::{Worker, WorkerError, WorkerSettings};
-use kontext_worker::engine::thread::EngineThread;
-use kontext_worker::engine::{
+use kontext_engine::thread::EngineThread;
+use kontext_engine::{
     Context, Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StepControl,
 };
 use kontext_worker::metrics::{Outcome, WorkerStatus};

@@ -4,8 +4,8 @@
 use std::process::Command;
 
 use anyhow::{Result, ensure};
-use kontext_worker::engine::config::{FluxConfig, VaeConfig};
-use kontext_worker::engine::weights::{Layout, ModelDir};
+use kontext_engine::config::{FluxConfig, VaeConfig};
+use kontext_engine::weights::{Layout, ModelDir};
 
 fn run_tiny(args: &[&str]) -> Result<std::process::Output> {
     Ok(Command::new(env!("CARGO_BIN_EXE_kontext-worker"))
@@ -39,7 +39,7 @@ fn tiny_command_writes_loadable_models() -> Result<()> {
         ensure!(m.flux_config() == &FluxConfig::tiny() && m.vae_config() == &VaeConfig::tiny());
 
         let lib = tempfile::tempdir()?;
-        kontext_worker::engine::tiny::write(lib.path(), 11, layout)?;
+        kontext_engine::tiny::write(lib.path(), 11, layout)?;
         let a = std::fs::read(
             dir.path()
                 .join("text_encoder_2/model-00001-of-00002.safetensors"),

@@ -64,7 +64,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         EmbeddedConfig {
             coordinator: Config::embedded(data.path()),
             model: args.model,
-            load_engine: Box::new(kontext_worker::model::load_engine),
+            load_engine: Box::new(kontext_worker::config::load_engine),
             worker,
         },
     )

@@ -70,7 +70,7 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<ExitCode> {
         EmbeddedConfig {
             coordinator: config,
             model: args.model,
-            load_engine: Box::new(kontext_worker::model::load_engine),
+            load_engine: Box::new(kontext_worker::config::load_engine),
             worker,
         },
     )

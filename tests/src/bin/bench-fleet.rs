@@ -30,7 +30,7 @@ use kontext_proto::redis::{RedisConfig, RedisQueue};
 use kontext_storage::{AnyBlobStore, StorageConfig};
 use kontext_worker::config::ModelArgs;
 use kontext_worker::consumer::{Worker, WorkerSettings};
-use kontext_worker::engine::thread::EngineThread;
+use kontext_engine::thread::EngineThread;
 use kontext_worker::metrics::Stage;
 
 #[derive(Debug, Parser)]
@@ -118,7 +118,7 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
     let queue = RedisQueue::connect(&redis_url, &namespace, RedisConfig::default()).await?;
     let store = AnyBlobStore::open(StorageConfig::S3(s3_config)).await?;
     let engine =
-        tokio::task::spawn_blocking(|| kontext_worker::model::load_engine(&ModelArgs::default()))
+        tokio::task::spawn_blocking(|| kontext_worker::config::load_engine(&ModelArgs::default()))
             .await??;
     let engine = EngineThread::spawn(engine, true)?;
     let mut settings = WorkerSettings::new("bench-worker");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use kontext_worker::config::{ModelArgs, ServeArgs};
 use kontext_worker::drain::termination_signal;
-use kontext_worker::engine::{
+use kontext_engine::{
     Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StepControl,
 };
 
@@ -106,7 +106,7 @@ fn main() -> anyhow::Result<()> {
             }
         };
         let load = move |model: &ModelArgs| -> Result<Box<dyn Engine>, EngineError> {
-            let inner = kontext_worker::model::load_engine(model)?;
+            let inner = kontext_worker::config::load_engine(model)?;
             Ok(if min_step.is_zero() {
                 inner
             } else {

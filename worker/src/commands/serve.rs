@@ -4,7 +4,7 @@
 use anyhow::Context;
 use kontext_worker::config::ServeArgs;
 use kontext_worker::drain::termination_signal;
-use kontext_worker::model::load_engine;
+use kontext_worker::config::load_engine;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use kontext_worker::engine::tiny;
-use kontext_worker::engine::weights::Layout;
+use kontext_engine::tiny;
+use kontext_engine::weights::Layout;
 
 /// Which directory layout to write.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

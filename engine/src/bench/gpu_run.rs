@@ -1,0 +1,536 @@
+//! `kontext-worker bench-gpu`: the GPU benchmark and correctness check (issue 6, docs/gpu.md),
+//! one command that needs no downloads and fits one device call (scripts/gpu-bench.sh).
+//!
+//! 1. Correctness (`gpu::checks`): attention and a head-dim-128 transformer (the flash path),
+//!    the tiny model's whole edit, and the committed diffusers parity fixture, each in the
+//!    device's bf16 against f32 on the CPU; bound 1e-2 relative L2.
+//! 2. Speed: the real 12B transformer, T5-XXL, CLIP-L and VAE with random weights generated on
+//!    the device, one edit per size (context = target size, 28 steps by default) after a short
+//!    warm-up: seconds per step (synchronised after every step), the stages around the loop,
+//!    seconds per image end to end, peak GPU memory (the allocation pool's high-water mark, text
+//!    encoders resident), MFU against the compute floor (perf-reference.md §3). Then a few steps
+//!    with flash-attention off, and with the fused kernels off, for comparison (`--ab-steps`).
+//!
+//! Prints one table at the end and writes every number to `<out-dir>/bench-gpu.json`.
+//! `--device cpu --model-size tiny` runs the same code on the CPU (how it is tested without a GPU).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+use serde::Serialize;
+
+use super::checks::{self, CheckOutcome};
+use super::flops::{ForwardFlops, H100_BF16_PEAK_TFLOPS, edit_tokens};
+use super::random_weights::{self, RandomEngineSpec};
+use super::report;
+use crate::flux::{attention, cuda_kernels};
+use crate::loader::parse_device;
+use crate::pipeline::{EngineOptions, KontextEngine};
+use crate::text::tokenize::PromptTokenizers;
+use crate::weights::ModelDir;
+use crate::{Context, Engine, EngineError, EngineRequest, StepControl, tiny};
+
+/// Why the benchmark stopped or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("--sizes entry {0} must be a positive multiple of 16")]
+    Size(u32),
+    #[error("--steps must be at least 1")]
+    NoSteps,
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error("{what}: {source}")]
+    During {
+        what: String,
+        source: Box<BenchError>,
+    },
+    #[error("the engine never reported a step")]
+    NoStepReported,
+    #[error("{checks} check(s) out of tolerance, {check_errors} check error(s), {speed_errors} speed error(s)")]
+    Failed {
+        checks: usize,
+        check_errors: usize,
+        speed_errors: usize,
+    },
+}
+
+impl From<crate::WeightsError> for BenchError {
+    fn from(e: crate::WeightsError) -> Self {
+        Self::Engine(e.into())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSize {
+    /// FLUX.1 Kontext [dev]: 12B transformer, T5-XXL, CLIP-L, VAE (random weights on the device).
+    Real,
+    /// The tiny test model (the code path, in seconds, also on a CPU).
+    Tiny,
+}
+
+/// Arguments of `kontext-worker bench-gpu`.
+#[derive(Debug, clap::Args)]
+pub struct BenchGpuArgs {
+    /// `cuda`, `cuda:N` or `cpu`.
+    #[arg(long, env = "KONTEXT_BENCH_DEVICE", default_value = "cuda")]
+    pub device: String,
+    /// Model whose speed is measured.
+    #[arg(long, env = "KONTEXT_BENCH_MODEL_SIZE", value_enum, default_value_t = ModelSize::Real)]
+    model_size: ModelSize,
+    /// Square edit sizes in pixels (multiples of 16), each run once after a warm-up.
+    #[arg(long, env = "KONTEXT_BENCH_SIZES", value_delimiter = ',', default_values_t = [1024u32, 512])]
+    sizes: Vec<u32>,
+    /// Denoising steps of each timed edit.
+    #[arg(long, env = "KONTEXT_BENCH_STEPS", default_value_t = 28)]
+    steps: u32,
+    /// Steps of the untimed warm-up edit at each size (kernel loading, cuBLAS heuristics).
+    #[arg(long, env = "KONTEXT_BENCH_WARMUP_STEPS", default_value_t = 2)]
+    warmup_steps: u32,
+    /// Steps timed at each size with flash-attention off, and again with the fused kernels off
+    /// (A/B against candle's compositions; 0 = skip).
+    #[arg(long, env = "KONTEXT_BENCH_AB_STEPS", default_value_t = 2)]
+    ab_steps: u32,
+    /// Dense bf16 peak the MFU is computed against, TFLOP/s (H100 SXM / H200: 989).
+    #[arg(long, env = "KONTEXT_BENCH_PEAK_TFLOPS", default_value_t = H100_BF16_PEAK_TFLOPS)]
+    peak_tflops: f64,
+    /// Compute dtype of the measured engine (transformer and text encoders).
+    #[arg(long, env = "KONTEXT_BENCH_DTYPE", value_enum, default_value_t = BenchDtype::Bf16)]
+    dtype: BenchDtype,
+    /// dtype of the VAE (the worker's default is f32, like BFL's encode).
+    #[arg(long, env = "KONTEXT_BENCH_VAE_DTYPE", value_enum, default_value_t = BenchDtype::F32)]
+    vae_dtype: BenchDtype,
+    /// Skip the correctness checks.
+    #[arg(long, env = "KONTEXT_BENCH_SKIP_CHECKS")]
+    skip_checks: bool,
+    /// Skip the speed measurements (checks only).
+    #[arg(long, env = "KONTEXT_BENCH_SKIP_SPEED")]
+    skip_speed: bool,
+    /// The diffusers parity fixture used by the checks.
+    #[arg(
+        long,
+        env = "KONTEXT_PARITY_DIR",
+        default_value = "tests/parity/fixtures/default"
+    )]
+    parity_dir: PathBuf,
+    /// Where bench-gpu.json and the generated tiny models go (default: $OUT, else ./bench-gpu-out).
+    #[arg(long, env = "KONTEXT_BENCH_OUT")]
+    out_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchDtype {
+    F32,
+    Bf16,
+}
+
+impl BenchDtype {
+    fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// One timed edit.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeRun {
+    pub size: u32,
+    pub steps: u32,
+    pub tokens: usize,
+    /// Which kernels ran: "flash+fused", "no flash-attn", "no fused", ...
+    pub variant: String,
+    /// Text encoders + context VAE encode (until the first step starts, synchronised).
+    pub pre_denoise_s: f64,
+    pub step_s: Vec<f64>,
+    pub step_median_s: f64,
+    pub denoise_s: f64,
+    /// Unpack + VAE decode + RGB conversion.
+    pub decode_s: f64,
+    pub total_s: f64,
+    /// Allocation-pool high-water mark during the edit (weights included), bytes.
+    pub peak_pool_bytes: Option<u64>,
+    /// Device memory in use by everything (cuMemGetInfo) at the end, bytes.
+    pub device_used_bytes: Option<u64>,
+    pub tflop_per_step: f64,
+    pub floor_step_s: f64,
+    pub mfu: f64,
+    pub output_finite: bool,
+}
+
+/// Everything the command measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub device: String,
+    pub device_name: Option<String>,
+    pub device_total_bytes: Option<u64>,
+    pub flash_attn_compiled: bool,
+    pub fused_compiled: bool,
+    pub model_size: Option<ModelSize>,
+    pub parameters: Option<(usize, usize, usize, usize)>,
+    pub build_s: Option<f64>,
+    pub resident_pool_bytes: Option<u64>,
+    pub checks: Vec<report::CheckRow>,
+    pub check_errors: Vec<String>,
+    pub runs: Vec<SizeRun>,
+    /// The A/B runs (a kernel switched off).
+    pub ab: Vec<SizeRun>,
+    pub errors: Vec<String>,
+    pub peak_tflops: f64,
+}
+
+/// Runs the benchmark; `Err(Failed)` when a check is out of tolerance or a phase failed.
+pub fn run(args: BenchGpuArgs) -> Result<(), BenchError> {
+    if let Some(&s) = args.sizes.iter().find(|s| **s == 0 || **s % 16 != 0) {
+        return Err(BenchError::Size(s));
+    }
+    if args.steps == 0 {
+        return Err(BenchError::NoSteps);
+    }
+    let out_dir = args
+        .out_dir
+        .clone()
+        .or_else(|| std::env::var_os("OUT").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("bench-gpu-out"));
+    std::fs::create_dir_all(&out_dir).map_err(|source| BenchError::Io {
+        path: out_dir.clone(),
+        source,
+    })?;
+    let dev = parse_device(&args.device)?;
+    let mut rep = Report {
+        device: args.device.clone(),
+        flash_attn_compiled: kontext_cuda::HAS_FLASH_ATTN,
+        fused_compiled: kontext_cuda::HAS_FUSED,
+        peak_tflops: args.peak_tflops,
+        ..Report::default()
+    };
+    report::describe_device(&dev, &mut rep);
+    eprintln!(
+        "bench-gpu: {} ({}), flash-attn compiled: {}, fused kernels compiled: {}",
+        rep.device,
+        rep.device_name.as_deref().unwrap_or("-"),
+        rep.flash_attn_compiled,
+        rep.fused_compiled
+    );
+
+    let json = out_dir.join("bench-gpu.json");
+    if !args.skip_checks {
+        run_checks(&args, &dev, &out_dir, &mut rep);
+        save(&json, &rep)?;
+    }
+    if !args.skip_speed {
+        if let Err(e) = run_speed(&args, &dev, &out_dir, &json, &mut rep) {
+            eprintln!("speed: {e}");
+            rep.errors.push(e.to_string());
+        }
+    }
+    save(&json, &rep)?;
+    println!("{}", report::table(&rep));
+    println!("details: {}", json.display());
+    let failed = rep.checks.iter().filter(|c| !c.passed).count();
+    if failed > 0 || !rep.check_errors.is_empty() || !rep.errors.is_empty() {
+        return Err(BenchError::Failed {
+            checks: failed,
+            check_errors: rep.check_errors.len(),
+            speed_errors: rep.errors.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes the report so far (also after every phase: a run stopped by a timeout keeps its numbers).
+fn save(json: &std::path::Path, rep: &Report) -> Result<(), BenchError> {
+    std::fs::write(json, serde_json::to_string_pretty(rep)?).map_err(|source| BenchError::Io {
+        path: json.to_path_buf(),
+        source,
+    })
+}
+
+fn run_checks(args: &BenchGpuArgs, dev: &Device, out_dir: &std::path::Path, rep: &mut Report) {
+    let dtype = args.dtype.dtype();
+    let mut record = |what: &str,
+                      r: Result<Vec<CheckOutcome>, EngineError>,
+                      took: Duration| {
+        match r {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    eprintln!(
+                        "  check {}: rel L2 {:.3e} (≤ {:.0e}) {} [{:.1}s]",
+                        o.name,
+                        o.rel_l2,
+                        o.tolerance,
+                        if o.passed() { "ok" } else { "FAIL" },
+                        took.as_secs_f64()
+                    );
+                    rep.checks.push(report::CheckRow::from(&o));
+                }
+            }
+            Err(e) => {
+                eprintln!("  check {what}: ERROR {e}");
+                rep.check_errors.push(format!("{what}: {e}"));
+            }
+        }
+    };
+    eprintln!("correctness ({} {dtype:?} vs cpu f32):", args.device);
+    let t = Instant::now();
+    record(
+        "attention",
+        checks::attention_kernel(dev, dtype, 1),
+        t.elapsed(),
+    );
+    let t = Instant::now();
+    record(
+        "hd128 transformer",
+        checks::head_dim_128_model(dev, dtype),
+        t.elapsed(),
+    );
+    let t = Instant::now();
+    let tiny = tiny::ensure_cached_in(out_dir, 0);
+    record(
+        "tiny pipeline",
+        tiny.and_then(|d| checks::tiny_pipeline(&d, dev, dtype)),
+        t.elapsed(),
+    );
+    let t = Instant::now();
+    record(
+        "parity fixture",
+        checks::parity_fixture(&args.parity_dir, out_dir, dev, dtype),
+        t.elapsed(),
+    );
+}
+
+/// The engine whose speed is measured.
+fn build_engine(
+    args: &BenchGpuArgs,
+    dev: &Device,
+    out_dir: &std::path::Path,
+    rep: &mut Report,
+) -> Result<KontextEngine, BenchError> {
+    let opts = EngineOptions {
+        dtype: args.dtype.dtype(),
+        vae_dtype: args.vae_dtype.dtype(),
+        device: dev.clone(),
+        ..EngineOptions::cpu()
+    };
+    let tiny_dir = tiny::ensure_cached_in(out_dir, 0)?;
+    rep.model_size = Some(args.model_size);
+    let started = Instant::now();
+    let engine = match args.model_size {
+        ModelSize::Tiny => KontextEngine::load(&ModelDir::open(&tiny_dir)?, "tiny", opts)?,
+        ModelSize::Real => {
+            let spec = RandomEngineSpec::kontext_dev();
+            rep.parameters = Some(spec.parameter_counts()?);
+            // Token values do not change the cost (T5 always runs 512 positions, CLIP 77), so
+            // the tiny model's tokenizers stand in for the real vocabularies.
+            let tokenizers =
+                PromptTokenizers::load(&tiny_dir.join("tokenizer"), &tiny_dir.join("tokenizer_2"))?;
+            random_weights::build_engine(&spec, tokenizers, opts)?
+        }
+    };
+    dev.synchronize()?;
+    rep.build_s = Some(started.elapsed().as_secs_f64());
+    rep.resident_pool_bytes = report::pool_used(dev);
+    eprintln!(
+        "engine {:?} built in {:.1}s, resident {}",
+        args.model_size,
+        started.elapsed().as_secs_f64(),
+        report::gib(rep.resident_pool_bytes)
+    );
+    Ok(engine)
+}
+
+fn run_speed(
+    args: &BenchGpuArgs,
+    dev: &Device,
+    out_dir: &std::path::Path,
+    json: &std::path::Path,
+    rep: &mut Report,
+) -> Result<(), BenchError> {
+    let mut engine = build_engine(args, dev, out_dir, rep)?;
+    let cfg = engine.flux_config().clone();
+    for &size in &args.sizes {
+        if args.warmup_steps > 0 {
+            timed_edit(
+                &mut engine,
+                dev,
+                size,
+                args.warmup_steps,
+                &cfg,
+                args.peak_tflops,
+            )
+            .map_err(|e| during(format!("warm-up at {size}x{size}"), e))?;
+        }
+        let run = timed_edit(&mut engine, dev, size, args.steps, &cfg, args.peak_tflops)
+            .map_err(|e| during(format!("edit at {size}x{size}"), e))?;
+        eprintln!(
+            "  {size}x{size}: {:.3} s/step (median of {}), {:.2} s/image, peak {}, MFU {:.1}%",
+            run.step_median_s,
+            run.steps,
+            run.total_s,
+            report::gib(run.peak_pool_bytes),
+            100.0 * run.mfu
+        );
+        rep.runs.push(run);
+        save(json, rep)?;
+        if args.ab_steps == 0 || !dev.is_cuda() {
+            continue;
+        }
+        let switches: [(bool, fn(bool), &str); 2] = [
+            (
+                kontext_cuda::HAS_FLASH_ATTN,
+                attention::set_flash_attn,
+                "flash-attn",
+            ),
+            (
+                kontext_cuda::HAS_FUSED,
+                cuda_kernels::set_enabled,
+                "fused kernels",
+            ),
+        ];
+        for (compiled, switch, name) in switches {
+            if !compiled {
+                continue;
+            }
+            switch(false);
+            let ab = timed_edit(
+                &mut engine,
+                dev,
+                size,
+                args.ab_steps,
+                &cfg,
+                args.peak_tflops,
+            );
+            switch(true);
+            match ab {
+                Ok(r) => {
+                    eprintln!(
+                        "  {size}x{size} without {name}: {:.3} s/step, peak {}",
+                        r.step_median_s,
+                        report::gib(r.peak_pool_bytes)
+                    );
+                    rep.ab.push(r);
+                }
+                Err(e) => rep
+                    .errors
+                    .push(format!("{size}x{size} without {name}: {e}")),
+            }
+            save(json, rep)?;
+        }
+    }
+    Ok(())
+}
+
+fn during(what: String, e: BenchError) -> BenchError {
+    BenchError::During {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// One edit of a `size`² image (context of the same size) with per-step synchronisation.
+fn timed_edit(
+    engine: &mut KontextEngine,
+    dev: &Device,
+    size: u32,
+    steps: u32,
+    cfg: &crate::config::FluxConfig,
+    peak_tflops: f64,
+) -> Result<SizeRun, BenchError> {
+    let image = image::RgbImage::from_fn(size, size, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 256) as u8])
+    });
+    let req = EngineRequest {
+        prompt: "make the sky purple and add a small red boat".into(),
+        context: Some(Context::Image {
+            image,
+            width: size,
+            height: size,
+            cache_key: None,
+        }),
+        width: size,
+        height: size,
+        steps,
+        guidance: 2.5,
+        seed: 42,
+        initial_latents: None,
+        want_latent: true,
+    };
+    let variant = variant(dev, engine);
+    report::reset_pool_peak(dev);
+    dev.synchronize()?;
+    let started = Instant::now();
+    let mut marks: Vec<Instant> = Vec::with_capacity(steps as usize + 1);
+    let mut sync_err = None;
+    let out = engine.generate(&req, &mut |_, _| {
+        // Wait for the device so each mark is the true end of a step (CUDA runs asynchronously).
+        if let Err(e) = dev.synchronize() {
+            sync_err = Some(e);
+            return StepControl::Cancel;
+        }
+        marks.push(Instant::now());
+        StepControl::Continue
+    });
+    if let Some(e) = sync_err {
+        return Err(e.into());
+    }
+    let out = out?;
+    dev.synchronize()?;
+    let total = started.elapsed();
+    let secs = |d: Duration| d.as_secs_f64();
+    let first = marks.first().copied().ok_or(BenchError::NoStepReported)?;
+    let last = marks.last().copied().unwrap_or(first);
+    let step_s: Vec<f64> = marks.windows(2).map(|w| secs(w[1] - w[0])).collect();
+    let mut sorted = step_s.clone();
+    sorted.sort_by(f64::total_cmp);
+    let step_median_s = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    let tokens = edit_tokens(512, size, size, Some((size, size)));
+    let flops = ForwardFlops::new(cfg, tokens);
+    let output_finite = out
+        .packed_latent
+        .as_ref()
+        .is_some_and(|l| l.iter().all(|v| v.is_finite()));
+    Ok(SizeRun {
+        size,
+        steps,
+        tokens,
+        variant,
+        pre_denoise_s: secs(first - started),
+        step_median_s,
+        denoise_s: secs(last - first),
+        decode_s: (secs(total) - secs(last - started)).max(0.0),
+        total_s: secs(total),
+        step_s,
+        peak_pool_bytes: report::pool_peak(dev),
+        device_used_bytes: report::device_used(dev),
+        tflop_per_step: flops.total() / 1e12,
+        floor_step_s: flops.floor_seconds(peak_tflops),
+        mfu: flops.mfu(step_median_s, peak_tflops),
+        output_finite,
+    })
+}
+
+/// Which of our kernels the transformer uses now: "flash+fused", "flash", "fused" or "candle".
+fn variant(dev: &Device, engine: &KontextEngine) -> String {
+    let cfg = engine.flux_config();
+    let flash = candle_core::Tensor::zeros((1, 1, 1, cfg.head_dim()), engine.options().dtype, dev)
+        .is_ok_and(|probe| attention::uses_flash_attn(&probe));
+    let fused = dev.is_cuda() && engine.options().dtype == DType::BF16 && cuda_kernels::enabled();
+    match (flash, fused) {
+        (true, true) => "flash+fused",
+        (true, false) => "flash",
+        (false, true) => "fused",
+        (false, false) => "candle",
+    }
+    .to_string()
+}

@@ -1,0 +1,262 @@
+//! The transformer blocks with BFL key names (`modules/layers.py` @ 802fb47): modulation,
+//! QK-norm self-attention projections, the MLP, the double-stream and single-stream blocks and the
+//! final layer. Math per kontext-reference.md §4 "Block math".
+
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::ops::{self, ModulationOut, QkvStream, linear};
+use super::rope::RopeTable;
+use crate::config::FluxConfig;
+
+/// BFL `Modulation` (layers.py:112-128): `lin(silu(vec))[:, None, :].chunk(k)`, k = 3 or 6.
+#[derive(Debug, Clone)]
+struct Modulation {
+    lin: Linear,
+    double: bool,
+}
+
+impl Modulation {
+    fn new(dim: usize, double: bool, vb: VarBuilder<'_>) -> Result<Self> {
+        let mult = if double { 6 } else { 3 };
+        Ok(Self {
+            lin: candle_nn::linear(dim, mult * dim, vb.pp("lin"))?,
+            double,
+        })
+    }
+
+    fn forward(&self, vec: &Tensor) -> Result<(ModulationOut, Option<ModulationOut>)> {
+        let k = if self.double { 6 } else { 3 };
+        let ys = vec
+            .silu()?
+            .apply(&self.lin)?
+            .unsqueeze(1)?
+            .chunk(k, D::Minus1)?; // k × (b, 1, dim)
+        let triple = |i: usize| ModulationOut {
+            shift: ys[i].clone(),
+            scale: ys[i + 1].clone(),
+            gate: ys[i + 2].clone(),
+        };
+        Ok((triple(0), self.double.then(|| triple(3))))
+    }
+}
+
+/// BFL `QKNorm`: one RMSNorm scale for queries, one for keys (`norm.query_norm.scale`, ...).
+#[derive(Debug, Clone)]
+struct QkNorm {
+    query_scale: Tensor,
+    key_scale: Tensor,
+}
+
+impl QkNorm {
+    fn new(head_dim: usize, vb: VarBuilder<'_>) -> Result<Self> {
+        Ok(Self {
+            query_scale: vb.get(head_dim, "query_norm.scale")?,
+            key_scale: vb.get(head_dim, "key_norm.scale")?,
+        })
+    }
+}
+
+/// BFL `SelfAttention` weights: `qkv`, `norm`, `proj`.
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    qkv: Linear,
+    norm: QkNorm,
+    proj: Linear,
+}
+
+impl SelfAttention {
+    fn stream<'a>(&'a self, qkv: &'a Tensor) -> QkvStream<'a> {
+        QkvStream {
+            qkv,
+            q_scale: &self.norm.query_scale,
+            k_scale: &self.norm.key_scale,
+        }
+    }
+
+    fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            qkv: candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
+            norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
+            proj: candle_nn::linear(h, h, vb.pp("proj"))?,
+        })
+    }
+}
+
+/// BFL MLP `Sequential(Linear, GELU(tanh), Linear)`, keys `.0` and `.2`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        Ok(Self {
+            fc1: candle_nn::linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("0"))?,
+            fc2: candle_nn::linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        linear(&ops::gelu_tanh(linear(xs, &self.fc1)?)?, &self.fc2)
+    }
+}
+
+/// One stream (img or txt) of a double block.
+#[derive(Debug, Clone)]
+struct Stream {
+    modulation: Modulation,
+    attn: SelfAttention,
+    mlp: Mlp,
+}
+
+impl Stream {
+    fn new(cfg: &FluxConfig, vb: &VarBuilder<'_>, prefix: &str) -> Result<Self> {
+        Ok(Self {
+            modulation: Modulation::new(cfg.hidden_size, true, vb.pp(format!("{prefix}_mod")))?,
+            attn: SelfAttention::new(cfg, vb.pp(format!("{prefix}_attn")))?,
+            mlp: Mlp::new(cfg, vb.pp(format!("{prefix}_mlp")))?,
+        })
+    }
+}
+
+/// BFL `DoubleStreamBlock` (layers.py:131-201): separate weights for txt and img, one joint attention.
+#[derive(Debug, Clone)]
+pub struct DoubleStreamBlock {
+    img: Stream,
+    txt: Stream,
+    num_heads: usize,
+}
+
+impl DoubleStreamBlock {
+    pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        Ok(Self {
+            img: Stream::new(cfg, &vb, "img")?,
+            txt: Stream::new(cfg, &vb, "txt")?,
+            num_heads: cfg.num_heads,
+        })
+    }
+
+    /// `img (b, L_img, h)`, `txt (b, L_txt, h)`, `vec (b, h)`; `pe` covers txt then img.
+    pub fn forward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        vec: &Tensor,
+        pe: &RopeTable,
+    ) -> Result<(Tensor, Tensor)> {
+        let (img_mod1, img_mod2) = self.img.modulation.forward(vec)?;
+        let (txt_mod1, txt_mod2) = self.txt.modulation.forward(vec)?;
+        let (img_mod2, txt_mod2) = (
+            img_mod2.expect("double modulation yields two triples; this is a bug"),
+            txt_mod2.expect("double modulation yields two triples; this is a bug"),
+        );
+
+        let img_qkv = linear(&modulate(img, &img_mod1)?, &self.img.attn.qkv)?; // (b, L_img, 3h)
+        let txt_qkv = linear(&modulate(txt, &txt_mod1)?, &self.txt.attn.qkv)?; // (b, L_txt, 3h)
+        // Joint sequence, txt first (layers.py:175-177): (b, H, L_txt + L_img, D).
+        let (q, k, v) = ops::attention_inputs(
+            &[
+                self.txt.attn.stream(&txt_qkv),
+                self.img.attn.stream(&img_qkv),
+            ],
+            self.num_heads,
+            pe,
+        )?;
+        let attn = ops::attention(&q, &k, &v)?; // (b, L_txt + L_img, h)
+        let n_txt = txt.dim(1)?;
+        let txt_attn = attn.narrow(1, 0, n_txt)?;
+        let img_attn = attn.narrow(1, n_txt, img.dim(1)?)?;
+
+        let img =
+            ops::gated_residual(img, &img_mod1.gate, linear(&img_attn, &self.img.attn.proj)?)?;
+        let img_mlp = self.img.mlp.forward(&modulate(&img, &img_mod2)?)?;
+        let img = ops::gated_residual(&img, &img_mod2.gate, img_mlp)?;
+
+        let txt =
+            ops::gated_residual(txt, &txt_mod1.gate, linear(&txt_attn, &self.txt.attn.proj)?)?;
+        let txt_mlp = self.txt.mlp.forward(&modulate(&txt, &txt_mod2)?)?;
+        let txt = ops::gated_residual(&txt, &txt_mod2.gate, txt_mlp)?;
+        Ok((img, txt))
+    }
+}
+
+/// `(1 + scale)·LN(x) + shift` for a modulation triple.
+fn modulate(x: &Tensor, m: &ModulationOut) -> Result<Tensor> {
+    ops::modulated_layer_norm(x, &m.shift, &m.scale)
+}
+
+/// BFL `SingleStreamBlock` (layers.py:204-254): fused `linear1` → [q, k, v | mlp], `linear2` over
+/// `cat(attn, gelu(mlp))`.
+#[derive(Debug, Clone)]
+pub struct SingleStreamBlock {
+    linear1: Linear,
+    linear2: Linear,
+    norm: QkNorm,
+    modulation: Modulation,
+    hidden: usize,
+    mlp_hidden: usize,
+    num_heads: usize,
+}
+
+impl SingleStreamBlock {
+    pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        let (h, m) = (cfg.hidden_size, cfg.mlp_hidden());
+        Ok(Self {
+            linear1: candle_nn::linear(h, 3 * h + m, vb.pp("linear1"))?,
+            linear2: candle_nn::linear(h + m, h, vb.pp("linear2"))?,
+            norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
+            modulation: Modulation::new(h, false, vb.pp("modulation"))?,
+            hidden: h,
+            mlp_hidden: m,
+            num_heads: cfg.num_heads,
+        })
+    }
+
+    /// `x (b, L, h)` is the joint txt+img sequence.
+    pub fn forward(&self, x: &Tensor, vec: &Tensor, pe: &RopeTable) -> Result<Tensor> {
+        let (m, _) = self.modulation.forward(vec)?;
+        let lin1 = linear(&modulate(x, &m)?, &self.linear1)?; // (b, L, 3h + mlp)
+        let qkv = lin1.narrow(D::Minus1, 0, 3 * self.hidden)?; // (b, L, 3h)
+        let mlp = lin1.narrow(D::Minus1, 3 * self.hidden, self.mlp_hidden)?; // (b, L, mlp)
+        let stream = QkvStream {
+            qkv: &qkv,
+            q_scale: &self.norm.query_scale,
+            k_scale: &self.norm.key_scale,
+        };
+        let (q, k, v) = ops::attention_inputs(&[stream], self.num_heads, pe)?;
+        let attn = ops::attention(&q, &k, &v)?; // (b, L, h)
+        let hidden = ops::cat_gelu(&attn, &mlp)?; // (b, L, h + mlp)
+        ops::gated_residual(x, &m.gate, linear(&hidden, &self.linear2)?)
+    }
+}
+
+/// BFL `LastLayer` (layers.py:257-270): `adaLN_modulation.1(silu(vec))` chunked (shift, scale),
+/// then `linear`.
+#[derive(Debug, Clone)]
+pub struct LastLayer {
+    linear: Linear,
+    ada_ln: Linear,
+}
+
+impl LastLayer {
+    pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            linear: candle_nn::linear(h, cfg.in_channels, vb.pp("linear"))?,
+            ada_ln: candle_nn::linear(h, 2 * h, vb.pp("adaLN_modulation.1"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, vec: &Tensor) -> Result<Tensor> {
+        let chunks = linear(&vec.silu()?, &self.ada_ln)?
+            .unsqueeze(1)?
+            .chunk(2, D::Minus1)?; // 2 × (b, 1, h)
+        let (shift, scale) = (&chunks[0], &chunks[1]);
+        linear(&ops::modulated_layer_norm(x, shift, scale)?, &self.linear)
+    }
+}

@@ -1,0 +1,477 @@
+//! `KontextEngine`: the whole FLUX.1 Kontext pipeline behind the `Engine` seam.
+//!
+//! text → (context image → Lanczos resize → VAE encode (mean) → pack, or an already packed latent)
+//! → seeded noise or given initial latents → shifted schedule from the target token count → Euler
+//! loop over `[target ‖ context]` → unpack → VAE decode → RGB8 (kontext-reference.md §0). Text-to-
+//! image when there is no context. Loaded once from a `ModelDir` (the tiny model goes through the
+//! same loader); compute dtype and device are parameters. Position ids, RoPE and softmax
+//! statistics stay f32; the VAE runs in `vae_dtype` (f32 by default, like BFL's encode).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::cache::{self, ByteLru};
+use super::config::{FluxConfig, VaeConfig};
+use super::flux::Flux;
+use super::flux::sampling::{self, Conditioning, ContextTokens};
+use super::noise::packed_noise;
+use super::text::TextEncoders;
+use super::vae::AutoEncoder;
+use super::weights::{ModelDir, WeightsError};
+use super::{
+    Context, Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StageTimings,
+    StepControl, image_ops,
+};
+
+/// Largest step count a request may ask for.
+pub const MAX_STEPS: u32 = 200;
+/// Default largest target (and context) area, 2 MP. The engine depends on no crate of ours, so
+/// this is its own constant; the worker's tests check that it equals the coordinator's default
+/// (`kontext_proto::resolution::DEFAULT_MAX_PIXELS`), so a job the API accepts with default
+/// flags is never refused by a worker with default flags.
+pub const DEFAULT_MAX_PIXELS: u64 = 2_048 * 1_024;
+
+/// How to load a [`KontextEngine`].
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Compute dtype of the transformer and the text encoders (f32 on CPU, bf16 on CUDA).
+    pub dtype: DType,
+    /// dtype of the autoencoder (BFL encodes in f32).
+    pub vae_dtype: DType,
+    pub device: Device,
+    /// Largest target or context area accepted, in pixels.
+    pub max_pixels: u64,
+}
+
+impl EngineOptions {
+    pub fn cpu() -> Self {
+        Self {
+            dtype: DType::F32,
+            vae_dtype: DType::F32,
+            device: Device::Cpu,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// Budget of the text-embedding cache (T5 (1, 512, 4096) + CLIP pooled in bf16 is ~4 MiB per
+/// prompt on the 12B model: a few dozen prompts).
+pub const TEXT_CACHE_BYTES: usize = 128 << 20;
+/// Budget of the context-latent cache (a 1024² context is 4096 × 64 values: 0.5–1 MiB).
+pub const CONTEXT_CACHE_BYTES: usize = 256 << 20;
+
+/// Bytes a tensor's data takes.
+fn tensor_bytes(t: &Tensor) -> usize {
+    t.elem_count() * t.dtype().size_in_bytes()
+}
+
+/// FLUX.1 Kontext [dev] (or the tiny model) resident on one device.
+pub struct KontextEngine {
+    model: String,
+    flux: Flux,
+    vae: AutoEncoder,
+    text: TextEncoders,
+    flux_cfg: FluxConfig,
+    vae_cfg: VaeConfig,
+    opts: EngineOptions,
+    /// Text embeddings `(t5, pooled)` by `cache::prompt_key` (chain turns often repeat prompts).
+    text_cache: ByteLru<(Tensor, Tensor)>,
+    /// Packed context tokens by `cache::context_key` (the previous turn's frame, re-edited).
+    context_cache: ByteLru<Tensor>,
+}
+
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "other",
+    }
+}
+
+fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> EngineError {
+    EngineError::InvalidInput(msg.into())
+}
+
+impl KontextEngine {
+    /// Loads every component from an opened model directory. `model` is the name reported in
+    /// [`EngineInfo`] (`tiny` or the directory).
+    pub fn load(dir: &ModelDir, model: &str, opts: EngineOptions) -> Result<Self, EngineError> {
+        let flux_cfg = dir.flux_config().clone();
+        let vae_cfg = dir.vae_config().clone();
+        if flux_cfg.in_channels != 4 * vae_cfg.z_channels {
+            return Err(WeightsError::Config {
+                file: "transformer/config.json, vae/config.json".into(),
+                reason: format!(
+                    "transformer in_channels {} must be 4 × VAE z_channels {}",
+                    flux_cfg.in_channels, vae_cfg.z_channels
+                ),
+            }
+            .into());
+        }
+        let flux = Flux::new(&flux_cfg, dir.transformer_vb(opts.dtype, &opts.device))?;
+        let vae = AutoEncoder::new(&vae_cfg, dir.vae_vb(opts.vae_dtype, &opts.device))?;
+        // Text encoders in f32 on the CPU whatever the compute dtype: candle's CPU softmax
+        // accumulates in the tensor's dtype, and T5's 512-wide bf16 softmax then drifts ~0.3
+        // relative from f32 on the tiny model (PyTorch, which softmaxes in f32: 1.6e-2). CUDA
+        // softmax accumulates in f32, so GPUs keep the compute dtype. Encoding runs once per
+        // prompt (and is cached), so the f32 cost on the CPU is small.
+        let text_dtype = if opts.device.is_cpu() {
+            DType::F32
+        } else {
+            opts.dtype
+        };
+        let text = TextEncoders::load(dir, text_dtype, &opts.device)?;
+        Ok(Self {
+            model: model.to_string(),
+            flux,
+            vae,
+            text,
+            flux_cfg,
+            vae_cfg,
+            opts,
+            text_cache: ByteLru::new(TEXT_CACHE_BYTES, &cache::TEXT),
+            context_cache: ByteLru::new(CONTEXT_CACHE_BYTES, &cache::CONTEXT),
+        })
+    }
+
+    /// Round timestep and guidance in `dtype` (see `Flux::set_conditioning_dtype`); the bf16
+    /// correctness checks give their f32 reference the bf16 rounding.
+    pub fn set_conditioning_dtype(&mut self, dtype: DType) {
+        self.flux.set_conditioning_dtype(dtype);
+    }
+
+    /// An engine from parts built elsewhere (the GPU benchmark makes them from random weights
+    /// generated on the device, `gpu::random_weights`).
+    pub fn from_parts(
+        model: &str,
+        flux: Flux,
+        vae: AutoEncoder,
+        text: TextEncoders,
+        vae_cfg: VaeConfig,
+        opts: EngineOptions,
+    ) -> Result<Self, EngineError> {
+        let flux_cfg = flux.config().clone();
+        if flux_cfg.in_channels != 4 * vae_cfg.z_channels {
+            return Err(WeightsError::Config {
+                file: "transformer/config.json, vae/config.json".into(),
+                reason: format!(
+                    "transformer in_channels {} must be 4 × VAE z_channels {}",
+                    flux_cfg.in_channels, vae_cfg.z_channels
+                ),
+            }
+            .into());
+        }
+        Ok(Self {
+            model: model.to_string(),
+            flux,
+            vae,
+            text,
+            flux_cfg,
+            vae_cfg,
+            opts,
+            text_cache: ByteLru::new(TEXT_CACHE_BYTES, &cache::TEXT),
+            context_cache: ByteLru::new(CONTEXT_CACHE_BYTES, &cache::CONTEXT),
+        })
+    }
+
+    /// Latent channels (16 for FLUX).
+    fn latent_channels(&self) -> usize {
+        self.vae_cfg.z_channels
+    }
+
+    fn check_size(&self, field: &str, width: u32, height: u32) -> Result<(), EngineError> {
+        for (name, v) in [("width", width), ("height", height)] {
+            if v == 0 || !v.is_multiple_of(16) {
+                return Err(invalid(format!(
+                    "{field} {name} {v} must be a positive multiple of 16"
+                )));
+            }
+        }
+        let area = u64::from(width) * u64::from(height);
+        if area > self.opts.max_pixels {
+            return Err(invalid(format!(
+                "{field} size {width}x{height} = {area} pixels exceeds the limit of {} pixels",
+                self.opts.max_pixels
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate(&self, req: &EngineRequest) -> Result<(), EngineError> {
+        self.check_size("target", req.width, req.height)?;
+        if req.steps == 0 || req.steps > MAX_STEPS {
+            return Err(invalid(format!(
+                "steps {} must be between 1 and {MAX_STEPS}",
+                req.steps
+            )));
+        }
+        if !req.guidance.is_finite() || req.guidance < 0.0 || req.guidance > 100.0 {
+            return Err(invalid(format!(
+                "guidance {} must be between 0 and 100",
+                req.guidance
+            )));
+        }
+        let features = 4 * self.latent_channels();
+        if let Some(l) = &req.initial_latents {
+            let want = sampling_tokens(req.width, req.height) * features;
+            if l.len() != want {
+                return Err(invalid(format!(
+                    "initial_latents has {} values; a {}x{} target needs {want} ((w/16)·(h/16)·{features})",
+                    l.len(),
+                    req.width,
+                    req.height
+                )));
+            }
+        }
+        match &req.context {
+            None => {}
+            Some(Context::Image {
+                image,
+                width,
+                height,
+                ..
+            }) => {
+                self.check_size("context", *width, *height)?;
+                if image.width() == 0 || image.height() == 0 {
+                    return Err(invalid("context image is empty (0 pixels)"));
+                }
+            }
+            Some(Context::PackedLatent {
+                data,
+                width,
+                height,
+            }) => {
+                self.check_size("context", *width, *height)?;
+                let want = sampling_tokens(*width, *height) * features;
+                if data.len() != want {
+                    return Err(invalid(format!(
+                        "context latent has {} values; a {width}x{height} context needs {want}",
+                        data.len()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Packed context tokens `(1, n_c, 64)` in the compute dtype, from the cache when possible.
+    fn context_tokens(&mut self, ctx: &Context) -> Result<ContextTokens, EngineError> {
+        let dev = self.opts.device.clone();
+        let (tokens, width, height) = match ctx {
+            Context::PackedLatent {
+                data,
+                width,
+                height,
+            } => {
+                let n = sampling_tokens(*width, *height);
+                let t = Tensor::from_slice(data, (1, n, 4 * self.latent_channels()), &dev)?;
+                (t.to_dtype(self.opts.dtype)?, *width, *height)
+            }
+            Context::Image {
+                image,
+                width,
+                height,
+                cache_key,
+            } => {
+                let key = cache_key
+                    .as_deref()
+                    .map(|k| cache::context_key(k, *width, *height));
+                let tokens = match key.as_deref().and_then(|k| self.context_cache.get(k)) {
+                    Some(tokens) => tokens,
+                    None => {
+                        let tokens = self.encode_context(image, *width, *height)?;
+                        if let Some(key) = key {
+                            let bytes = tensor_bytes(&tokens);
+                            self.context_cache.insert(key, tokens.clone(), bytes);
+                        }
+                        tokens
+                    }
+                };
+                (tokens, *width, *height)
+            }
+        };
+        let ids =
+            sampling::position_ids(1, (height / 16) as usize, (width / 16) as usize, 1.0, &dev)?;
+        Ok(ContextTokens { tokens, ids })
+    }
+
+    /// BFL `prepare_kontext` (sampling.py:229-254): resize with PIL-exact Lanczos, x/127.5 − 1,
+    /// VAE encode (mean, scale·(z − shift)), pack 2×2, cast to the compute dtype.
+    pub fn encode_context(
+        &self,
+        image: &image::RgbImage,
+        width: u32,
+        height: u32,
+    ) -> Result<Tensor, EngineError> {
+        let resized = if image.dimensions() == (width, height) {
+            image.clone()
+        } else {
+            image_ops::resize_lanczos(image, width, height)
+        };
+        let x = image_ops::image_to_tensor(&resized, &self.opts.device)?
+            .to_dtype(self.opts.vae_dtype)?;
+        let z = self.vae.encode(&x)?; // (1, 16, h/8, w/8)
+        Ok(sampling::pack(&z)?.to_dtype(self.opts.dtype)?)
+    }
+
+    /// The packed final latent → image: unpack, VAE decode (z/scale + shift inside), to RGB8.
+    pub fn decode_latent(
+        &self,
+        x: &Tensor,
+        width: u32,
+        height: u32,
+    ) -> Result<image::RgbImage, EngineError> {
+        let z = sampling::unpack(x, (height / 8) as usize, (width / 8) as usize)?; // (1, 16, h/8, w/8)
+        let img = self.vae.decode(&z.to_dtype(self.opts.vae_dtype)?)?; // (1, 3, h, w)
+        Ok(image_ops::tensor_to_image(&img)?)
+    }
+
+    pub fn flux(&self) -> &Flux {
+        &self.flux
+    }
+
+    pub fn text(&self) -> &TextEncoders {
+        &self.text
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    pub fn flux_config(&self) -> &FluxConfig {
+        &self.flux_cfg
+    }
+}
+
+/// Packed tokens of a `width × height` image: 8× VAE downsampling, then 2×2 patches, one token
+/// per 16×16 pixels (diffusers `FluxKontextPipeline.prepare_latents`).
+fn sampling_tokens(width: u32, height: u32) -> usize {
+    (width / 16) as usize * (height / 16) as usize
+}
+
+impl Engine for KontextEngine {
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            model: self.model.clone(),
+            device: device_name(&self.opts.device),
+            dtype: dtype_name(self.opts.dtype).into(),
+            max_pixels: self.opts.max_pixels,
+        }
+    }
+
+    fn warmup(&mut self) -> Result<(), EngineError> {
+        // One small edit exercises every component (text, encode, denoise, decode).
+        let req = EngineRequest {
+            prompt: "warm-up".into(),
+            context: Some(Context::Image {
+                image: image::RgbImage::from_pixel(64, 64, image::Rgb([128, 64, 32])),
+                width: 64,
+                height: 64,
+                cache_key: None,
+            }),
+            width: 64,
+            height: 64,
+            steps: 1,
+            guidance: 2.5,
+            seed: 0,
+            initial_latents: None,
+            want_latent: false,
+        };
+        self.generate(&req, &mut |_, _| StepControl::Continue)
+            .map(|_| ())
+    }
+
+    fn generate(
+        &mut self,
+        req: &EngineRequest,
+        on_step: &mut dyn FnMut(u32, u32) -> StepControl,
+    ) -> Result<EngineOutput, EngineError> {
+        self.validate(req)?;
+        let dev = self.opts.device.clone();
+        let dtype = self.opts.dtype;
+        let mut timings = StageTimings::default();
+
+        let started = Instant::now();
+        let key = cache::prompt_key(&req.prompt);
+        // (1, 512, d_t5), (1, d_clip)
+        let (txt, y) = match self.text_cache.get(&key) {
+            Some(hit) => hit,
+            None => {
+                let encoded = self.text.encode(&req.prompt)?;
+                let bytes = tensor_bytes(&encoded.0) + tensor_bytes(&encoded.1);
+                self.text_cache.insert(key, encoded.clone(), bytes);
+                encoded
+            }
+        };
+        timings.text = started.elapsed();
+
+        let started = Instant::now();
+        let context = match &req.context {
+            Some(ctx) => Some(self.context_tokens(ctx)?),
+            None => None,
+        };
+        timings.context_encode = started.elapsed();
+
+        let (rows, cols) = ((req.height / 16) as usize, (req.width / 16) as usize);
+        let features = 4 * self.latent_channels();
+        let x = match &req.initial_latents {
+            Some(l) => Tensor::from_slice(l, (1, rows * cols, features), &dev)?.to_dtype(dtype)?,
+            None => packed_noise(
+                req.seed,
+                req.width,
+                req.height,
+                self.latent_channels(),
+                dtype,
+                &dev,
+            )?,
+        };
+        let cond = Conditioning {
+            txt,
+            y,
+            target_ids: sampling::position_ids(1, rows, cols, 0.0, &dev)?,
+            context,
+            guidance: req.guidance,
+        };
+        let timesteps = sampling::schedule(req.steps as usize, rows * cols);
+
+        let started = Instant::now();
+        let mut last = Instant::now();
+        let mut step_times = Vec::with_capacity(req.steps as usize);
+        let mut timed_step = |done: u32, total: u32| {
+            if done > 0 {
+                step_times.push(last.elapsed());
+            }
+            last = Instant::now();
+            on_step(done, total)
+        };
+        let x = sampling::denoise_flux(&self.flux, &cond, x, &timesteps, &mut timed_step)?;
+        timings.denoise = started.elapsed();
+        timings.steps = step_times;
+
+        let started = Instant::now();
+        let image = self.decode_latent(&x, req.width, req.height)?;
+        timings.decode = started.elapsed();
+
+        let packed_latent = if req.want_latent {
+            Some(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        Ok(EngineOutput {
+            image,
+            packed_latent,
+            seed: req.seed,
+            timings,
+        })
+    }
+}
