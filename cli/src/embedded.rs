@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kontext_coordinator::{AppState, Config, RunError};
+use kontext_engine::thread::EngineThread;
+use kontext_engine::{Engine, EngineError};
 use kontext_storage::AnyBlobStore;
 use kontext_worker::config::ModelArgs;
 use kontext_worker::consumer::{Worker, WorkerError, WorkerSettings};
-use kontext_engine::thread::EngineThread;
-use kontext_engine::{Engine, EngineError};
 use kontext_worker::metrics::WorkerStatus;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

@@ -40,6 +40,9 @@ enum Command {
     Storyboard(commands::storyboard::StoryboardArgs),
     /// PSNR and SSIM between consecutive frames of a chain, and against its first frame.
     Drift(commands::storyboard::DriftArgs),
+    /// Judge the shapes model on held-out cases of its world: accuracy and PSNR per task,
+    /// contact sheets (input | output | correct).
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Command::Cancel(args) => commands::jobs::cancel(args).await,
             Command::Storyboard(args) => commands::storyboard::storyboard(args).await,
             Command::Drift(args) => commands::storyboard::drift_command(args).await,
+            Command::Eval(args) => commands::eval::run(args).await,
         }
     });
     match result {

@@ -19,6 +19,7 @@ pub mod config;
 pub mod flux;
 pub mod image_ops;
 pub mod loader;
+pub mod model_settings;
 pub mod noise;
 pub mod pipeline;
 pub mod text;
@@ -106,6 +107,8 @@ pub struct EngineInfo {
     pub dtype: String,
     /// Largest target area the engine accepts, in pixels.
     pub max_pixels: u64,
+    /// How the model wants to be driven (text length, native and preferred sizes).
+    pub settings: model_settings::ModelSettings,
 }
 
 /// Why a device string could not be used.

@@ -107,6 +107,9 @@ mod tests {
             matches!(&err, EngineError::Device { spec, source: DeviceError::Unknown } if spec == "tpu"),
             "{err:?}"
         );
-        assert_eq!(err.to_string(), "--device tpu: not one of cpu, cuda, cuda:N");
+        assert_eq!(
+            err.to_string(),
+            "--device tpu: not one of cpu, cuda, cuda:N"
+        );
     }
 }

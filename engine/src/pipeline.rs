@@ -15,6 +15,7 @@ use super::cache::{self, ByteLru};
 use super::config::{FluxConfig, VaeConfig};
 use super::flux::Flux;
 use super::flux::sampling::{self, Conditioning, ContextTokens};
+use super::model_settings::ModelSettings;
 use super::noise::packed_noise;
 use super::text::TextEncoders;
 use super::vae::AutoEncoder;
@@ -79,6 +80,8 @@ pub struct KontextEngine {
     text_cache: ByteLru<(Tensor, Tensor)>,
     /// Packed context tokens by `cache::context_key` (the previous turn's frame, re-edited).
     context_cache: ByteLru<Tensor>,
+    /// `kontext_model.json` of the directory (defaults for engines built from parts).
+    settings: ModelSettings,
 }
 
 fn dtype_name(dtype: DType) -> &'static str {
@@ -141,6 +144,7 @@ impl KontextEngine {
             opts,
             text_cache: ByteLru::new(TEXT_CACHE_BYTES, &cache::TEXT),
             context_cache: ByteLru::new(CONTEXT_CACHE_BYTES, &cache::CONTEXT),
+            settings: dir.settings().clone(),
         })
     }
 
@@ -181,6 +185,7 @@ impl KontextEngine {
             opts,
             text_cache: ByteLru::new(TEXT_CACHE_BYTES, &cache::TEXT),
             context_cache: ByteLru::new(CONTEXT_CACHE_BYTES, &cache::CONTEXT),
+            settings: ModelSettings::default(),
         })
     }
 
@@ -366,6 +371,7 @@ impl Engine for KontextEngine {
             device: device_name(&self.opts.device),
             dtype: dtype_name(self.opts.dtype).into(),
             max_pixels: self.opts.max_pixels,
+            settings: self.settings.clone(),
         }
     }
 

@@ -239,6 +239,7 @@ mod tests {
                 device: "cpu".into(),
                 dtype: "f32".into(),
                 max_pixels: 64 * 64,
+                settings: Default::default(),
             }
         }
         fn warmup(&mut self) -> Result<(), EngineError> {

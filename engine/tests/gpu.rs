@@ -16,8 +16,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
-use kontext_engine::tiny;
 use kontext_engine::bench::checks::{self, CheckOutcome};
+use kontext_engine::tiny;
 
 fn cuda() -> Result<Device> {
     Device::new_cuda(0).context("these tests need a CUDA device (they are #[ignore]d for CI)")

@@ -328,9 +328,10 @@ pub fn judge(case: &Case, output: &RgbImage, input_image: Option<&RgbImage>) -> 
         Task::TextToImage => {
             v.background_correct && v.objects_correct == v.objects_total && v.spurious == 0
         }
-        _ => case.edited_cells.iter().all(|p| {
-            cell_matches(target.object_at(*p), seen.cells[p.index()].as_ref())
-        }),
+        _ => case
+            .edited_cells
+            .iter()
+            .all(|p| cell_matches(target.object_at(*p), seen.cells[p.index()].as_ref())),
     };
     if let (Some(input), Some(region)) = (input_image, preserved_region(case, width, height)) {
         v.psnr_preserved = Some(psnr(output, input, Some(&region)));

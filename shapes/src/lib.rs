@@ -15,6 +15,7 @@
 pub mod dataset;
 pub mod judge;
 pub mod render;
+pub mod scorecard;
 pub mod tasks;
 pub mod text;
 pub mod world;

@@ -185,16 +185,8 @@ mod tests {
             .collect();
         for i in 0..4 {
             for j in i + 1..4 {
-                let inter: f32 = masks[i]
-                    .iter()
-                    .zip(&masks[j])
-                    .map(|(a, b)| a.min(*b))
-                    .sum();
-                let union: f32 = masks[i]
-                    .iter()
-                    .zip(&masks[j])
-                    .map(|(a, b)| a.max(*b))
-                    .sum();
+                let inter: f32 = masks[i].iter().zip(&masks[j]).map(|(a, b)| a.min(*b)).sum();
+                let union: f32 = masks[i].iter().zip(&masks[j]).map(|(a, b)| a.max(*b)).sum();
                 assert!(inter / union < 0.86, "{i} vs {j}: IoU {}", inter / union);
             }
         }
@@ -214,10 +206,7 @@ mod tests {
         let centre = a.get_pixel(10, 10).0;
         assert_eq!(centre, red);
         assert_eq!(a.get_pixel(40, 40).0, bg);
-        let partial = a
-            .pixels()
-            .filter(|p| p.0 != bg && p.0 != red)
-            .count();
+        let partial = a.pixels().filter(|p| p.0 != bg && p.0 != red).count();
         assert!(partial > 10, "anti-aliased edge pixels: {partial}");
     }
 }

@@ -32,22 +32,14 @@ pub fn caption(scene: &Scene, wordings: &[SizeWording]) -> String {
         .objects
         .iter()
         .enumerate()
-        .map(|(i, o)| {
-            describe(
-                o,
-                wordings.get(i).copied().unwrap_or(SizeWording::Explicit),
-            )
-        })
+        .map(|(i, o)| describe(o, wordings.get(i).copied().unwrap_or(SizeWording::Explicit)))
         .collect();
     let listed = match parts.as_slice() {
         [] => String::from("nothing"),
         [one] => one.clone(),
         [init @ .., last] => format!("{} and {last}", init.join(" , ")),
     };
-    format!(
-        "{listed} on a {} background",
-        scene.background.name()
-    )
+    format!("{listed} on a {} background", scene.background.name())
 }
 
 /// Every word a caption or instruction can contain, sorted; the tokenizer's vocabulary.

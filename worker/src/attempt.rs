@@ -22,13 +22,13 @@ use tracing::Instrument;
 use crate::clock::now_ms;
 use crate::consumer::WorkerSettings;
 use crate::drain::StepClock;
-use kontext_engine::EngineError;
-use kontext_engine::thread::EngineHandle;
 use crate::inputs;
 use crate::lease::{self, AbortOnDrop, JobControl, StopReason};
 use crate::metrics::{Outcome, Stage, WorkerStatus};
 use crate::output::Outputs;
 use crate::progress::Forwarder;
+use kontext_engine::EngineError;
+use kontext_engine::thread::EngineHandle;
 
 /// Commit attempts before the worker gives up and lets the lease expire.
 const COMMIT_TRIES: u32 = 4;

@@ -19,9 +19,9 @@ use tracing::Instrument;
 use crate::attempt::{Attempt, AttemptReport};
 use crate::clock::now_ms;
 use crate::drain::{DrainDecision, StepClock, drain_decision};
-use kontext_engine::thread::{EngineHandle, Health};
 use crate::lease::{JobControl, StopReason};
 use crate::metrics::WorkerStatus;
+use kontext_engine::thread::{EngineHandle, Health};
 
 /// Longest pause after a failed claim (the queue is unreachable); doubles from 100 ms.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(5);

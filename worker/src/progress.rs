@@ -16,9 +16,9 @@ use tokio::time::Instant;
 
 use crate::clock::now_ms;
 use crate::drain::StepClock;
-use kontext_engine::thread::StepProgress;
 use crate::lease::JobControl;
 use crate::metrics::WorkerStatus;
+use kontext_engine::thread::StepProgress;
 
 /// Rate limiter of progress events. Pure: the caller passes the time.
 #[derive(Debug, Clone)]

@@ -16,9 +16,9 @@ use tokio::sync::oneshot;
 
 use crate::config::{ConfigError, ModelArgs, ServeArgs};
 use crate::consumer::{Worker, WorkerError};
+use crate::metrics::WorkerStatus;
 use kontext_engine::thread::EngineThread;
 use kontext_engine::{Engine, EngineError};
-use crate::metrics::WorkerStatus;
 
 /// Why `serve` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,10 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use kontext_engine::thread::EngineThread;
+use kontext_engine::{
+    Context, Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StepControl,
+};
 use kontext_proto::memory::MemoryQueue;
 use kontext_proto::policy::QueueConfig;
 use kontext_proto::{
@@ -17,10 +21,6 @@ use kontext_proto::{
 use kontext_storage::{BlobStore, LocalStore, ObjectKey};
 use kontext_worker::clock::now_ms;
 use kontext_worker::consumer::{Worker, WorkerError, WorkerSettings};
-use kontext_engine::thread::EngineThread;
-use kontext_engine::{
-    Context, Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StepControl,
-};
 use kontext_worker::metrics::{Outcome, WorkerStatus};
 use tokio::sync::oneshot;
 
@@ -91,6 +91,7 @@ impl Engine for ScriptedEngine {
             device: "cpu".into(),
             dtype: "f32".into(),
             max_pixels: 1 << 22,
+            settings: Default::default(),
         }
     }
     fn warmup(&mut self) -> Result<(), EngineError> {

@@ -2,6 +2,7 @@
 //! (a job that ended failed or canceled is a non-zero exit).
 
 pub mod demo;
+pub mod eval;
 pub mod jobs;
 pub mod storyboard;
 pub mod up;

@@ -56,7 +56,9 @@ pub enum BenchError {
     },
     #[error("the engine never reported a step")]
     NoStepReported,
-    #[error("{checks} check(s) out of tolerance, {check_errors} check error(s), {speed_errors} speed error(s)")]
+    #[error(
+        "{checks} check(s) out of tolerance, {check_errors} check error(s), {speed_errors} speed error(s)"
+    )]
     Failed {
         checks: usize,
         check_errors: usize,
@@ -259,27 +261,24 @@ fn save(json: &std::path::Path, rep: &Report) -> Result<(), BenchError> {
 
 fn run_checks(args: &BenchGpuArgs, dev: &Device, out_dir: &std::path::Path, rep: &mut Report) {
     let dtype = args.dtype.dtype();
-    let mut record = |what: &str,
-                      r: Result<Vec<CheckOutcome>, EngineError>,
-                      took: Duration| {
-        match r {
-            Ok(outcomes) => {
-                for o in outcomes {
-                    eprintln!(
-                        "  check {}: rel L2 {:.3e} (≤ {:.0e}) {} [{:.1}s]",
-                        o.name,
-                        o.rel_l2,
-                        o.tolerance,
-                        if o.passed() { "ok" } else { "FAIL" },
-                        took.as_secs_f64()
-                    );
-                    rep.checks.push(report::CheckRow::from(&o));
-                }
+    let mut record = |what: &str, r: Result<Vec<CheckOutcome>, EngineError>, took: Duration| match r
+    {
+        Ok(outcomes) => {
+            for o in outcomes {
+                eprintln!(
+                    "  check {}: rel L2 {:.3e} (≤ {:.0e}) {} [{:.1}s]",
+                    o.name,
+                    o.rel_l2,
+                    o.tolerance,
+                    if o.passed() { "ok" } else { "FAIL" },
+                    took.as_secs_f64()
+                );
+                rep.checks.push(report::CheckRow::from(&o));
             }
-            Err(e) => {
-                eprintln!("  check {what}: ERROR {e}");
-                rep.check_errors.push(format!("{what}: {e}"));
-            }
+        }
+        Err(e) => {
+            eprintln!("  check {what}: ERROR {e}");
+            rep.check_errors.push(format!("{what}: {e}"));
         }
     };
     eprintln!("correctness ({} {dtype:?} vs cpu f32):", args.device);

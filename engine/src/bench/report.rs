@@ -1,7 +1,7 @@
 //! The benchmark's device statistics and its final table.
 
-use candle_core::Device;
 use super::checks::CheckOutcome;
+use candle_core::Device;
 use serde::Serialize;
 
 use super::gpu_run::Report;

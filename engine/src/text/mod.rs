@@ -101,7 +101,8 @@ impl TextEncoders {
     /// Loads tokenizers and encoders from `dir` in `dtype` on `device`.
     pub fn load(dir: &ModelDir, dtype: DType, device: &Device) -> Result<Self, EngineError> {
         let tokenizers =
-            PromptTokenizers::load(&dir.subdir("tokenizer")?, &dir.subdir("tokenizer_2")?)?;
+            PromptTokenizers::load(&dir.subdir("tokenizer")?, &dir.subdir("tokenizer_2")?)?
+                .with_t5_length(dir.settings().max_sequence_length);
 
         let (t5_files, t5_text) = dir.hf_model("text_encoder_2")?;
         let t5_file = dir

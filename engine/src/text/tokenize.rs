@@ -25,8 +25,9 @@ use crate::weights::WeightsError;
 
 /// CLIP's context length (`max_position_embeddings`, `model_max_length`).
 pub const CLIP_MAX_TOKENS: usize = 77;
-/// T5 length used by FLUX.1 Kontext (BFL `cli_kontext.py:211`, diffusers `max_sequence_length`).
-pub const T5_MAX_TOKENS: usize = 512;
+/// T5 length used by FLUX.1 Kontext (BFL `cli_kontext.py:211`, diffusers `max_sequence_length`);
+/// a model directory may set a shorter one (`ModelSettings::max_sequence_length`).
+pub const T5_MAX_TOKENS: usize = crate::model_settings::DEFAULT_MAX_SEQUENCE_LENGTH;
 
 /// CLIP's pre-tokenizer pattern (transformers `tokenization_clip.py`, OpenAI `simple_tokenizer`).
 const CLIP_SPLIT: &str =
@@ -49,6 +50,8 @@ pub struct PromptTokenizers {
     t5: Tokenizer,
     t5_eos: u32,
     t5_pad: u32,
+    /// T5 ids per prompt (512 for FLUX.1 Kontext).
+    t5_length: usize,
 }
 
 impl std::fmt::Debug for PromptTokenizers {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for PromptTokenizers {
             .field("clip_pad", &self.clip_pad)
             .field("t5_eos", &self.t5_eos)
             .field("t5_pad", &self.t5_pad)
+            .field("t5_length", &self.t5_length)
             .finish()
     }
 }
@@ -221,7 +225,19 @@ impl PromptTokenizers {
             t5,
             t5_eos,
             t5_pad,
+            t5_length: T5_MAX_TOKENS,
         })
+    }
+
+    /// Pads and truncates T5 ids to `length` instead of 512 (a model setting).
+    pub fn with_t5_length(mut self, length: usize) -> Self {
+        self.t5_length = length;
+        self
+    }
+
+    /// T5 ids per prompt.
+    pub fn t5_length(&self) -> usize {
+        self.t5_length
     }
 
     /// 77 CLIP ids: BOS … EOS, then pad.
@@ -235,9 +251,9 @@ impl PromptTokenizers {
         )
     }
 
-    /// 512 T5 ids: … `</s>`, then `<pad>`.
+    /// `t5_length` (512) T5 ids: … `</s>`, then `<pad>`.
     pub fn t5_ids(&self, prompt: &str) -> Result<Vec<u32>, EngineError> {
-        fit(&self.t5, prompt, T5_MAX_TOKENS, self.t5_eos, self.t5_pad)
+        fit(&self.t5, prompt, self.t5_length, self.t5_eos, self.t5_pad)
     }
 
     /// The CLIP EOS id; the pooled output is taken at its first occurrence.

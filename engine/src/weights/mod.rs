@@ -32,6 +32,7 @@ use self::configs::{SIDECAR, Sidecar};
 use self::files::TensorFiles;
 use crate::EngineError;
 use crate::config::{FluxConfig, VaeConfig};
+use crate::model_settings::ModelSettings;
 
 /// BFL's single-file transformer name (kontext-reference.md §1).
 pub const BFL_TRANSFORMER_FILE: &str = "flux1-kontext-dev.safetensors";
@@ -140,6 +141,7 @@ pub struct ModelDir {
     vae_layout: Layout,
     flux_config: FluxConfig,
     vae_config: VaeConfig,
+    settings: ModelSettings,
 }
 
 impl ModelDir {
@@ -158,6 +160,7 @@ impl ModelDir {
             });
         }
         let sidecar = read_sidecar(root)?;
+        let settings = ModelSettings::read(root)?;
 
         let (transformer, transformer_layout) = open_transformer(root)?;
         let flux_config = match transformer_layout {
@@ -201,7 +204,13 @@ impl ModelDir {
             vae_layout,
             flux_config,
             vae_config,
+            settings,
         })
+    }
+
+    /// How the model is driven (`kontext_model.json`; FLUX.1-Kontext-dev's defaults without it).
+    pub fn settings(&self) -> &ModelSettings {
+        &self.settings
     }
 
     pub fn root(&self) -> &Path {

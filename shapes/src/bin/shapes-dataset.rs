@@ -21,7 +21,9 @@ fn main() -> ExitCode {
             _ => Err("unknown flag or missing value".into()),
         };
         if let Err(e) = parsed {
-            eprintln!("shapes-dataset: {flag}: {e}\nusage: shapes-dataset --out DIR [--seed S] [--count N] [--size PX]");
+            eprintln!(
+                "shapes-dataset: {flag}: {e}\nusage: shapes-dataset --out DIR [--seed S] [--count N] [--size PX]"
+            );
             return ExitCode::from(2);
         }
     }

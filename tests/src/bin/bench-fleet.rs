@@ -26,11 +26,11 @@ use kontext_coordinator::config::{Config, QueueSource};
 use kontext_coordinator::http::views::{ApiJobStatus, SubmitJob};
 use kontext_e2e::redis_server::{RedisServer, fresh_namespace};
 use kontext_e2e::s3_server::{S3Server, unique_bucket_name};
+use kontext_engine::thread::EngineThread;
 use kontext_proto::redis::{RedisConfig, RedisQueue};
 use kontext_storage::{AnyBlobStore, StorageConfig};
 use kontext_worker::config::ModelArgs;
 use kontext_worker::consumer::{Worker, WorkerSettings};
-use kontext_engine::thread::EngineThread;
 use kontext_worker::metrics::Stage;
 
 #[derive(Debug, Parser)]
