@@ -20,10 +20,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -r training/shapes/requirements.txt
 fi
-cargo build --release --locked -p kontext-shapes --bin shapes-dataset
+cargo build --release --locked -p kontext-shapes --bin kontext-shapes
 if [ ! -f "$WORK/data/meta.json" ]; then
     rm -rf "$WORK/data.partial"
-    target/release/shapes-dataset --out "$WORK/data.partial" --seed "$SEED" --count "$CASES" --size "$SIZE"
+    target/release/kontext-shapes dataset --out "$WORK/data.partial" --seed "$SEED" --count "$CASES" --size "$SIZE"
     mv "$WORK/data.partial" "$WORK/data"
 fi
 "$VENV/bin/python" training/shapes/train.py --data "$WORK/data" --work "$WORK" --out "$OUT" \

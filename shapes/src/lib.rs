@@ -13,6 +13,7 @@
 //! `kontext eval` command and the end-to-end tests.
 
 pub mod dataset;
+pub mod grammar;
 pub mod judge;
 pub mod render;
 pub mod scorecard;

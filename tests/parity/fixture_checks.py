@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-T5_LEN = 512
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -138,6 +137,6 @@ def sanity_checks(edit_pipe, gen_pipe, image: Image.Image, e: dict, g: dict, arg
         # Manual decode == the pipeline's own output_type="pt" run (same latents, same weights).
         pt = edit_pipe(image=image, prompt=args.prompt, height=H, width=W, max_area=H * W, _auto_resize=False,
                        num_inference_steps=args.steps, guidance_scale=args.guidance,
-                       max_sequence_length=T5_LEN, latents=e["initial_latents_packed"], output_type="pt").images
+                       max_sequence_length=e["t5_input_ids"].shape[1], latents=e["initial_latents_packed"], output_type="pt").images
         c.check("edit_manual_decode_vs_pipeline_pt", (e["decoded_image"] / 2 + 0.5).clamp(0, 1), pt, 1e-6)
     return c.results

@@ -60,7 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fixture_checks import bfl_sigmas, sanity_checks  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-T5_LEN = 512  # BFL pads T5 to 512 and runs it without a mask (kontext-reference.md §5).
+# BFL pads T5 to 512 and runs it without a mask (BFL `cli_kontext.py`, max_length=512); a model
+# directory's kontext_model.json may set a shorter `max_sequence_length` (the shapes model: 32).
+T5_LEN = 512
 CLIP_LEN = 77
 
 
@@ -393,33 +395,33 @@ def run_generate(pipe, args) -> tuple[dict, dict]:
 
 TENSOR_DOCS = {
     "image_preprocessed": "context image after PIL LANCZOS resize to (W,H), (x/255)*2-1, (1,3,H,W)",
-    "context_latents_unpacked": "0.3611*(posterior mean - 0.1159) of the VAE encoder, (1,16,H/8,W/8)",
+    "context_latents_unpacked": "scale*(posterior mean - shift) of the VAE encoder (FLUX: 0.3611, 0.1159), (1,16,H/8,W/8)",
     "context_latents_packed": "2x2-patchified context latents, (1,(H/16)*(W/16),64), feature = c*4+ph*2+pw",
     "context_ids": "context position ids (1,row,col), f32, (N_ctx,3)",
     "target_ids": "target position ids (0,row,col), f32, (N_t,3)",
-    "t5_input_ids": "T5 token ids, padded with 0 to 512, </s>=1 after the prompt, (1,512)",
-    "t5_embeds": "T5 encoder last_hidden_state over all 512 tokens, no mask, (1,512,32)",
+    "t5_input_ids": "T5 token ids, padded with 0 to L (512, or the model's max_sequence_length), </s>=1 after the prompt, (1,L)",
+    "t5_embeds": "T5 encoder last_hidden_state over all L tokens, no mask, (1,L,d_t5)",
     "clip_input_ids": "CLIP token ids, BOS..EOS then EOS padding to 77, (1,77)",
-    "clip_last_hidden_state": "CLIP final-LayerNorm hidden states, (1,77,32)",
-    "clip_pooled": "CLIP pooler_output = clip_last_hidden_state at the first EOS, no projection, (1,32)",
-    "text_ids": "text position ids, all zero, (512,3)",
+    "clip_last_hidden_state": "CLIP final-LayerNorm hidden states, (1,77,d_clip)",
+    "clip_pooled": "CLIP pooler_output = clip_last_hidden_state at the first EOS, no projection, (1,d_clip)",
+    "text_ids": "text position ids, all zero, (L,3)",
     "initial_latents_unpacked": "initial noise as drawn, (1,16,H/8,W/8)",
     "initial_latents_packed": "initial noise packed; passed to the pipeline as latents=, (1,N_t,64)",
     "sigmas": "schedule incl. terminal 0, (steps+1,)",
     "timesteps": "sigmas[:-1]*1000, (steps,); the transformer gets timesteps/1000",
     "step0_hidden_states": "first transformer call: [target ‖ context] packed tokens, (1,N_t[+N_ctx],64)",
-    "step0_encoder_hidden_states": "first transformer call: T5 embeds (== t5_embeds), (1,512,32)",
-    "step0_pooled_projections": "first transformer call: CLIP pooled (== clip_pooled), (1,32)",
+    "step0_encoder_hidden_states": "first transformer call: T5 embeds (== t5_embeds), (1,L,d_t5)",
+    "step0_pooled_projections": "first transformer call: CLIP pooled (== clip_pooled), (1,d_clip)",
     "step0_timestep": "first transformer call: timestep (sigma, multiplied by 1000 inside), (1,)",
     "step0_guidance": "first transformer call: guidance (raw, multiplied by 1000 inside), (1,)",
     "step0_img_ids": "first transformer call: [target_ids ‖ context_ids], (N_t[+N_ctx],3)",
-    "step0_txt_ids": "first transformer call: text ids (== text_ids), (512,3)",
+    "step0_txt_ids": "first transformer call: text ids (== text_ids), (L,3)",
     "step0_velocity_full": "first transformer output for all image tokens, (1,N_t[+N_ctx],64)",
     "step0_velocity": "step0_velocity_full[:, :N_t] (what the Euler step uses), (1,N_t,64)",
     "latents_step{i}": "packed latents after Euler step i, (1,N_t,64)",
     "final_latents_packed": "pipeline output with output_type='latent', (1,N_t,64)",
     "final_latents_unpacked": "final latents unpacked, (1,16,H/8,W/8)",
-    "vae_decoder_input": "final_latents_unpacked/0.3611 + 0.1159, (1,16,H/8,W/8)",
+    "vae_decoder_input": "final_latents_unpacked/scale + shift, (1,16,H/8,W/8)",
     "decoded_image": "VAE decoder output before any clamp, in ~[-1,1], (1,3,H,W)",
 }
 
@@ -467,6 +469,10 @@ def make_fixtures(args: argparse.Namespace) -> None:
     quiet_libraries()
     args.out.mkdir(parents=True, exist_ok=True)
     model, source = write_model(args)
+    global T5_LEN
+    settings = model / "kontext_model.json"
+    if settings.is_file():
+        T5_LEN = json.loads(settings.read_text()).get("max_sequence_length", T5_LEN)
     hashes = model_hashes(model)
     edit_pipe, gen_pipe = load_pipelines(model)
 
@@ -509,7 +515,10 @@ def make_fixtures(args: argparse.Namespace) -> None:
         "output_png_rule": "((x/2+0.5).clamp(0,1)*255).round() as u8 (diffusers postprocess)",
         "torch_threads": args.threads,
         "versions": versions(),
-        "model": {"source": source, "layout": "diffusers", "writer_git": git_provenance(), "files": hashes},
+        "model": {"source": source, "layout": "diffusers", "writer_git": git_provenance(), "files": hashes,
+                  # A committed model directory (repo-relative) the Rust tests load instead of
+                  # regenerating the tiny model from the seed.
+                  **({"dir": os.path.relpath(args.model_dir.resolve(), REPO_ROOT)} if args.model_dir else {})},
         "tensors": {
             "edit.safetensors": save_tensors(args.out / "edit.safetensors", e),
             "generate.safetensors": save_tensors(args.out / "generate.safetensors", g),

@@ -1,4 +1,4 @@
-"""The training set written by `shapes-dataset` (shapes/src/dataset.rs): cases.jsonl plus raw RGB
+"""The training set written by `kontext-shapes dataset` (shapes/src/dataset.rs): cases.jsonl plus raw RGB
 arrays, memory-mapped."""
 
 import json

@@ -112,6 +112,18 @@ def stage_flux(args, data, vae, vae_info, text, cache, log):
     return model, losses, seconds
 
 
+def snapshot(args, data, log):
+    stage_text(args, data, log)
+    vae, vae_info = stage_vae(args, data, log)
+    vae_mod.export_vae(vae, args.out, vae_info["shift"], vae_info["scale"], data.size)
+    state = torch.load(f"{args.work}/flux.ckpt", weights_only=False)
+    model = flux.new_transformer(encoders.T5_D_MODEL, encoders.CLIP_HIDDEN)
+    model.load_state_dict(state["ema"])
+    export.write_model(args, data, model, vae_info, state["losses"], state["elapsed"],
+                       MAX_SEQUENCE_LENGTH, log)
+    log(f"snapshot of step {state['step']} written to {args.out}")
+
+
 def bench(args, data, log):
     """Seconds per step of the VAE and the transformer at the configured sizes (a few steps)."""
     vae = vae_mod.new_vae()
@@ -152,7 +164,7 @@ def bench(args, data, log):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", required=True, help="dataset directory (shapes-dataset --out)")
+    p.add_argument("--data", required=True, help="dataset directory (kontext-shapes dataset --out)")
     p.add_argument("--work", required=True, help="checkpoints, caches, logs, previews")
     p.add_argument("--out", required=True, help="the model directory to write")
     p.add_argument("--seed", type=int, default=0)
@@ -164,6 +176,9 @@ def main():
     p.add_argument("--flux-batch", type=int, default=32)
     p.add_argument("--flux-lr", type=float, default=5e-4)
     p.add_argument("--bench", action="store_true", help="only print seconds per training step")
+    p.add_argument("--snapshot", action="store_true",
+                   help="export the transformer's current EMA checkpoint to --out and stop "
+                        "(to look at a run in progress; the text side and VAE must be done)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -172,6 +187,9 @@ def main():
     data = ShapesData(args.data)
     if args.bench:
         bench(args, data, log)
+        return
+    if args.snapshot:
+        snapshot(args, data, log)
         return
     started = time.time()
     text = stage_text(args, data, log)

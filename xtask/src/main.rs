@@ -62,6 +62,11 @@ fn test(extra: &[String]) -> Result<()> {
     cmd.args(["test", "--workspace", "--locked"])
         .args(extra)
         .current_dir(&root);
+    // A one-shot build gains nothing from incremental caches, which would add several GB to
+    // the target directory; a caller who wants them sets CARGO_INCREMENTAL themselves.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        cmd.env("CARGO_INCREMENTAL", "0");
+    }
     run(&mut cmd).context("tests failed")?;
     step("all green");
     Ok(())

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use image::RgbImage;
 use kontext::contact_sheet::contact_sheet;
-use kontext_engine::{Context, Engine, EngineRequest, StepControl};
+use kontext_engine::{Context, EngineRequest, StepControl};
 use kontext_shapes::scorecard::Scorecard;
 use kontext_shapes::{Split, Task, case, judge, render};
 use kontext_worker::config::{ModelArgs, load_engine};
