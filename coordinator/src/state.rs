@@ -125,11 +125,10 @@ impl AppState {
         else {
             return Ok(None);
         };
-        let key = ObjectKey::parse(&result.key).map_err(|e| ApiError::internal(&e))?;
-        if let Some(url) = self.store.presigned_get(&key).await? {
+        if let Some(url) = self.store.presigned_get(&result.key).await? {
             return Ok(Some(url));
         }
-        Ok(Some(self.signed_blob_url(&key, now_ms())))
+        Ok(Some(self.signed_blob_url(&result.key, now_ms())))
     }
 
     /// `<public>/v1/blobs/<key>?expires=..&signature=..`, valid for the result URL TTL.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::JobError;
+use crate::object_key::ObjectKey;
 use crate::resolution::ResizeMode;
 
 /// Milliseconds since the Unix epoch. Every time-dependent call takes `now` as one of these, so
@@ -175,8 +176,7 @@ impl OutputFormat {
 /// The context image of an edit, already stored (content-addressed) by the coordinator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputImage {
-    /// Object key in the blob store.
-    pub key: String,
+    pub key: ObjectKey,
     /// Size of the stored image as decoded.
     pub width: u32,
     pub height: u32,
@@ -203,7 +203,7 @@ pub struct ValidJobSpec {
     /// Packed latent of the context (safetensors key), used instead of `input` when a chain
     /// carries latents. The image in `input` is still kept for users and forks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_latent_key: Option<String>,
+    pub input_latent_key: Option<ObjectKey>,
     /// How the context is sized (edit only).
     #[serde(default)]
     pub resize: ResizeMode,
@@ -225,7 +225,7 @@ pub struct ValidJobSpec {
     pub webhook_url: Option<String>,
     /// Packed initial latents (safetensors object key), like diffusers' `latents=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initial_latents_key: Option<String>,
+    pub initial_latents_key: Option<ObjectKey>,
     /// Store the packed output latent beside the image (chains with `carry: latent`).
     #[serde(default)]
     pub keep_latent: bool,
@@ -234,15 +234,15 @@ pub struct ValidJobSpec {
 /// What a worker reports when it commits a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
-    /// Object key of the output image (attempt-scoped).
-    pub key: String,
+    /// The output image (attempt-scoped).
+    pub key: ObjectKey,
     pub width: u32,
     pub height: u32,
     pub format: OutputFormat,
     pub seed: u64,
-    /// Object key of the packed output latent, when asked for.
+    /// The packed output latent, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latent_key: Option<String>,
+    pub latent_key: Option<ObjectKey>,
     /// Engine time in milliseconds (for metrics and the overhead benchmark).
     #[serde(default)]
     pub engine_ms: u64,

@@ -5,7 +5,8 @@
 //!   chain requests → planned turn specs);
 //! - `resolution`: Kontext size rules (preferred-resolution snapping, keep-aspect);
 //! - `queue`: the `JobQueue` seam and its types; `policy`: retry/backoff, lease expiry and the
-//!   poison rule as pure functions of `now`; `keys`: the Redis key layout;
+//!   poison rule as pure functions of `now`; `keys`: the Redis key layout; `object_key`: the
+//!   validated blob-store key that jobs, results and chains carry;
 //! - `memory` (feature "memory"): the embedded queue; `redis` (feature "redis"): the distributed
 //!   one; `conformance` (feature "conformance"): the suite both pass.
 //!
@@ -20,6 +21,7 @@ pub mod chain;
 pub mod error;
 pub mod job;
 pub mod keys;
+pub mod object_key;
 pub mod policy;
 pub mod queue;
 pub mod resolution;
@@ -41,4 +43,5 @@ pub use chain::{
 };
 pub use error::{JobError, JobErrorKind};
 pub use job::*;
+pub use object_key::ObjectKey;
 pub use queue::*;

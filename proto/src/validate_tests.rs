@@ -1,6 +1,7 @@
 //! Unit tests of `validate`: defaults, every bound, and that messages name field and limit.
 
 use super::*;
+use crate::object_key::ObjectKey;
 
 fn req(prompt: &str) -> JobRequest {
     JobRequest {
@@ -11,7 +12,7 @@ fn req(prompt: &str) -> JobRequest {
 
 fn image(width: u32, height: u32) -> InputImage {
     InputImage {
-        key: "inputs/abc.png".into(),
+        key: ObjectKey::parse("inputs/abc.png").expect("valid key"),
         width,
         height,
     }

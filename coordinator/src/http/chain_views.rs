@@ -256,10 +256,10 @@ pub fn turn_view(chain: &ChainRecord, t: &ChainTurn, job: Option<JobView>) -> Tu
         seed: spec.seed,
         steps: spec.steps,
         guidance: spec.guidance,
-        input_key: spec.input.as_ref().map(|i| i.key.clone()),
-        input_latent_key: spec.input_latent_key.clone(),
-        result_key: result.map(|r| r.key.clone()),
-        result_latent_key: result.and_then(|r| r.latent_key.clone()),
+        input_key: spec.input.as_ref().map(|i| i.key.to_string()),
+        input_latent_key: spec.input_latent_key.as_ref().map(ToString::to_string),
+        result_key: result.map(|r| r.key.to_string()),
+        result_latent_key: result.and_then(|r| r.latent_key.as_ref().map(ToString::to_string)),
         job,
     }
 }
@@ -276,7 +276,7 @@ pub fn chain_view(chain: &ChainRecord, jobs: Vec<Option<JobView>>) -> ChainView 
         carry: chain.carry.as_str().to_owned(),
         on_failure: chain.on_failure.as_str().to_owned(),
         seed: chain.seed,
-        input_image: chain.input.as_ref().map(|i| i.key.clone()),
+        input_image: chain.input.as_ref().map(|i| i.key.to_string()),
         width,
         height,
         created_at: rfc3339(chain.created_at),

@@ -107,7 +107,7 @@ fn precheck(state: &AppState, req: &ChainRequest) -> Result<(), ApiError> {
     let limits = &state.config.limits.job;
     let side = limits.max_input_side.min(1024);
     let stand_in = InputImage {
-        key: String::new(),
+        key: kontext_proto::ObjectKey::parse("stand-in").map_err(|e| ApiError::internal(&e))?,
         width: side,
         height: side,
     };

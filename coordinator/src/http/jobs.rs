@@ -47,7 +47,7 @@ pub async fn submit_job(
     if req.input_image.is_some() {
         let side = limits.max_input_side.min(1024);
         let stand_in = InputImage {
-            key: String::new(),
+            key: kontext_proto::ObjectKey::parse("stand-in").map_err(|e| ApiError::internal(&e))?,
             width: side,
             height: side,
         };

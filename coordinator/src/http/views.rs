@@ -243,7 +243,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
             kontext_proto::Priority::Bulk => "bulk",
         }
         .to_owned(),
-        input_image: spec.input.as_ref().map(|i| i.key.clone()),
+        input_image: spec.input.as_ref().map(|i| i.key.to_string()),
         created_at: rfc3339(job.created_at),
         started_at: job.started_at.map(rfc3339),
         finished_at: job.finished_at.map(rfc3339),
@@ -254,7 +254,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
             .zip(result_url)
             .map(|(r, url)| ResultView {
                 url,
-                key: r.key.clone(),
+                key: r.key.to_string(),
                 width: r.width,
                 height: r.height,
                 format: r.format.extension().to_owned(),

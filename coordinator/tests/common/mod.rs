@@ -222,7 +222,7 @@ impl Server {
             .await
             .expect("store result");
         let result = JobResult {
-            key: key.into_string(),
+            key,
             width: w,
             height: h,
             format: kontext_proto::OutputFormat::Png,
