@@ -16,43 +16,13 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+use crate::error::QueueError;
+pub use crate::ids::ChainId;
 use crate::job::{
     Carry, ChainRef, InputImage, JobId, JobRecord, JobStatus, Millis, TenantId, UnknownVariant,
     ValidJobSpec,
 };
-use crate::queue::QueueError;
-
-/// A chain's id: a UUID v4, printed hyphenated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ChainId(pub Uuid);
-
-impl ChainId {
-    pub fn new() -> Self {
-        Self(Uuid::new_v4())
-    }
-}
-
-impl Default for ChainId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ChainId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-impl FromStr for ChainId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
 
 /// `running` until its last turn ends (or it is canceled); appending a turn to a `succeeded` or
 /// `failed` chain makes it `running` again.
@@ -317,7 +287,7 @@ pub(crate) fn check_template(spec: &ValidJobSpec, turn: usize) -> Result<(), Que
 /// The refusals both queues give, worded once.
 pub(crate) mod refusal {
     use super::ChainId;
-    use crate::queue::QueueError;
+    use crate::error::QueueError;
 
     pub(crate) fn exists(id: ChainId) -> QueueError {
         QueueError::ChainConflict(format!("chain {id} already exists"))

@@ -8,45 +8,15 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::error::JobError;
+pub use crate::ids::JobId;
 use crate::object_key::ObjectKey;
 use crate::resolution::ResizeMode;
 
 /// Milliseconds since the Unix epoch. Every time-dependent call takes `now` as one of these, so
 /// policy and state transitions are testable without clocks or sleeps.
 pub type Millis = u64;
-
-/// A job's id: a UUID v4, printed hyphenated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(pub Uuid);
-
-impl JobId {
-    pub fn new() -> Self {
-        Self(Uuid::new_v4())
-    }
-}
-
-impl Default for JobId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-impl FromStr for JobId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
 
 /// Tenant a job belongs to (from the API key). A tenant never sees another tenant's jobs.
 pub type TenantId = String;

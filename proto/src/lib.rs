@@ -1,6 +1,7 @@
 //! kontext-proto: the wire contract and queue protocol shared by coordinator and worker.
 //!
-//! - `job`: job types, states, records; `chain`: chains of edit turns (storyboards); `error`: error kinds that decide retries;
+//! - `job`: job types, states, records; `chain`: chains of edit turns (storyboards); `ids`: job
+//!   and chain ids; `error`: error kinds that decide retries, and `QueueError`;
 //! - `validate`: client requests → `ValidJobSpec` with field-level errors (`validate_chain`:
 //!   chain requests → planned turn specs);
 //! - `resolution`: Kontext size rules (preferred-resolution snapping, keep-aspect);
@@ -19,6 +20,7 @@
 
 pub mod chain;
 pub mod error;
+pub mod ids;
 pub mod job;
 pub mod keys;
 pub mod object_key;
@@ -41,7 +43,7 @@ pub use chain::{
     AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn, FailurePolicy,
     PlannedTurn, TurnAppend, TurnState,
 };
-pub use error::{JobError, JobErrorKind};
+pub use error::{BoxError, JobError, JobErrorKind, QueueError};
 pub use job::*;
 pub use object_key::ObjectKey;
 pub use queue::*;

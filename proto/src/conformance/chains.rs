@@ -9,8 +9,9 @@ use crate::chain::{
     AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, FailurePolicy, PlannedTurn,
     TurnAppend, TurnState, turn_seed,
 };
+use crate::error::QueueError;
 use crate::job::{Carry, ChainRef, InputImage, JobKind, JobRecord};
-use crate::queue::{CancelOutcome, CompleteOutcome, FailOutcome, JobQueue, QueueError};
+use crate::queue::{CancelOutcome, CompleteOutcome, FailOutcome, JobQueue};
 use crate::{JobError, JobErrorKind, JobStatus, Priority};
 
 const CHAIN_SEED: u64 = 1234;
