@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kontext_proto::{JobId, JobQueue, JobRecord, JobStatus, Millis};
+use kontext_proto::{AnyQueue, JobId, JobQueue, JobRecord, JobStatus, Millis};
 use kontext_storage::{AnyBlobStore, BlobStore, ObjectKey};
 use tokio::sync::watch;
 
@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::views::{JobView, job_view};
 use crate::metrics::Metrics;
-use crate::queue::AnyQueue;
 use crate::signing;
 
 /// Milliseconds since the Unix epoch, now. The only clock the request paths read.

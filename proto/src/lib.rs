@@ -9,7 +9,8 @@
 //!   poison rule as pure functions of `now`; `keys`: the Redis key layout; `object_key`: the
 //!   validated blob-store key that jobs, results and chains carry;
 //! - `memory` (feature "memory"): the embedded queue; `redis` (feature "redis"): the distributed
-//!   one; `conformance` (feature "conformance"): the suite both pass.
+//!   one; `any` (both features): `AnyQueue`, the one chosen at run time; `conformance` (feature
+//!   "conformance"): the suite both pass.
 //!
 //! Job lifecycle: `queued → running → succeeded | failed | canceled`, plus `dead` for poison jobs.
 //! A running job whose lease expires goes back to `queued` (a crash); a failed attempt with a
@@ -38,6 +39,11 @@ pub mod redis;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+#[cfg(all(feature = "memory", feature = "redis"))]
+pub mod any;
+#[cfg(all(feature = "memory", feature = "redis"))]
+pub use any::AnyQueue;
 
 pub use chain::{
     AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn, FailurePolicy,
