@@ -23,6 +23,7 @@ pub type TenantId = String;
 
 /// Generate (text only) or edit (one context image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ApiJobKind))]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     Generate,
@@ -32,6 +33,7 @@ pub enum JobKind {
 /// Lifecycle: `queued → running → succeeded | failed | canceled`, plus `dead` (gave up after
 /// crashes or retries). A running job whose lease expires goes back to `queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ApiJobStatus))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,

@@ -11,6 +11,7 @@
 //! - `memory` (feature "memory"): the embedded queue; `redis` (feature "redis"): the distributed
 //!   one; `any` (both features): `AnyQueue`, the one chosen at run time; `conformance` (feature
 //!   "conformance"): the suite both pass.
+//! - feature "openapi": the wire types (requests, statuses) derive their OpenAPI schemas.
 //!
 //! Job lifecycle: `queued → running → succeeded | failed | canceled`, plus `dead` for poison jobs.
 //! A running job whose lease expires goes back to `queued` (a crash); a failed attempt with a
@@ -30,6 +31,7 @@ pub mod queue;
 pub mod resolution;
 pub mod validate;
 pub mod validate_chain;
+mod validate_fields;
 
 #[cfg(feature = "memory")]
 pub mod memory;

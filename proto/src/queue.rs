@@ -95,8 +95,9 @@ pub enum FailOutcome {
     Finished(JobStatus),
 }
 
-/// fal's cancel vocabulary.
+/// What a cancel did, in fal's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ApiCancelOutcome))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CancelOutcome {
     /// Was queued: now `canceled`, will never run.
@@ -104,6 +105,8 @@ pub enum CancelOutcome {
     /// Is running: the worker sees the flag at its next heartbeat or step.
     CancellationRequested,
     AlreadyCompleted,
+    /// Never sent: the API answers 404 instead (and the schema leaves it out).
+    #[serde(skip_serializing)]
     NotFound,
 }
 
