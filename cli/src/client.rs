@@ -108,7 +108,7 @@ impl Client {
         Err(match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => ClientError::Api {
                 status,
-                kind: body.error.kind,
+                kind: body.error.kind.as_str().to_owned(),
                 field: body.error.field,
                 message: body.error.message,
             },

@@ -54,7 +54,7 @@ use crate::state::AppState;
     components(schemas(
         JobRequest, views::JobAccepted, views::JobView, views::JobList, views::ResultView,
         views::JobErrorView, JobStatus, JobKind, views::CancelReply, CancelOutcome,
-        views::UploadReply, error::ErrorBody, error::ErrorDetail,
+        views::UploadReply, error::ErrorBody, error::ErrorDetail, error::ErrorType,
         bfl::BflRequest, bfl::BflSubmitted, bfl::BflResult, bfl::BflSample,
         ChainRequest, TurnRequest, chain_views::ForkChain,
         chain_views::ChainAccepted, chain_views::TurnAccepted, chain_views::ChainView,

@@ -145,7 +145,7 @@ mod tests {
         let err = parse_json::<JobRequest>(br#"{"prompt": "x", "steps": "many"}"#)
             .expect_err("steps is a string");
         assert_eq!(err.detail.field.as_deref(), Some("steps"));
-        assert_eq!(err.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(err.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
         let err = parse_json::<JobRequest>(b"[1]").expect_err("not an object");
         assert_eq!(err.detail.field.as_deref(), Some("body"));
     }
