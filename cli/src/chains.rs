@@ -2,14 +2,15 @@
 //! cancel. Wire types are the coordinator's own (`http::chain_views`).
 
 use kontext_coordinator::http::chain_views::{
-    ChainAccepted, ChainCancelReply, ChainTurnBody, ChainView, CreateChain, ForkChain, TurnAccepted,
+    ChainAccepted, ChainCancelReply, ChainView, ForkChain, TurnAccepted,
 };
+use kontext_proto::validate_chain::{ChainRequest, TurnRequest};
 
 use crate::client::{Client, ClientError};
 
 impl Client {
     /// `POST /v1/chains`.
-    pub async fn create_chain(&self, chain: &CreateChain) -> Result<ChainAccepted, ClientError> {
+    pub async fn create_chain(&self, chain: &ChainRequest) -> Result<ChainAccepted, ClientError> {
         let url = self.url("/v1/chains");
         let resp = self.send(&url, self.http.post(&url).json(chain)).await?;
         Self::json(&url, resp).await
@@ -26,7 +27,7 @@ impl Client {
     pub async fn append_turn(
         &self,
         id: &str,
-        turn: &ChainTurnBody,
+        turn: &TurnRequest,
     ) -> Result<TurnAccepted, ClientError> {
         let url = self.url(&format!("/v1/chains/{id}/turns"));
         let resp = self.send(&url, self.http.post(&url).json(turn)).await?;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kontext_coordinator::http::error::ErrorBody;
-use kontext_coordinator::http::views::{CancelReply, JobAccepted, JobView, SubmitJob, UploadReply};
+use kontext_coordinator::http::views::{CancelReply, JobAccepted, JobView, UploadReply};
 use kontext_proto::JobEvent;
+use kontext_proto::validate::JobRequest;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode};
 
@@ -107,7 +108,7 @@ impl Client {
         Err(match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => ClientError::Api {
                 status,
-                kind: body.error.kind,
+                kind: body.error.kind.as_str().to_owned(),
                 field: body.error.field,
                 message: body.error.message,
             },
@@ -140,7 +141,7 @@ impl Client {
     /// `POST /v1/jobs`.
     pub async fn submit(
         &self,
-        job: &SubmitJob,
+        job: &JobRequest,
         idempotency_key: Option<&str>,
     ) -> Result<JobAccepted, ClientError> {
         let url = self.url("/v1/jobs");
@@ -259,6 +260,5 @@ impl Client {
 
 /// Whether the job's status is final.
 pub fn is_terminal(job: &JobView) -> bool {
-    use kontext_coordinator::http::views::ApiJobStatus as S;
-    matches!(job.status, S::Succeeded | S::Failed | S::Canceled | S::Dead)
+    job.status.is_terminal()
 }

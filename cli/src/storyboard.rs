@@ -20,10 +20,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kontext_coordinator::http::chain_views::{
-    ApiChainStatus, ApiTurnState, ChainTurnBody, ChainView, CreateChain,
-};
+use kontext_coordinator::http::chain_views::ChainView;
 use kontext_coordinator::http::views::JobView;
+use kontext_proto::validate_chain::{ChainRequest, TurnRequest};
+use kontext_proto::{ChainStatus, JobStatus, TurnState};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, ClientError, Progress};
@@ -49,7 +49,7 @@ pub struct TurnFields {
     pub steps: Option<u32>,
 }
 
-impl From<&TurnEntry> for ChainTurnBody {
+impl From<&TurnEntry> for TurnRequest {
     fn from(t: &TurnEntry) -> Self {
         match t {
             TurnEntry::Prompt(p) => Self {
@@ -136,8 +136,8 @@ impl Storyboard {
     }
 
     /// The chain request, with `input_image` the id of the uploaded input (if any).
-    pub fn request(&self, input_image: Option<String>) -> CreateChain {
-        CreateChain {
+    pub fn request(&self, input_image: Option<String>) -> ChainRequest {
+        ChainRequest {
             input_image,
             prompt: self.prompt.clone(),
             turns: self.turns.iter().map(Into::into).collect(),
@@ -164,7 +164,7 @@ pub struct TurnRecord {
     pub seed: u64,
     pub steps: u32,
     pub guidance: f32,
-    pub state: ApiTurnState,
+    pub state: TurnState,
     pub job_id: String,
     pub input_key: Option<String>,
     pub input_latent_key: Option<String>,
@@ -185,7 +185,7 @@ pub struct TurnRecord {
 pub struct Manifest {
     pub chain_id: String,
     pub coordinator: String,
-    pub status: ApiChainStatus,
+    pub status: ChainStatus,
     pub carry: String,
     pub on_failure: String,
     pub seed: u64,
@@ -219,7 +219,7 @@ pub enum RunEvent<'a> {
     },
     TurnEnded {
         turn: u32,
-        state: ApiTurnState,
+        state: TurnState,
         file: Option<&'a Path>,
     },
 }
@@ -294,7 +294,7 @@ async fn wait_for_turn(client: &Client, id: &str, turn: u32) -> Result<ChainView
     loop {
         let chain = client.chain(id).await?;
         let state = chain.turns.get(turn as usize - 1).map(|t| t.state);
-        if state != Some(ApiTurnState::Pending) {
+        if state != Some(TurnState::Pending) {
             return Ok(chain);
         }
         tokio::time::sleep(POLL).await;
@@ -372,7 +372,7 @@ pub async fn run(
         let turn = i as u32 + 1;
         let view = wait_for_turn(client, &id, turn).await?;
         let t = &view.turns[i];
-        if t.state == ApiTurnState::Skipped {
+        if t.state == TurnState::Skipped {
             on_event(RunEvent::TurnEnded {
                 turn,
                 state: t.state,
@@ -392,7 +392,7 @@ pub async fn run(
             .await?;
         let view = client.chain(&id).await?;
         let state = view.turns[i].state;
-        let file = if state == ApiTurnState::Succeeded {
+        let file = if state == TurnState::Job(JobStatus::Succeeded) {
             let bytes = client.result(job_id).await?;
             frames.push(decode(&bytes, turn)?);
             let name = format!("frame-{turn:02}.png");

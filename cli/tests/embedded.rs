@@ -7,7 +7,8 @@ use std::time::Duration;
 use kontext::client::Client;
 use kontext::embedded::{Embedded, EmbeddedConfig};
 use kontext_coordinator::config::Config;
-use kontext_coordinator::http::views::{ApiJobStatus, SubmitJob};
+use kontext_proto::JobStatus;
+use kontext_proto::validate::JobRequest;
 use kontext_worker::config::ModelArgs;
 use kontext_worker::consumer::WorkerSettings;
 
@@ -63,17 +64,17 @@ async fn up_serves_a_job_and_the_workers_metrics() {
         .expect("ready");
 
     let client = Client::new(embedded.url(), None).expect("client");
-    let job = SubmitJob {
+    let job = JobRequest {
         prompt: "a lighthouse".into(),
         width: Some(256),
         height: Some(256),
         steps: Some(2),
         seed: Some(1),
-        ..SubmitJob::default()
+        ..JobRequest::default()
     };
     let accepted = client.submit(&job, None).await.expect("submit");
     let done = client.follow(&accepted.id, |_| {}).await.expect("follow");
-    assert_eq!(done.status, ApiJobStatus::Succeeded, "{done:?}");
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
     let png = client.result(&accepted.id).await.expect("result");
     let img = image::load_from_memory(&png).expect("decodable PNG");
     assert_eq!((img.width(), img.height()), (256, 256));

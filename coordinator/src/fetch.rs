@@ -47,6 +47,16 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// Refuses `ip` unless it is public or `allow_private` is set: the address policy of every
+/// outgoing request, and of webhook URLs whose host is an IP literal at submit time.
+pub fn check_address(ip: IpAddr, allow_private: bool) -> Result<(), FetchError> {
+    if allow_private || is_public(ip) {
+        Ok(())
+    } else {
+        Err(FetchError::PrivateAddress(ip))
+    }
+}
+
 fn is_public_v4(ip: Ipv4Addr) -> bool {
     let [a, b, c, _] = ip.octets();
     let blocked = a == 0                                  // "this network"
@@ -117,10 +127,7 @@ async fn resolve_checked(
         .ok_or_else(|| FetchError::BadUrl("no port".into()))?;
     // IP literals (including bracketed IPv6) are checked as they are.
     if let Some(ip) = literal_ip(host) {
-        if !allow_private && !is_public(ip) {
-            return Err(FetchError::PrivateAddress(ip));
-        }
-        return Ok(None);
+        return check_address(ip, allow_private).map(|()| None);
     }
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
@@ -256,8 +263,8 @@ pub async fn post(
         .map_err(|_| FetchError::Timeout(timeout))?
 }
 
-/// Checks a URL given at submit time (webhook_url) without connecting: scheme, host, and IP
-/// literals. Host names are checked again, resolved, at delivery.
+/// Checks a URL without connecting: scheme, host, and IP literals (`check_address`). Host names
+/// are checked only when resolved, at delivery.
 pub fn check_url_syntax(raw: &str, allow_private: bool) -> Result<(), FetchError> {
     let url = parse_url(raw)?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -267,8 +274,8 @@ pub fn check_url_syntax(raw: &str, allow_private: bool) -> Result<(), FetchError
         .host_str()
         .ok_or_else(|| FetchError::BadUrl("no host".into()))?;
     match literal_ip(host) {
-        Some(ip) if !allow_private && !is_public(ip) => Err(FetchError::PrivateAddress(ip)),
-        _ => Ok(()),
+        Some(ip) => check_address(ip, allow_private),
+        None => Ok(()),
     }
 }
 

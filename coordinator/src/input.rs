@@ -141,7 +141,7 @@ pub async fn resolve_input(
 
 fn stored(s: StoredImage) -> Result<InputImage, ApiError> {
     Ok(InputImage {
-        key: s.key.into_string(),
+        key: s.key,
         width: s.image.width,
         height: s.image.height,
     })
@@ -163,11 +163,7 @@ async fn stored_key(state: &AppState, key: ObjectKey, raw: &str) -> Result<Input
     };
     let (width, height) = header_dimensions(&blob.bytes)
         .map_err(|e| ApiError::invalid("input_image", format!("input_image {raw:?} {e}")))?;
-    Ok(InputImage {
-        key: key.into_string(),
-        width,
-        height,
-    })
+    Ok(InputImage { key, width, height })
 }
 
 /// Decodes base64 (standard or URL-safe, padded or not). `Ok(None)` when it is not base64;

@@ -5,7 +5,8 @@
 //!
 //! Layout: `config` (flags → `Config`), `auth` (API keys → tenants), `http` (routes, OpenAPI,
 //! errors), `input` + `image_limits` + `fetch` (input images, decompression-bomb and SSRF guards),
-//! `signing` (webhook and signed-URL HMACs), `reaper`, `webhooks`, `metrics`, `queue` (`AnyQueue`).
+//! `signing` (webhook and signed-URL HMACs), `reaper`, `webhooks`, `metrics`. The queue is
+//! proto's `AnyQueue` (Redis, or in-process memory).
 //!
 //! Embedding (tests, `kontext up`): build an `AppState` from a `Config`, a queue and a store, then
 //! `serve` it on a bound listener; or call `run`, which opens queue and store from the config.
@@ -17,7 +18,6 @@ pub mod http;
 pub mod image_limits;
 pub mod input;
 pub mod metrics;
-pub mod queue;
 pub mod reaper;
 pub mod signing;
 pub mod state;
@@ -26,6 +26,7 @@ pub mod webhooks;
 use std::future::Future;
 use std::sync::Arc;
 
+use kontext_proto::AnyQueue;
 use kontext_proto::memory::MemoryQueue;
 use kontext_proto::redis::{RedisConfig, RedisQueue};
 use kontext_storage::AnyBlobStore;
@@ -33,7 +34,6 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use http::{ApiDoc, openapi_json, router};
-pub use queue::AnyQueue;
 pub use state::AppState;
 
 use config::QueueSource;

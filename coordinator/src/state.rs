@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kontext_proto::{JobId, JobQueue, JobRecord, JobStatus, Millis};
+use kontext_proto::{AnyQueue, JobId, JobQueue, JobRecord, JobStatus, Millis};
 use kontext_storage::{AnyBlobStore, BlobStore, ObjectKey};
 use tokio::sync::watch;
 
@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::views::{JobView, job_view};
 use crate::metrics::Metrics;
-use crate::queue::AnyQueue;
 use crate::signing;
 
 /// Milliseconds since the Unix epoch, now. The only clock the request paths read.
@@ -125,11 +124,10 @@ impl AppState {
         else {
             return Ok(None);
         };
-        let key = ObjectKey::parse(&result.key).map_err(|e| ApiError::internal(&e))?;
-        if let Some(url) = self.store.presigned_get(&key).await? {
+        if let Some(url) = self.store.presigned_get(&result.key).await? {
             return Ok(Some(url));
         }
-        Ok(Some(self.signed_blob_url(&key, now_ms())))
+        Ok(Some(self.signed_blob_url(&result.key, now_ms())))
     }
 
     /// `<public>/v1/blobs/<key>?expires=..&signature=..`, valid for the result URL TTL.

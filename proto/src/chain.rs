@@ -16,47 +16,18 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+use crate::error::QueueError;
+pub use crate::ids::ChainId;
 use crate::job::{
     Carry, ChainRef, InputImage, JobId, JobRecord, JobStatus, Millis, TenantId, UnknownVariant,
     ValidJobSpec,
 };
-use crate::queue::QueueError;
-
-/// A chain's id: a UUID v4, printed hyphenated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ChainId(pub Uuid);
-
-impl ChainId {
-    pub fn new() -> Self {
-        Self(Uuid::new_v4())
-    }
-}
-
-impl Default for ChainId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ChainId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-impl FromStr for ChainId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
 
 /// `running` until its last turn ends (or it is canceled); appending a turn to a `succeeded` or
 /// `failed` chain makes it `running` again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ApiChainStatus))]
 #[serde(rename_all = "snake_case")]
 pub enum ChainStatus {
     Running,
@@ -228,9 +199,11 @@ pub struct ChainTurn {
     pub job: Option<JobRecord>,
 }
 
-/// Where a turn stands, as the API reports it.
+/// Where a turn stands: `pending` (waits for the turns before it), `skipped` (the chain ended
+/// before reaching it), or its job's status.
+// On the wire it is one word (`as_str`), so clients see a flat enumeration, not the nesting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum TurnState {
     /// Waits for the turns before it.
     Pending,
@@ -238,6 +211,86 @@ pub enum TurnState {
     Skipped,
     /// Created: the job's status.
     Job(JobStatus),
+}
+
+impl TurnState {
+    pub const ALL: [TurnState; 8] = [
+        TurnState::Pending,
+        TurnState::Skipped,
+        TurnState::Job(JobStatus::Queued),
+        TurnState::Job(JobStatus::Running),
+        TurnState::Job(JobStatus::Succeeded),
+        TurnState::Job(JobStatus::Failed),
+        TurnState::Job(JobStatus::Canceled),
+        TurnState::Job(JobStatus::Dead),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Skipped => "skipped",
+            Self::Job(status) => status.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for TurnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<TurnState> for &'static str {
+    fn from(state: TurnState) -> Self {
+        state.as_str()
+    }
+}
+
+impl FromStr for TurnState {
+    type Err = UnknownVariant;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownVariant(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for TurnState {
+    type Error = UnknownVariant;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// The schema of the one-word form (a derive would describe the nested enum).
+#[cfg(feature = "openapi")]
+mod turn_state_schema {
+    use std::borrow::Cow;
+
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+    use super::TurnState;
+
+    impl utoipa::PartialSchema for TurnState {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(
+                    "Where a turn stands: `pending` (waits for the turns before it), `skipped` \
+                     (the chain ended\nbefore reaching it), or its job's status.",
+                ))
+                .enum_values(Some(TurnState::ALL.map(TurnState::as_str)))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for TurnState {
+        fn name() -> Cow<'static, str> {
+            Cow::Borrowed("ApiTurnState")
+        }
+    }
 }
 
 /// The queue's view of a chain.
@@ -317,7 +370,7 @@ pub(crate) fn check_template(spec: &ValidJobSpec, turn: usize) -> Result<(), Que
 /// The refusals both queues give, worded once.
 pub(crate) mod refusal {
     use super::ChainId;
-    use crate::queue::QueueError;
+    use crate::error::QueueError;
 
     pub(crate) fn exists(id: ChainId) -> QueueError {
         QueueError::ChainConflict(format!("chain {id} already exists"))
@@ -370,6 +423,20 @@ mod tests {
             0xE220_A839_7B1D_CDAF,
             "SplitMix64 reference output for seed 0"
         );
+    }
+
+    #[test]
+    fn turn_states_are_one_word_on_the_wire() {
+        for s in TurnState::ALL {
+            let json = serde_json::to_string(&s).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", s.as_str()));
+            assert_eq!(serde_json::from_str::<TurnState>(&json).expect("parses"), s);
+        }
+        assert_eq!(
+            serde_json::to_string(&TurnState::Job(JobStatus::Dead)).expect("serialises"),
+            "\"dead\""
+        );
+        assert!(serde_json::from_str::<TurnState>("\"job\"").is_err());
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! Error kinds carried on the wire. The kind, not the message, decides whether a job is retried.
+//! Errors: the kinds carried on the wire with a failed job (the kind, not the message, decides
+//! whether a job is retried), and `QueueError`, what a `JobQueue` call can fail with.
 
 use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChainId, JobId};
+
+/// The source of a backend failure: the client library's error, or a typed error of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a job attempt ended without a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -46,4 +52,32 @@ impl JobError {
             message: message.into(),
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error("the lease on job {0} is stale: the job was re-queued or re-claimed")]
+    Stale(JobId),
+    #[error("Idempotency-Key was used before with a different request body")]
+    IdempotencyConflict,
+    #[error("tenant has {in_flight} jobs in flight; the limit is {limit}")]
+    TooManyInFlight { in_flight: u64, limit: u32 },
+    /// A list or event cursor that no earlier call returned.
+    #[error("invalid cursor {0:?}")]
+    InvalidCursor(String),
+    #[error("chain {0} not found")]
+    ChainNotFound(ChainId),
+    /// The chain's state does not allow the request (appending to a canceled chain, forking
+    /// from a turn that did not succeed); the message says why.
+    #[error("{0}")]
+    ChainConflict(String),
+    /// The backend failed or did not answer in time (a retry may succeed).
+    #[error("queue backend: {0}")]
+    Backend(#[source] BoxError),
+    #[error("queue configuration: {0}")]
+    Config(String),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
 }

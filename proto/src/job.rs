@@ -8,50 +8,22 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::error::JobError;
+pub use crate::ids::JobId;
+use crate::object_key::ObjectKey;
 use crate::resolution::ResizeMode;
 
 /// Milliseconds since the Unix epoch. Every time-dependent call takes `now` as one of these, so
 /// policy and state transitions are testable without clocks or sleeps.
 pub type Millis = u64;
 
-/// A job's id: a UUID v4, printed hyphenated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(pub Uuid);
-
-impl JobId {
-    pub fn new() -> Self {
-        Self(Uuid::new_v4())
-    }
-}
-
-impl Default for JobId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-impl FromStr for JobId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
-
 /// Tenant a job belongs to (from the API key). A tenant never sees another tenant's jobs.
 pub type TenantId = String;
 
 /// Generate (text only) or edit (one context image).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ApiJobKind))]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     Generate,
@@ -61,6 +33,7 @@ pub enum JobKind {
 /// Lifecycle: `queued → running → succeeded | failed | canceled`, plus `dead` (gave up after
 /// crashes or retries). A running job whose lease expires goes back to `queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ApiJobStatus))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
@@ -175,8 +148,7 @@ impl OutputFormat {
 /// The context image of an edit, already stored (content-addressed) by the coordinator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputImage {
-    /// Object key in the blob store.
-    pub key: String,
+    pub key: ObjectKey,
     /// Size of the stored image as decoded.
     pub width: u32,
     pub height: u32,
@@ -203,7 +175,7 @@ pub struct ValidJobSpec {
     /// Packed latent of the context (safetensors key), used instead of `input` when a chain
     /// carries latents. The image in `input` is still kept for users and forks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_latent_key: Option<String>,
+    pub input_latent_key: Option<ObjectKey>,
     /// How the context is sized (edit only).
     #[serde(default)]
     pub resize: ResizeMode,
@@ -225,7 +197,7 @@ pub struct ValidJobSpec {
     pub webhook_url: Option<String>,
     /// Packed initial latents (safetensors object key), like diffusers' `latents=`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initial_latents_key: Option<String>,
+    pub initial_latents_key: Option<ObjectKey>,
     /// Store the packed output latent beside the image (chains with `carry: latent`).
     #[serde(default)]
     pub keep_latent: bool,
@@ -234,15 +206,15 @@ pub struct ValidJobSpec {
 /// What a worker reports when it commits a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
-    /// Object key of the output image (attempt-scoped).
-    pub key: String,
+    /// The output image (attempt-scoped).
+    pub key: ObjectKey,
     pub width: u32,
     pub height: u32,
     pub format: OutputFormat,
     pub seed: u64,
-    /// Object key of the packed output latent, when asked for.
+    /// The packed output latent, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latent_key: Option<String>,
+    pub latent_key: Option<ObjectKey>,
     /// Engine time in milliseconds (for metrics and the overhead benchmark).
     #[serde(default)]
     pub engine_ms: u64,

@@ -25,8 +25,8 @@
 //! time), so the suffixes below are mirrored in `redis/lua/prelude.lua`; a test checks both agree.
 
 use crate::chain::ChainId;
+use crate::error::QueueError;
 use crate::job::{JobId, Millis, Priority};
-use crate::queue::QueueError;
 
 /// Consumer group every worker reads the class streams through.
 pub const WORKER_GROUP: &str = "workers";

@@ -1,13 +1,17 @@
 //! kontext-proto: the wire contract and queue protocol shared by coordinator and worker.
 //!
-//! - `job`: job types, states, records; `chain`: chains of edit turns (storyboards); `error`: error kinds that decide retries;
+//! - `job`: job types, states, records; `chain`: chains of edit turns (storyboards); `ids`: job
+//!   and chain ids; `error`: error kinds that decide retries, and `QueueError`;
 //! - `validate`: client requests → `ValidJobSpec` with field-level errors (`validate_chain`:
 //!   chain requests → planned turn specs);
 //! - `resolution`: Kontext size rules (preferred-resolution snapping, keep-aspect);
 //! - `queue`: the `JobQueue` seam and its types; `policy`: retry/backoff, lease expiry and the
-//!   poison rule as pure functions of `now`; `keys`: the Redis key layout;
+//!   poison rule as pure functions of `now`; `keys`: the Redis key layout; `object_key`: the
+//!   validated blob-store key that jobs, results and chains carry;
 //! - `memory` (feature "memory"): the embedded queue; `redis` (feature "redis"): the distributed
-//!   one; `conformance` (feature "conformance"): the suite both pass.
+//!   one; `any` (both features): `AnyQueue`, the one chosen at run time; `conformance` (feature
+//!   "conformance"): the suite both pass.
+//! - feature "openapi": the wire types (requests, statuses) derive their OpenAPI schemas.
 //!
 //! Job lifecycle: `queued → running → succeeded | failed | canceled`, plus `dead` for poison jobs.
 //! A running job whose lease expires goes back to `queued` (a crash); a failed attempt with a
@@ -18,13 +22,16 @@
 
 pub mod chain;
 pub mod error;
+pub mod ids;
 pub mod job;
 pub mod keys;
+pub mod object_key;
 pub mod policy;
 pub mod queue;
 pub mod resolution;
 pub mod validate;
 pub mod validate_chain;
+mod validate_fields;
 
 #[cfg(feature = "memory")]
 pub mod memory;
@@ -35,10 +42,16 @@ pub mod redis;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+#[cfg(all(feature = "memory", feature = "redis"))]
+pub mod any;
+#[cfg(all(feature = "memory", feature = "redis"))]
+pub use any::AnyQueue;
+
 pub use chain::{
     AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn, FailurePolicy,
     PlannedTurn, TurnAppend, TurnState,
 };
-pub use error::{JobError, JobErrorKind};
+pub use error::{BoxError, JobError, JobErrorKind, QueueError};
 pub use job::*;
+pub use object_key::ObjectKey;
 pub use queue::*;

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::error::JobError;
+use crate::error::{JobError, QueueError};
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
 };
@@ -63,8 +63,6 @@ pub struct Lease {
     pub epoch: u64,
     /// 1-based attempt number of this claim (feeds the retry policy).
     pub attempt: u32,
-    /// Implementation detail (the stream entry id for Redis); opaque to callers.
-    pub token: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,8 +95,9 @@ pub enum FailOutcome {
     Finished(JobStatus),
 }
 
-/// fal's cancel vocabulary.
+/// What a cancel did, in fal's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ApiCancelOutcome))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CancelOutcome {
     /// Was queued: now `canceled`, will never run.
@@ -106,6 +105,8 @@ pub enum CancelOutcome {
     /// Is running: the worker sees the flag at its next heartbeat or step.
     CancellationRequested,
     AlreadyCompleted,
+    /// Never sent: the API answers 404 instead (and the schema leaves it out).
+    #[serde(skip_serializing)]
     NotFound,
 }
 
@@ -166,33 +167,6 @@ pub struct QueueStats {
     /// Age of the oldest claimable job, in ms (0 when none).
     pub oldest_ready_age_ms: u64,
     pub dead_letters: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("job {0} not found")]
-    NotFound(JobId),
-    #[error("the lease on job {0} is stale: the job was re-queued or re-claimed")]
-    Stale(JobId),
-    #[error("Idempotency-Key was used before with a different request body")]
-    IdempotencyConflict,
-    #[error("tenant has {in_flight} jobs in flight; the limit is {limit}")]
-    TooManyInFlight { in_flight: u64, limit: u32 },
-    /// A list or event cursor that no earlier call returned.
-    #[error("invalid cursor {0:?}")]
-    InvalidCursor(String),
-    #[error("chain {0} not found")]
-    ChainNotFound(ChainId),
-    /// The chain's state does not allow the request (appending to a canceled chain, forking
-    /// from a turn that did not succeed); the message says why.
-    #[error("{0}")]
-    ChainConflict(String),
-    #[error("queue backend: {0}")]
-    Backend(String),
-    #[error("queue configuration: {0}")]
-    Config(String),
-    #[error("corrupt record: {0}")]
-    Corrupt(String),
 }
 
 /// The queue seam. See the module docs for the rules every implementation keeps.

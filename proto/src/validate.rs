@@ -1,42 +1,64 @@
-//! Validation of what clients POST (`JobRequest`) into what the queue stores (`ValidJobSpec`).
+//! Validation of what clients POST (`JobRequest`) into what the queue stores (`ValidJobSpec`),
+//! in two steps around the one thing that needs I/O, the input image:
 //!
-//! Every problem is reported, not only the first, as a `FieldError` whose message names the field
-//! and the limit it broke, so a 422 tells the client exactly what to change. Defaults follow the
-//! Kontext reference (design.md §4): 28 steps, guidance 2.5, 1024² for generate, the context size
-//! for edit, and a server-picked seed when none is given. The input image arrives already resolved
-//! (stored and measured) by the coordinator; this module never fetches anything.
+//! 1. `check_job`: every field on its own (prompt, size or aspect ratio, steps, guidance,
+//!    enumerations, webhook URL) → `ValidJobFields`. The coordinator runs it before it fetches or
+//!    stores anything, so a bad request stores nothing.
+//! 2. `ValidJobFields::resolve`: with the input image stored and measured by the coordinator,
+//!    checks its bounds and derives what depends on it (the context size; the output size when
+//!    the request gave none) → `ValidJobSpec`.
+//!
+//! Every problem of a step is reported, not only the first, as a `FieldError` whose message
+//! names the field and the limit it broke, so a 422 tells the client exactly what to change.
+//! Defaults follow the Kontext reference (design.md §4): 28 steps, guidance 2.5, 1024² for
+//! generate, the context size for edit, and a server-picked seed when none is given. This module
+//! never fetches anything.
 
 use serde::{Deserialize, Serialize};
 
 use crate::job::{InputImage, JobKind, OutputFormat, Priority, ValidJobSpec};
-use crate::resolution::{self, ResizeMode, SIDE_MULTIPLE};
+use crate::resolution::{self, ResizeMode};
+pub use crate::validate_fields::WebhookUrl;
+use crate::validate_fields::{self as fields, Report, TurnFieldNames};
 
 /// Default number of denoising steps.
 pub const DEFAULT_STEPS: u32 = 28;
 /// Default distilled guidance.
 pub const DEFAULT_GUIDANCE: f32 = 2.5;
 
-/// A job as a client submits it (BFL field names). Enumerated fields stay strings here so that a
-/// bad value becomes a field-level error rather than a JSON parse failure.
+/// `POST /v1/jobs` body. Field names follow BFL and diffusers.
+// Enumerated fields stay strings so that a bad value becomes a field-level error (a 422 naming
+// the field and the allowed values) rather than a JSON parse failure.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SubmitJob,
+    example = json!({"prompt": "make the jacket red", "input_image": "<upload id>",
+        "steps": 28, "guidance": 2.5, "seed": 42, "output_format": "png"})))]
 #[serde(default)]
 pub struct JobRequest {
+    /// What to generate, or the edit instruction.
     pub prompt: String,
-    /// Upload reference, object key or URL; opaque here (the coordinator resolves it).
+    /// Context image of an edit: an upload id (`POST /v1/uploads`), an object key of this
+    /// tenant (`in/<tenant>/...` or `out/<tenant>/...`), base64 (optionally a `data:` URL) or an
+    /// http(s) URL. Absent: a text-to-image job.
     pub input_image: Option<String>,
+    /// Output width (multiple of 16). Default: the snapped input size, or 1024 for generate.
     pub width: Option<u32>,
     pub height: Option<u32>,
-    /// `"w:h"`, e.g. `"16:9"`; exclusive with width/height.
+    /// `"w:h"`, e.g. `"16:9"` (about one megapixel); exclusive with width/height.
     pub aspect_ratio: Option<String>,
-    /// `"snap"` (default) or `"keep"`; edits only.
+    /// How an edit's input is sized: `snap` (Kontext's preferred resolutions, default) or `keep`.
     pub resize: Option<String>,
+    /// Denoising steps (default 28).
     pub steps: Option<u32>,
+    /// Distilled guidance (default 2.5).
     pub guidance: Option<f32>,
+    /// Absent: the server picks one and reports it.
     pub seed: Option<u64>,
-    /// `"png"` (default) or `"jpeg"`.
+    /// `png` (default) or `jpeg`.
     pub output_format: Option<String>,
-    /// `"high"`, `"standard"` (default) or `"bulk"`.
+    /// `high`, `standard` (default) or `bulk`.
     pub priority: Option<String>,
+    /// Called (Standard Webhooks signature) when the job finishes.
     pub webhook_url: Option<String>,
 }
 
@@ -113,68 +135,38 @@ impl ValidationErrors {
     }
 }
 
-#[derive(Default)]
-struct Report(Vec<FieldError>);
-
-impl Report {
-    fn push(&mut self, field: &str, message: String, limit: Option<String>) {
-        self.0.push(FieldError {
-            field: field.to_owned(),
-            message,
-            limit,
-        });
-    }
+/// A job request whose fields passed their checks (`check_job`); what is left is the input
+/// image, which the coordinator stores and measures only for a request that got this far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidJobFields {
+    prompt: String,
+    input_image: Option<String>,
+    resize: ResizeMode,
+    /// `None`: an edit without a size, which gets its context's size.
+    size: Option<(u32, u32)>,
+    steps: u32,
+    guidance: f32,
+    seed: Option<u64>,
+    output_format: OutputFormat,
+    priority: Priority,
+    webhook_url: Option<WebhookUrl>,
+    /// Store the output latent beside the image (chain turns with `carry: latent`).
+    pub(crate) keep_latent: bool,
 }
 
-/// Validate `req` into a spec. `input` is the stored context image when the request has an
-/// `input_image` (resolved by the coordinator); `pick_seed` is called only when no seed was given.
-pub fn validate(
+/// Checks every field of `req` that does not depend on the input image.
+pub fn check_job(req: &JobRequest, limits: &Limits) -> Result<ValidJobFields, ValidationErrors> {
+    check_job_fields(req, TurnFieldNames::default(), limits)
+}
+
+/// `check_job`, naming the turn's own fields (prompt, steps, guidance) with `names`.
+pub(crate) fn check_job_fields(
     req: &JobRequest,
-    input: Option<InputImage>,
+    names: TurnFieldNames<'_>,
     limits: &Limits,
-    pick_seed: impl FnOnce() -> u64,
-) -> Result<ValidJobSpec, ValidationErrors> {
+) -> Result<ValidJobFields, ValidationErrors> {
     let mut r = Report::default();
-
-    let prompt = req.prompt.trim();
-    let prompt_chars = prompt.chars().count();
-    if prompt.is_empty() {
-        r.push(
-            "prompt",
-            "prompt is required and must not be blank".into(),
-            Some("1..".into()),
-        );
-    } else if prompt_chars > limits.max_prompt_chars {
-        let max = limits.max_prompt_chars;
-        r.push(
-            "prompt",
-            format!("prompt must be at most {max} characters (got {prompt_chars})"),
-            Some(format!("..={max}")),
-        );
-    }
-
-    match (&req.input_image, &input) {
-        (Some(_), None) => r.push(
-            "input_image",
-            "input_image was given but not resolved to a stored image".into(),
-            None,
-        ),
-        (None, Some(_)) => r.push(
-            "input_image",
-            "a resolved input image needs an input_image in the request".into(),
-            None,
-        ),
-        _ => {}
-    }
-    if let Some(img) = &input {
-        check_input(&mut r, img, limits);
-    }
-    let kind = if input.is_some() {
-        JobKind::Edit
-    } else {
-        JobKind::Generate
-    };
-
+    let prompt = fields::prompt(&mut r, names, &req.prompt, limits);
     let resize = match req.resize.as_deref() {
         None | Some("snap") => ResizeMode::Snap,
         Some("keep") => ResizeMode::Keep,
@@ -187,38 +179,18 @@ pub fn validate(
             ResizeMode::Snap
         }
     };
-    if req.resize.is_some() && kind == JobKind::Generate {
+    if req.resize.is_some() && req.input_image.is_none() {
         r.push(
             "resize",
             "resize applies only to edits (with input_image)".into(),
             None,
         );
     }
-    let context = input.as_ref().map(|img| {
-        resolution::context_size(img.width, img.height, resize, limits.context_max_pixels)
-    });
-
-    let (width, height) = target_size(&mut r, req, context, limits);
-
+    let size = fields::requested_size(&mut r, req, limits);
     let steps = req.steps.unwrap_or(DEFAULT_STEPS);
-    if !(1..=limits.max_steps).contains(&steps) {
-        let max = limits.max_steps;
-        r.push(
-            "steps",
-            format!("steps must be between 1 and {max} (got {steps})"),
-            Some(format!("1..={max}")),
-        );
-    }
-
+    fields::steps(&mut r, names, steps, limits);
     let guidance = req.guidance.unwrap_or(DEFAULT_GUIDANCE);
-    let (gmin, gmax) = (limits.min_guidance, limits.max_guidance);
-    if !guidance.is_finite() || guidance < gmin || guidance > gmax {
-        r.push(
-            "guidance",
-            format!("guidance must be between {gmin} and {gmax} (got {guidance})"),
-            Some(format!("{gmin}..={gmax}")),
-        );
-    }
+    fields::guidance(&mut r, names, guidance, limits);
 
     let output_format = match req.output_format.as_deref() {
         None | Some("png") => OutputFormat::Png,
@@ -232,7 +204,6 @@ pub fn validate(
             OutputFormat::Png
         }
     };
-
     let priority = match req.priority.as_deref() {
         None | Some("standard") => Priority::Standard,
         Some("high") => Priority::High,
@@ -246,188 +217,116 @@ pub fn validate(
             Priority::Standard
         }
     };
-
-    if let Some(url) = &req.webhook_url {
-        check_webhook_url(&mut r, url, limits.max_webhook_url_chars);
-    }
-
-    if !r.0.is_empty() {
-        return Err(ValidationErrors { errors: r.0 });
-    }
-    Ok(ValidJobSpec {
-        kind,
-        prompt: prompt.to_owned(),
-        input,
-        input_latent_key: None,
+    let webhook_url = req
+        .webhook_url
+        .as_deref()
+        .and_then(|url| fields::webhook_url(&mut r, url, limits.max_webhook_url_chars));
+    r.finish(ValidJobFields {
+        prompt,
+        input_image: req.input_image.clone(),
         resize,
-        context_width: context.map(|c| c.0),
-        context_height: context.map(|c| c.1),
-        width,
-        height,
+        size,
         steps,
         guidance,
-        seed: req.seed.unwrap_or_else(pick_seed),
+        seed: req.seed,
         output_format,
         priority,
-        webhook_url: req.webhook_url.clone(),
-        initial_latents_key: None,
+        webhook_url,
         keep_latent: false,
     })
 }
 
-fn check_input(r: &mut Report, img: &InputImage, limits: &Limits) {
-    let (w, h) = (img.width, img.height);
-    let max_side = limits.max_input_side;
-    if w < SIDE_MULTIPLE || h < SIDE_MULTIPLE || w > max_side || h > max_side {
-        r.push(
-            "input_image",
-            format!(
-                "input_image sides must be between {SIDE_MULTIPLE} and {max_side} pixels (got {w}x{h})"
+impl ValidJobFields {
+    /// The request's `input_image`, for the coordinator to resolve into a stored image.
+    pub fn input_image(&self) -> Option<&str> {
+        self.input_image.as_deref()
+    }
+
+    pub fn webhook_url(&self) -> Option<&WebhookUrl> {
+        self.webhook_url.as_ref()
+    }
+
+    /// The spec, given the stored input image (`Some` exactly when the request has an
+    /// `input_image`): checks the image's bounds and derives the context size, and the output
+    /// size when the request gave none. `pick_seed` is called only when no seed was given.
+    pub fn resolve(
+        self,
+        input: Option<InputImage>,
+        limits: &Limits,
+        pick_seed: impl FnOnce() -> u64,
+    ) -> Result<ValidJobSpec, ValidationErrors> {
+        let mut r = Report::default();
+        match (&self.input_image, &input) {
+            (Some(_), None) => r.push(
+                "input_image",
+                "input_image was given but not resolved to a stored image".into(),
+                None,
             ),
-            Some(format!("{SIDE_MULTIPLE}..={max_side}")),
-        );
-    }
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_input_pixels {
-        let max = limits.max_input_pixels;
-        r.push(
-            "input_image",
-            format!("input_image must have at most {max} pixels (got {w}x{h} = {pixels})"),
-            Some(format!("..={max}")),
-        );
+            (None, Some(_)) => r.push(
+                "input_image",
+                "a resolved input image needs an input_image in the request".into(),
+                None,
+            ),
+            _ => {}
+        }
+        if let Some(img) = &input {
+            fields::input_image(&mut r, img, limits);
+        }
+        let context = input.as_ref().map(|img| {
+            resolution::context_size(
+                img.width,
+                img.height,
+                self.resize,
+                limits.context_max_pixels,
+            )
+        });
+        let (width, height) = match (self.size, context) {
+            (Some(size), _) => size,
+            (None, Some(size)) => {
+                fields::output_size(&mut r, size, Some("input_image"), limits);
+                size
+            }
+            // Only with the "not resolved" error above.
+            (None, None) => limits.default_generate_size,
+        };
+        let kind = if input.is_some() {
+            JobKind::Edit
+        } else {
+            JobKind::Generate
+        };
+        r.finish(())?;
+        Ok(ValidJobSpec {
+            kind,
+            prompt: self.prompt,
+            input,
+            input_latent_key: None,
+            resize: self.resize,
+            context_width: context.map(|c| c.0),
+            context_height: context.map(|c| c.1),
+            width,
+            height,
+            steps: self.steps,
+            guidance: self.guidance,
+            seed: self.seed.unwrap_or_else(pick_seed),
+            output_format: self.output_format,
+            priority: self.priority,
+            webhook_url: self.webhook_url.map(|url| url.as_str().to_owned()),
+            initial_latents_key: None,
+            keep_latent: self.keep_latent,
+        })
     }
 }
 
-/// The output size: explicit width/height, else aspect_ratio, else the context size (edit) or the
-/// default generate size. Returns a size even when invalid so that every field gets checked.
-fn target_size(
-    r: &mut Report,
+/// Both steps at once: `check_job`, then `resolve` with `input` (the stored context image when
+/// the request has an `input_image`). With bad fields the input image is not looked at, as in
+/// the coordinator, which fetches nothing for such a request.
+pub fn validate(
     req: &JobRequest,
-    context: Option<(u32, u32)>,
+    input: Option<InputImage>,
     limits: &Limits,
-) -> (u32, u32) {
-    let (size, origin) = match (req.width, req.height, req.aspect_ratio.as_deref()) {
-        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
-            r.push(
-                "aspect_ratio",
-                "aspect_ratio cannot be combined with width/height".into(),
-                None,
-            );
-            return limits.default_generate_size;
-        }
-        (Some(w), Some(h), None) => ((w, h), None),
-        (Some(_), None, None) => {
-            r.push(
-                "height",
-                "height is required when width is given".into(),
-                None,
-            );
-            return limits.default_generate_size;
-        }
-        (None, Some(_), None) => {
-            r.push(
-                "width",
-                "width is required when height is given".into(),
-                None,
-            );
-            return limits.default_generate_size;
-        }
-        (None, None, Some(ratio)) => match aspect_ratio(r, ratio, limits) {
-            Some(size) => (size, Some("aspect_ratio")),
-            None => return limits.default_generate_size,
-        },
-        (None, None, None) => match context {
-            Some(c) => (c, Some("input_image")),
-            None => (limits.default_generate_size, None),
-        },
-    };
-    let (w, h) = size;
-    let derived = |field: &str| match origin {
-        Some(from) => format!("{field} (derived from {from})"),
-        None => field.to_owned(),
-    };
-    for (field, v) in [("width", w), ("height", h)] {
-        let (min, max) = (limits.min_side, limits.max_side);
-        if v % SIDE_MULTIPLE != 0 {
-            r.push(
-                field,
-                format!(
-                    "{} must be a multiple of {SIDE_MULTIPLE} (got {v})",
-                    derived(field)
-                ),
-                Some(format!("multiple of {SIDE_MULTIPLE}")),
-            );
-        }
-        if v < min || v > max {
-            r.push(
-                field,
-                format!(
-                    "{} must be between {min} and {max} (got {v})",
-                    derived(field)
-                ),
-                Some(format!("{min}..={max}")),
-            );
-        }
-    }
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_pixels {
-        let max = limits.max_pixels;
-        r.push(
-            "width",
-            format!("width x height must be at most {max} pixels (got {w}x{h} = {pixels})"),
-            Some(format!("..={max}")),
-        );
-    }
-    size
-}
-
-fn aspect_ratio(r: &mut Report, ratio: &str, limits: &Limits) -> Option<(u32, u32)> {
-    let (long, short) = limits.max_aspect_ratio;
-    let max = f64::from(long) / f64::from(short.max(1));
-    let parsed = ratio.split_once(':').and_then(|(a, b)| {
-        let a: f64 = a.trim().parse().ok()?;
-        let b: f64 = b.trim().parse().ok()?;
-        (a.is_finite() && b.is_finite() && a > 0.0 && b > 0.0).then_some(a / b)
-    });
-    let Some(value) = parsed else {
-        r.push(
-            "aspect_ratio",
-            format!("aspect_ratio must look like \"16:9\" (got {ratio:?})"),
-            Some("w:h".into()),
-        );
-        return None;
-    };
-    if value > max || value < 1.0 / max {
-        r.push(
-            "aspect_ratio",
-            format!("aspect_ratio must be between {short}:{long} and {long}:{short} (got {ratio})"),
-            Some(format!("{short}:{long}..={long}:{short}")),
-        );
-        return None;
-    }
-    resolution::aspect_ratio_size(ratio, limits.aspect_ratio_area)
-}
-
-fn check_webhook_url(r: &mut Report, url: &str, max_chars: usize) {
-    let chars = url.chars().count();
-    if chars > max_chars {
-        r.push(
-            "webhook_url",
-            format!("webhook_url must be at most {max_chars} characters (got {chars})"),
-            Some(format!("..={max_chars}")),
-        );
-    }
-    let host = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    let host_ok = host.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
-    if !host_ok || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        r.push(
-            "webhook_url",
-            "webhook_url must be an http:// or https:// URL with a host and no spaces".into(),
-            Some("http(s)://host/...".into()),
-        );
-    }
+    pick_seed: impl FnOnce() -> u64,
+) -> Result<ValidJobSpec, ValidationErrors> {
+    check_job(req, limits)?.resolve(input, limits, pick_seed)
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
-//! Validation of chain requests (`ChainRequest`, `TurnRequest`) into planned turn specs.
+//! Validation of chain requests (`ChainRequest`, `TurnRequest`) into planned turn specs, in the
+//! same two steps as jobs: `check_chain` checks every field (before the coordinator touches the
+//! input image), `ValidChainFields::resolve` completes the chain once the input is stored.
 //!
-//! Every turn goes through `validate::validate`, so turns obey exactly the limits of single jobs;
-//! errors about a turn's own fields are renamed to their place in the request
-//! (`turns[2].steps`). The frame size is fixed by turn 1 (the edited input's size, or the
-//! text-to-image size); later turns edit a frame of that size, so their context is that size
-//! as is (already a valid Kontext size — no snapping, which would change it), and with
-//! `carry: latent` the carried latent fits the next turn exactly.
+//! Turn 1 is checked as a job (the chain's size, resize, priority and webhook with the turn's
+//! prompt, steps and guidance), so turns obey exactly the limits of single jobs. Later turns are
+//! `TurnTemplate`s: prompt, steps, guidance and seed. Errors about a turn's own fields name their
+//! place in the request (`turns[2].steps`). The frame size is fixed by turn 1 (the edited
+//! input's size, or the text-to-image size); every later turn is an edit of a frame of that
+//! size (`TurnTemplate::spec`).
 
 use serde::{Deserialize, Serialize};
 
@@ -13,51 +15,69 @@ use crate::chain::{FailurePolicy, turn_seed};
 use crate::job::{Carry, InputImage, JobKind, OutputFormat, Priority, ValidJobSpec};
 use crate::resolution::ResizeMode;
 use crate::validate::{
-    DEFAULT_GUIDANCE, DEFAULT_STEPS, FieldError, JobRequest, Limits, ValidationErrors, validate,
+    DEFAULT_GUIDANCE, DEFAULT_STEPS, JobRequest, Limits, ValidJobFields, ValidationErrors,
+    WebhookUrl, check_job_fields,
 };
+use crate::validate_fields::{self as fields, Report, TurnFieldNames};
 
 /// Most turns one chain request may plan (appending adds more, one at a time).
 pub const MAX_TURNS: usize = 100;
 
-/// One turn as a client writes it.
+/// One turn of `POST /v1/chains` (and the body of `POST /v1/chains/{id}/turns`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ChainTurnBody,
+    example = json!({"prompt": "now it is raining", "seed": 7})))]
 #[serde(default)]
 pub struct TurnRequest {
+    /// The edit instruction of this turn.
     pub prompt: String,
-    /// Absent: derived from the chain seed and the turn number (`chain::turn_seed`).
+    /// Absent: derived from the chain seed and the turn number (re-running a chain with the same
+    /// chain seed reproduces every turn).
     pub seed: Option<u64>,
+    /// Default: the chain's `guidance` (appended turns: the last turn's).
     pub guidance: Option<f32>,
+    /// Default: the chain's `steps` (appended turns: the last turn's).
     pub steps: Option<u32>,
 }
 
-/// A chain as a client submits it (`POST /v1/chains`).
+/// `POST /v1/chains` body: a storyboard of edit turns, each editing the previous turn's output.
+// Enumerated fields stay strings, as in `JobRequest`, so a bad value is a field-level error.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = CreateChain,
+    example = json!({"input_image": "<upload id>", "carry": "latent",
+        "on_failure": "stop", "seed": 42, "steps": 28,
+        "turns": [{"prompt": "give the cat a red scarf"}, {"prompt": "now it is snowing"}]})))]
 #[serde(default)]
 pub struct ChainRequest {
-    /// The image turn 1 edits (resolved by the coordinator like a job's `input_image`).
+    /// The image turn 1 edits (same forms as a job's `input_image`). Absent: turn 1 is
+    /// text-to-image.
     pub input_image: Option<String>,
     /// Without `input_image`: the prompt of a text-to-image turn 1, before `turns`. Without
     /// both, `turns[0]` is the text-to-image turn.
     pub prompt: Option<String>,
+    /// 1 to 100 turns.
     pub turns: Vec<TurnRequest>,
-    /// `"image"` (default) or `"latent"`.
+    /// `image` (default): the next turn encodes this turn's PNG. `latent`: it uses this turn's
+    /// packed output latent (stored beside the PNG), skipping VAE decode → encode.
     pub carry: Option<String>,
-    /// `"stop"` (default) or `"continue"`.
+    /// `stop` (default): a failed turn ends the chain `failed`. `continue`: the next turn edits
+    /// the last good frame.
     pub on_failure: Option<String>,
-    /// Chain seed; absent: the server picks one.
+    /// Chain seed that turn seeds are derived from; absent: the server picks one.
     pub seed: Option<u64>,
-    /// Size of a text-to-image turn 1 (or of turn 1's output, like a job's width/height).
+    /// Size of a text-to-image turn 1 (every frame has turn 1's size).
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub aspect_ratio: Option<String>,
-    /// How the input image is sized for turn 1: `"snap"` (default) or `"keep"`.
+    /// How the input image is sized for turn 1: `snap` (default) or `keep`.
     pub resize: Option<String>,
-    /// Defaults of every turn.
+    /// Defaults for every turn.
     pub steps: Option<u32>,
     pub guidance: Option<f32>,
+    /// `high`, `standard` (default) or `bulk`, for every turn.
     pub priority: Option<String>,
-    /// Called when each turn finishes (the payload names the job; its chain is in
-    /// `GET /v1/jobs/{id}`'s record).
+    /// Called (Standard Webhooks signature) when each turn finishes.
+    // The payload names the job; its chain is in `GET /v1/jobs/{id}`'s record.
     pub webhook_url: Option<String>,
 }
 
@@ -73,154 +93,172 @@ pub struct ValidChain {
     pub turns: Vec<ValidJobSpec>,
 }
 
-/// Stands in for a turn 1 that did not validate, so later turns can still be checked.
-fn placeholder_spec(frame: (u32, u32)) -> ValidJobSpec {
-    ValidJobSpec {
-        kind: JobKind::Generate,
-        prompt: String::new(),
-        input: None,
-        input_latent_key: None,
-        resize: ResizeMode::Keep,
-        context_width: None,
-        context_height: None,
-        width: frame.0,
-        height: frame.1,
-        steps: DEFAULT_STEPS,
-        guidance: DEFAULT_GUIDANCE,
-        seed: 0,
-        output_format: OutputFormat::Png,
-        priority: Priority::Standard,
-        webhook_url: None,
-        initial_latents_key: None,
-        keep_latent: false,
-    }
+/// A turn after the first, checked: what it asks for. Its context (the frame of the turn before
+/// it) is the queue's to fill in when it creates the turn's job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnTemplate {
+    pub prompt: String,
+    pub steps: u32,
+    pub guidance: f32,
+    /// `None`: derived from the chain seed and the turn's number (`chain::turn_seed`).
+    pub seed: Option<u64>,
 }
 
-/// The fields of a turn request; errors about them are renamed to `<prefix>.<field>`.
-const TURN_FIELDS: [&str; 4] = ["prompt", "seed", "guidance", "steps"];
+/// What the turns after the first share with the chain: the frame (turn 1's output size),
+/// priority, webhook and whether output latents are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnSettings {
+    pub frame: (u32, u32),
+    pub priority: Priority,
+    pub webhook_url: Option<String>,
+    pub keep_latent: bool,
+}
 
-fn rename_turn_fields(mut errors: ValidationErrors, prefix: &str) -> ValidationErrors {
-    if prefix.is_empty() {
-        return errors;
-    }
-    for e in &mut errors.errors {
-        if TURN_FIELDS.contains(&e.field.as_str()) {
-            let old = std::mem::take(&mut e.field);
-            e.message = format!("{prefix}.{}", e.message);
-            e.field = format!("{prefix}.{old}");
+impl TurnSettings {
+    /// The settings of a chain whose turns are like `spec` (any of its turns: they share them).
+    pub fn of(spec: &ValidJobSpec, carry: Carry) -> Self {
+        Self {
+            frame: (spec.width, spec.height),
+            priority: spec.priority,
+            webhook_url: spec.webhook_url.clone(),
+            keep_latent: carry == Carry::Latent,
         }
     }
-    errors
 }
 
-fn field_error(field: &str, message: String, limit: Option<String>) -> FieldError {
-    FieldError {
-        field: field.to_owned(),
-        message,
-        limit,
+impl TurnTemplate {
+    /// The spec the queue stores for this turn: an edit of a frame-sized context at the frame's
+    /// size, context-free (`input` is `None`). The frame already is a valid Kontext size, so the
+    /// context is not snapped (which could change it), and with `carry: latent` the carried
+    /// latent fits exactly.
+    pub fn spec(&self, settings: &TurnSettings, seed: u64) -> ValidJobSpec {
+        let (width, height) = settings.frame;
+        ValidJobSpec {
+            kind: JobKind::Edit,
+            prompt: self.prompt.clone(),
+            input: None,
+            input_latent_key: None,
+            resize: ResizeMode::Keep,
+            context_width: Some(width),
+            context_height: Some(height),
+            width,
+            height,
+            steps: self.steps,
+            guidance: self.guidance,
+            seed,
+            output_format: OutputFormat::Png,
+            priority: settings.priority,
+            webhook_url: settings.webhook_url.clone(),
+            initial_latents_key: None,
+            keep_latent: settings.keep_latent,
+        }
     }
 }
 
-/// The spec of a turn after the first: an edit of a `frame`-sized image, context-free.
-/// `defaults` gives steps and guidance the turn does not set; `seed` is the turn's final seed.
-/// Errors about the turn's own fields are named `<field_prefix>.<field>` (just `<field>` when
-/// the prefix is empty).
-pub fn turn_template(
+/// Checks a turn after the first. `default_steps` and `default_guidance` apply where the turn
+/// sets none (the chain's, or for an appended turn the last turn's). Errors name the fields
+/// `<field_prefix>.<field>` (just `<field>` when the prefix is empty).
+pub fn check_turn(
     turn: &TurnRequest,
     field_prefix: &str,
-    frame: (u32, u32),
-    defaults: &ValidJobSpec,
-    carry: Carry,
-    seed: u64,
+    (default_steps, default_guidance): (u32, f32),
     limits: &Limits,
-) -> Result<ValidJobSpec, ValidationErrors> {
-    let req = JobRequest {
-        prompt: turn.prompt.clone(),
-        width: Some(frame.0),
-        height: Some(frame.1),
-        steps: Some(turn.steps.unwrap_or(defaults.steps)),
-        guidance: Some(turn.guidance.unwrap_or(defaults.guidance)),
-        seed: Some(seed),
-        ..JobRequest::default()
-    };
-    let mut spec =
-        validate(&req, None, limits, || seed).map_err(|e| rename_turn_fields(e, field_prefix))?;
-    spec.kind = JobKind::Edit;
-    spec.resize = ResizeMode::Keep;
-    spec.context_width = Some(frame.0);
-    spec.context_height = Some(frame.1);
-    spec.priority = defaults.priority;
-    spec.webhook_url = defaults.webhook_url.clone();
-    spec.keep_latent = carry == Carry::Latent;
-    Ok(spec)
+) -> Result<TurnTemplate, ValidationErrors> {
+    let names = TurnFieldNames::under(field_prefix);
+    let mut r = Report::default();
+    let prompt = fields::prompt(&mut r, names, &turn.prompt, limits);
+    let steps = turn.steps.unwrap_or(default_steps);
+    fields::steps(&mut r, names, steps, limits);
+    let guidance = turn.guidance.unwrap_or(default_guidance);
+    fields::guidance(&mut r, names, guidance, limits);
+    r.finish(TurnTemplate {
+        prompt,
+        steps,
+        guidance,
+        seed: turn.seed,
+    })
 }
 
-/// Validate a chain request. `input` is the stored image when the request has an
-/// `input_image`; `pick_seed` is called only when no chain seed was given.
-pub fn validate_chain(
+/// A chain request whose fields passed their checks (`check_chain`); what is left is the input
+/// image of turn 1, which fixes the frame size of every turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidChainFields {
+    carry: Carry,
+    on_failure: FailurePolicy,
+    seed: Option<u64>,
+    /// Turn 1's seed when it has its own.
+    first_seed: Option<u64>,
+    first: ValidJobFields,
+    rest: Vec<TurnTemplate>,
+}
+
+/// Checks every field of a chain request that does not depend on the input image: the chain's
+/// settings, turn 1 (the chain's size, resize, priority and webhook, with its own prompt, steps
+/// and guidance) and every later turn.
+pub fn check_chain(
     req: &ChainRequest,
-    input: Option<InputImage>,
     limits: &Limits,
-    pick_seed: impl FnOnce() -> u64,
-) -> Result<ValidChain, ValidationErrors> {
-    let mut errors = Vec::new();
+) -> Result<ValidChainFields, ValidationErrors> {
+    let mut r = Report::default();
     let carry = match req.carry.as_deref() {
         None => Carry::Image,
         Some(s) => s.parse().unwrap_or_else(|_| {
-            errors.push(field_error(
+            r.push(
                 "carry",
                 format!("carry must be \"image\" or \"latent\" (got {s:?})"),
                 Some("image|latent".into()),
-            ));
+            );
             Carry::Image
         }),
     };
     let on_failure = match req.on_failure.as_deref() {
         None => FailurePolicy::Stop,
         Some(s) => s.parse().unwrap_or_else(|_| {
-            errors.push(field_error(
+            r.push(
                 "on_failure",
                 format!("on_failure must be \"stop\" or \"continue\" (got {s:?})"),
                 Some("stop|continue".into()),
-            ));
+            );
             FailurePolicy::Stop
         }),
     };
     if req.input_image.is_some() && req.prompt.is_some() {
-        errors.push(field_error(
+        r.push(
             "prompt",
             "prompt is the text-to-image first turn of a chain without input_image; with an \
              input_image, put every instruction in turns"
                 .into(),
             None,
-        ));
+        );
     }
     let planned = req.turns.len() + usize::from(req.prompt.is_some());
     if req.turns.is_empty() || planned > MAX_TURNS {
-        errors.push(field_error(
+        r.push(
             "turns",
             format!(
                 "turns must have 1 to {MAX_TURNS} entries (got {})",
                 req.turns.len()
             ),
             Some(format!("1..={MAX_TURNS}")),
-        ));
+        );
     }
-    if !errors.is_empty() {
-        return Err(ValidationErrors { errors });
-    }
+    // The turns are checked only in a chain whose shape is right.
+    r.finish(())?;
 
-    let seed = req.seed.unwrap_or_else(pick_seed);
-    // Turn 1's request, and the prefix its own fields' errors get.
-    let (first, first_prefix, rest) = match &req.prompt {
+    // Turn 1 comes from the chain's `prompt`, else from `turns[0]` (its fields named so).
+    let (first, first_names, rest) = match &req.prompt {
         Some(p) => {
             let t = TurnRequest {
                 prompt: p.clone(),
                 ..TurnRequest::default()
             };
-            (t, None, &req.turns[..])
+            (t, TurnFieldNames::default(), &req.turns[..])
         }
-        None => (req.turns[0].clone(), Some("turns[0]"), &req.turns[1..]),
+        None => (
+            req.turns[0].clone(),
+            TurnFieldNames::under("turns[0]"),
+            &req.turns[1..],
+        ),
     };
     let first_req = JobRequest {
         prompt: first.prompt.clone(),
@@ -231,60 +269,92 @@ pub fn validate_chain(
         resize: req.resize.clone(),
         steps: first.steps.or(req.steps),
         guidance: first.guidance.or(req.guidance),
-        seed: Some(first.seed.unwrap_or_else(|| turn_seed(seed, 1))),
+        seed: None,
         output_format: None,
         priority: req.priority.clone(),
         webhook_url: req.webhook_url.clone(),
     };
-    let mut all_errors = Vec::new();
-    let first_spec =
-        validate(&first_req, input.clone(), limits, || 0).map_err(|e| match first_prefix {
-            Some(prefix) => rename_turn_fields(e, prefix),
-            None => e,
-        });
-    // A broken turn 1 still lets the other turns be checked, against a stand-in frame.
-    let (frame, priority, webhook_url) = match &first_spec {
-        Ok(s) => ((s.width, s.height), s.priority, s.webhook_url.clone()),
-        Err(e) => {
-            all_errors.extend(e.errors.iter().cloned());
-            (limits.default_generate_size, Priority::Standard, None)
-        }
-    };
-    let defaults = ValidJobSpec {
-        steps: req.steps.unwrap_or(DEFAULT_STEPS),
-        guidance: req.guidance.unwrap_or(DEFAULT_GUIDANCE),
-        priority,
-        webhook_url,
-        ..first_spec
-            .clone()
-            .unwrap_or_else(|_| placeholder_spec(frame))
-    };
+    let mut errors = Vec::new();
+    let first_fields = check_job_fields(&first_req, first_names, limits)
+        .map_err(|e| errors.extend(e.errors))
+        .ok();
+    let defaults = (
+        req.steps.unwrap_or(DEFAULT_STEPS),
+        req.guidance.unwrap_or(DEFAULT_GUIDANCE),
+    );
     let offset = usize::from(req.prompt.is_none());
-    let mut turns = Vec::with_capacity(planned);
-    if let Ok(mut s) = first_spec {
-        s.keep_latent = carry == Carry::Latent;
-        turns.push(s);
-    }
+    let mut templates = Vec::with_capacity(rest.len());
     for (i, t) in rest.iter().enumerate() {
-        let number = (i + 2) as u32;
-        let prefix = format!("turns[{}]", i + offset);
-        let seed = t.seed.unwrap_or_else(|| turn_seed(seed, number));
-        match turn_template(t, &prefix, frame, &defaults, carry, seed, limits) {
-            Ok(spec) => turns.push(spec),
-            Err(e) => all_errors.extend(e.errors),
+        match check_turn(t, &format!("turns[{}]", i + offset), defaults, limits) {
+            Ok(template) => templates.push(template),
+            Err(e) => errors.extend(e.errors),
         }
     }
-    if !all_errors.is_empty() {
-        return Err(ValidationErrors { errors: all_errors });
+    match first_fields {
+        Some(mut first_fields) if errors.is_empty() => {
+            first_fields.keep_latent = carry == Carry::Latent;
+            Ok(ValidChainFields {
+                carry,
+                on_failure,
+                seed: req.seed,
+                first_seed: first.seed,
+                first: first_fields,
+                rest: templates,
+            })
+        }
+        _ => Err(ValidationErrors { errors }),
     }
-    Ok(ValidChain {
-        carry,
-        on_failure,
-        seed,
-        input,
-        webhook_url: req.webhook_url.clone(),
-        turns,
-    })
+}
+
+impl ValidChainFields {
+    /// The request's `input_image` (turn 1's context), for the coordinator to resolve.
+    pub fn input_image(&self) -> Option<&str> {
+        self.first.input_image()
+    }
+
+    pub fn webhook_url(&self) -> Option<&WebhookUrl> {
+        self.first.webhook_url()
+    }
+
+    /// The chain, given its stored input image: turn 1 complete, later turns context-free
+    /// edits of turn 1's frame. `pick_seed` is called only when no chain seed was given.
+    pub fn resolve(
+        self,
+        input: Option<InputImage>,
+        limits: &Limits,
+        pick_seed: impl FnOnce() -> u64,
+    ) -> Result<ValidChain, ValidationErrors> {
+        let seed = self.seed.unwrap_or_else(pick_seed);
+        let first_seed = self.first_seed.unwrap_or_else(|| turn_seed(seed, 1));
+        let webhook_url = self.webhook_url().map(|url| url.as_str().to_owned());
+        let first = self.first.resolve(input.clone(), limits, || first_seed)?;
+        let settings = TurnSettings::of(&first, self.carry);
+        let mut turns = Vec::with_capacity(1 + self.rest.len());
+        turns.push(first);
+        for (number, t) in (2..).zip(&self.rest) {
+            let seed = t.seed.unwrap_or_else(|| turn_seed(seed, number));
+            turns.push(t.spec(&settings, seed));
+        }
+        Ok(ValidChain {
+            carry: self.carry,
+            on_failure: self.on_failure,
+            seed,
+            input,
+            webhook_url,
+            turns,
+        })
+    }
+}
+
+/// Both steps at once: `check_chain`, then `resolve` with `input` (the stored image when the
+/// request has an `input_image`). `pick_seed` is called only when no chain seed was given.
+pub fn validate_chain(
+    req: &ChainRequest,
+    input: Option<InputImage>,
+    limits: &Limits,
+    pick_seed: impl FnOnce() -> u64,
+) -> Result<ValidChain, ValidationErrors> {
+    check_chain(req, limits)?.resolve(input, limits, pick_seed)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::chain::turn_seed;
+use crate::object_key::ObjectKey;
 
 fn turn(prompt: &str) -> TurnRequest {
     TurnRequest {
@@ -21,7 +22,7 @@ fn limits() -> Limits {
 
 fn image() -> InputImage {
     InputImage {
-        key: "in/acme/a.png".into(),
+        key: ObjectKey::parse("in/acme/a.png").expect("valid key"),
         width: 300,
         height: 200,
     }

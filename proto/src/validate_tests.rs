@@ -1,6 +1,7 @@
 //! Unit tests of `validate`: defaults, every bound, and that messages name field and limit.
 
 use super::*;
+use crate::object_key::ObjectKey;
 
 fn req(prompt: &str) -> JobRequest {
     JobRequest {
@@ -11,7 +12,7 @@ fn req(prompt: &str) -> JobRequest {
 
 fn image(width: u32, height: u32) -> InputImage {
     InputImage {
-        key: "inputs/abc.png".into(),
+        key: ObjectKey::parse("inputs/abc.png").expect("valid key"),
         width,
         height,
     }
@@ -327,4 +328,43 @@ fn requests_parse_from_bfl_style_json() {
     .expect("unknown BFL fields are ignored");
     assert_eq!(r.seed, Some(3));
     assert_eq!(ok(&r, None).width, 1024);
+}
+
+#[test]
+fn fields_are_checked_before_the_input_image_is_known() {
+    let r = JobRequest {
+        steps: Some(0),
+        ..edit_req("make it blue")
+    };
+    let e = check_job(&r, &Limits::default()).expect_err("bad steps");
+    assert_eq!(
+        e.errors.len(),
+        1,
+        "no error about the unresolved image: {e:?}"
+    );
+    let fields = check_job(&edit_req("make it blue"), &Limits::default()).expect("valid");
+    assert_eq!(fields.input_image(), Some("upload:abc"));
+    // Without width/height the size comes from the context, known only now.
+    let spec = fields
+        .resolve(Some(image(640, 480)), &Limits::default(), || 1)
+        .expect("valid");
+    assert_eq!((spec.width, spec.height), (1184, 880));
+}
+
+#[test]
+fn webhook_hosts_are_read_as_a_url_parser_reads_them() {
+    let ip = |url: &str| {
+        let r = JobRequest {
+            webhook_url: Some(url.into()),
+            ..req("x")
+        };
+        let fields = check_job(&r, &Limits::default()).expect("valid");
+        fields.webhook_url().expect("a webhook").ip()
+    };
+    assert_eq!(ip("http://2130706433/h"), Some([127, 0, 0, 1].into()));
+    assert_eq!(
+        ip("http://[::1]:8080/h"),
+        Some(std::net::Ipv6Addr::LOCALHOST.into())
+    );
+    assert_eq!(ip("https://hooks.example.com/h"), None);
 }

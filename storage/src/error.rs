@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::keys::KeyError;
 
 /// The SDK's errors are generic over the operation; boxing keeps one variant for all of them.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use kontext_proto::BoxError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

@@ -31,7 +31,7 @@ pub use any::{AnyBlobStore, StorageConfig};
 #[cfg(feature = "cli")]
 pub use args::{StorageArgs, parse_duration};
 pub use error::{BoxError, StorageError};
-pub use keys::{KeyError, ObjectKey};
+pub use keys::{KeyError, ObjectKey, ObjectKeyError};
 pub use local::LocalStore;
 pub use s3::{MAX_PRESIGN_TTL, S3Config, S3Store};
 

@@ -80,10 +80,10 @@ fn job(c: &ChainRecord, turn: u32) -> &JobRecord {
         .unwrap_or_else(|| panic!("turn {turn} has no job: {c:#?}"))
 }
 
-async fn object(fleet: &Fleet, key: &str) -> Vec<u8> {
+async fn object(fleet: &Fleet, key: &ObjectKey) -> Vec<u8> {
     let store = fleet.store().await.expect("store");
     store
-        .get(&ObjectKey::parse(key).expect("key"))
+        .get(key)
         .await
         .unwrap_or_else(|e| panic!("object {key}: {e}"))
         .bytes
@@ -124,12 +124,8 @@ async fn assert_chained(fleet: &Fleet, c: &ChainRecord, latent: bool) {
             t.turn - 1
         );
         if latent {
-            let carried = j
-                .spec
-                .input_latent_key
-                .as_deref()
-                .expect("a carried latent");
-            assert_eq!(Some(carried), prev.latent_key.as_deref());
+            let carried = j.spec.input_latent_key.as_ref().expect("a carried latent");
+            assert_eq!(Some(carried), prev.latent_key.as_ref());
             let bytes = object(fleet, carried).await;
             let values = kontext_worker::latents::decode(&bytes).expect("a latents file");
             let tokens = (j.spec.width / 16 * (j.spec.height / 16)) as usize;

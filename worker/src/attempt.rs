@@ -207,7 +207,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
         outputs.upload(&*self.store).await.map_err(Stop::Error)?;
         metrics.stage(Stage::Upload, started.elapsed());
         let result = JobResult {
-            key: outputs.image_key.as_str().to_owned(),
+            key: outputs.image_key.clone(),
             width,
             height,
             format: spec.output_format,

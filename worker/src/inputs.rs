@@ -25,12 +25,10 @@ pub fn storage_error(what: &str, e: &StorageError) -> JobError {
     JobError::new(kind, format!("{what}: {e}"))
 }
 
-async fn fetch<S: BlobStore>(store: &S, raw_key: &str, field: &str) -> Result<Bytes, JobError> {
-    let what = format!("{field} {raw_key}");
-    let key = ObjectKey::parse(raw_key)
-        .map_err(|e| JobError::new(JobErrorKind::InvalidInput, format!("{what}: {e}")))?;
+async fn fetch<S: BlobStore>(store: &S, key: &ObjectKey, field: &str) -> Result<Bytes, JobError> {
+    let what = format!("{field} {key}");
     store
-        .get(&key)
+        .get(key)
         .await
         .map(|blob| blob.bytes)
         .map_err(|e| storage_error(&what, &e))
@@ -97,7 +95,7 @@ pub async fn engine_request<S: BlobStore>(
                 height,
                 // Content-addressed keys: the same key is the same image, so the engine may reuse
                 // its encoded context latents (multi-turn edits of one image).
-                cache_key: Some(input.key.clone()),
+                cache_key: Some(input.key.as_str().to_owned()),
             })
         }
         (None, None) => None,

@@ -121,8 +121,8 @@ impl Outputs {
         deleted
     }
 
-    pub fn latent_key(&self) -> Option<String> {
-        self.latent.as_ref().map(|(k, _)| k.as_str().to_owned())
+    pub fn latent_key(&self) -> Option<ObjectKey> {
+        self.latent.as_ref().map(|(k, _)| k.clone())
     }
 }
 

@@ -13,7 +13,8 @@ use kontext::client::Client;
 use kontext::embedded::{Embedded, EmbeddedConfig};
 use kontext::progress::JobBar;
 use kontext_coordinator::config::Config;
-use kontext_coordinator::http::views::{ApiJobStatus, SubmitJob};
+use kontext_proto::JobStatus;
+use kontext_proto::validate::JobRequest;
 use kontext_worker::config::ModelArgs;
 use kontext_worker::consumer::WorkerSettings;
 
@@ -98,13 +99,13 @@ async fn client_flow(
     seed: u64,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     let client = Client::new(url, None)?;
-    let generate = SubmitJob {
+    let generate = JobRequest {
         prompt: GENERATE_PROMPT.into(),
         width: Some(size),
         height: Some(size),
         steps: Some(steps),
         seed: Some(seed),
-        ..SubmitJob::default()
+        ..JobRequest::default()
     };
     let t = Instant::now();
     let accepted = client
@@ -125,13 +126,13 @@ async fn client_flow(
     };
 
     // The edit names the first result by its object key: no download and re-upload needed.
-    let edit = SubmitJob {
+    let edit = JobRequest {
         prompt: EDIT_PROMPT.into(),
         input_image: Some(result.key.clone()),
         resize: Some("keep".into()),
         steps: Some(steps),
         seed: Some(seed + 1),
-        ..SubmitJob::default()
+        ..JobRequest::default()
     };
     let t = Instant::now();
     let accepted = client
@@ -148,7 +149,7 @@ async fn client_flow(
     .await?;
     println!("{} in {:.1}s", describe(&job), t.elapsed().as_secs_f64());
     match (job.status, path) {
-        (ApiJobStatus::Succeeded, Some(edited)) => Ok((absolute(generated), absolute(edited))),
+        (JobStatus::Succeeded, Some(edited)) => Ok((absolute(generated), absolute(edited))),
         _ => bail!("the edit job did not succeed: {}", describe(&job)),
     }
 }

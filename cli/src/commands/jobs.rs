@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use kontext::client::{Client, is_terminal};
 use kontext::progress::JobBar;
-use kontext_coordinator::http::views::{ApiJobStatus, JobView, SubmitJob};
+use kontext_coordinator::http::views::JobView;
+use kontext_proto::JobStatus;
+use kontext_proto::validate::JobRequest;
 
 /// Which coordinator, as whom.
 #[derive(Debug, Clone, Args)]
@@ -72,8 +74,8 @@ impl JobOptions {
         prompt: String,
         input_image: Option<String>,
         resize: Option<String>,
-    ) -> SubmitJob {
-        SubmitJob {
+    ) -> JobRequest {
+        JobRequest {
             prompt,
             input_image,
             width: self.width,
@@ -149,14 +151,7 @@ pub struct FetchArgs {
 }
 
 fn status_word(job: &JobView) -> &'static str {
-    match job.status {
-        ApiJobStatus::Queued => "queued",
-        ApiJobStatus::Running => "running",
-        ApiJobStatus::Succeeded => "succeeded",
-        ApiJobStatus::Failed => "failed",
-        ApiJobStatus::Canceled => "canceled",
-        ApiJobStatus::Dead => "dead",
-    }
+    job.status.as_str()
 }
 
 /// One line about a job.
@@ -166,15 +161,15 @@ pub fn describe(job: &JobView) -> String {
         job.id,
         status_word(job),
         match job.kind {
-            kontext_coordinator::http::views::ApiJobKind::Generate => "generate",
-            kontext_coordinator::http::views::ApiJobKind::Edit => "edit",
+            kontext_proto::JobKind::Generate => "generate",
+            kontext_proto::JobKind::Edit => "edit",
         },
         job.width,
         job.height,
         job.steps,
         job.seed
     );
-    if job.status == ApiJobStatus::Running {
+    if job.status == JobStatus::Running {
         line.push_str(&format!(", {:.0}% done", job.progress * 100.0));
     }
     if let Some(e) = &job.error {
@@ -203,7 +198,7 @@ pub async fn follow_and_fetch(
         }
     };
     bar.finish(status_word(&job));
-    if job.status != ApiJobStatus::Succeeded || !download {
+    if job.status != JobStatus::Succeeded || !download {
         return Ok((job, None));
     }
     let path = match out {
@@ -225,11 +220,11 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 fn report(job: &JobView, path: Option<&Path>, started: Instant) -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     match (job.status, path) {
-        (ApiJobStatus::Succeeded, Some(p)) => {
+        (JobStatus::Succeeded, Some(p)) => {
             println!("{} in {secs:.1}s → {}", describe(job), p.display());
             ExitCode::SUCCESS
         }
-        (ApiJobStatus::Succeeded, None) => {
+        (JobStatus::Succeeded, None) => {
             println!("{} in {secs:.1}s", describe(job));
             ExitCode::SUCCESS
         }
@@ -243,7 +238,7 @@ fn report(job: &JobView, path: Option<&Path>, started: Instant) -> ExitCode {
 async fn submit_and_follow(
     client: &Client,
     label: &str,
-    submit: SubmitJob,
+    submit: JobRequest,
     opts: &JobOptions,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
@@ -333,7 +328,7 @@ pub async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
 pub async fn fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
     let client = args.server.client()?;
     let job = client.job(&args.id).await?;
-    if job.status != ApiJobStatus::Succeeded {
+    if job.status != JobStatus::Succeeded {
         bail!("{}: there is no image to fetch", describe(&job));
     }
     let path = args

@@ -9,7 +9,7 @@ use clap::Args;
 use kontext::drift::drift;
 use kontext::progress::JobBar;
 use kontext::storyboard::{RunEvent, RunOptions, Storyboard, run};
-use kontext_coordinator::http::chain_views::{ApiChainStatus, ApiTurnState};
+use kontext_proto::{ChainStatus, JobStatus, TurnState};
 
 use super::jobs::ServerArgs;
 
@@ -98,7 +98,7 @@ pub async fn storyboard(args: StoryboardArgs) -> anyhow::Result<ExitCode> {
         manifest.contact_sheet,
         out.display()
     );
-    Ok(if manifest.status == ApiChainStatus::Succeeded {
+    Ok(if manifest.status == ChainStatus::Succeeded {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -132,7 +132,7 @@ pub async fn drift_command(args: DriftArgs) -> anyhow::Result<ExitCode> {
     for t in chain
         .turns
         .iter()
-        .filter(|t| t.state == ApiTurnState::Succeeded)
+        .filter(|t| t.state == TurnState::Job(JobStatus::Succeeded))
     {
         let bytes = client.result(&t.job_id).await?;
         let img = image::load_from_memory(&bytes)

@@ -14,7 +14,7 @@ use kontext_proto::validate::JobRequest;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody, ErrorDetail};
+use super::error::{ApiError, ErrorBody, ErrorDetail, ErrorType};
 use super::jobs::submit_job;
 use super::request::{Caller, parse_json, query_pairs, query_param, read_body};
 use crate::state::AppState;
@@ -184,7 +184,7 @@ pub async fn get_result(
         .to_owned();
     let job = match state.job_for(&id, &tenant).await {
         Ok(job) => job,
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
+        Err(e) if e.detail.kind == ErrorType::NotFound => {
             let body = BflResult {
                 id,
                 status: "Task not found".into(),

@@ -1,99 +1,14 @@
-//! What the chain routes send and receive (OpenAPI schemas), and the rendering of a chain record:
+//! What the chain routes send and receive (OpenAPI schemas; the chain request, turn and status
+//! types are proto's own, with their schemas derived there), and the rendering of a chain record:
 //! the chain's settings and, per turn, its state, seed, object keys and job (design.md §9:
 //! chains return `id, status, turns: [job...]`).
 
-use kontext_proto::validate_chain::{ChainRequest, TurnRequest};
-use kontext_proto::{ChainRecord, ChainStatus, ChainTurn, JobStatus, TurnState};
+use kontext_proto::validate_chain::TurnRequest;
+use kontext_proto::{CancelOutcome, ChainRecord, ChainStatus, ChainTurn, JobStatus, TurnState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::views::{JobView, rfc3339};
-
-/// One turn of `POST /v1/chains` (and the body of `POST /v1/chains/{id}/turns`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
-#[serde(default)]
-#[schema(example = json!({"prompt": "now it is raining", "seed": 7}))]
-pub struct ChainTurnBody {
-    /// The edit instruction of this turn.
-    pub prompt: String,
-    /// Absent: derived from the chain seed and the turn number (re-running a chain with the same
-    /// chain seed reproduces every turn).
-    pub seed: Option<u64>,
-    /// Default: the chain's `guidance` (appended turns: the last turn's).
-    pub guidance: Option<f32>,
-    /// Default: the chain's `steps` (appended turns: the last turn's).
-    pub steps: Option<u32>,
-}
-
-impl From<ChainTurnBody> for TurnRequest {
-    fn from(t: ChainTurnBody) -> Self {
-        Self {
-            prompt: t.prompt,
-            seed: t.seed,
-            guidance: t.guidance,
-            steps: t.steps,
-        }
-    }
-}
-
-/// `POST /v1/chains` body: a storyboard of edit turns, each editing the previous turn's output.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
-#[serde(default)]
-#[schema(example = json!({"input_image": "<upload id>", "carry": "latent",
-    "on_failure": "stop", "seed": 42, "steps": 28,
-    "turns": [{"prompt": "give the cat a red scarf"}, {"prompt": "now it is snowing"}]}))]
-pub struct CreateChain {
-    /// The image turn 1 edits (same forms as a job's `input_image`). Absent: turn 1 is
-    /// text-to-image.
-    pub input_image: Option<String>,
-    /// Without `input_image`: the prompt of a text-to-image turn 1, before `turns`. Without
-    /// both, `turns[0]` is the text-to-image turn.
-    pub prompt: Option<String>,
-    /// 1 to 100 turns.
-    pub turns: Vec<ChainTurnBody>,
-    /// `image` (default): the next turn encodes this turn's PNG. `latent`: it uses this turn's
-    /// packed output latent (stored beside the PNG), skipping VAE decode → encode.
-    pub carry: Option<String>,
-    /// `stop` (default): a failed turn ends the chain `failed`. `continue`: the next turn edits
-    /// the last good frame.
-    pub on_failure: Option<String>,
-    /// Chain seed that turn seeds are derived from; absent: the server picks one.
-    pub seed: Option<u64>,
-    /// Size of a text-to-image turn 1 (every frame has turn 1's size).
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub aspect_ratio: Option<String>,
-    /// How the input image is sized for turn 1: `snap` (default) or `keep`.
-    pub resize: Option<String>,
-    /// Defaults for every turn.
-    pub steps: Option<u32>,
-    pub guidance: Option<f32>,
-    /// `high`, `standard` (default) or `bulk`, for every turn.
-    pub priority: Option<String>,
-    /// Called (Standard Webhooks signature) when each turn finishes.
-    pub webhook_url: Option<String>,
-}
-
-impl From<CreateChain> for ChainRequest {
-    fn from(c: CreateChain) -> Self {
-        Self {
-            input_image: c.input_image,
-            prompt: c.prompt,
-            turns: c.turns.into_iter().map(Into::into).collect(),
-            carry: c.carry,
-            on_failure: c.on_failure,
-            seed: c.seed,
-            width: c.width,
-            height: c.height,
-            aspect_ratio: c.aspect_ratio,
-            resize: c.resize,
-            steps: c.steps,
-            guidance: c.guidance,
-            priority: c.priority,
-            webhook_url: c.webhook_url,
-        }
-    }
-}
 
 /// `POST /v1/chains/{id}/fork` body.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
@@ -104,14 +19,14 @@ pub struct ForkChain {
     /// succeeded.
     pub from_turn: u32,
     /// Turns to append to the fork at once (optional; append more later).
-    pub turns: Vec<ChainTurnBody>,
+    pub turns: Vec<TurnRequest>,
 }
 
 /// `202` reply to creating or forking a chain.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChainAccepted {
     pub id: String,
-    pub status: ApiChainStatus,
+    pub status: ChainStatus,
     pub status_url: String,
     pub turns_url: String,
     pub cancel_url: String,
@@ -132,56 +47,6 @@ pub struct TurnAccepted {
     pub status_url: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ApiChainStatus {
-    Running,
-    Succeeded,
-    Failed,
-    Canceled,
-}
-
-impl From<ChainStatus> for ApiChainStatus {
-    fn from(s: ChainStatus) -> Self {
-        match s {
-            ChainStatus::Running => Self::Running,
-            ChainStatus::Succeeded => Self::Succeeded,
-            ChainStatus::Failed => Self::Failed,
-            ChainStatus::Canceled => Self::Canceled,
-        }
-    }
-}
-
-/// Where a turn stands: `pending` (waits for the turns before it), `skipped` (the chain ended
-/// before reaching it), or its job's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ApiTurnState {
-    Pending,
-    Skipped,
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Canceled,
-    Dead,
-}
-
-impl From<TurnState> for ApiTurnState {
-    fn from(s: TurnState) -> Self {
-        match s {
-            TurnState::Pending => Self::Pending,
-            TurnState::Skipped => Self::Skipped,
-            TurnState::Job(JobStatus::Queued) => Self::Queued,
-            TurnState::Job(JobStatus::Running) => Self::Running,
-            TurnState::Job(JobStatus::Succeeded) => Self::Succeeded,
-            TurnState::Job(JobStatus::Failed) => Self::Failed,
-            TurnState::Job(JobStatus::Canceled) => Self::Canceled,
-            TurnState::Job(JobStatus::Dead) => Self::Dead,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ForkedFrom {
     pub chain_id: String,
@@ -193,7 +58,7 @@ pub struct ForkedFrom {
 pub struct TurnView {
     /// 1-based.
     pub turn: u32,
-    pub state: ApiTurnState,
+    pub state: TurnState,
     pub job_id: String,
     pub prompt: String,
     pub seed: u64,
@@ -216,7 +81,7 @@ pub struct TurnView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChainView {
     pub id: String,
-    pub status: ApiChainStatus,
+    pub status: ChainStatus,
     pub carry: String,
     pub on_failure: String,
     pub seed: u64,
@@ -237,7 +102,7 @@ pub struct ChainView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ChainCancelReply {
     pub id: String,
-    pub status: super::views::ApiCancelOutcome,
+    pub status: CancelOutcome,
 }
 
 /// Renders a turn; `job` is its rendered job, when created.
@@ -250,16 +115,16 @@ pub fn turn_view(chain: &ChainRecord, t: &ChainTurn, job: Option<JobView>) -> Tu
         .and_then(|j| j.result.as_ref());
     TurnView {
         turn: t.turn,
-        state: chain.turn_state(t).into(),
+        state: chain.turn_state(t),
         job_id: t.job_id.to_string(),
         prompt: spec.prompt.clone(),
         seed: spec.seed,
         steps: spec.steps,
         guidance: spec.guidance,
-        input_key: spec.input.as_ref().map(|i| i.key.clone()),
-        input_latent_key: spec.input_latent_key.clone(),
-        result_key: result.map(|r| r.key.clone()),
-        result_latent_key: result.and_then(|r| r.latent_key.clone()),
+        input_key: spec.input.as_ref().map(|i| i.key.to_string()),
+        input_latent_key: spec.input_latent_key.as_ref().map(ToString::to_string),
+        result_key: result.map(|r| r.key.to_string()),
+        result_latent_key: result.and_then(|r| r.latent_key.as_ref().map(ToString::to_string)),
         job,
     }
 }
@@ -272,11 +137,11 @@ pub fn chain_view(chain: &ChainRecord, jobs: Vec<Option<JobView>>) -> ChainView 
         .map_or((0, 0), |t| (t.spec.width, t.spec.height));
     ChainView {
         id: chain.id.to_string(),
-        status: chain.status.into(),
+        status: chain.status,
         carry: chain.carry.as_str().to_owned(),
         on_failure: chain.on_failure.as_str().to_owned(),
         seed: chain.seed,
-        input_image: chain.input.as_ref().map(|i| i.key.clone()),
+        input_image: chain.input.as_ref().map(|i| i.key.to_string()),
         width,
         height,
         created_at: rfc3339(chain.created_at),

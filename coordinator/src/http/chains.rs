@@ -8,21 +8,22 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kontext_proto::validate_chain::{ChainRequest, TurnRequest, turn_template, validate_chain};
+use kontext_proto::validate_chain::{
+    ChainRequest, TurnRequest, TurnSettings, check_chain, check_turn,
+};
 use kontext_proto::{
-    ChainId, ChainRecord, ChainSubmission, InputImage, JobId, JobQueue, PlannedTurn, QueueError,
+    CancelOutcome, ChainId, ChainRecord, ChainSubmission, JobId, JobQueue, PlannedTurn, QueueError,
     TurnAppend,
 };
 
 use super::chain_views::{
-    ChainAccepted, ChainCancelReply, ChainTurnBody, ChainView, CreateChain, ForkChain,
-    TurnAccepted, chain_view,
+    ChainAccepted, ChainCancelReply, ChainView, ForkChain, TurnAccepted, chain_view,
 };
 use super::error::{ApiError, ErrorBody};
+use super::jobs::check_webhook;
 use super::request::{Caller, parse_json, read_body};
-use super::views::{ApiCancelOutcome, JobView};
+use super::views::JobView;
 use crate::auth::Tenant;
-use crate::fetch::check_url_syntax;
 use crate::input::resolve_input;
 use crate::state::{AppState, now_ms};
 
@@ -60,7 +61,7 @@ fn accepted(state: &AppState, id: ChainId, chain: &ChainRecord) -> Response {
     let status_url = chain_url(state, id);
     let body = ChainAccepted {
         id: id.to_string(),
-        status: chain.status.into(),
+        status: chain.status,
         turns_url: format!("{status_url}/turns"),
         cancel_url: format!("{status_url}/cancel"),
         job_ids: chain.turns.iter().map(|t| t.job_id.to_string()).collect(),
@@ -84,49 +85,10 @@ async fn render(state: &AppState, chain: &ChainRecord) -> Result<ChainView, ApiE
     Ok(chain_view(chain, jobs))
 }
 
-/// Rejects a webhook the coordinator cannot sign or may not call (same rules as jobs).
-fn check_webhook(state: &AppState, url: Option<&str>) -> Result<(), ApiError> {
-    let Some(url) = url else { return Ok(()) };
-    if state.config.webhooks.secret.is_none() {
-        return Err(ApiError::invalid(
-            "webhook_url",
-            "webhook_url needs a signing secret: this coordinator was started without \
-             --webhook-secret",
-        ));
-    }
-    check_url_syntax(url, state.config.allow_private_urls)
-        .map_err(|e| ApiError::invalid("webhook_url", format!("webhook_url {e}")))
-}
-
-/// Checks every field that does not depend on the input image before it is fetched or stored, so
-/// a bad request stores nothing (as `submit_job` does).
-fn precheck(state: &AppState, req: &ChainRequest) -> Result<(), ApiError> {
-    let Some(_) = &req.input_image else {
-        return Ok(());
-    };
-    let limits = &state.config.limits.job;
-    let side = limits.max_input_side.min(1024);
-    let stand_in = InputImage {
-        key: String::new(),
-        width: side,
-        height: side,
-    };
-    if let Err(mut errors) = validate_chain(req, Some(stand_in), limits, || 0) {
-        let derived = req.width.is_none() && req.height.is_none() && req.aspect_ratio.is_none();
-        errors.errors.retain(|e| {
-            e.field != "input_image" && !(derived && (e.field == "width" || e.field == "height"))
-        });
-        if !errors.errors.is_empty() {
-            return Err(errors.into());
-        }
-    }
-    Ok(())
-}
-
 /// Create a chain: a storyboard of edit turns, each editing the previous turn's output.
 #[utoipa::path(
     post, path = "/v1/chains", tag = "chains",
-    request_body(content = CreateChain, description = "The chain. Unknown fields are ignored."),
+    request_body(content = ChainRequest, description = "The chain. Unknown fields are ignored."),
     responses(
         (status = 202, description = "Accepted: turn 1 is queued; each later turn is created when \
             the one before it ends", body = ChainAccepted,
@@ -150,18 +112,18 @@ pub async fn create_chain(
 ) -> Result<Response, ApiError> {
     let max = state.config.limits.max_body_bytes;
     let bytes = read_body(&headers, body, max, "body", "request body").await?;
-    let (body, _) = parse_json::<CreateChain>(&bytes)?;
-    let req: ChainRequest = body.into();
-    precheck(&state, &req)?;
-    let input = match &req.input_image {
+    let (req, _) = parse_json::<ChainRequest>(&bytes)?;
+    let limits = &state.config.limits.job;
+    // Every field of every turn is checked before the input image is fetched or stored, as for
+    // jobs.
+    let fields = check_chain(&req, limits)?;
+    check_webhook(&state, fields.webhook_url())?;
+    let input = match fields.input_image() {
         Some(raw) => Some(resolve_input(&state, &tenant, raw).await?),
         None => None,
     };
     // Server-picked seeds stay below 2^53 so JavaScript clients read them exactly.
-    let valid = validate_chain(&req, input, &state.config.limits.job, || {
-        rand::random::<u64>() >> 11
-    })?;
-    check_webhook(&state, valid.webhook_url.as_deref())?;
+    let valid = fields.resolve(input, limits, || rand::random::<u64>() >> 11)?;
     let id = ChainId::new();
     let sub = ChainSubmission {
         id,
@@ -217,7 +179,7 @@ pub async fn get_chain(
 async fn append(
     state: &AppState,
     chain: &ChainRecord,
-    turn: TurnRequest,
+    turn: &TurnRequest,
     field_prefix: &str,
 ) -> Result<TurnAccepted, ApiError> {
     if chain.turns.len() >= MAX_CHAIN_TURNS {
@@ -229,17 +191,18 @@ async fn append(
     }
     let first = &chain.turns[0].spec;
     let last = &chain.turns[chain.turns.len() - 1].spec;
-    let frame = (first.width, first.height);
-    // The queue sets the final seed (explicit, or derived from the new turn's number).
-    let spec = turn_template(
-        &turn,
+    let template = check_turn(
+        turn,
         field_prefix,
-        frame,
-        last,
-        chain.carry,
-        turn.seed.unwrap_or(0),
+        (last.steps, last.guidance),
         &state.config.limits.job,
     )?;
+    let settings = TurnSettings {
+        frame: (first.width, first.height),
+        ..TurnSettings::of(last, chain.carry)
+    };
+    // The queue sets the final seed (explicit, or derived from the new turn's number).
+    let spec = template.spec(&settings, template.seed.unwrap_or(0));
     let job_id = JobId::new();
     let out = state
         .queue
@@ -248,7 +211,7 @@ async fn append(
             TurnAppend {
                 job_id,
                 spec,
-                seed: turn.seed,
+                seed: template.seed,
             },
             now_ms(),
         )
@@ -267,7 +230,7 @@ async fn append(
 #[utoipa::path(
     post, path = "/v1/chains/{id}/turns", tag = "chains",
     params(("id" = String, Path, description = "Chain id")),
-    request_body(content = ChainTurnBody),
+    request_body(content = TurnRequest),
     responses(
         (status = 202, description = "Appended", body = TurnAccepted),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
@@ -288,8 +251,8 @@ pub async fn append_turn(
     let chain = chain_for(&state, &id, &tenant).await?;
     let max = state.config.limits.max_body_bytes;
     let bytes = read_body(&headers, body, max, "body", "request body").await?;
-    let (turn, _) = parse_json::<ChainTurnBody>(&bytes)?;
-    let accepted = append(&state, &chain, turn.into(), "").await?;
+    let (turn, _) = parse_json::<TurnRequest>(&bytes)?;
+    let accepted = append(&state, &chain, &turn, "").await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
@@ -329,7 +292,7 @@ pub async fn fork_chain(
         .map_err(|e| refused(e, "from_turn"))?;
     let mut chain = chain_for(&state, &new_id.to_string(), &tenant).await?;
     for (i, turn) in fork.turns.into_iter().enumerate() {
-        append(&state, &chain, turn.into(), &format!("turns[{i}]")).await?;
+        append(&state, &chain, &turn, &format!("turns[{i}]")).await?;
         chain = chain_for(&state, &new_id.to_string(), &tenant).await?;
     }
     tracing::info!(chain_id = %new_id, from = %source.id, turn = fork.from_turn, "chain forked");
@@ -353,9 +316,10 @@ pub async fn cancel_chain(
     Path(id): Path<String>,
 ) -> Result<Json<ChainCancelReply>, ApiError> {
     let chain = chain_for(&state, &id, &tenant).await?;
-    let outcome = state.queue.cancel_chain(chain.id, now_ms()).await?;
-    let status = ApiCancelOutcome::from_outcome(outcome)
-        .ok_or_else(|| ApiError::not_found("id", "chain"))?;
+    let status = match state.queue.cancel_chain(chain.id, now_ms()).await? {
+        CancelOutcome::NotFound => return Err(ApiError::not_found("id", "chain")),
+        status => status,
+    };
     Ok(Json(ChainCancelReply {
         id: chain.id.to_string(),
         status,

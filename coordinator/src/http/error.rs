@@ -22,13 +22,78 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// Machine-readable class of an error. Each has one HTTP status (`StatusCode::from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    /// 422: the request is well-formed but a field's value is not acceptable.
+    InvalidRequest,
+    /// 400: the request cannot be read (malformed JSON, header or query).
+    BadRequest,
+    /// 401: missing or unknown API key.
+    Unauthorized,
+    /// 403: a signed URL's signature is missing, wrong or expired (never for tenancy).
+    Forbidden,
+    /// 404: no such thing, or another tenant's (existence must not leak).
+    NotFound,
+    /// 409: the request does not fit the resource's current state (e.g. a canceled chain).
+    Conflict,
+    /// 409: the job has no result yet.
+    NotReady,
+    /// 413
+    PayloadTooLarge,
+    /// 415
+    UnsupportedMediaType,
+    /// 429: the tenant's in-flight limit is reached.
+    TooManyRequests,
+    /// 503: the queue or the object store is unavailable; retry shortly.
+    Unavailable,
+    /// 500
+    Internal,
+}
+
+impl ErrorType {
+    /// The wire name (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::NotReady => "not_ready",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooManyRequests => "too_many_requests",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl From<&ErrorType> for StatusCode {
+    fn from(kind: &ErrorType) -> Self {
+        match kind {
+            ErrorType::InvalidRequest => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorType::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorType::Forbidden => StatusCode::FORBIDDEN,
+            ErrorType::NotFound => StatusCode::NOT_FOUND,
+            ErrorType::Conflict | ErrorType::NotReady => StatusCode::CONFLICT,
+            ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorType::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorType::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Machine-readable class: invalid_request, bad_request, unauthorized, not_found,
-    /// forbidden, not_ready, payload_too_large, unsupported_media_type, too_many_requests, unavailable,
-    /// internal.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ErrorType,
     /// The field, header or part of the request the error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
@@ -42,10 +107,9 @@ pub struct ErrorDetail {
     pub errors: Vec<FieldError>,
 }
 
-/// An error on its way to becoming a response.
+/// An error on its way to becoming a response; its status follows from `detail.kind`.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
     /// Boxed so `Result<_, ApiError>` stays small on the happy path.
     pub detail: Box<ErrorDetail>,
     /// Seconds for a `Retry-After` header (429, 503).
@@ -53,16 +117,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(
-        status: StatusCode,
-        kind: &str,
-        field: Option<&str>,
-        message: impl Into<String>,
-    ) -> Self {
+    fn new(kind: ErrorType, field: Option<&str>, message: impl Into<String>) -> Self {
         Self {
-            status,
             detail: Box::new(ErrorDetail {
-                kind: kind.to_owned(),
+                kind,
                 field: field.map(str::to_owned),
                 message: message.into(),
                 limit: None,
@@ -70,6 +128,10 @@ impl ApiError {
             }),
             retry_after_s: None,
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        (&self.detail.kind).into()
     }
 
     pub fn with_limit(mut self, limit: impl Into<String>) -> Self {
@@ -80,8 +142,7 @@ impl ApiError {
     /// 422: the request is well-formed but a field's value is not acceptable.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorType::InvalidRequest,
             Some(field),
             message,
         )
@@ -89,13 +150,12 @@ impl ApiError {
 
     /// 400: the request cannot be read (malformed JSON, header or query).
     pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", Some(field), message)
+        Self::new(ErrorType::BadRequest, Some(field), message)
     }
 
     pub fn unauthorized() -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorType::Unauthorized,
             Some("Authorization"),
             "missing or unknown API key: send \"Authorization: Bearer <key>\" or \"x-key: <key>\"",
         )
@@ -105,8 +165,7 @@ impl ApiError {
     /// not leak).
     pub fn not_found(field: &str, what: &str) -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorType::NotFound,
             Some(field),
             format!("{what} not found"),
         )
@@ -114,18 +173,17 @@ impl ApiError {
 
     /// 409: the request does not fit the resource's current state (e.g. a canceled chain).
     pub fn conflict(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", Some(field), message)
+        Self::new(ErrorType::Conflict, Some(field), message)
     }
 
     /// 403 for signed URLs whose signature is missing, wrong or expired (never for tenancy).
     pub fn forbidden(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", Some(field), message)
+        Self::new(ErrorType::Forbidden, Some(field), message)
     }
 
     pub fn too_large(field: &str, limit_bytes: u64, what: &str) -> Self {
         Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorType::PayloadTooLarge,
             Some(field),
             format!("{what} is larger than the limit of {limit_bytes} bytes"),
         )
@@ -134,21 +192,19 @@ impl ApiError {
 
     pub fn unsupported_media(field: &str, message: impl Into<String>) -> Self {
         Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorType::UnsupportedMediaType,
             Some(field),
             message,
         )
     }
 
     pub fn not_ready(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "not_ready", Some("id"), message)
+        Self::new(ErrorType::NotReady, Some("id"), message)
     }
 
     pub fn too_many(in_flight: u64, limit: u32) -> Self {
         let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_requests",
+            ErrorType::TooManyRequests,
             Some("max_in_flight"),
             format!(
                 "this tenant has {in_flight} jobs queued or running; the limit is {limit}: \
@@ -162,8 +218,7 @@ impl ApiError {
 
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorType::Unavailable,
             None,
             message,
         );
@@ -175,8 +230,7 @@ impl ApiError {
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "request failed");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorType::Internal,
             None,
             "internal error; the coordinator's log has the details",
         )
@@ -243,7 +297,7 @@ impl From<StorageError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
-            self.status,
+            self.status(),
             Json(ErrorBody {
                 error: *self.detail,
             }),
@@ -261,8 +315,7 @@ impl IntoResponse for ApiError {
 /// Fallback for unknown routes, so they answer in the same JSON shape.
 pub async fn no_route() -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorType::NotFound,
         Some("path"),
         "no such route",
     )

@@ -11,16 +11,14 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use kontext_proto::validate::{JobRequest, validate};
-use kontext_proto::{InputImage, JobEvent, JobId, JobQueue, JobRecord, Submission};
+use kontext_proto::validate::{JobRequest, WebhookUrl, check_job};
+use kontext_proto::{CancelOutcome, JobEvent, JobId, JobQueue, JobRecord, JobStatus, Submission};
 
 use super::error::{ApiError, ErrorBody};
 use super::request::{Caller, parse_json, query_pairs, query_param, read_body};
-use super::views::{
-    ApiCancelOutcome, ApiJobStatus, CancelReply, JobAccepted, JobList, JobView, SubmitJob,
-};
+use super::views::{CancelReply, JobAccepted, JobList, JobView};
 use crate::auth::Tenant;
-use crate::fetch::check_url_syntax;
+use crate::fetch::check_address;
 use crate::input::resolve_input;
 use crate::state::{AppState, now_ms};
 
@@ -42,43 +40,16 @@ pub async fn submit_job(
     idempotency_key: Option<String>,
 ) -> Result<(JobId, bool), ApiError> {
     let limits = &state.config.limits.job;
-    // Check every field that does not depend on the image before fetching or storing it, so a
-    // bad request stores nothing.
-    if req.input_image.is_some() {
-        let side = limits.max_input_side.min(1024);
-        let stand_in = InputImage {
-            key: String::new(),
-            width: side,
-            height: side,
-        };
-        if let Err(mut errors) = validate(&req, Some(stand_in), limits, || 0) {
-            let derived = req.width.is_none() && req.height.is_none() && req.aspect_ratio.is_none();
-            errors.errors.retain(|e| {
-                e.field != "input_image"
-                    && !(derived && (e.field == "width" || e.field == "height"))
-            });
-            if !errors.errors.is_empty() {
-                return Err(errors.into());
-            }
-        }
-    }
-    let input = match &req.input_image {
+    // Every field is checked before the input image is fetched or stored, so a bad request
+    // stores nothing.
+    let fields = check_job(&req, limits)?;
+    check_webhook(state, fields.webhook_url())?;
+    let input = match fields.input_image() {
         Some(raw) => Some(resolve_input(state, tenant, raw).await?),
         None => None,
     };
     // Server-picked seeds stay below 2^53 so JavaScript clients read them exactly.
-    let spec = validate(&req, input, limits, || rand::random::<u64>() >> 11)?;
-    if let Some(url) = &spec.webhook_url {
-        if state.config.webhooks.secret.is_none() {
-            return Err(ApiError::invalid(
-                "webhook_url",
-                "webhook_url needs a signing secret: this coordinator was started without \
-                 --webhook-secret",
-            ));
-        }
-        check_url_syntax(url, state.config.allow_private_urls)
-            .map_err(|e| ApiError::invalid("webhook_url", format!("webhook_url {e}")))?;
-    }
+    let spec = fields.resolve(input, limits, || rand::random::<u64>() >> 11)?;
     let priority = spec.priority;
     let outcome = state
         .queue
@@ -99,6 +70,24 @@ pub async fn submit_job(
     }
     tracing::debug!(job_id = %outcome.id, tenant = %tenant.id, created = outcome.created, "job submitted");
     Ok((outcome.id, outcome.created))
+}
+
+/// Refuses a webhook this coordinator cannot sign, or whose host is an address it may not call
+/// (the URL itself was checked with the other fields). Jobs and chains both answer through it.
+pub fn check_webhook(state: &AppState, url: Option<&WebhookUrl>) -> Result<(), ApiError> {
+    let Some(url) = url else { return Ok(()) };
+    if state.config.webhooks.secret.is_none() {
+        return Err(ApiError::invalid(
+            "webhook_url",
+            "webhook_url needs a signing secret: this coordinator was started without \
+             --webhook-secret",
+        ));
+    }
+    match url.ip() {
+        Some(ip) => check_address(ip, state.config.allow_private_urls)
+            .map_err(|e| ApiError::invalid("webhook_url", format!("webhook_url {e}"))),
+        None => Ok(()),
+    }
 }
 
 /// The `Idempotency-Key` header, checked.
@@ -182,7 +171,7 @@ pub async fn wait_for_terminal(
 /// Submit a job (generate without `input_image`, edit with one).
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
-    request_body(content = SubmitJob, description = "The job. Unknown fields are ignored."),
+    request_body(content = JobRequest, description = "The job. Unknown fields are ignored."),
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Repeat a submit safely: the \
             same key with the same body returns the original job; with a different body, 422. \
@@ -224,9 +213,9 @@ pub async fn create_job(
 ) -> Result<Response, ApiError> {
     let max = state.config.limits.max_body_bytes;
     let bytes = read_body(&headers, body, max, "body", "request body").await?;
-    let (req, body_hash) = parse_json::<SubmitJob>(&bytes)?;
+    let (req, body_hash) = parse_json::<JobRequest>(&bytes)?;
     let idem = idempotency_key(&headers)?;
-    let (id, created) = submit_job(&state, &tenant, req.into(), body_hash, idem).await?;
+    let (id, created) = submit_job(&state, &tenant, req, body_hash, idem).await?;
     let status_url = state.job_url(&id.to_string());
     let location = HeaderValue::from_str(&status_url).map_err(|e| ApiError::internal(&e))?;
 
@@ -246,11 +235,11 @@ pub async fn create_job(
         return Ok((StatusCode::OK, headers, Json(view)).into_response());
     }
     let status = if created {
-        ApiJobStatus::Queued
+        JobStatus::Queued
     } else {
         match state.queue.get(id).await? {
-            Some(job) => job.status.into(),
-            None => ApiJobStatus::Queued,
+            Some(job) => job.status,
+            None => JobStatus::Queued,
         }
     };
     let accepted = JobAccepted {
@@ -355,9 +344,10 @@ pub async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<Json<CancelReply>, ApiError> {
     let job = state.job_for(&id, &tenant).await?;
-    let outcome = state.queue.cancel(job.id, now_ms()).await?;
-    let status =
-        ApiCancelOutcome::from_outcome(outcome).ok_or_else(|| ApiError::not_found("id", "job"))?;
+    let status = match state.queue.cancel(job.id, now_ms()).await? {
+        CancelOutcome::NotFound => return Err(ApiError::not_found("id", "job")),
+        status => status,
+    };
     Ok(Json(CancelReply {
         id: job.id.to_string(),
         status,

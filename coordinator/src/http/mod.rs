@@ -23,6 +23,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use kontext_proto::validate::JobRequest;
+use kontext_proto::validate_chain::{ChainRequest, TurnRequest};
+use kontext_proto::{CancelOutcome, ChainStatus, JobKind, JobStatus, TurnState};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -49,13 +52,13 @@ use crate::state::AppState;
         health::healthz, health::readyz, health::metrics,
     ),
     components(schemas(
-        views::SubmitJob, views::JobAccepted, views::JobView, views::JobList, views::ResultView,
-        views::JobErrorView, views::ApiJobStatus, views::ApiJobKind, views::CancelReply,
-        views::ApiCancelOutcome, views::UploadReply, error::ErrorBody, error::ErrorDetail,
+        JobRequest, views::JobAccepted, views::JobView, views::JobList, views::ResultView,
+        views::JobErrorView, JobStatus, JobKind, views::CancelReply, CancelOutcome,
+        views::UploadReply, error::ErrorBody, error::ErrorDetail, error::ErrorType,
         bfl::BflRequest, bfl::BflSubmitted, bfl::BflResult, bfl::BflSample,
-        chain_views::CreateChain, chain_views::ChainTurnBody, chain_views::ForkChain,
+        ChainRequest, TurnRequest, chain_views::ForkChain,
         chain_views::ChainAccepted, chain_views::TurnAccepted, chain_views::ChainView,
-        chain_views::TurnView, chain_views::ApiChainStatus, chain_views::ApiTurnState,
+        chain_views::TurnView, ChainStatus, TurnState,
         chain_views::ForkedFrom, chain_views::ChainCancelReply,
     )),
     modifiers(&SecuritySchemes),

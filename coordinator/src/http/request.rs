@@ -138,24 +138,24 @@ pub fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::views::SubmitJob;
+    use kontext_proto::validate::JobRequest;
 
     #[test]
     fn type_errors_name_the_field() {
-        let err = parse_json::<SubmitJob>(br#"{"prompt": "x", "steps": "many"}"#)
+        let err = parse_json::<JobRequest>(br#"{"prompt": "x", "steps": "many"}"#)
             .expect_err("steps is a string");
         assert_eq!(err.detail.field.as_deref(), Some("steps"));
-        assert_eq!(err.status, axum::http::StatusCode::UNPROCESSABLE_ENTITY);
-        let err = parse_json::<SubmitJob>(b"[1]").expect_err("not an object");
+        assert_eq!(err.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
+        let err = parse_json::<JobRequest>(b"[1]").expect_err("not an object");
         assert_eq!(err.detail.field.as_deref(), Some("body"));
     }
 
     #[test]
     fn canonical_hash_ignores_whitespace_and_key_order() {
-        let (_, a) = parse_json::<SubmitJob>(br#"{"prompt":"x","seed":1}"#).expect("valid");
+        let (_, a) = parse_json::<JobRequest>(br#"{"prompt":"x","seed":1}"#).expect("valid");
         let (_, b) =
-            parse_json::<SubmitJob>(b"{ \"seed\": 1,\n \"prompt\": \"x\" }").expect("valid");
-        let (_, c) = parse_json::<SubmitJob>(br#"{"prompt":"x","seed":2}"#).expect("valid");
+            parse_json::<JobRequest>(b"{ \"seed\": 1,\n \"prompt\": \"x\" }").expect("valid");
+        let (_, c) = parse_json::<JobRequest>(br#"{"prompt":"x","seed":2}"#).expect("valid");
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

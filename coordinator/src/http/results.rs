@@ -42,12 +42,11 @@ pub async fn job_result(
             job.status
         )));
     };
-    let key = ObjectKey::parse(&result.key).map_err(|e| ApiError::internal(&e))?;
-    if let Some(url) = state.store.presigned_get(&key).await? {
+    if let Some(url) = state.store.presigned_get(&result.key).await? {
         let location = HeaderValue::from_str(&url).map_err(|e| ApiError::internal(&e))?;
         return Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response());
     }
-    blob_response(&state, &key).await
+    blob_response(&state, &result.key).await
 }
 
 /// An object behind a signed URL (local storage's stand-in for presigned S3 URLs).

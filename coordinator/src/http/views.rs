@@ -1,63 +1,11 @@
-//! What the API sends and receives (the OpenAPI schemas): the job view of design.md §9, submit
-//! and list replies, uploads, cancel. Conversions from the queue's records live here too, so
-//! every route renders a job the same way.
+//! What the API sends (the OpenAPI schemas): the job view of design.md §9, submit and list
+//! replies, uploads, cancel. Request bodies and statuses are proto's own types (`JobRequest`,
+//! `JobStatus`, ...), which derive their schemas there. Conversions from the queue's records
+//! live here too, so every route renders a job the same way.
 
-use kontext_proto::validate::JobRequest;
 use kontext_proto::{CancelOutcome, JobErrorKind, JobKind, JobRecord, JobStatus, Millis};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-
-/// `POST /v1/jobs` body. Field names follow BFL and diffusers.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
-#[serde(default)]
-#[schema(example = json!({"prompt": "make the jacket red", "input_image": "<upload id>",
-    "steps": 28, "guidance": 2.5, "seed": 42, "output_format": "png"}))]
-pub struct SubmitJob {
-    /// What to generate, or the edit instruction.
-    pub prompt: String,
-    /// Context image of an edit: an upload id (`POST /v1/uploads`), an object key of this
-    /// tenant (`in/<tenant>/...` or `out/<tenant>/...`), base64 (optionally a `data:` URL) or an
-    /// http(s) URL. Absent: a text-to-image job.
-    pub input_image: Option<String>,
-    /// Output width (multiple of 16). Default: the snapped input size, or 1024 for generate.
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    /// `"w:h"`, e.g. `"16:9"` (about one megapixel); exclusive with width/height.
-    pub aspect_ratio: Option<String>,
-    /// How an edit's input is sized: `snap` (Kontext's preferred resolutions, default) or `keep`.
-    pub resize: Option<String>,
-    /// Denoising steps (default 28).
-    pub steps: Option<u32>,
-    /// Distilled guidance (default 2.5).
-    pub guidance: Option<f32>,
-    /// Absent: the server picks one and reports it.
-    pub seed: Option<u64>,
-    /// `png` (default) or `jpeg`.
-    pub output_format: Option<String>,
-    /// `high`, `standard` (default) or `bulk`.
-    pub priority: Option<String>,
-    /// Called (Standard Webhooks signature) when the job finishes.
-    pub webhook_url: Option<String>,
-}
-
-impl From<SubmitJob> for JobRequest {
-    fn from(s: SubmitJob) -> Self {
-        Self {
-            prompt: s.prompt,
-            input_image: s.input_image,
-            width: s.width,
-            height: s.height,
-            aspect_ratio: s.aspect_ratio,
-            resize: s.resize,
-            steps: s.steps,
-            guidance: s.guidance,
-            seed: s.seed,
-            output_format: s.output_format,
-            priority: s.priority,
-            webhook_url: s.webhook_url,
-        }
-    }
-}
 
 /// `202` reply to a submit: where to follow the job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -68,45 +16,13 @@ impl From<SubmitJob> for JobRequest {
     "result_url": "http://127.0.0.1:8080/v1/jobs/0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d/result"}))]
 pub struct JobAccepted {
     pub id: String,
-    pub status: ApiJobStatus,
+    pub status: JobStatus,
     pub status_url: String,
     /// Server-sent events: state and progress, then the final job.
     pub events_url: String,
     pub cancel_url: String,
     /// The image once the job succeeded.
     pub result_url: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ApiJobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Canceled,
-    /// Gave up: crashed workers too often (poison job).
-    Dead,
-}
-
-impl From<JobStatus> for ApiJobStatus {
-    fn from(s: JobStatus) -> Self {
-        match s {
-            JobStatus::Queued => Self::Queued,
-            JobStatus::Running => Self::Running,
-            JobStatus::Succeeded => Self::Succeeded,
-            JobStatus::Failed => Self::Failed,
-            JobStatus::Canceled => Self::Canceled,
-            JobStatus::Dead => Self::Dead,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ApiJobKind {
-    Generate,
-    Edit,
 }
 
 /// A job as `GET /v1/jobs/{id}` returns it (design.md §9).
@@ -123,8 +39,8 @@ pub enum ApiJobKind {
     "error": null}))]
 pub struct JobView {
     pub id: String,
-    pub kind: ApiJobKind,
-    pub status: ApiJobStatus,
+    pub kind: JobKind,
+    pub status: JobStatus,
     /// Share of the denoising steps done, 0..1.
     pub progress: f32,
     pub prompt: String,
@@ -179,29 +95,8 @@ pub struct JobList {
     "status": "CANCELLATION_REQUESTED"}))]
 pub struct CancelReply {
     pub id: String,
-    pub status: ApiCancelOutcome,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ApiCancelOutcome {
-    /// Was queued: it will never run.
-    Canceled,
-    /// Is running: the worker stops at its next step.
-    CancellationRequested,
-    AlreadyCompleted,
-}
-
-impl ApiCancelOutcome {
-    /// `None` for `NotFound`, which the handler turns into a 404.
-    pub fn from_outcome(o: CancelOutcome) -> Option<Self> {
-        match o {
-            CancelOutcome::Canceled => Some(Self::Canceled),
-            CancelOutcome::CancellationRequested => Some(Self::CancellationRequested),
-            CancelOutcome::AlreadyCompleted => Some(Self::AlreadyCompleted),
-            CancelOutcome::NotFound => None,
-        }
-    }
+    // Never `NOT_FOUND`: an unknown job is a 404.
+    pub status: CancelOutcome,
 }
 
 /// Reply to `POST /v1/uploads`.
@@ -224,11 +119,8 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
     let spec = &job.spec;
     JobView {
         id: job.id.to_string(),
-        kind: match spec.kind {
-            JobKind::Generate => ApiJobKind::Generate,
-            JobKind::Edit => ApiJobKind::Edit,
-        },
-        status: job.status.into(),
+        kind: spec.kind,
+        status: job.status,
         progress: job.progress,
         prompt: spec.prompt.clone(),
         seed: job.result.as_ref().map_or(spec.seed, |r| r.seed),
@@ -243,7 +135,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
             kontext_proto::Priority::Bulk => "bulk",
         }
         .to_owned(),
-        input_image: spec.input.as_ref().map(|i| i.key.clone()),
+        input_image: spec.input.as_ref().map(|i| i.key.to_string()),
         created_at: rfc3339(job.created_at),
         started_at: job.started_at.map(rfc3339),
         finished_at: job.finished_at.map(rfc3339),
@@ -254,7 +146,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
             .zip(result_url)
             .map(|(r, url)| ResultView {
                 url,
-                key: r.key.clone(),
+                key: r.key.to_string(),
                 width: r.width,
                 height: r.height,
                 format: r.format.extension().to_owned(),

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kontext_coordinator::AppState;
 use kontext_coordinator::auth::Auth;
 use kontext_coordinator::config::Config;
-use kontext_coordinator::{AnyQueue, AppState};
+use kontext_proto::AnyQueue;
 use kontext_proto::memory::MemoryQueue;
 use kontext_proto::{JobId, JobQueue, JobResult, Lease};
 use kontext_storage::keys::output_key;
@@ -222,7 +223,7 @@ impl Server {
             .await
             .expect("store result");
         let result = JobResult {
-            key: key.into_string(),
+            key,
             width: w,
             height: h,
             format: kontext_proto::OutputFormat::Png,

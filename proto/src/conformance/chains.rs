@@ -9,8 +9,9 @@ use crate::chain::{
     AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, FailurePolicy, PlannedTurn,
     TurnAppend, TurnState, turn_seed,
 };
+use crate::error::QueueError;
 use crate::job::{Carry, ChainRef, InputImage, JobKind, JobRecord};
-use crate::queue::{CancelOutcome, CompleteOutcome, FailOutcome, JobQueue, QueueError};
+use crate::queue::{CancelOutcome, CompleteOutcome, FailOutcome, JobQueue};
 use crate::{JobError, JobErrorKind, JobStatus, Priority};
 
 const CHAIN_SEED: u64 = 1234;
@@ -19,7 +20,7 @@ const TTL_MS: Millis = TTL.as_millis() as u64;
 
 fn source_image() -> InputImage {
     InputImage {
-        key: "in/acme/source.png".into(),
+        key: key("in/acme/source.png"),
         width: 512,
         height: 512,
     }
@@ -81,10 +82,10 @@ pub async fn chain<Q: JobQueue>(q: &Q, id: ChainId) -> ChainRecord {
 fn result_of(lease: &Lease, job: &JobRecord) -> crate::JobResult {
     let mut r = result_for(lease);
     if job.spec.keep_latent {
-        r.latent_key = Some(format!(
+        r.latent_key = Some(key(&format!(
             "out/{}/{}.latent.safetensors",
             lease.job_id, lease.epoch
-        ));
+        )));
     }
     r
 }
@@ -264,7 +265,7 @@ pub async fn chain_turn_is_created_once_under_redelivery_and_crashes<Q: JobQueue
     assert_eq!((c.current, c.last_good), (3, 2));
     let third = c.turns[2].job.as_ref().expect("turn 3 exists");
     assert_eq!(
-        third.spec.input.as_ref().map(|i| i.key.clone()),
+        third.spec.input.as_ref().map(|i| i.key.to_string()),
         Some(format!("out/{}/{}.png", lease.job_id, lease.epoch))
     );
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use super::lifecycle::MakeQueue;
 use super::*;
+use crate::error::QueueError;
 use crate::policy::MAX_CRASHES;
-use crate::queue::{CompleteOutcome, FailOutcome, JobQueue, QueueError, ReapReport};
+use crate::queue::{CompleteOutcome, FailOutcome, JobQueue, ReapReport};
 use crate::{CancelOutcome, JobError, JobErrorKind, JobStatus, Priority};
 
 const TTL_MS: u64 = TTL.as_millis() as u64;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::Barrier;
 
 use super::*;
-use crate::queue::{CompleteOutcome, JobEvent, JobQueue, QueueError};
+use crate::error::QueueError;
+use crate::queue::{CompleteOutcome, JobEvent, JobQueue};
 use crate::{CancelOutcome, JobError, JobErrorKind, JobStatus, Priority};
 
 /// A factory of fresh queues.
@@ -70,7 +71,6 @@ pub async fn unknown_ids_are_not_found<Q: JobQueue>(make: impl MakeQueue<Q>) {
         worker: "w".into(),
         epoch: 1,
         attempt: 1,
-        token: String::new(),
     };
     let h = within("heartbeat", q.heartbeat(&lease, TTL, NOW)).await;
     assert!(matches!(h, Err(QueueError::NotFound(_))), "{h:?}");

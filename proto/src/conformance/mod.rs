@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::job::{
     JobId, JobKind, JobResult, JobStatus, Millis, OutputFormat, Priority, ValidJobSpec,
 };
+use crate::object_key::ObjectKey;
 use crate::policy::{QueueConfig, RetryPolicy};
 use crate::queue::{JobEvent, JobQueue, Lease, Submission};
 use crate::resolution::ResizeMode;
@@ -139,9 +140,14 @@ pub async fn record<Q: JobQueue>(q: &Q, id: JobId) -> crate::JobRecord {
         .expect("job should exist")
 }
 
+/// `raw` as an object key; the suite only writes valid ones.
+pub fn key(raw: &str) -> ObjectKey {
+    ObjectKey::parse(raw).expect("the conformance suite uses valid object keys")
+}
+
 pub fn result_for(lease: &Lease) -> JobResult {
     JobResult {
-        key: format!("out/{}/{}.png", lease.job_id, lease.epoch),
+        key: key(&format!("out/{}/{}.png", lease.job_id, lease.epoch)),
         width: 512,
         height: 512,
         format: OutputFormat::Png,

@@ -10,13 +10,14 @@ use crate::chain::{
     self, AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn,
     FailurePolicy, PlannedTurn, TurnAppend, refusal, turn_seed,
 };
+use crate::error::QueueError;
 use crate::job::{
     Carry, ChainRef, InputImage, JobId, JobRecord, JobResult, JobStatus, Millis, Priority,
     TenantId, ValidJobSpec,
 };
 use crate::keys::list_member;
 use crate::policy;
-use crate::queue::{CancelOutcome, Claim, QueueError};
+use crate::queue::{CancelOutcome, Claim};
 
 /// A chain record (the Redis chain hash).
 #[derive(Debug)]

@@ -12,11 +12,12 @@ use tokio::sync::Notify;
 
 use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::JobError;
+use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, Millis};
 use crate::policy::{self, Jitter, QueueConfig};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
-    LeaseState, Notification, QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
+    LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 
 use state::State;

@@ -1,8 +1,9 @@
 //! Read-only queries of the embedded queue's state: a job's events and the queue's numbers.
 
 use super::{State, class_index};
+use crate::error::QueueError;
 use crate::job::{JobId, Millis, Priority};
-use crate::queue::{JobEvent, QueueError, QueueStats};
+use crate::queue::{JobEvent, QueueStats};
 
 impl State {
     /// Events after `after` (a cursor from an earlier call), at most `limit`.

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use crate::chain::ChainId;
 use crate::error::JobError;
+use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId};
 use crate::keys::{list_member, parse_list_member};
 use crate::policy::{self, QueueConfig, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, Lease, LeaseState,
-    QueueError, ReapReport, Submission, SubmitOutcome,
+    ReapReport, Submission, SubmitOutcome,
 };
 
 /// One dispatch entry of a class stream.
@@ -304,7 +305,6 @@ impl State {
             worker: worker.to_owned(),
             epoch: r.epoch,
             attempt: r.attempts,
-            token: job.entry.map(|s| s.to_string()).unwrap_or_default(),
         };
         let record = r.clone();
         self.leases.insert((until, id));

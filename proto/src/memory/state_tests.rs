@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use super::state::State;
+use crate::error::QueueError;
 use crate::error::{JobError, JobErrorKind};
 use crate::job::{JobKind, JobStatus, OutputFormat, Priority, ValidJobSpec};
 use crate::policy::{QueueConfig, RetryDecision};
-use crate::queue::{CancelOutcome, QueueError, Submission};
+use crate::queue::{CancelOutcome, Submission};
 use crate::resolution::ResizeMode;
 
 const T0: u64 = 1_000_000;

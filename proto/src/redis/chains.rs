@@ -7,15 +7,18 @@ use std::collections::HashMap;
 use redis::Value;
 
 use super::RedisQueue;
-use super::reply::{array, at, field, hash, int, json, optional, parsed, record, tagged, text};
+use super::reply::{
+    RedisFailure, array, at, field, hash, int, json, optional, parsed, record, tagged, text,
+};
 use super::scripts::SCRIPTS;
 use crate::chain::{
     self, AppendOutcome, ChainId, ChainRecord, ChainSubmission, ChainTurn, TurnAppend, refusal,
     turn_seed,
 };
+use crate::error::QueueError;
 use crate::job::{JobId, Millis, ValidJobSpec};
 use crate::policy;
-use crate::queue::{CancelOutcome, QueueError};
+use crate::queue::CancelOutcome;
 
 /// Rounds of read-then-append before `append_turn` gives up on a chain appended to concurrently.
 const APPEND_TRIES: usize = 16;
@@ -185,9 +188,11 @@ impl RedisQueue {
                 other => return Err(corrupt(format!("chain_append replied {other:?}"))),
             }
         }
-        Err(QueueError::Backend(format!(
-            "chain {id}: gave up appending after {APPEND_TRIES} concurrent appends"
-        )))
+        Err(RedisFailure::AppendContention {
+            chain: id,
+            tries: APPEND_TRIES,
+        }
+        .into())
     }
 
     pub(super) async fn fork_chain_impl(

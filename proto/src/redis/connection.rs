@@ -15,8 +15,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client};
 
 use super::reply::backend;
+use crate::error::QueueError;
 use crate::policy::QueueConfig;
-use crate::queue::QueueError;
 
 /// Settings of `RedisQueue` beyond the shared `QueueConfig`.
 #[derive(Debug, Clone, PartialEq)]

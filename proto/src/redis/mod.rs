@@ -25,18 +25,20 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{Client, ScriptInvocation};
 
 pub use connection::RedisConfig;
+pub use reply::RedisFailure;
 
 use self::connection::BlockingPool;
 use self::reply::{array, at, backend, hash, int, record, tagged, text};
 use self::scripts::SCRIPTS;
 use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::JobError;
+use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority};
 use crate::keys::{KeySpace, WORKER_GROUP, list_member};
 use crate::policy::{self, Jitter, MAX_CRASHES, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
-    LeaseState, Notification, QueueError, QueueStats, ReapReport, Submission, SubmitOutcome,
+    LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 
 /// Entries of canceled jobs one claim call may skip before handing control back.
@@ -139,9 +141,11 @@ impl RedisQueue {
                 Ok(v)
             }
             Ok(Err(e)) => Err(backend(e)),
-            Err(_) => Err(QueueError::Backend(format!(
-                "blocking command gave no reply within {bound:?}"
-            ))),
+            Err(_) => Err(RedisFailure::NoReply {
+                what: "blocking command",
+                after: bound,
+            }
+            .into()),
         }
     }
 
@@ -168,9 +172,11 @@ impl RedisQueue {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => return Err(backend(e)),
             Err(_) => {
-                return Err(QueueError::Backend(format!(
-                    "submit + WAIT gave no reply within {bound:?}"
-                )));
+                return Err(RedisFailure::NoReply {
+                    what: "submit + WAIT",
+                    after: bound,
+                }
+                .into());
             }
         };
         self.blocking.put(con);
@@ -205,14 +211,12 @@ impl RedisQueue {
         let (tag, rest) = tagged(&reply)?;
         match tag.as_str() {
             "claimed" => {
-                let token = text(at(rest, 0)?)?;
-                let job = record(&hash(at(rest, 1)?)?)?;
+                let job = record(&hash(at(rest, 0)?)?)?;
                 let lease = Lease {
                     job_id: job.id,
                     worker: worker.to_owned(),
                     epoch: job.epoch,
                     attempt: job.attempts,
-                    token,
                 };
                 Ok(ClaimStep::Claimed(Box::new(Claim { lease, job })))
             }

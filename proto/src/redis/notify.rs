@@ -8,9 +8,10 @@ use std::time::Duration;
 use super::RedisQueue;
 use super::reply::{array, int, text};
 use super::scripts::SCRIPTS;
+use crate::error::QueueError;
 use crate::job::{JobId, JobStatus, Millis};
 use crate::policy;
-use crate::queue::{Notification, QueueError};
+use crate::queue::Notification;
 
 impl RedisQueue {
     pub(super) async fn take_notifications_impl(

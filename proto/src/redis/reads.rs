@@ -8,10 +8,11 @@ use redis::Value;
 use super::RedisQueue;
 use super::reply::{array, at, backend, hash, int, is_stream_id, record, text};
 use super::scripts::SCRIPTS;
+use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, Millis, Priority};
 use crate::keys::{WORKER_GROUP, parse_list_member};
 use crate::policy;
-use crate::queue::{JobEvent, JobPage, MAX_PAGE, QueueError, QueueStats};
+use crate::queue::{JobEvent, JobPage, MAX_PAGE, QueueStats};
 
 /// Most events one `events` call returns.
 const EVENTS_PER_CALL: usize = 100;

@@ -3,19 +3,39 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use redis::Value;
 use serde::de::DeserializeOwned;
 
+use crate::error::QueueError;
+use crate::ids::ChainId;
 use crate::job::{JobId, JobRecord, JobStatus};
-use crate::queue::QueueError;
 
 fn corrupt(what: impl Into<String>) -> QueueError {
     QueueError::Corrupt(what.into())
 }
 
 pub(crate) fn backend(e: redis::RedisError) -> QueueError {
-    QueueError::Backend(e.to_string())
+    QueueError::Backend(Box::new(e))
+}
+
+/// Failures of the Redis backend that are not a `redis::RedisError`; the source of a
+/// `QueueError::Backend`.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFailure {
+    /// A command gave no reply within its bound; its connection is dropped, not reused.
+    #[error("{what} gave no reply within {after:?}")]
+    NoReply { what: &'static str, after: Duration },
+    /// Concurrent appends kept changing the chain between our read and our write.
+    #[error("chain {chain}: gave up appending after {tries} concurrent appends")]
+    AppendContention { chain: ChainId, tries: usize },
+}
+
+impl From<RedisFailure> for QueueError {
+    fn from(e: RedisFailure) -> Self {
+        QueueError::Backend(Box::new(e))
+    }
 }
 
 pub(crate) fn text(v: &Value) -> Result<String, QueueError> {

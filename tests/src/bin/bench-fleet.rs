@@ -23,11 +23,12 @@ use clap::Parser;
 use kontext::client::Client;
 use kontext_coordinator::auth::Auth;
 use kontext_coordinator::config::{Config, QueueSource};
-use kontext_coordinator::http::views::{ApiJobStatus, SubmitJob};
 use kontext_e2e::redis_server::{RedisServer, fresh_namespace};
 use kontext_e2e::s3_server::{S3Server, unique_bucket_name};
 use kontext_engine::thread::EngineThread;
+use kontext_proto::JobStatus;
 use kontext_proto::redis::{RedisConfig, RedisQueue};
+use kontext_proto::validate::JobRequest;
 use kontext_storage::{AnyBlobStore, StorageConfig};
 use kontext_worker::config::ModelArgs;
 use kontext_worker::consumer::{Worker, WorkerSettings};
@@ -139,12 +140,12 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
 
     // 1. Per-job overhead.
     let client = Client::new(&url, None)?;
-    let job = SubmitJob {
+    let job = JobRequest {
         prompt: "a small lighthouse".into(),
         width: Some(args.size),
         height: Some(args.size),
         steps: Some(args.steps),
-        ..SubmitJob::default()
+        ..JobRequest::default()
     };
     let http = reqwest::Client::new();
     let (mut total, mut engine_ms, mut overhead) = (Vec::new(), Vec::new(), Vec::new());
@@ -159,7 +160,7 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
         let accepted = client.submit(&job, None).await?;
         let t_submit = t0.elapsed();
         let view = client.follow(&accepted.id, |_| {}).await?;
-        if view.status != ApiJobStatus::Succeeded {
+        if view.status != JobStatus::Succeeded {
             bail!("job {} ended {:?}: {:?}", view.id, view.status, view.error);
         }
         let result_url = &view.result.as_ref().context("result")?.url;
@@ -230,7 +231,7 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
 /// `total` submits spread over `clients` tasks; returns each submit's latency in ms.
 async fn submit_load(
     url: &str,
-    job: &SubmitJob,
+    job: &JobRequest,
     total: usize,
     clients: usize,
 ) -> anyhow::Result<Vec<f64>> {

@@ -7,7 +7,7 @@
 -- KEYS[5] this worker's affinity stream q:w:<worker>   KEYS[6] delay zset
 -- ARGV[1] key prefix   ARGV[2] group   ARGV[3] worker (consumer name)   ARGV[4] now (ms)
 -- ARGV[5] lease_until (ms)   ARGV[6] events maxlen   ARGV[7] most entries to skip per call
--- Returns {'claimed', entry id, {job hash as HGETALL}}
+-- Returns {'claimed', {job hash as HGETALL}}
 --       | {'empty', last id hi, last id std, last id bulk, last id affinity}
 --         (for a blocking XREAD after them)
 --       | {'busy'}  (skip budget used up; call again)
@@ -54,7 +54,7 @@ while true do
     start(job, jid, v)
     redis.call('HDEL', job, 'entry')
     redis.call('ZREM', KEYS[6], jid)
-    return {'claimed', id, redis.call('HGETALL', job)}
+    return {'claimed', redis.call('HGETALL', job)}
   end
   budget = budget - 1
   if budget <= 0 then return {'busy'} end
@@ -70,7 +70,7 @@ for i = 1, 3 do
     local job, v = startable(jid, id)
     if job then
       start(job, jid, v)
-      return {'claimed', id, redis.call('HGETALL', job)}
+      return {'claimed', redis.call('HGETALL', job)}
     end
     redis.call('XACK', KEYS[i], group, id)
     budget = budget - 1

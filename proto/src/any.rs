@@ -1,20 +1,22 @@
-//! `AnyQueue`: the job queue chosen at run time — `RedisQueue` when a Redis URL is configured,
-//! otherwise the in-process `MemoryQueue` (embedded mode: `kontext up`, tests). Both sit behind an
-//! `Arc`, so the coordinator and an in-process worker can share one `MemoryQueue`.
+//! `AnyQueue` (features "memory" and "redis"): the job queue chosen at run time — `RedisQueue`
+//! when a Redis URL is configured, otherwise the in-process `MemoryQueue` (embedded mode:
+//! `kontext up`, tests). Both sit behind an `Arc`, so the coordinator and an in-process worker
+//! can share one `MemoryQueue`.
 //!
 //! `JobQueue` uses `impl Future` returns (not object safe), hence an enum rather than `dyn`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kontext_proto::memory::MemoryQueue;
-use kontext_proto::redis::RedisQueue;
-use kontext_proto::{
-    AppendOutcome, CancelOutcome, ChainId, ChainRecord, ChainSubmission, Claim, CompleteOutcome,
-    FailOutcome, JobError, JobEvent, JobId, JobPage, JobQueue, JobRecord, JobResult, Lease,
-    LeaseState, Millis, Notification, QueueError, QueueStats, ReapReport, Submission,
-    SubmitOutcome, TurnAppend,
+use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
+use crate::error::{JobError, QueueError};
+use crate::job::{JobId, JobRecord, JobResult, Millis};
+use crate::memory::MemoryQueue;
+use crate::queue::{
+    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
+    LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::redis::RedisQueue;
 
 /// One of the queue implementations. Cloning is cheap (an `Arc`).
 #[derive(Debug, Clone)]
