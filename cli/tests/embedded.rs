@@ -9,7 +9,7 @@ use kontext::embedded::{Embedded, EmbeddedConfig};
 use kontext_coordinator::config::Config;
 use kontext_coordinator::http::views::{ApiJobStatus, SubmitJob};
 use kontext_worker::config::ModelArgs;
-use kontext_worker::consumer::WorkerSettings;
+use kontext_worker::settings::WorkerSettings;
 
 #[test]
 fn demo_writes_a_generated_and_an_edited_png() {

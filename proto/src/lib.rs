@@ -3,6 +3,7 @@
 //! - `job`: job types, states, records; `chain`: chains of edit turns (storyboards); `error`: error kinds that decide retries;
 //! - `validate`: client requests → `ValidJobSpec` with field-level errors (`validate_chain`:
 //!   chain requests → planned turn specs);
+//! - `clock`: the wall clock (`now_ms`) and the one duration syntax of every flag;
 //! - `resolution`: Kontext size rules (preferred-resolution snapping, keep-aspect);
 //! - `queue`: the `JobQueue` seam and its types; `policy`: retry/backoff, lease expiry and the
 //!   poison rule as pure functions of `now`; `keys`: the Redis key layout;
@@ -17,6 +18,7 @@
 //! This crate never depends on candle; its default features pull in no async runtime.
 
 pub mod chain;
+pub mod clock;
 pub mod error;
 pub mod job;
 pub mod keys;

@@ -9,8 +9,8 @@ use kontext_proto::resolution::context_size;
 use kontext_proto::{JobError, JobErrorKind, ValidJobSpec};
 use kontext_storage::{BlobStore, ObjectKey, StorageError};
 
-use kontext_engine::{Context, EngineRequest};
 use crate::latents;
+use kontext_engine::{Context, EngineRequest};
 
 /// Context area used when an old record lacks a resolved context size (`keep` mode only).
 const FALLBACK_CONTEXT_PIXELS: u64 = 1024 * 1024;

@@ -15,7 +15,7 @@ use kontext::progress::JobBar;
 use kontext_coordinator::config::Config;
 use kontext_coordinator::http::views::{ApiJobStatus, SubmitJob};
 use kontext_worker::config::ModelArgs;
-use kontext_worker::consumer::WorkerSettings;
+use kontext_worker::settings::WorkerSettings;
 
 use super::jobs::{describe, follow_and_fetch};
 

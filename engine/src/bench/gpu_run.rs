@@ -24,7 +24,7 @@ use super::checks::{self, CheckOutcome};
 use super::flops::{ForwardFlops, H100_BF16_PEAK_TFLOPS, edit_tokens};
 use super::random_weights::{self, RandomEngineSpec};
 use super::report;
-use crate::flux::{attention, cuda_kernels};
+use crate::flux::{attention, ops};
 use crate::loader::parse_device;
 use crate::pipeline::{EngineOptions, KontextEngine};
 use crate::text::tokenize::PromptTokenizers;
@@ -56,7 +56,9 @@ pub enum BenchError {
     },
     #[error("the engine never reported a step")]
     NoStepReported,
-    #[error("{checks} check(s) out of tolerance, {check_errors} check error(s), {speed_errors} speed error(s)")]
+    #[error(
+        "{checks} check(s) out of tolerance, {check_errors} check error(s), {speed_errors} speed error(s)"
+    )]
     Failed {
         checks: usize,
         check_errors: usize,
@@ -229,11 +231,11 @@ pub fn run(args: BenchGpuArgs) -> Result<(), BenchError> {
         run_checks(&args, &dev, &out_dir, &mut rep);
         save(&json, &rep)?;
     }
-    if !args.skip_speed {
-        if let Err(e) = run_speed(&args, &dev, &out_dir, &json, &mut rep) {
-            eprintln!("speed: {e}");
-            rep.errors.push(e.to_string());
-        }
+    if !args.skip_speed
+        && let Err(e) = run_speed(&args, &dev, &out_dir, &json, &mut rep)
+    {
+        eprintln!("speed: {e}");
+        rep.errors.push(e.to_string());
     }
     save(&json, &rep)?;
     println!("{}", report::table(&rep));
@@ -259,27 +261,24 @@ fn save(json: &std::path::Path, rep: &Report) -> Result<(), BenchError> {
 
 fn run_checks(args: &BenchGpuArgs, dev: &Device, out_dir: &std::path::Path, rep: &mut Report) {
     let dtype = args.dtype.dtype();
-    let mut record = |what: &str,
-                      r: Result<Vec<CheckOutcome>, EngineError>,
-                      took: Duration| {
-        match r {
-            Ok(outcomes) => {
-                for o in outcomes {
-                    eprintln!(
-                        "  check {}: rel L2 {:.3e} (≤ {:.0e}) {} [{:.1}s]",
-                        o.name,
-                        o.rel_l2,
-                        o.tolerance,
-                        if o.passed() { "ok" } else { "FAIL" },
-                        took.as_secs_f64()
-                    );
-                    rep.checks.push(report::CheckRow::from(&o));
-                }
+    let mut record = |what: &str, r: Result<Vec<CheckOutcome>, EngineError>, took: Duration| match r
+    {
+        Ok(outcomes) => {
+            for o in outcomes {
+                eprintln!(
+                    "  check {}: rel L2 {:.3e} (≤ {:.0e}) {} [{:.1}s]",
+                    o.name,
+                    o.rel_l2,
+                    o.tolerance,
+                    if o.passed() { "ok" } else { "FAIL" },
+                    took.as_secs_f64()
+                );
+                rep.checks.push(report::CheckRow::from(&o));
             }
-            Err(e) => {
-                eprintln!("  check {what}: ERROR {e}");
-                rep.check_errors.push(format!("{what}: {e}"));
-            }
+        }
+        Err(e) => {
+            eprintln!("  check {what}: ERROR {e}");
+            rep.check_errors.push(format!("{what}: {e}"));
         }
     };
     eprintln!("correctness ({} {dtype:?} vs cpu f32):", args.device);
@@ -350,6 +349,9 @@ fn build_engine(
     Ok(engine)
 }
 
+/// A kernel family the A/B runs switch off: compiled in?, its switch, its name.
+type KernelSwitch = (bool, fn(bool), &'static str);
+
 fn run_speed(
     args: &BenchGpuArgs,
     dev: &Device,
@@ -386,7 +388,7 @@ fn run_speed(
         if args.ab_steps == 0 || !dev.is_cuda() {
             continue;
         }
-        let switches: [(bool, fn(bool), &str); 2] = [
+        let switches: [KernelSwitch; 2] = [
             (
                 kontext_cuda::HAS_FLASH_ATTN,
                 attention::set_flash_attn,
@@ -394,7 +396,7 @@ fn run_speed(
             ),
             (
                 kontext_cuda::HAS_FUSED,
-                cuda_kernels::set_enabled,
+                ops::cuda::set_enabled,
                 "fused kernels",
             ),
         ];
@@ -525,7 +527,7 @@ fn variant(dev: &Device, engine: &KontextEngine) -> String {
     let cfg = engine.flux_config();
     let flash = candle_core::Tensor::zeros((1, 1, 1, cfg.head_dim()), engine.options().dtype, dev)
         .is_ok_and(|probe| attention::uses_flash_attn(&probe));
-    let fused = dev.is_cuda() && engine.options().dtype == DType::BF16 && cuda_kernels::enabled();
+    let fused = dev.is_cuda() && engine.options().dtype == DType::BF16 && ops::cuda::enabled();
     match (flash, fused) {
         (true, true) => "flash+fused",
         (true, false) => "flash",

@@ -13,11 +13,9 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use kontext_engine::{Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StepControl};
 use kontext_worker::config::{ModelArgs, ServeArgs};
 use kontext_worker::drain::termination_signal;
-use kontext_engine::{
-    Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StepControl,
-};
 
 #[derive(Parser)]
 #[command(

@@ -14,12 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use candle_core::{DType, Device};
-use kontext_proto::resolution::{self, SIDE_MULTIPLE};
-use kontext_engine::pipeline::{
-    DEFAULT_MAX_PIXELS, EngineOptions, KontextEngine, MAX_STEPS,
-};
+use kontext_engine::pipeline::{DEFAULT_MAX_PIXELS, EngineOptions, KontextEngine, MAX_STEPS};
 use kontext_engine::weights::ModelDir;
 use kontext_engine::{Context, Engine, EngineRequest, StageTimings, StepControl, tiny};
+use kontext_proto::resolution::{self, SIDE_MULTIPLE};
 
 /// Area cap of the tiny model's default sizes.
 const TINY_DEFAULT_PIXELS: u64 = 256 * 256;

@@ -3,8 +3,8 @@
 
 use anyhow::Context;
 use kontext_worker::config::ServeArgs;
-use kontext_worker::drain::termination_signal;
 use kontext_worker::config::load_engine;
+use kontext_worker::drain::termination_signal;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
