@@ -2,8 +2,8 @@
 //!
 //! Both share one queue and one store: with no --redis-url that is the in-process `MemoryQueue`
 //! (the only queue this worker can reach), otherwise Redis; a local directory unless a bucket is
-//! configured. The worker runs the same `Worker` loop as `kontext-worker serve`; the coordinator is
-//! the same library the `kontext-coordinator` binary runs. On shutdown the worker drains first (the
+//! configured. The worker starts through the same `spawn_worker` as `kontext-worker serve`; the
+//! coordinator is the same library the `kontext-coordinator` binary runs. On shutdown the worker drains first (the
 //! running job finishes or goes back to the queue), then the HTTP server stops.
 
 use std::net::SocketAddr;
@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kontext_coordinator::{AppState, Config, RunError};
-use kontext_engine::thread::EngineThread;
+use kontext_engine::thread::Health;
 use kontext_engine::{Engine, EngineError};
 use kontext_storage::AnyBlobStore;
 use kontext_worker::config::ModelArgs;
-use kontext_worker::consumer::{Worker, WorkerError, WorkerSettings};
+use kontext_worker::job_loop::WorkerError;
 use kontext_worker::metrics::WorkerStatus;
+use kontext_worker::service::{SpawnError, SpawnedWorker, spawn_worker};
+use kontext_worker::settings::WorkerSettings;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,8 +27,8 @@ use tokio::task::JoinHandle;
 pub enum EmbeddedError {
     #[error(transparent)]
     Coordinator(#[from] RunError),
-    #[error("loading the model: {0}")]
-    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
     #[error("{what}: {detail}")]
@@ -50,12 +52,10 @@ pub struct EmbeddedConfig {
 pub struct Embedded {
     addr: SocketAddr,
     url: String,
-    status: Arc<WorkerStatus>,
     stop_worker: oneshot::Sender<()>,
     stop_http: oneshot::Sender<()>,
-    worker: JoinHandle<Result<(), WorkerError>>,
+    worker: SpawnedWorker,
     http: JoinHandle<Result<(), RunError>>,
-    engine: EngineThread,
 }
 
 impl Embedded {
@@ -75,35 +75,24 @@ impl Embedded {
             .await
             .map_err(RunError::Storage)?;
 
-        let model = config.model.clone();
-        let load = config.load_engine;
-        let engine = tokio::task::spawn_blocking(move || load(&model))
-            .await
-            .map_err(|e| EmbeddedError::Task {
-                what: "model loading task",
-                detail: e.to_string(),
-            })??;
-        let engine = EngineThread::spawn(engine, true).map_err(|e| EmbeddedError::Task {
-            what: "spawning the engine thread",
-            detail: e.to_string(),
-        })?;
-
-        let worker = Worker::new(
+        let (model, load) = (config.model, config.load_engine);
+        let status = Arc::new(WorkerStatus::new(config.worker.worker_id.clone()));
+        let (stop_worker, worker_stopped) = oneshot::channel::<()>();
+        let worker = spawn_worker(
             Arc::new(queue.clone()),
             Arc::new(store.clone()),
-            engine.handle(),
+            move || load(&model),
             config.worker,
-        );
-        let status = worker.status();
-        let (stop_worker, worker_stopped) = oneshot::channel::<()>();
-        let worker = tokio::spawn(worker.run(async move {
-            let _ = worker_stopped.await;
-        }));
+            Arc::clone(&status),
+            async move {
+                let _ = worker_stopped.await;
+            },
+        )
+        .await?;
 
         let state = AppState::new(config.coordinator, queue, store, addr);
         // One process, one /metrics: the worker's (stages, engine caches) after the coordinator's.
-        let worker_status = Arc::clone(&status);
-        state.set_extra_metrics(Box::new(move || worker_status.render()));
+        state.set_extra_metrics(Box::new(move || status.render()));
         let url = state.public_url.clone();
         let (stop_http, http_stopped) = oneshot::channel::<()>();
         let http = tokio::spawn(kontext_coordinator::serve(listener, state, async move {
@@ -112,12 +101,10 @@ impl Embedded {
         Ok(Self {
             addr,
             url,
-            status,
             stop_worker,
             stop_http,
             worker,
             http,
-            engine,
         })
     }
 
@@ -130,20 +117,17 @@ impl Embedded {
     }
 
     pub fn status(&self) -> Arc<WorkerStatus> {
-        Arc::clone(&self.status)
+        self.worker.status()
     }
 
     /// Waits until the worker is warm (model loaded and warm-up done) or died.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), EmbeddedError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut health = self.engine.handle().health();
-        let waited = tokio::time::timeout_at(
-            deadline,
-            health.wait_for(|h| *h != kontext_engine::thread::Health::Starting),
-        )
-        .await;
+        let mut health = self.worker.engine().health();
+        let waited =
+            tokio::time::timeout_at(deadline, health.wait_for(|h| *h != Health::Starting)).await;
         match waited {
-            Ok(Ok(h)) if *h == kontext_engine::thread::Health::Ready => {}
+            Ok(Ok(h)) if *h == Health::Ready => {}
             Ok(Ok(h)) => {
                 return Err(EmbeddedError::Worker(WorkerError::Engine(format!(
                     "{:?}",
@@ -158,7 +142,8 @@ impl Embedded {
             }
         }
         // The worker flips readiness right after it sees the engine ready.
-        while !self.status.is_ready() {
+        let status = self.worker.status();
+        while !status.is_ready() {
             if self.worker.is_finished() || tokio::time::Instant::now() > deadline {
                 return Err(EmbeddedError::Task {
                     what: "worker",
@@ -173,39 +158,26 @@ impl Embedded {
     /// Drains the worker, then stops the HTTP server.
     pub async fn shutdown(self) -> Result<(), EmbeddedError> {
         let _ = self.stop_worker.send(());
-        let worker = self.worker.await.map_err(|e| EmbeddedError::Task {
-            what: "worker task",
-            detail: e.to_string(),
-        })?;
+        let worker = self.worker.join().await;
         let _ = self.stop_http.send(());
         let http = self.http.await.map_err(|e| EmbeddedError::Task {
             what: "HTTP server task",
             detail: e.to_string(),
         })?;
-        let engine = self.engine;
-        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
         worker?;
         http?;
         Ok(())
     }
 
-    /// Runs until `signal` resolves or a part stops on its own, then shuts down.
+    /// Runs until `signal` resolves or the worker stops on its own (its engine died), then shuts
+    /// down.
     pub async fn run_until(
         mut self,
         signal: impl std::future::Future<Output = ()>,
     ) -> Result<(), EmbeddedError> {
         tokio::select! {
             () = signal => {}
-            result = &mut self.worker => {
-                // The worker stopped (its engine died): stop serving too.
-                let _ = self.stop_http.send(());
-                let _ = self.http.await;
-                return match result {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.into()),
-                    Err(e) => Err(EmbeddedError::Task { what: "worker task", detail: e.to_string() }),
-                };
-            }
+            () = self.worker.ended() => {}
         }
         self.shutdown().await
     }

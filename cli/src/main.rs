@@ -19,7 +19,7 @@ struct Cli {
 enum Command {
     /// Run a coordinator and one worker in this process (embedded defaults: in-process queue,
     /// local directory storage, the tiny model on CPU).
-    Up(commands::up::UpArgs),
+    Up(Box<commands::up::UpArgs>),
     /// The quickstart: start `kontext up` on a free loopback port, generate an image, edit it,
     /// write both PNGs, stop.
     Demo(commands::demo::DemoArgs),
@@ -79,7 +79,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => commands::up::run(args).await,
+            Command::Up(args) => commands::up::run(*args).await,
             Command::Demo(args) => commands::demo::run(args).await,
             Command::Generate(args) => commands::jobs::generate(args).await,
             Command::Edit(args) => commands::jobs::edit(args).await,

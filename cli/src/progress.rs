@@ -56,10 +56,11 @@ impl JobBar {
 
     /// Ends the bar (it stays on screen with its last state).
     pub fn finish(&self, status: &str) {
-        if self.stepping && status == "succeeded" {
-            if let Some(len) = self.bar.length() {
-                self.bar.set_position(len);
-            }
+        if self.stepping
+            && status == "succeeded"
+            && let Some(len) = self.bar.length()
+        {
+            self.bar.set_position(len);
         }
         self.bar.finish_with_message(status.to_owned());
     }

@@ -10,7 +10,7 @@ use kontext_coordinator::config::Config;
 use kontext_proto::JobStatus;
 use kontext_proto::validate::JobRequest;
 use kontext_worker::config::ModelArgs;
-use kontext_worker::consumer::WorkerSettings;
+use kontext_worker::settings::WorkerSettings;
 
 #[test]
 fn demo_writes_a_generated_and_an_edited_png() {

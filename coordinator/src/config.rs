@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
+use kontext_proto::clock::parse_duration;
 use kontext_proto::policy::QueueConfig;
 use kontext_proto::validate::Limits;
-use kontext_storage::{StorageArgs, StorageConfig, StorageError, parse_duration};
+use kontext_storage::{StorageArgs, StorageConfig, StorageError};
 
 use crate::auth::{Auth, AuthConfigError};
 use crate::signing::Secret;

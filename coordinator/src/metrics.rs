@@ -1,113 +1,25 @@
-//! Prometheus metrics, hand-written text exposition (format 0.0.4): counters and histograms kept
-//! in atomics by the request paths and background tasks, plus queue gauges read from the queue at
-//! scrape time.
+//! Prometheus metrics (the `prometheus` crate, text format 0.0.4): counters and histograms kept by
+//! the request paths and background tasks, plus queue gauges read from the queue at scrape time.
 //!
 //! Queue gauges describe the whole fleet, so every coordinator reports the same values (aggregate
 //! them with `max`); counters and histograms count what *this* coordinator did (aggregate with
 //! `sum`). Job latency comes from the notifier, which sees each finished job on exactly one
-//! coordinator.
+//! coordinator. Durations are observed in seconds.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use kontext_proto::{JobStatus, Priority, QueueStats};
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
 
 /// Upper bounds (seconds) of the job latency buckets.
 const LATENCY_BUCKETS_S: [f64; 14] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
-
-/// A cumulative histogram over fixed buckets.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// One per bound, plus +Inf.
-    counts: Vec<AtomicU64>,
-    sum_ms: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe_ms(&self, ms: u64) {
-        let secs = ms as f64 / 1000.0;
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
-            let le = self
-                .bounds
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum}");
-        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
-    }
-}
-
-/// Every metric this coordinator keeps.
-#[derive(Debug)]
-pub struct Metrics {
-    /// Per priority class, in `Priority::ORDER`.
-    submitted: [AtomicU64; 3],
-    /// Per terminal status (succeeded, failed, canceled, dead): created → finished.
-    latency: [Histogram; 4],
-    /// Expired leases re-queued by this coordinator's reaper (crash retries).
-    pub requeued: AtomicU64,
-    /// Delayed retries (after a transient error) made claimable by this coordinator's reaper.
-    pub promoted: AtomicU64,
-    /// Jobs this coordinator's reaper moved to the dead-letter list.
-    pub dead_lettered: AtomicU64,
-    pub webhooks_delivered: AtomicU64,
-    pub webhook_attempts_failed: AtomicU64,
-    pub webhooks_abandoned: AtomicU64,
-    /// (method, route, status) → count.
-    http: Mutex<BTreeMap<(String, String, u16), u64>>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            submitted: Default::default(),
-            latency: std::array::from_fn(|_| Histogram::new(&LATENCY_BUCKETS_S)),
-            requeued: AtomicU64::new(0),
-            promoted: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            webhooks_delivered: AtomicU64::new(0),
-            webhook_attempts_failed: AtomicU64::new(0),
-            webhooks_abandoned: AtomicU64::new(0),
-            http: Mutex::new(BTreeMap::new()),
-        }
-    }
-}
 
 const TERMINAL: [JobStatus; 4] = [
     JobStatus::Succeeded,
@@ -116,177 +28,206 @@ const TERMINAL: [JobStatus; 4] = [
     JobStatus::Dead,
 ];
 
+/// Registers `metric` in `registry` and returns it. Definitions are static (names, help, labels,
+/// buckets), so an error here is a bug the unit tests catch.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("a static metric definition is valid; this is a bug");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once; this is a bug");
+    metric
+}
+
+/// Every metric this coordinator keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Per priority class.
+    submitted: IntCounterVec,
+    /// Per terminal status (succeeded, failed, canceled, dead): created → finished.
+    latency: HistogramVec,
+    /// Expired leases re-queued by this coordinator's reaper (crash retries).
+    pub requeued: IntCounter,
+    /// Delayed retries (after a transient error) made claimable by this coordinator's reaper.
+    pub promoted: IntCounter,
+    /// Jobs this coordinator's reaper moved to the dead-letter list.
+    pub dead_lettered: IntCounter,
+    pub webhooks_delivered: IntCounter,
+    pub webhook_attempts_failed: IntCounter,
+    pub webhooks_abandoned: IntCounter,
+    /// By method, route and status.
+    http: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let submitted = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new("kontext_jobs_submitted_total", "Jobs accepted, per class"),
+                &["class"],
+            ),
+        );
+        let latency = registered(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "kontext_job_latency_seconds",
+                    "Time from submit to a terminal state",
+                )
+                .buckets(LATENCY_BUCKETS_S.to_vec()),
+                &["status"],
+            ),
+        );
+        let retries = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kontext_retries_total",
+                    "Jobs put back in line by this coordinator's reaper: reason=crash (lease \
+                     expired) or reason=backoff (a delayed retry after a transient error became \
+                     claimable)",
+                ),
+                &["reason"],
+            ),
+        );
+        let webhooks = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kontext_webhook_deliveries_total",
+                    "Webhook delivery attempts by outcome",
+                ),
+                &["outcome"],
+            ),
+        );
+        let http = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kontext_http_requests_total",
+                    "HTTP requests by route and status",
+                ),
+                &["method", "route", "status"],
+            ),
+        );
+        // Every fixed label value is exported from the start, at 0.
+        for p in Priority::ORDER {
+            submitted.with_label_values(&[p.class()]);
+        }
+        for status in TERMINAL {
+            latency.with_label_values(&[status.to_string()]);
+        }
+        Self {
+            submitted,
+            latency,
+            requeued: retries.with_label_values(&["crash"]),
+            promoted: retries.with_label_values(&["backoff"]),
+            dead_lettered: registered(
+                &r,
+                IntCounter::new(
+                    "kontext_dead_lettered_total",
+                    "Jobs this coordinator's reaper dead-lettered (poison: too many crashes)",
+                ),
+            ),
+            webhooks_delivered: webhooks.with_label_values(&["delivered"]),
+            webhook_attempts_failed: webhooks.with_label_values(&["failed_attempt"]),
+            webhooks_abandoned: webhooks.with_label_values(&["abandoned"]),
+            http,
+            registry: r,
+        }
+    }
+}
+
 impl Metrics {
     pub fn submitted(&self, priority: Priority) {
-        let i = Priority::ORDER
-            .iter()
-            .position(|&p| p == priority)
-            .expect("ORDER lists every priority; this is a bug");
-        self.submitted[i].fetch_add(1, Ordering::Relaxed);
+        self.submitted.with_label_values(&[priority.class()]).inc();
     }
 
-    /// A job reached `status` `latency_ms` after it was created.
-    pub fn finished(&self, status: JobStatus, latency_ms: u64) {
-        if let Some(i) = TERMINAL.iter().position(|&s| s == status) {
-            self.latency[i].observe_ms(latency_ms);
+    /// A job reached `status` `latency` after it was created.
+    pub fn finished(&self, status: JobStatus, latency: Duration) {
+        if TERMINAL.contains(&status) {
+            self.latency
+                .with_label_values(&[status.to_string()])
+                .observe(latency.as_secs_f64());
         }
     }
 
     pub fn http_request(&self, method: &str, route: &str, status: u16) {
-        let mut map = self
-            .http
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *map.entry((method.to_owned(), route.to_owned(), status))
-            .or_insert(0) += 1;
+        let status = status.to_string();
+        self.http
+            .with_label_values(&[method, route, status.as_str()])
+            .inc();
     }
 
     /// The exposition text; `stats` is `None` when the queue could not be read (the
     /// `kontext_queue_up` gauge then says 0).
     pub fn render(&self, stats: Option<&QueueStats>) -> String {
+        let mut families = self.registry.gather();
+        families.extend(queue_gauges(stats));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = String::with_capacity(4096);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-
-        gauge_header(
-            &mut out,
-            "kontext_queue_up",
-            "1 when the queue answered this scrape",
-        );
-        let _ = writeln!(out, "kontext_queue_up {}", u8::from(stats.is_some()));
-        if let Some(s) = stats {
-            gauge_header(
-                &mut out,
-                "kontext_queue_depth",
-                "Jobs ready to be claimed (not yet delivered to a worker), per priority class: \
-                 the backlog/lag autoscalers act on",
-            );
-            for p in Priority::ORDER {
-                let n = s.ready.iter().find(|(c, _)| *c == p).map_or(0, |(_, n)| *n);
-                let _ = writeln!(out, "kontext_queue_depth{{class=\"{}\"}} {n}", p.class());
-            }
-            gauge_header(
-                &mut out,
-                "kontext_queue_delayed",
-                "Jobs waiting for a retry time",
-            );
-            let _ = writeln!(out, "kontext_queue_delayed {}", s.delayed);
-            gauge_header(
-                &mut out,
-                "kontext_queue_running",
-                "Jobs held by a worker's lease",
-            );
-            let _ = writeln!(out, "kontext_queue_running {}", s.running);
-            gauge_header(
-                &mut out,
-                "kontext_queue_oldest_ready_age_seconds",
-                "Age of the oldest job ready to be claimed (0 when none)",
-            );
-            let age = s.oldest_ready_age_ms as f64 / 1000.0;
-            let _ = writeln!(out, "kontext_queue_oldest_ready_age_seconds {age}");
-            gauge_header(
-                &mut out,
-                "kontext_dead_letters",
-                "Entries in the dead-letter list",
-            );
-            let _ = writeln!(out, "kontext_dead_letters {}", s.dead_letters);
-        }
-
-        counter_header(
-            &mut out,
-            "kontext_jobs_submitted_total",
-            "Jobs accepted, per class",
-        );
-        for (p, n) in Priority::ORDER.iter().zip(&self.submitted) {
-            let _ = writeln!(
-                out,
-                "kontext_jobs_submitted_total{{class=\"{}\"}} {}",
-                p.class(),
-                load(n)
-            );
-        }
-
-        let _ = writeln!(
-            out,
-            "# HELP kontext_job_latency_seconds Time from submit to a terminal state\n\
-             # TYPE kontext_job_latency_seconds histogram"
-        );
-        for (status, h) in TERMINAL.iter().zip(&self.latency) {
-            h.render(
-                &mut out,
-                "kontext_job_latency_seconds",
-                &format!("status=\"{status}\""),
-            );
-        }
-
-        counter_header(
-            &mut out,
-            "kontext_retries_total",
-            "Jobs put back in line by this coordinator's reaper: reason=crash (lease expired) or \
-             reason=backoff (a delayed retry after a transient error became claimable)",
-        );
-        let _ = writeln!(
-            out,
-            "kontext_retries_total{{reason=\"crash\"}} {}",
-            load(&self.requeued)
-        );
-        let _ = writeln!(
-            out,
-            "kontext_retries_total{{reason=\"backoff\"}} {}",
-            load(&self.promoted)
-        );
-        counter_header(
-            &mut out,
-            "kontext_dead_lettered_total",
-            "Jobs this coordinator's reaper dead-lettered (poison: too many crashes)",
-        );
-        let _ = writeln!(
-            out,
-            "kontext_dead_lettered_total {}",
-            load(&self.dead_lettered)
-        );
-
-        counter_header(
-            &mut out,
-            "kontext_webhook_deliveries_total",
-            "Webhook delivery attempts by outcome",
-        );
-        for (outcome, n) in [
-            ("delivered", &self.webhooks_delivered),
-            ("failed_attempt", &self.webhook_attempts_failed),
-            ("abandoned", &self.webhooks_abandoned),
-        ] {
-            let _ = writeln!(
-                out,
-                "kontext_webhook_deliveries_total{{outcome=\"{outcome}\"}} {}",
-                load(n)
-            );
-        }
-
-        counter_header(
-            &mut out,
-            "kontext_http_requests_total",
-            "HTTP requests by route and status",
-        );
-        let map = self
-            .http
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for ((method, route, status), n) in map.iter() {
-            let _ = writeln!(
-                out,
-                "kontext_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+            tracing::error!(error = %e, "encoding the coordinator's metrics failed");
         }
         out
     }
 }
 
-fn gauge_header(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-}
-
-fn counter_header(out: &mut String, name: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+/// The queue gauges of one scrape, from fresh metrics: a queue that did not answer leaves no
+/// stale values behind.
+fn queue_gauges(stats: Option<&QueueStats>) -> Vec<MetricFamily> {
+    let r = Registry::new();
+    let gauge = |name: &str, help: &str, value: f64| {
+        registered(&r, Gauge::new(name, help)).set(value);
+    };
+    gauge(
+        "kontext_queue_up",
+        "1 when the queue answered this scrape",
+        if stats.is_some() { 1.0 } else { 0.0 },
+    );
+    if let Some(s) = stats {
+        let depth = registered(
+            &r,
+            GaugeVec::new(
+                Opts::new(
+                    "kontext_queue_depth",
+                    "Jobs ready to be claimed (not yet delivered to a worker), per priority \
+                     class: the backlog/lag autoscalers act on",
+                ),
+                &["class"],
+            ),
+        );
+        for p in Priority::ORDER {
+            let n = s.ready.iter().find(|(c, _)| *c == p).map_or(0, |(_, n)| *n);
+            depth.with_label_values(&[p.class()]).set(n as f64);
+        }
+        gauge(
+            "kontext_queue_delayed",
+            "Jobs waiting for a retry time",
+            s.delayed as f64,
+        );
+        gauge(
+            "kontext_queue_running",
+            "Jobs held by a worker's lease",
+            s.running as f64,
+        );
+        gauge(
+            "kontext_queue_oldest_ready_age_seconds",
+            "Age of the oldest job ready to be claimed (0 when none)",
+            Duration::from_millis(s.oldest_ready_age_ms).as_secs_f64(),
+        );
+        gauge(
+            "kontext_dead_letters",
+            "Entries in the dead-letter list",
+            s.dead_letters as f64,
+        );
+    }
+    r.gather()
 }
 
 #[cfg(test)]
@@ -296,9 +237,9 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let m = Metrics::default();
-        m.finished(JobStatus::Succeeded, 80);
-        m.finished(JobStatus::Succeeded, 3_000);
-        m.finished(JobStatus::Succeeded, 4_000_000);
+        m.finished(JobStatus::Succeeded, Duration::from_millis(80));
+        m.finished(JobStatus::Succeeded, Duration::from_millis(3_000));
+        m.finished(JobStatus::Succeeded, Duration::from_millis(4_000_000));
         let text = m.render(None);
         assert!(
             text.contains("kontext_job_latency_seconds_bucket{status=\"succeeded\",le=\"0.1\"} 1")

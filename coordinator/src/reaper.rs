@@ -5,8 +5,6 @@
 //! (Redis) or one locked transition (memory), so concurrent reapers never double-handle a job —
 //! a job taken by one reaper is no longer expired when the next looks.
 
-use std::sync::atomic::Ordering;
-
 use kontext_proto::JobQueue;
 use tokio::sync::watch;
 
@@ -30,12 +28,9 @@ pub async fn reap_once(state: &AppState) {
     match state.queue.reap(now_ms()).await {
         Ok(report) => {
             let m = &state.metrics;
-            m.requeued
-                .fetch_add(report.requeued.len() as u64, Ordering::Relaxed);
-            m.dead_lettered
-                .fetch_add(report.dead.len() as u64, Ordering::Relaxed);
-            m.promoted
-                .fetch_add(report.promoted as u64, Ordering::Relaxed);
+            m.requeued.inc_by(report.requeued.len() as u64);
+            m.dead_lettered.inc_by(report.dead.len() as u64);
+            m.promoted.inc_by(report.promoted as u64);
             for id in &report.requeued {
                 tracing::warn!(job_id = %id, "lease expired: job re-queued (worker presumed dead)");
             }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kontext_proto::{AnyQueue, JobId, JobQueue, JobRecord, JobStatus, Millis};
 use kontext_storage::{AnyBlobStore, BlobStore, ObjectKey};
@@ -17,12 +17,8 @@ use crate::http::views::{JobView, job_view};
 use crate::metrics::Metrics;
 use crate::signing;
 
-/// Milliseconds since the Unix epoch, now. The only clock the request paths read.
-pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, kontext_proto::policy::millis)
-}
+/// The fleet's one wall clock, where the request paths have always imported it from.
+pub use kontext_proto::clock::now_ms;
 
 /// Shared state; cloning is cheap.
 #[derive(Clone)]

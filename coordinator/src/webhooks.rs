@@ -109,9 +109,10 @@ pub async fn process_batch(state: &AppState) -> Result<usize, kontext_proto::Que
         if n.attempt == 1
             && let Some(end) = n.finished_at
         {
-            state
-                .metrics
-                .finished(n.status, end.saturating_sub(n.created_at));
+            state.metrics.finished(
+                n.status,
+                Duration::from_millis(end.saturating_sub(n.created_at)),
+            );
         }
         match n.webhook_url.clone() {
             None => done.push(n.job_id),
@@ -132,10 +133,7 @@ pub async fn process_batch(state: &AppState) -> Result<usize, kontext_proto::Que
             Attempt::Failed(reason) if n.attempt >= cfg.max_attempts => {
                 tracing::warn!(job_id = %n.job_id, attempts = n.attempt, %reason,
                     "webhook abandoned after the last attempt");
-                state
-                    .metrics
-                    .webhooks_abandoned
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.metrics.webhooks_abandoned.inc();
                 done.push(n.job_id);
             }
             Attempt::Failed(reason) => {
@@ -192,24 +190,15 @@ async fn deliver(state: &AppState, n: &Notification, url: &str) -> Attempt {
     .await
     {
         Ok(status) if status.is_success() => {
-            state
-                .metrics
-                .webhooks_delivered
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.webhooks_delivered.inc();
             Attempt::Done
         }
         Ok(status) => {
-            state
-                .metrics
-                .webhook_attempts_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.webhook_attempts_failed.inc();
             Attempt::Failed(format!("receiver answered HTTP {status}"))
         }
         Err(e) => {
-            state
-                .metrics
-                .webhook_attempts_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.webhook_attempts_failed.inc();
             Attempt::Failed(format!("webhook_url {e}"))
         }
     }

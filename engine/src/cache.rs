@@ -8,11 +8,14 @@
 //! so a hit gives exactly the bits a miss would.
 //!
 //! Hit and miss counters are process-wide (`stats()`): a worker process runs one engine, and its
-//! metrics endpoint reads them without going through the engine thread.
+//! metrics endpoint reads them (`CacheCollector`) without going through the engine thread.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 use sha2::{Digest, Sha256};
 
 /// Counters of one cache.
@@ -80,51 +83,132 @@ pub fn stats() -> CacheStats {
     }
 }
 
-/// Appends the caches' counters in the Prometheus text format (the worker's `/metrics`):
-/// `kontext_worker_cache_{hits,misses}_total`, `kontext_worker_cache_{entries,bytes}` and
-/// `kontext_worker_cache_hit_ratio`, each labelled `cache="text"|"context"`.
-pub fn render_prometheus(out: &mut String) {
-    use std::fmt::Write as _;
-    let s = stats();
-    let caches = [("text", s.text), ("context", s.context)];
-    let series: [(&str, &str, &str, fn(&CacheSnapshot) -> f64); 5] = [
-        (
-            "kontext_worker_cache_hits_total",
-            "counter",
-            "Engine cache lookups that hit",
-            |c| c.hits as f64,
-        ),
-        (
-            "kontext_worker_cache_misses_total",
-            "counter",
-            "Engine cache lookups that missed",
-            |c| c.misses as f64,
-        ),
-        (
-            "kontext_worker_cache_entries",
-            "gauge",
-            "Entries held by the engine cache",
-            |c| c.entries as f64,
-        ),
-        (
-            "kontext_worker_cache_bytes",
-            "gauge",
-            "Bytes held by the engine cache",
-            |c| c.bytes as f64,
-        ),
-        (
-            "kontext_worker_cache_hit_ratio",
-            "gauge",
-            "Hits over lookups since start (0 before any)",
-            |c| c.hit_ratio().unwrap_or(0.0),
-        ),
-    ];
-    for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (label, snap) in &caches {
-            let _ = writeln!(out, "{name}{{cache=\"{label}\"}} {}", value(snap));
+/// The caches' counters as Prometheus metrics, read from the process-wide counters at each
+/// scrape (register it in the worker's registry): `kontext_worker_cache_{hits,misses}_total`,
+/// `kontext_worker_cache_{entries,bytes}` and `kontext_worker_cache_hit_ratio`, each labelled
+/// `cache="text"|"context"`.
+#[derive(Debug, Clone)]
+pub struct CacheCollector {
+    /// The metric definitions; `collect` fills fresh copies, so a scrape never races another.
+    families: CacheFamilies,
+}
+
+#[derive(Debug, Clone)]
+struct CacheFamilies {
+    hits: IntCounterVec,
+    misses: IntCounterVec,
+    entries: IntGaugeVec,
+    bytes: IntGaugeVec,
+    hit_ratio: GaugeVec,
+}
+
+impl CacheFamilies {
+    fn new() -> Self {
+        let opts = |name: &str, help: &str| Opts::new(name, help);
+        let labels = &["cache"];
+        // The definitions are static; the unit tests render them.
+        let defined = "a static metric definition is valid; this is a bug";
+        Self {
+            hits: IntCounterVec::new(
+                opts(
+                    "kontext_worker_cache_hits_total",
+                    "Engine cache lookups that hit",
+                ),
+                labels,
+            )
+            .expect(defined),
+            misses: IntCounterVec::new(
+                opts(
+                    "kontext_worker_cache_misses_total",
+                    "Engine cache lookups that missed",
+                ),
+                labels,
+            )
+            .expect(defined),
+            entries: IntGaugeVec::new(
+                opts(
+                    "kontext_worker_cache_entries",
+                    "Entries held by the engine cache",
+                ),
+                labels,
+            )
+            .expect(defined),
+            bytes: IntGaugeVec::new(
+                opts(
+                    "kontext_worker_cache_bytes",
+                    "Bytes held by the engine cache",
+                ),
+                labels,
+            )
+            .expect(defined),
+            hit_ratio: GaugeVec::new(
+                opts(
+                    "kontext_worker_cache_hit_ratio",
+                    "Hits over lookups since start (0 before any)",
+                ),
+                labels,
+            )
+            .expect(defined),
         }
+    }
+}
+
+impl CacheCollector {
+    pub fn new() -> Self {
+        Self {
+            families: CacheFamilies::new(),
+        }
+    }
+}
+
+impl Default for CacheCollector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Prometheus counts in `u64`, as the counters do, and the gauges in `i64`.
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for CacheCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let f = &self.families;
+        [
+            f.hits.desc(),
+            f.misses.desc(),
+            f.entries.desc(),
+            f.bytes.desc(),
+            f.hit_ratio.desc(),
+        ]
+        .concat()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let f = CacheFamilies::new();
+        let s = stats();
+        for (label, snap) in [("text", s.text), ("context", s.context)] {
+            f.hits.with_label_values(&[label]).inc_by(snap.hits);
+            f.misses.with_label_values(&[label]).inc_by(snap.misses);
+            f.entries
+                .with_label_values(&[label])
+                .set(gauge_value(snap.entries));
+            f.bytes
+                .with_label_values(&[label])
+                .set(gauge_value(snap.bytes));
+            f.hit_ratio
+                .with_label_values(&[label])
+                .set(snap.hit_ratio().unwrap_or(0.0));
+        }
+        [
+            f.hits.collect(),
+            f.misses.collect(),
+            f.entries.collect(),
+            f.bytes.collect(),
+            f.hit_ratio.collect(),
+        ]
+        .concat()
     }
 }
 
@@ -273,8 +357,13 @@ mod tests {
 
     #[test]
     fn prometheus_lines_name_both_caches() {
-        let mut out = String::new();
-        render_prometheus(&mut out);
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(CacheCollector::new()))
+            .expect("register");
+        let out = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("encode");
         for line in [
             "# TYPE kontext_worker_cache_hits_total counter",
             "kontext_worker_cache_hits_total{cache=\"text\"} ",

@@ -283,7 +283,7 @@ fn denoising_loop_matches_every_step() -> Result<()> {
 /// The same forward through the plain candle compositions (the path CUDA and bf16 take).
 #[test]
 fn transformer_first_step_matches_without_cpu_kernels() -> Result<()> {
-    use kontext_engine::flux::cpu;
+    use kontext_engine::flux::ops::cpu;
     let fx = Fixture::load()?;
     let (_tmp, diffusers, _) = regenerate_model(&fx)?;
     let model = load_flux(&diffusers)?;

@@ -4,6 +4,7 @@
 //!   and chain ids; `error`: error kinds that decide retries, and `QueueError`;
 //! - `validate`: client requests → `ValidJobSpec` with field-level errors (`validate_chain`:
 //!   chain requests → planned turn specs);
+//! - `clock`: the wall clock (`now_ms`) and the one duration syntax of every flag;
 //! - `resolution`: Kontext size rules (preferred-resolution snapping, keep-aspect);
 //! - `queue`: the `JobQueue` seam and its types; `policy`: retry/backoff, lease expiry and the
 //!   poison rule as pure functions of `now`; `keys`: the Redis key layout; `object_key`: the
@@ -21,6 +22,7 @@
 //! This crate never depends on candle; its default features pull in no async runtime.
 
 pub mod chain;
+pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod job;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use clap::builder::BoolishValueParser;
+use kontext_proto::clock::parse_duration;
 
 use crate::{S3Config, StorageConfig, StorageError};
 
@@ -76,28 +77,6 @@ impl StorageArgs {
     }
 }
 
-/// Parses `90`, `90s`, `15m`, `1h` or `7d` into a duration.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let bad = || format!("{value:?} is not a duration: use e.g. 90s, 15m, 1h or 7d");
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let unit_secs = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
-    };
-    number
-        .checked_mul(unit_secs)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,18 +86,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         storage: StorageArgs,
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        for bad in ["", "h", "1.5h", "-1s", "10y", "1h30m"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

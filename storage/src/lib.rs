@@ -29,7 +29,7 @@ mod s3;
 
 pub use any::{AnyBlobStore, StorageConfig};
 #[cfg(feature = "cli")]
-pub use args::{StorageArgs, parse_duration};
+pub use args::StorageArgs;
 pub use error::{BoxError, StorageError};
 pub use keys::{KeyError, ObjectKey, ObjectKeyError};
 pub use local::LocalStore;

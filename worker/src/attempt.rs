@@ -7,28 +7,25 @@
 //! `fail` with the error's kind (the queue's retry policy takes it from there) or with `Canceled`;
 //! `release` when a drain stopped it; nothing at all when the lease was lost.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kontext_engine::EngineError;
+use kontext_engine::thread::EngineHandle;
+use kontext_proto::clock::now_ms;
 use kontext_proto::{
-    Claim, FailOutcome, JobError, JobErrorKind, JobQueue, JobRecord, JobResult, JobStatus, Lease,
-    QueueError,
+    FailOutcome, JobError, JobErrorKind, JobQueue, JobRecord, JobResult, JobStatus, QueueError,
 };
 use kontext_storage::BlobStore;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::clock::now_ms;
-use crate::consumer::WorkerSettings;
-use crate::drain::StepClock;
 use crate::inputs;
-use crate::lease::{self, AbortOnDrop, JobControl, StopReason};
-use crate::metrics::{Outcome, Stage, WorkerStatus};
+use crate::job_context::{JobContext, StopReason};
+use crate::lease::{self, AbortOnDrop};
+use crate::metrics::{Outcome, Stage};
 use crate::output::Outputs;
-use crate::progress::Forwarder;
-use kontext_engine::EngineError;
-use kontext_engine::thread::EngineHandle;
+use crate::progress;
 
 /// Commit attempts before the worker gives up and lets the lease expire.
 const COMMIT_TRIES: u32 = 4;
@@ -76,41 +73,30 @@ struct Stored {
     engine_done: Instant,
 }
 
-/// What one attempt needs from its worker.
+/// One attempt at a claimed job: its context (shared with the heartbeat, the progress forwarder
+/// and the job loop), and what only the attempt itself uses.
 pub struct Attempt<Q, S> {
-    pub queue: Arc<Q>,
+    pub job: Arc<JobContext<Q>>,
     pub store: Arc<S>,
     pub engine: EngineHandle,
-    pub settings: WorkerSettings,
-    pub status: Arc<WorkerStatus>,
-    pub control: Arc<JobControl>,
-    pub clock: Arc<Mutex<StepClock>>,
 }
 
 impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
-    /// Runs the claimed job to one of its ends; call inside the job's tracing span.
-    pub async fn run(self, claim: Claim) -> AttemptReport {
-        let Claim { lease, job } = claim;
+    /// Runs the claimed `record` (the job the context's lease holds) to one of its ends; call
+    /// inside the job's tracing span.
+    pub async fn run(self, record: JobRecord) -> AttemptReport {
         let claimed_at = now_ms();
+        let lease_until = claimed_at + kontext_proto::policy::millis(self.job.settings.lease_ttl);
         let heartbeat = AbortOnDrop::spawn(
-            lease::heartbeat(
-                Arc::clone(&self.queue),
-                lease.clone(),
-                self.settings.lease_ttl,
-                self.settings.heartbeat_every,
-                claimed_at + kontext_proto::policy::millis(self.settings.lease_ttl),
-                Arc::clone(&self.control),
-                Arc::clone(&self.status),
-            )
-            .in_current_span(),
+            lease::heartbeat(Arc::clone(&self.job), lease_until).in_current_span(),
         );
-        let result = self.execute(&lease, &job).await;
+        let result = self.execute(&record).await;
         // The final queue call settles the lease; a renewal racing it would only add noise.
         drop(heartbeat);
-        let step_time = self.clock.lock().ok().and_then(|c| c.step_time());
+        let step_time = self.job.step_clock().step_time();
         match result {
             Ok(stored) => {
-                let outcome = self.commit(&lease, &stored).await;
+                let outcome = self.commit(&stored).await;
                 AttemptReport {
                     outcome,
                     step_time,
@@ -118,45 +104,35 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
                 }
             }
             Err(stop) => AttemptReport {
-                outcome: self.settle(&lease, stop).await,
+                outcome: self.settle(stop).await,
                 step_time,
                 tail: None,
             },
         }
     }
 
-    async fn execute(&self, lease: &Lease, job: &JobRecord) -> Result<Stored, Stop> {
-        let metrics = &self.status.metrics;
+    async fn execute(&self, record: &JobRecord) -> Result<Stored, Stop> {
+        let metrics = &self.job.status.metrics;
         let started = Instant::now();
-        let req = inputs::engine_request(&*self.store, &job.spec)
+        let req = inputs::engine_request(&*self.store, &record.spec)
             .await
             .map_err(Stop::Error)?;
         metrics.stage(Stage::Fetch, started.elapsed());
-        if let Some(reason) = self.control.reason() {
+        if let Some(reason) = self.job.control.reason() {
             return Err(Stop::Reason(reason));
         }
 
         let (steps_tx, steps_rx) = mpsc::unbounded_channel();
         let forwarder = AbortOnDrop::spawn(
-            Forwarder {
-                queue: Arc::clone(&self.queue),
-                lease: lease.clone(),
-                lease_ttl: self.settings.lease_ttl,
-                interval: self.settings.progress_interval,
-                control: Arc::clone(&self.control),
-                clock: Arc::clone(&self.clock),
-                status: Arc::clone(&self.status),
-            }
-            .run(steps_rx)
-            .in_current_span(),
+            progress::forward(Arc::clone(&self.job), steps_rx).in_current_span(),
         );
         let started = Instant::now();
-        metrics.engine_busy.store(true, Ordering::Relaxed);
+        metrics.engine_busy.set(1);
         let generated = self
             .engine
-            .generate(req, Some(steps_tx), self.control.engine_cancel())
+            .generate(req, Some(steps_tx), self.job.control.engine_cancel())
             .await;
-        metrics.engine_busy.store(false, Ordering::Relaxed);
+        metrics.engine_busy.set(0);
         let engine_time = started.elapsed();
         let engine_done = Instant::now();
         metrics.stage(Stage::Engine, engine_time);
@@ -168,12 +144,15 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
             Ok(out) => out,
             Err(EngineError::Canceled) => {
                 return Err(Stop::Reason(
-                    self.control.reason().unwrap_or(StopReason::CancelRequested),
+                    self.job
+                        .control
+                        .reason()
+                        .unwrap_or(StopReason::CancelRequested),
                 ));
             }
             Err(e) => {
                 if let EngineError::Panicked(msg) = &e {
-                    self.status.set_fatal(format!("engine panicked: {msg}"));
+                    self.job.status.set_fatal(format!("engine panicked: {msg}"));
                 }
                 let kind = engine_error_kind(&e);
                 tracing::warn!(error = %e, kind = kind.as_str(), "engine failed");
@@ -181,10 +160,10 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
             }
         };
         for step in &out.timings.steps {
-            metrics.step_seconds.observe(*step);
+            metrics.step_seconds.observe(step.as_secs_f64());
         }
 
-        let spec = &job.spec;
+        let spec = &record.spec;
         let (width, height) = out.image.dimensions();
         let latent = out.packed_latent.map(|data| {
             let tokens = kontext_proto::resolution::token_count(width, height).max(1);
@@ -193,9 +172,9 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
         });
         let started = Instant::now();
         let outputs = Outputs::encode(
-            &job.tenant,
-            job.id,
-            lease.epoch,
+            &record.tenant,
+            record.id,
+            self.job.lease.epoch,
             spec.output_format,
             out.image,
             latent,
@@ -225,26 +204,31 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
 
     /// Points the job at this attempt's objects. Retries a failing queue a few times: the commit
     /// is idempotent for one lease.
-    async fn commit(&self, lease: &Lease, stored: &Stored) -> Outcome {
+    async fn commit(&self, stored: &Stored) -> Outcome {
         let started = Instant::now();
         let mut delay = COMMIT_RETRY;
         for attempt in 1..=COMMIT_TRIES {
             match self
+                .job
                 .queue
-                .complete(lease, stored.result.clone(), now_ms())
+                .complete(&self.job.lease, stored.result.clone(), now_ms())
                 .await
             {
                 Ok(outcome) => {
-                    self.status.metrics.stage(Stage::Commit, started.elapsed());
+                    self.job
+                        .status
+                        .metrics
+                        .stage(Stage::Commit, started.elapsed());
                     tracing::info!(key = %stored.result.key, ?outcome, "job committed");
                     return Outcome::Succeeded;
                 }
                 Err(QueueError::Stale(_)) => {
                     let deleted = stored.outputs.delete(&*self.store).await;
-                    self.status
+                    self.job
+                        .status
                         .metrics
                         .orphans_deleted
-                        .fetch_add(deleted as u64, Ordering::Relaxed);
+                        .inc_by(deleted as u64);
                     tracing::warn!(
                         key = %stored.result.key,
                         "commit refused: the lease is stale and another attempt owns the job; \
@@ -253,10 +237,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
                     return Outcome::LeaseLost;
                 }
                 Err(e) => {
-                    self.status
-                        .metrics
-                        .queue_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.job.status.metrics.queue_errors.inc();
                     if attempt == COMMIT_TRIES {
                         tracing::error!(error = %e, "commit failed; the lease will expire and the job re-run");
                         return Outcome::Abandoned;
@@ -271,24 +252,21 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
     }
 
     /// Tells the queue how an attempt without a result ended.
-    async fn settle(&self, lease: &Lease, stop: Stop) -> Outcome {
+    async fn settle(&self, stop: Stop) -> Outcome {
         let error = match stop {
             Stop::Reason(StopReason::LeaseLost) => {
                 tracing::warn!("lease lost: the job was re-queued; dropping this attempt");
                 return Outcome::LeaseLost;
             }
             Stop::Reason(StopReason::Draining) => {
-                return match self.queue.release(lease, now_ms()).await {
+                return match self.job.queue.release(&self.job.lease, now_ms()).await {
                     Ok(()) => {
                         tracing::info!("draining: job released to the queue");
                         Outcome::Released
                     }
                     Err(QueueError::Stale(_)) => Outcome::LeaseLost,
                     Err(e) => {
-                        self.status
-                            .metrics
-                            .queue_errors
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.job.status.metrics.queue_errors.inc();
                         tracing::error!(error = %e, "release failed; the lease will expire");
                         Outcome::Abandoned
                     }
@@ -300,7 +278,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
             Stop::Error(e) => e,
         };
         let kind = error.kind;
-        match self.queue.fail(lease, error, now_ms()).await {
+        match self.job.queue.fail(&self.job.lease, error, now_ms()).await {
             Ok(FailOutcome::Retrying { at }) => {
                 tracing::info!(
                     kind = kind.as_str(),
@@ -318,10 +296,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
             }
             Err(QueueError::Stale(_)) => Outcome::LeaseLost,
             Err(e) => {
-                self.status
-                    .metrics
-                    .queue_errors
-                    .fetch_add(1, Ordering::Relaxed);
+                self.job.status.metrics.queue_errors.inc();
                 tracing::error!(error = %e, "recording the failure failed; the lease will expire");
                 Outcome::Abandoned
             }

@@ -1,21 +1,23 @@
 //! Flags of the worker (`kontext-worker serve`), grouped so `kontext up` can reuse the model and
 //! job-loop groups with `#[command(flatten)]`. Every flag also reads a `KONTEXT_*` environment
 //! variable (storage uses the standard `AWS_*` names, see `kontext_storage::StorageArgs`); its doc
-//! comment is its `--help`. Flags become a validated `WorkerSettings` once, at start.
+//! comment is its `--help`. Flags become a validated `WorkerSettings` once, at start; their defaults are
+//! `WorkerSettings`'s.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use candle_core::DType;
 use clap::Args;
 use clap::builder::BoolishValueParser;
-use kontext_storage::StorageArgs;
-
-use crate::consumer::WorkerSettings;
-use candle_core::DType;
 use kontext_engine::loader::LoadOptions;
 use kontext_engine::{Engine, EngineError};
+use kontext_proto::clock::{format_duration, parse_duration};
 use kontext_proto::resolution::DEFAULT_MAX_PIXELS;
+use kontext_storage::StorageArgs;
+
+use crate::settings::WorkerSettings;
 
 /// The compute dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -94,32 +96,37 @@ pub struct ConsumerArgs {
 
     /// Lease of a claimed job: renewed every third of it; a job whose worker stops renewing is
     /// re-queued by the coordinator's reaper this long after the last renewal (e.g. 30s, 1500ms).
-    #[arg(long, env = "KONTEXT_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "KONTEXT_LEASE_TTL", value_parser = parse_duration,
+        default_value = format_duration(WorkerSettings::DEFAULT_LEASE_TTL))]
     pub lease_ttl: Duration,
 
     /// On SIGTERM/SIGINT: finish the running job if its expected remaining time fits this,
     /// else cancel it between steps and give it back to the queue. Keep it below the
     /// orchestrator's kill timeout (Kubernetes: terminationGracePeriodSeconds, 30 s by default).
-    #[arg(long, env = "KONTEXT_GRACE_PERIOD", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = "KONTEXT_GRACE_PERIOD", value_parser = parse_duration,
+        default_value = format_duration(WorkerSettings::DEFAULT_GRACE_PERIOD))]
     pub grace_period: Duration,
 
     /// Longest blocking wait of one claim; also bounds how long a drain waits for a claim call.
-    #[arg(long, env = "KONTEXT_CLAIM_WAIT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "KONTEXT_CLAIM_WAIT", value_parser = parse_duration,
+        default_value = format_duration(WorkerSettings::DEFAULT_CLAIM_WAIT))]
     pub claim_wait: Duration,
 
     /// Shortest time between two progress events of a job (at least 500ms: 2 per second).
-    #[arg(long, env = "KONTEXT_PROGRESS_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "KONTEXT_PROGRESS_INTERVAL", value_parser = parse_duration,
+        default_value = format_duration(WorkerSettings::DEFAULT_PROGRESS_INTERVAL))]
     pub progress_interval: Duration,
 }
 
 impl Default for ConsumerArgs {
+    /// The flags' defaults, without a worker id.
     fn default() -> Self {
         Self {
             worker_id: None,
-            lease_ttl: Duration::from_secs(30),
-            grace_period: Duration::from_secs(25),
-            claim_wait: Duration::from_secs(2),
-            progress_interval: Duration::from_millis(500),
+            lease_ttl: WorkerSettings::DEFAULT_LEASE_TTL,
+            grace_period: WorkerSettings::DEFAULT_GRACE_PERIOD,
+            claim_wait: WorkerSettings::DEFAULT_CLAIM_WAIT,
+            progress_interval: WorkerSettings::DEFAULT_PROGRESS_INTERVAL,
         }
     }
 }
@@ -239,28 +246,6 @@ impl fmt::Debug for ServeArgs {
     }
 }
 
-/// Parses `1500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let bad = || format!("{value:?} is not a duration: use e.g. 500ms, 30s, 2m or 1h");
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    number
-        .checked_mul(unit_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(bad)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,16 +255,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         serve: ServeArgs,
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "ms", "1.5s", "-1s", "3d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]
@@ -304,6 +279,21 @@ mod tests {
         assert_eq!(settings.grace_period, Duration::from_secs(5));
         assert_eq!(settings.worker_id, "gpu-0");
         assert!(!format!("{:?}", cli.serve).contains("hunter2"));
+    }
+
+    #[test]
+    fn flag_defaults_are_the_settings_defaults() {
+        let cli = Cli::try_parse_from(["x", "--redis-url", "redis://db", "--data-dir", "/tmp/k"])
+            .expect("valid flags");
+        let (flags, defaults) = (cli.serve.consumer, ConsumerArgs::default());
+        assert_eq!(flags.lease_ttl, defaults.lease_ttl);
+        assert_eq!(flags.grace_period, defaults.grace_period);
+        assert_eq!(flags.claim_wait, defaults.claim_wait);
+        assert_eq!(flags.progress_interval, defaults.progress_interval);
+        let settings = flags.settings().expect("valid settings");
+        let reference = WorkerSettings::new(settings.worker_id.clone());
+        assert_eq!(settings.heartbeat_every, reference.heartbeat_every);
+        assert_eq!(settings.progress_interval, reference.progress_interval);
     }
 
     #[test]

@@ -134,7 +134,7 @@ mod tests {
     /// Within a microsecond (the moving average goes through f64).
     fn assert_near(got: Option<Duration>, want: Duration) {
         let got = got.expect("a step time");
-        let diff = if got > want { got - want } else { want - got };
+        let diff = got.abs_diff(want);
         assert!(diff < Duration::from_micros(1), "{got:?} vs {want:?}");
     }
 

@@ -24,7 +24,7 @@ pub enum LatentError {
 
 /// Serializes packed latents (`data.len()` a multiple of `features`).
 pub fn encode(data: &[f32], features: usize) -> Result<Vec<u8>, LatentError> {
-    if features == 0 || data.len() % features != 0 {
+    if features == 0 || !data.len().is_multiple_of(features) {
         return Err(LatentError::Shape {
             len: data.len(),
             features,

@@ -1,13 +1,20 @@
 //! What a worker reports about itself: readiness and liveness flags (read by `/readyz` and
-//! `/healthz`) and Prometheus metrics in hand-written text exposition (format 0.0.4).
+//! `/healthz`) and Prometheus metrics (the `prometheus` crate, text format 0.0.4), the engine
+//! caches' counters included.
 //!
-//! Everything is kept in atomics so the job loop, its heartbeat and progress tasks, and the
-//! health server share one `WorkerStatus` without locks on the hot path.
+//! Flags and metrics are atomics, so the job loop, its heartbeat and progress tasks, and the
+//! health server share one `WorkerStatus` without locks on the hot path. Durations are observed
+//! in seconds.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Counter, CounterVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
 
 /// Upper bounds (seconds) of the denoising step buckets: from a tiny CPU step to a 12B step.
 const STEP_BUCKETS_S: [f64; 12] = [
@@ -60,13 +67,6 @@ impl Outcome {
             Self::Abandoned => "abandoned",
         }
     }
-
-    fn index(self) -> usize {
-        Self::ALL
-            .iter()
-            .position(|o| *o == self)
-            .expect("every outcome is in ALL; this is a bug")
-    }
 }
 
 /// Stages of one job whose wall time is summed (`kontext_worker_stage_seconds_total`).
@@ -102,125 +102,166 @@ impl Stage {
             Self::Commit => "commit",
         }
     }
-
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
-/// A cumulative histogram over fixed buckets, in microseconds internally.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// One per bound, plus +Inf.
-    counts: Vec<AtomicU64>,
-    sum_us: AtomicU64,
+/// Registers `metric` in `registry` and returns it. Definitions are static (names, help, labels,
+/// buckets), so an error here is a bug the unit tests catch.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("a static metric definition is valid; this is a bug");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("each metric is registered once; this is a bug");
+    metric
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum_us: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(micros(d), Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (i, count) in self.counts.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
-            let le = self
-                .bounds
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {cumulative}");
-    }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Counters and histograms of one worker.
+/// Counters and histograms of one worker, in their own registry (several workers may share a
+/// process: tests, `kontext up`).
 #[derive(Debug)]
 pub struct WorkerMetrics {
-    jobs: [AtomicU64; 7],
-    stage_us: [AtomicU64; 5],
-    pub claims: AtomicU64,
-    pub queue_errors: AtomicU64,
-    pub heartbeats: AtomicU64,
-    pub heartbeat_failures: AtomicU64,
-    pub progress_events: AtomicU64,
+    registry: Registry,
+    ready: IntGauge,
+    draining: IntGauge,
+    jobs: IntCounterVec,
+    stage_seconds: CounterVec,
+    pub claims: IntCounter,
+    pub queue_errors: IntCounter,
+    pub heartbeats: IntCounter,
+    pub heartbeat_failures: IntCounter,
+    pub progress_events: IntCounter,
     /// Result objects deleted because the commit found the lease stale.
-    pub orphans_deleted: AtomicU64,
-    pub engine_busy: AtomicBool,
-    engine_busy_us: AtomicU64,
+    pub orphans_deleted: IntCounter,
+    /// 1 while the engine runs a job.
+    pub engine_busy: IntGauge,
+    engine_busy_seconds: Counter,
     pub step_seconds: Histogram,
     pub job_seconds: Histogram,
 }
 
 impl Default for WorkerMetrics {
     fn default() -> Self {
-        Self {
-            jobs: Default::default(),
-            stage_us: Default::default(),
-            claims: AtomicU64::new(0),
-            queue_errors: AtomicU64::new(0),
-            heartbeats: AtomicU64::new(0),
-            heartbeat_failures: AtomicU64::new(0),
-            progress_events: AtomicU64::new(0),
-            orphans_deleted: AtomicU64::new(0),
-            engine_busy: AtomicBool::new(false),
-            engine_busy_us: AtomicU64::new(0),
-            step_seconds: Histogram::new(&STEP_BUCKETS_S),
-            job_seconds: Histogram::new(&JOB_BUCKETS_S),
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| registered(&r, IntCounter::new(name, help));
+        let gauge = |name: &str, help: &str| registered(&r, IntGauge::new(name, help));
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            registered(
+                &r,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())),
+            )
+        };
+        let jobs = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kontext_worker_jobs_total",
+                    "Claimed jobs by how they ended on this worker",
+                ),
+                &["outcome"],
+            ),
+        );
+        let stage_seconds = registered(
+            &r,
+            CounterVec::new(
+                Opts::new(
+                    "kontext_worker_stage_seconds_total",
+                    "Wall time per job stage",
+                ),
+                &["stage"],
+            ),
+        );
+        // Every label value is exported from the start, at 0.
+        for o in Outcome::ALL {
+            jobs.with_label_values(&[o.as_str()]);
         }
+        for s in Stage::ALL {
+            stage_seconds.with_label_values(&[s.as_str()]);
+        }
+        let metrics = Self {
+            ready: gauge(
+                "kontext_worker_ready",
+                "1 when the model is loaded, warmed up and the worker takes jobs",
+            ),
+            draining: gauge(
+                "kontext_worker_draining",
+                "1 after SIGTERM/SIGINT: no new jobs are claimed",
+            ),
+            engine_busy: gauge(
+                "kontext_worker_engine_busy",
+                "1 while the engine runs a job",
+            ),
+            engine_busy_seconds: registered(
+                &r,
+                Counter::new(
+                    "kontext_worker_engine_busy_seconds_total",
+                    "Engine time spent on jobs (GPU seconds on a GPU worker)",
+                ),
+            ),
+            jobs,
+            stage_seconds,
+            claims: counter("kontext_worker_claims_total", "Jobs claimed"),
+            queue_errors: counter(
+                "kontext_worker_queue_errors_total",
+                "Failed queue calls of the job loop (claim, commit, fail, release)",
+            ),
+            heartbeats: counter("kontext_worker_heartbeats_total", "Lease renewals sent"),
+            heartbeat_failures: counter(
+                "kontext_worker_heartbeat_failures_total",
+                "Lease renewals that failed",
+            ),
+            progress_events: counter(
+                "kontext_worker_progress_events_total",
+                "Progress events published (at most 2 per second per job)",
+            ),
+            orphans_deleted: counter(
+                "kontext_worker_orphans_deleted_total",
+                "Result objects deleted because the lease was stale at commit",
+            ),
+            step_seconds: histogram(
+                "kontext_denoise_step_seconds",
+                "Duration of one denoising step",
+                &STEP_BUCKETS_S,
+            ),
+            job_seconds: histogram(
+                "kontext_worker_job_seconds",
+                "Claim to commit (or failure) per job",
+                &JOB_BUCKETS_S,
+            ),
+            registry: r.clone(),
+        };
+        registered(&r, Ok(kontext_engine::cache::CacheCollector::new()));
+        metrics
     }
 }
 
 impl WorkerMetrics {
     pub fn job_finished(&self, outcome: Outcome, elapsed: Duration) {
-        self.jobs[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        self.job_seconds.observe(elapsed);
+        self.jobs.with_label_values(&[outcome.as_str()]).inc();
+        self.job_seconds.observe(elapsed.as_secs_f64());
     }
 
     /// Jobs that ended with `outcome` so far.
     pub fn jobs(&self, outcome: Outcome) -> u64 {
-        self.jobs[outcome.index()].load(Ordering::Relaxed)
+        self.jobs.with_label_values(&[outcome.as_str()]).get()
     }
 
     /// Total wall time spent in `stage` so far.
     pub fn stage_total(&self, stage: Stage) -> Duration {
-        Duration::from_micros(self.stage_us[stage.index()].load(Ordering::Relaxed))
+        Duration::from_secs_f64(
+            self.stage_seconds
+                .with_label_values(&[stage.as_str()])
+                .get(),
+        )
     }
 
     pub fn stage(&self, stage: Stage, elapsed: Duration) {
-        self.stage_us[stage.index()].fetch_add(micros(elapsed), Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        self.stage_seconds
+            .with_label_values(&[stage.as_str()])
+            .inc_by(seconds);
         if stage == Stage::Engine {
-            self.engine_busy_us
-                .fetch_add(micros(elapsed), Ordering::Relaxed);
+            self.engine_busy_seconds.inc_by(seconds);
         }
     }
 }
@@ -279,124 +320,15 @@ impl WorkerStatus {
         *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.into());
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition (format 0.0.4) of every metric, the engine caches' included.
     pub fn render(&self) -> String {
         let m = &self.metrics;
+        m.ready.set(i64::from(self.is_ready()));
+        m.draining.set(i64::from(self.is_draining()));
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            let _ = writeln!(out, "{name} {v}");
-        };
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {v}");
-        };
-        gauge(
-            &mut out,
-            "kontext_worker_ready",
-            "1 when the model is loaded, warmed up and the worker takes jobs",
-            u64::from(self.is_ready()),
-        );
-        gauge(
-            &mut out,
-            "kontext_worker_draining",
-            "1 after SIGTERM/SIGINT: no new jobs are claimed",
-            u64::from(self.is_draining()),
-        );
-        gauge(
-            &mut out,
-            "kontext_worker_engine_busy",
-            "1 while the engine runs a job",
-            u64::from(m.engine_busy.load(Ordering::Relaxed)),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP kontext_worker_engine_busy_seconds_total Engine time spent on jobs (GPU seconds on a GPU worker)"
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE kontext_worker_engine_busy_seconds_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "kontext_worker_engine_busy_seconds_total {}",
-            m.engine_busy_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "# HELP kontext_worker_jobs_total Claimed jobs by how they ended on this worker"
-        );
-        let _ = writeln!(out, "# TYPE kontext_worker_jobs_total counter");
-        for o in Outcome::ALL {
-            let _ = writeln!(
-                out,
-                "kontext_worker_jobs_total{{outcome=\"{}\"}} {}",
-                o.as_str(),
-                m.jobs(o)
-            );
+        if let Err(e) = TextEncoder::new().encode_utf8(&m.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding the worker's metrics failed");
         }
-        let _ = writeln!(
-            out,
-            "# HELP kontext_worker_stage_seconds_total Wall time per job stage"
-        );
-        let _ = writeln!(out, "# TYPE kontext_worker_stage_seconds_total counter");
-        for s in Stage::ALL {
-            let _ = writeln!(
-                out,
-                "kontext_worker_stage_seconds_total{{stage=\"{}\"}} {}",
-                s.as_str(),
-                m.stage_us[s.index()].load(Ordering::Relaxed) as f64 / 1e6
-            );
-        }
-        kontext_engine::cache::render_prometheus(&mut out);
-        counter(
-            &mut out,
-            "kontext_worker_claims_total",
-            "Jobs claimed",
-            m.claims.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "kontext_worker_queue_errors_total",
-            "Failed queue calls of the job loop (claim, commit, fail, release)",
-            m.queue_errors.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "kontext_worker_heartbeats_total",
-            "Lease renewals sent",
-            m.heartbeats.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "kontext_worker_heartbeat_failures_total",
-            "Lease renewals that failed",
-            m.heartbeat_failures.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "kontext_worker_progress_events_total",
-            "Progress events published (at most 2 per second per job)",
-            m.progress_events.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "kontext_worker_orphans_deleted_total",
-            "Result objects deleted because the lease was stale at commit",
-            m.orphans_deleted.load(Ordering::Relaxed),
-        );
-        m.step_seconds.render(
-            &mut out,
-            "kontext_denoise_step_seconds",
-            "Duration of one denoising step",
-        );
-        m.job_seconds.render(
-            &mut out,
-            "kontext_worker_job_seconds",
-            "Claim to commit (or failure) per job",
-        );
         out
     }
 }
@@ -407,18 +339,31 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let h = Histogram::new(&STEP_BUCKETS_S);
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(20));
-        h.observe(Duration::from_secs(60));
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.025\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_count 3\n"), "{out}");
-        assert!(out.contains("x_sum 60.0205\n"), "{out}");
+        let s = WorkerStatus::new("w1");
+        let h = &s.metrics.step_seconds;
+        h.observe(Duration::from_micros(500).as_secs_f64());
+        h.observe(Duration::from_millis(20).as_secs_f64());
+        h.observe(Duration::from_secs(60).as_secs_f64());
+        let out = s.render();
+        let x = "kontext_denoise_step_seconds";
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"0.001\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"0.025\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"10\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"+Inf\"}} 3\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{x}_count 3\n")), "{out}");
+        assert!(out.contains(&format!("{x}_sum 60.0205\n")), "{out}");
     }
 
     #[test]

@@ -6,19 +6,16 @@
 //! arrives too soon after the last published one is held, and the newest held step goes out when
 //! the interval has passed. Each publish also renews the lease and may report a cancel.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
-use kontext_proto::{JobQueue, Lease};
+use kontext_engine::thread::StepProgress;
+use kontext_proto::JobQueue;
+use kontext_proto::clock::now_ms;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::clock::now_ms;
-use crate::drain::StepClock;
-use crate::lease::JobControl;
-use crate::metrics::WorkerStatus;
-use kontext_engine::thread::StepProgress;
+use crate::job_context::JobContext;
 
 /// Rate limiter of progress events. Pure: the caller passes the time.
 #[derive(Debug, Clone)]
@@ -72,62 +69,53 @@ impl ProgressThrottle {
     }
 }
 
-/// Everything the forwarding task needs.
-pub struct Forwarder<Q> {
-    pub queue: Arc<Q>,
-    pub lease: Lease,
-    pub lease_ttl: Duration,
-    pub interval: Duration,
-    pub control: Arc<JobControl>,
-    pub clock: Arc<Mutex<StepClock>>,
-    pub status: Arc<WorkerStatus>,
+/// Forwards the engine's step events of one job until the engine closes the channel (the job's
+/// generation ended).
+pub async fn forward<Q: JobQueue>(
+    job: Arc<JobContext<Q>>,
+    mut steps: mpsc::UnboundedReceiver<StepProgress>,
+) {
+    let mut throttle = ProgressThrottle::new(job.settings.progress_interval);
+    loop {
+        // Far in the future when nothing is held: the branch is then disabled anyway.
+        let due = throttle
+            .due_at()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let publish = tokio::select! {
+            step = steps.recv() => match step {
+                Some(p) => {
+                    let now = Instant::now();
+                    job.step_clock().record(p.done, p.total, now.into_std());
+                    throttle.offer(p, now)
+                }
+                None => return,
+            },
+            () = tokio::time::sleep_until(due), if throttle.due_at().is_some() => {
+                throttle.take_due(Instant::now())
+            }
+        };
+        if let Some(p) = publish {
+            publish_step(&job, p).await;
+        }
+    }
 }
 
-impl<Q: JobQueue> Forwarder<Q> {
-    /// Runs until the engine closes the channel (the job's generation ended).
-    pub async fn run(self, mut steps: mpsc::UnboundedReceiver<StepProgress>) {
-        let mut throttle = ProgressThrottle::new(self.interval);
-        loop {
-            // Far in the future when nothing is held: the branch is then disabled anyway.
-            let due = throttle
-                .due_at()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let publish = tokio::select! {
-                step = steps.recv() => match step {
-                    Some(p) => {
-                        let now = Instant::now();
-                        self.clock
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .record(p.done, p.total, now.into_std());
-                        throttle.offer(p, now)
-                    }
-                    None => return,
-                },
-                () = tokio::time::sleep_until(due), if throttle.due_at().is_some() => {
-                    throttle.take_due(Instant::now())
-                }
-            };
-            if let Some(p) = publish {
-                self.publish(p).await;
-            }
-        }
+async fn publish_step<Q: JobQueue>(job: &JobContext<Q>, p: StepProgress) {
+    let reply = job
+        .queue
+        .progress(
+            &job.lease,
+            p.done,
+            p.total,
+            job.settings.lease_ttl,
+            now_ms(),
+        )
+        .await;
+    job.status.metrics.progress_events.inc();
+    if let Err(e) = &reply {
+        tracing::warn!(error = %e, step = p.done, "publishing progress failed");
     }
-
-    async fn publish(&self, p: StepProgress) {
-        let reply = self
-            .queue
-            .progress(&self.lease, p.done, p.total, self.lease_ttl, now_ms())
-            .await;
-        self.status
-            .metrics
-            .progress_events
-            .fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = &reply {
-            tracing::warn!(error = %e, step = p.done, "publishing progress failed");
-        }
-        self.control.observe(&reply);
-    }
+    job.control.observe(&reply);
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use kontext_coordinator::config::Config;
 use kontext_proto::JobStatus;
 use kontext_proto::validate::JobRequest;
 use kontext_worker::config::ModelArgs;
-use kontext_worker::consumer::WorkerSettings;
+use kontext_worker::settings::WorkerSettings;
 
 use super::jobs::{describe, follow_and_fetch};
 

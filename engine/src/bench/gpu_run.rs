@@ -24,7 +24,7 @@ use super::checks::{self, CheckOutcome};
 use super::flops::{ForwardFlops, H100_BF16_PEAK_TFLOPS, edit_tokens};
 use super::random_weights::{self, RandomEngineSpec};
 use super::report;
-use crate::flux::{attention, cuda_kernels};
+use crate::flux::{attention, ops};
 use crate::loader::parse_device;
 use crate::pipeline::{EngineOptions, KontextEngine};
 use crate::text::tokenize::PromptTokenizers;
@@ -231,11 +231,11 @@ pub fn run(args: BenchGpuArgs) -> Result<(), BenchError> {
         run_checks(&args, &dev, &out_dir, &mut rep);
         save(&json, &rep)?;
     }
-    if !args.skip_speed {
-        if let Err(e) = run_speed(&args, &dev, &out_dir, &json, &mut rep) {
-            eprintln!("speed: {e}");
-            rep.errors.push(e.to_string());
-        }
+    if !args.skip_speed
+        && let Err(e) = run_speed(&args, &dev, &out_dir, &json, &mut rep)
+    {
+        eprintln!("speed: {e}");
+        rep.errors.push(e.to_string());
     }
     save(&json, &rep)?;
     println!("{}", report::table(&rep));
@@ -349,6 +349,9 @@ fn build_engine(
     Ok(engine)
 }
 
+/// A kernel family the A/B runs switch off: compiled in?, its switch, its name.
+type KernelSwitch = (bool, fn(bool), &'static str);
+
 fn run_speed(
     args: &BenchGpuArgs,
     dev: &Device,
@@ -385,7 +388,7 @@ fn run_speed(
         if args.ab_steps == 0 || !dev.is_cuda() {
             continue;
         }
-        let switches: [(bool, fn(bool), &str); 2] = [
+        let switches: [KernelSwitch; 2] = [
             (
                 kontext_cuda::HAS_FLASH_ATTN,
                 attention::set_flash_attn,
@@ -393,7 +396,7 @@ fn run_speed(
             ),
             (
                 kontext_cuda::HAS_FUSED,
-                cuda_kernels::set_enabled,
+                ops::cuda::set_enabled,
                 "fused kernels",
             ),
         ];
@@ -524,7 +527,7 @@ fn variant(dev: &Device, engine: &KontextEngine) -> String {
     let cfg = engine.flux_config();
     let flash = candle_core::Tensor::zeros((1, 1, 1, cfg.head_dim()), engine.options().dtype, dev)
         .is_ok_and(|probe| attention::uses_flash_attn(&probe));
-    let fused = dev.is_cuda() && engine.options().dtype == DType::BF16 && cuda_kernels::enabled();
+    let fused = dev.is_cuda() && engine.options().dtype == DType::BF16 && ops::cuda::enabled();
     match (flash, fused) {
         (true, true) => "flash+fused",
         (true, false) => "flash",

@@ -12,9 +12,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::Parser;
 use kontext_engine::config::FluxConfig;
+use kontext_engine::flux::ops::cpu;
+use kontext_engine::flux::profile;
 use kontext_engine::flux::sampling::{position_ids, text_ids};
 use kontext_engine::flux::{Flux, FluxInputs};
-use kontext_engine::flux::{cpu, profile};
 use kontext_engine::noise::SplitMix64;
 
 #[derive(Parser)]

@@ -2,7 +2,7 @@
 //! (black-forest-labs/flux @ 802fb47, kontext-reference.md §2-§4).
 //!
 //! - `model`: the transformer (BFL key names) and its inputs;
-//! - `blocks`, `embed`, `ops`, `attention`, `rope`: its parts;
+//! - `blocks`, `embed`, `ops` (with its CPU and CUDA kernels), `attention`, `rope`: its parts;
 //! - `sampling`: schedule, 2×2 packing, position ids, the Kontext denoising loop.
 //!
 //! Everything takes the compute dtype from the weights; position ids, RoPE tables and softmax
@@ -10,8 +10,6 @@
 
 pub mod attention;
 pub mod blocks;
-pub mod cpu;
-pub mod cuda_kernels;
 pub mod embed;
 pub mod model;
 pub mod ops;

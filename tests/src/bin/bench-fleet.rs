@@ -31,8 +31,9 @@ use kontext_proto::redis::{RedisConfig, RedisQueue};
 use kontext_proto::validate::JobRequest;
 use kontext_storage::{AnyBlobStore, StorageConfig};
 use kontext_worker::config::ModelArgs;
-use kontext_worker::consumer::{Worker, WorkerSettings};
-use kontext_worker::metrics::Stage;
+use kontext_worker::metrics::{Stage, WorkerStatus};
+use kontext_worker::service::spawn_worker;
+use kontext_worker::settings::WorkerSettings;
 
 #[derive(Debug, Parser)]
 #[command(about = "Per-job overhead over engine time, and submit throughput, of the whole fleet")]
@@ -118,18 +119,21 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
     // The worker: its own queue connection and store client, like a separate process.
     let queue = RedisQueue::connect(&redis_url, &namespace, RedisConfig::default()).await?;
     let store = AnyBlobStore::open(StorageConfig::S3(s3_config)).await?;
-    let engine =
-        tokio::task::spawn_blocking(|| kontext_worker::config::load_engine(&ModelArgs::default()))
-            .await??;
-    let engine = EngineThread::spawn(engine, true)?;
     let mut settings = WorkerSettings::new("bench-worker");
     settings.claim_wait = Duration::from_millis(500);
-    let worker = Worker::new(Arc::new(queue), Arc::new(store), engine.handle(), settings);
-    let status = worker.status();
+    let status = Arc::new(WorkerStatus::new(settings.worker_id.clone()));
     let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(worker.run(async move {
-        let _ = worker_stopped.await;
-    }));
+    let worker = spawn_worker(
+        Arc::new(queue),
+        Arc::new(store),
+        || kontext_worker::config::load_engine(&ModelArgs::default()),
+        settings,
+        Arc::clone(&status),
+        async move {
+            let _ = worker_stopped.await;
+        },
+    )
+    .await?;
     let ready_by = Instant::now() + Duration::from_secs(300);
     while !status.is_ready() {
         if Instant::now() > ready_by || worker.is_finished() {
@@ -208,8 +212,7 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
 
     // 2. Submit throughput, with the worker stopped so only the coordinator and Redis work.
     let _ = stop_worker.send(());
-    worker.await??;
-    let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+    worker.join().await?;
     let warm = args.clients * 10;
     submit_load(&url, &job, warm, args.clients).await?;
     let started = Instant::now();

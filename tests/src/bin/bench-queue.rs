@@ -7,14 +7,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use kontext_e2e::redis_server::{RedisServer, fresh_namespace};
+use kontext_proto::clock::now_ms;
 use kontext_proto::conformance::{result_for, submission};
 use kontext_proto::redis::{RedisConfig, RedisQueue};
-use kontext_proto::{JobQueue, Millis, Priority};
+use kontext_proto::{JobQueue, Priority};
 
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark submit → claim → complete on the Redis queue")]
@@ -42,12 +43,6 @@ struct Samples {
     submit: Vec<u64>,
     claim: Vec<u64>,
     complete: Vec<u64>,
-}
-
-fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 fn micros(d: Duration) -> u64 {

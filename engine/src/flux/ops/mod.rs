@@ -1,15 +1,22 @@
 //! The transformer's building blocks as functions, each with BFL's exact math and dtype handling
 //! (kontext-reference.md §4 "Block math"). The block code calls only these. Each op dispatches to
-//! the fused CPU kernel (`cpu`) for f32 CPU tensors and otherwise runs the candle composition in
-//! `generic` (CUDA, bf16, or `cpu::set_enabled(false)`); both compute the same formulas. Each op is
+//! the fused CPU kernel (`cpu`) for f32 CPU tensors, then to the fused CUDA kernels (`cuda`) where they
+//! apply, and otherwise runs the candle composition in `generic` (CUDA, bf16, or `cpu::set_enabled(false)`); both compute the same formulas. Each op is
 //! timed under its op class for the benchmark (`profile`).
+//!
+//! The children implement the ops and take their constants and types from here: `cpu` (fused
+//! f32 CPU kernels), `cuda` (the fused bf16 CUDA kernels, feature `fused-kernels`), `generic`
+//! (the candle compositions).
+
+pub mod cpu;
+pub mod cuda;
+pub(crate) mod generic;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Linear;
 
 use super::profile::{OpClass, scope};
 use super::rope::RopeTable;
-use super::{cpu, cuda_kernels};
 
 /// LayerNorm eps (BFL `nn.LayerNorm(..., elementwise_affine=False, eps=1e-6)`).
 pub const LN_EPS: f32 = 1e-6;
@@ -49,7 +56,7 @@ pub fn modulated_layer_norm(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Resul
     if cpu::applies(x) {
         return cpu::elementwise::modulated_layer_norm(x, shift, scale);
     }
-    if let Some(y) = cuda_kernels::modulated_layer_norm(x, shift, scale)? {
+    if let Some(y) = cuda::modulated_layer_norm(x, shift, scale)? {
         return Ok(y);
     }
     generic::modulated_layer_norm(x, shift, scale)
@@ -107,7 +114,7 @@ pub fn attention_inputs(
         let qkv = cpu::elementwise::attention_inputs(&fast, num_heads, pe)?; // (3, b, H, L, D)
         return Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?));
     }
-    if let Some(qkv) = cuda_kernels::attention_inputs(streams, num_heads, pe)? {
+    if let Some(qkv) = cuda::attention_inputs(streams, num_heads, pe)? {
         return Ok(qkv);
     }
     generic::attention_inputs(streams, num_heads, pe)
@@ -120,62 +127,4 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         return cpu::attention::attention(q, k, v);
     }
     super::attention::attention(q, k, v)
-}
-
-/// The candle compositions: any device and dtype.
-pub(crate) mod generic {
-    use candle_core::{D, DType, Result, Tensor};
-
-    use super::{LN_EPS, QkvStream, RMS_EPS};
-    use crate::flux::rope::{RopeTable, apply_rope};
-
-    pub fn modulated_layer_norm(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        let h = x.dim(D::Minus1)?;
-        let ones = Tensor::ones(h, x.dtype(), x.device())?;
-        let zeros = Tensor::zeros(h, x.dtype(), x.device())?;
-        let normed = candle_nn::ops::layer_norm(&x.contiguous()?, &ones, &zeros, LN_EPS)?;
-        normed.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
-    }
-
-    pub fn gated_residual(x: &Tensor, gate: &Tensor, y: &Tensor) -> Result<Tensor> {
-        x + y.broadcast_mul(gate)?
-    }
-
-    pub fn cat_gelu(attn: &Tensor, mlp: &Tensor) -> Result<Tensor> {
-        Tensor::cat(&[attn, &mlp.gelu()?], D::Minus1)
-    }
-
-    /// BFL `RMSNorm` on `(b, heads, seq_len, head_dim)`: normalise in f32, cast back, then
-    /// × scale in the compute dtype (layers.py:63-73).
-    pub fn qk_rms_norm(x: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x32 = x.to_dtype(DType::F32)?;
-        let ms = x32.sqr()?.mean_keepdim(D::Minus1)?;
-        let rrms = (ms + RMS_EPS)?.sqrt()?.recip()?;
-        x32.broadcast_mul(&rrms)?
-            .to_dtype(dtype)?
-            .broadcast_mul(scale)
-    }
-
-    pub fn attention_inputs(
-        streams: &[QkvStream<'_>],
-        num_heads: usize,
-        pe: &RopeTable,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let mut qs = Vec::with_capacity(streams.len());
-        let mut ks = Vec::with_capacity(streams.len());
-        let mut vs = Vec::with_capacity(streams.len());
-        for s in streams {
-            let (b_sz, seq_len, _) = s.qkv.dims3()?;
-            let qkv = s.qkv.reshape((b_sz, seq_len, 3, num_heads, ()))?; // (b, L, 3, H, D)
-            let part = |i: usize| qkv.narrow(2, i, 1)?.squeeze(2)?.transpose(1, 2); // (b, H, L, D)
-            qs.push(qk_rms_norm(&part(0)?, s.q_scale)?);
-            ks.push(qk_rms_norm(&part(1)?, s.k_scale)?);
-            vs.push(part(2)?);
-        }
-        let q = Tensor::cat(&qs, 2)?; // (b, H, ΣL, D)
-        let k = Tensor::cat(&ks, 2)?;
-        let v = Tensor::cat(&vs, 2)?.contiguous()?;
-        Ok((apply_rope(&q, pe)?, apply_rope(&k, pe)?, v))
-    }
 }

@@ -1,6 +1,6 @@
 //! Dispatch to the fused bf16 CUDA kernels of `kontext-cuda` (worker feature `fused-kernels`):
-//! QK RMSNorm + RoPE + the joint head layout in one pass, and the modulated LayerNorm. `ops`
-//! asks these first for CUDA tensors; `None` (feature off, switched off, CPU, f32, unusual
+//! QK RMSNorm + RoPE + the joint head layout in one pass, and the modulated LayerNorm. The ops
+//! (`super`) ask these first for CUDA tensors; `None` (feature off, switched off, CPU, f32, unusual
 //! strides) means "use the candle composition". The kernels reproduce that composition's bf16
 //! roundings (kernels/fused_bf16.cu), so both paths compute the same function.
 
@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Result, Tensor};
 
-use super::ops::QkvStream;
-use super::rope::RopeTable;
+use super::QkvStream;
+use crate::flux::rope::RopeTable;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 

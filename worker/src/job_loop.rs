@@ -9,65 +9,32 @@
 //! at most `claim_wait` — and releases whatever it got. Readiness turns false at once.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kontext_engine::thread::{EngineHandle, Health};
+use kontext_proto::clock::now_ms;
 use kontext_proto::{Claim, JobQueue};
 use kontext_storage::BlobStore;
 use tracing::Instrument;
 
 use crate::attempt::{Attempt, AttemptReport};
-use crate::clock::now_ms;
 use crate::drain::{DrainDecision, StepClock, drain_decision};
-use crate::lease::{JobControl, StopReason};
+use crate::job_context::{JobContext, StopReason};
 use crate::metrics::WorkerStatus;
-use kontext_engine::thread::{EngineHandle, Health};
+use crate::settings::WorkerSettings;
 
 /// Longest pause after a failed claim (the queue is unreachable); doubles from 100 ms.
 const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
-
-/// How a worker takes and keeps jobs.
-#[derive(Debug, Clone)]
-pub struct WorkerSettings {
-    /// Stream consumer name and the `worker` field of running jobs: stable per process.
-    pub worker_id: String,
-    /// A claimed job is presumed abandoned this long after the last renewal.
-    pub lease_ttl: Duration,
-    /// Renewal period; a third of the TTL leaves two chances before expiry.
-    pub heartbeat_every: Duration,
-    /// Longest blocking wait of one claim call.
-    pub claim_wait: Duration,
-    /// After a shutdown signal, how long the running job may still take.
-    pub grace_period: Duration,
-    /// Shortest time between two progress events of one job.
-    pub progress_interval: Duration,
-}
-
-impl WorkerSettings {
-    /// Defaults: 30 s lease renewed every 10 s, 2 s claim wait, 25 s grace (Kubernetes gives 30 s
-    /// between SIGTERM and SIGKILL), progress at most twice a second.
-    pub fn new(worker_id: impl Into<String>) -> Self {
-        Self::with_lease(worker_id, Duration::from_secs(30))
-    }
-
-    /// The defaults with another lease TTL (the heartbeat follows at a third of it).
-    pub fn with_lease(worker_id: impl Into<String>, lease_ttl: Duration) -> Self {
-        Self {
-            worker_id: worker_id.into(),
-            lease_ttl,
-            heartbeat_every: lease_ttl / 3,
-            claim_wait: Duration::from_secs(2),
-            grace_period: Duration::from_secs(25),
-            progress_interval: Duration::from_millis(500),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// Warm-up failed, or the engine panicked: this process can run no more jobs.
     #[error("the engine is not usable: {0}")]
     Engine(String),
+    /// The task running the job loop panicked or was aborted.
+    #[error("the job loop task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// What earlier jobs measured, for the drain estimate of the next one.
@@ -82,7 +49,7 @@ pub struct Worker<Q, S> {
     queue: Arc<Q>,
     store: Arc<S>,
     engine: EngineHandle,
-    settings: WorkerSettings,
+    settings: Arc<WorkerSettings>,
     status: Arc<WorkerStatus>,
     history: History,
 }
@@ -99,7 +66,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
             queue,
             store,
             engine,
-            settings,
+            settings: Arc::new(settings),
             status,
             history: History::default(),
         }
@@ -167,10 +134,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
                 }
                 Ok(None) => backoff = Duration::from_millis(100),
                 Err(e) => {
-                    self.status
-                        .metrics
-                        .queue_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.status.metrics.queue_errors.inc();
                     tracing::warn!(error = %e, retry_in = ?backoff, "claim failed");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -227,26 +191,22 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
         stopping: &mut bool,
     ) {
         let started = Instant::now();
-        self.status
-            .metrics
-            .claims
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.status.metrics.claims.inc();
         let span = job_span(&claim);
-        let control = Arc::new(JobControl::default());
-        let clock = Arc::new(Mutex::new(StepClock::new(
-            claim.job.spec.steps,
-            self.history.step_time,
-        )));
+        let Claim { lease, job } = claim;
+        let context = Arc::new(JobContext::new(
+            Arc::clone(&self.queue),
+            lease,
+            Arc::clone(&self.settings),
+            StepClock::new(job.spec.steps, self.history.step_time),
+            Arc::clone(&self.status),
+        ));
         let attempt = Attempt {
-            queue: Arc::clone(&self.queue),
+            job: Arc::clone(&context),
             store: Arc::clone(&self.store),
             engine: self.engine.clone(),
-            settings: self.settings.clone(),
-            status: Arc::clone(&self.status),
-            control: Arc::clone(&control),
-            clock: Arc::clone(&clock),
         }
-        .run(claim)
+        .run(job)
         .instrument(span.clone());
         tokio::pin!(attempt);
         let report: AttemptReport = tokio::select! {
@@ -255,20 +215,20 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
                 *stopping = true;
                 self.status.begin_drain();
                 let decision = {
-                    let c = clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let c = context.step_clock();
                     drain_decision(c.steps_left(), c.step_time(), self.history.tail, self.settings.grace_period)
                 };
                 span.in_scope(|| tracing::info!(?decision, grace = ?self.settings.grace_period, "draining"));
                 match decision {
                     DrainDecision::Release => {
-                        control.stop(StopReason::Draining);
+                        context.control.stop(StopReason::Draining);
                         attempt.await
                     }
                     DrainDecision::Finish { .. } => tokio::select! {
                         report = &mut attempt => report,
                         () = tokio::time::sleep(self.settings.grace_period) => {
                             span.in_scope(|| tracing::warn!("grace period ran out: releasing the job"));
-                            control.stop(StopReason::Draining);
+                            context.control.stop(StopReason::Draining);
                             attempt.await
                         }
                     },
