@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds the CUDA `kontext-worker` on a machine WITHOUT a GPU (docs/gpu.md, recipe from
-# cuda-build-notes.md): pinned CUDA 13.0 compiler wheels from PyPI in a project-local venv, link
-# stubs generated from cudarc's own bindings, CUDA_COMPUTE_CAP=90 (H100/H200 only), then a
-# stripped binary and a smoke check against a generated fake libcuda that must fail cleanly at
-# device creation. Idempotent: the wheels and stubs are redone only when their pins change, and
-# cargo caches the CUDA kernels (a rebuild after a Rust-only change recompiles only Rust crates).
+# Builds the CUDA `kontext-worker` on a machine WITHOUT a GPU (docs/gpu.md §1): pinned CUDA 13.0
+# compiler wheels from PyPI in a project-local venv, link stubs generated from cudarc's own
+# bindings, CUDA_COMPUTE_CAP=90 (H100/H200 only), then a stripped binary and a smoke check against a
+# generated fake libcuda that must fail cleanly at device creation. Idempotent: the wheels and stubs
+# are redone only when their pins change, and cargo caches the CUDA kernels (a rebuild after a
+# Rust-only change recompiles only Rust crates).
 #
 # Usage: scripts/build-cuda.sh [--flash-attn] [--fused] [--features LIST] [--no-smoke] [--out DIR]
 #   --flash-attn     also build the trimmed flash-attention kernel (feature `flash-attn`)
@@ -38,8 +38,9 @@ while [ $# -gt 0 ]; do
 done
 OUT=${OUT:-$CARGO_TARGET_DIR/cuda-dist}
 
-# Pins (cuda-build-notes.md §1-2): nvcc must stay 13.0.x, because driver 580 (CUDA 13.0) rejects
-# the PTX of any newer nvcc. nvidia-cutlass carries the CUTLASS 3.5.0 headers flash-attention needs.
+# Pins (docs/gpu.md §1): nvcc must stay 13.0.x, because driver 580 (CUDA 13.0) refuses to
+# JIT-compile the PTX of any newer nvcc (CUDA_ERROR_UNSUPPORTED_PTX_VERSION). nvidia-cutlass carries
+# the CUTLASS 3.5.0 headers flash-attention needs.
 WHEELS=(
   nvidia-cuda-nvcc==13.0.88
   nvidia-nvvm==13.0.88
@@ -91,7 +92,7 @@ if [ "$(cat "$STUB_STAMP" 2>/dev/null)" != "cudarc-$CUDARC_VERSION $CU" ]; then
   ln -sf libcudart.so.13 "$CH/lib64/libcudart.so"
   # stub MODULE SONAME DIR [v]: every function cudarc binds, as an empty body. `v` adds the symbol
   # version node the real library uses (cublasCreate_v2@libcublas.so.13); with it the binary is
-  # byte-identical to one linked against the real wheel libraries (cuda-build-notes.md §2).
+  # byte-identical to one linked against the real wheel libraries (docs/gpu.md §1, step 2).
   stub() {
     local c=$CH/src/$1.c ver=()
     grep -oE '^pub unsafe fn [A-Za-z0-9_]+' "$SYS/$1/sys/mod.rs" | sed 's/pub unsafe fn //' | sort -u \

@@ -123,7 +123,8 @@ mod tests {
 
     #[test]
     fn webhook_signature_matches_the_standard_webhooks_example() {
-        // The example of the Standard Webhooks specification (spec.md, "Signature scheme").
+        // The example of the Standard Webhooks specification (standard-webhooks/standard-webhooks
+        // `spec/standard-webhooks.md`, "Signature scheme").
         let secret = Secret::from_standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
             .expect("valid");
         let body = br#"{"test": 2432232314}"#;

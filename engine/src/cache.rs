@@ -1,4 +1,4 @@
-//! The engine's caches for multi-turn work (chains, issue 5): text embeddings keyed by the
+//! The engine's caches for multi-turn work (chains, docs/chains.md): text embeddings keyed by the
 //! SHA-256 of the prompt, and encoded context latents keyed by the context image's object key
 //! and size. Both are LRU and bounded by bytes; a value larger than the whole budget is not kept.
 //!

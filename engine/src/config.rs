@@ -1,8 +1,9 @@
 //! Architecture hyper-parameters of the Kontext pipeline's two candle-native parts (the flow
 //! transformer and the autoencoder). The text encoders read their HF `config.json`.
 //!
-//! `kontext_dev()` is BFL `util.py:582-612` (kontext-reference.md §1); `tiny()` is the same
-//! architecture at toy size (parity-notes.md §2, "tiny32"), used by tests and the embedded demo.
+//! `kontext_dev()` is BFL `src/flux/util.py` `configs["flux-dev-kontext"]` (docs/engine.md §Model);
+//! `tiny()` is the same architecture at toy size (docs/engine.md §Parity), used by tests and the
+//! embedded demo.
 
 /// The flow transformer (BFL `FluxParams`).
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +63,8 @@ impl FluxConfig {
         }
     }
 
-    /// The CPU benchmark's mid-size configuration (issue 3 item 7, parity-notes.md §5).
+    /// The CPU benchmark's mid-size configuration (docs/engine.md §Parity; its PyTorch twin is
+    /// `tests/parity/make_fixtures.py --bench`).
     pub fn bench_mid() -> Self {
         Self {
             in_channels: 64,

@@ -3,7 +3,8 @@
 //! The generator is our own (SplitMix64, Steele et al. 2014) feeding a Box–Muller transform in f64,
 //! so the initial latents for a seed never depend on a library's RNG or on the compute device:
 //! noise is drawn on the CPU and then moved. It cannot reproduce `torch.randn`; parity runs pass
-//! the reference's noise as initial latents instead (kontext-reference.md §10.7).
+//! the reference's noise as initial latents instead, as diffusers' `latents=` argument allows
+//! (docs/engine.md §Noise).
 
 use candle_core::{DType, Device, Result, Tensor};
 

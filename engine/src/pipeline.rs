@@ -2,10 +2,10 @@
 //!
 //! text → (context image → Lanczos resize → VAE encode (mean) → pack, or an already packed latent)
 //! → seeded noise or given initial latents → shifted schedule from the target token count → Euler
-//! loop over `[target ‖ context]` → unpack → VAE decode → RGB8 (kontext-reference.md §0). Text-to-
-//! image when there is no context. Loaded once from a `ModelDir` (the tiny model goes through the
-//! same loader); compute dtype and device are parameters. Position ids, RoPE and softmax
-//! statistics stay f32; the VAE runs in `vae_dtype` (f32 by default, like BFL's encode).
+//! loop over `[target ‖ context]` → unpack → VAE decode → RGB8 (docs/engine.md §Pipeline).
+//! Text-to-image when there is no context. Loaded once from a `ModelDir` (the tiny model goes
+//! through the same loader); compute dtype and device are parameters. Position ids, RoPE and
+//! softmax statistics stay f32; the VAE runs in `vae_dtype` (f32 by default, like BFL's encode).
 
 use std::time::Instant;
 

@@ -1,4 +1,4 @@
-//! GPU correctness (issue 6 item 3), run on a machine with an NVIDIA GPU:
+//! GPU correctness (docs/gpu.md §3, docs/engine.md §Parity), run on a machine with an NVIDIA GPU:
 //!
 //! ```sh
 //! scripts/build-cuda.sh --flash-attn --tools-only   # prints the CUDA environment to export

@@ -1,5 +1,5 @@
-//! Parity of the Rust engine with the diffusers float32 reference (issue 3 item 5): every stage
-//! within relative L2 error 1e-4 on the same weights and inputs.
+//! Parity of the Rust engine with the diffusers float32 reference (docs/engine.md §Parity): every
+//! stage within relative L2 error 1e-4 on the same weights and inputs.
 //!
 //! The fixture dir is `KONTEXT_PARITY_DIR` or the committed `tests/parity/fixtures/default/`
 //! (written by `tests/parity/make_fixtures.py`). The tiny model is regenerated from the fixture's

@@ -1,4 +1,4 @@
-//! Chains (storyboards, design.md §6): an ordered list of turns, each one job, where turn k+1
+//! Chains (storyboards, docs/chains.md): an ordered list of turns, each one job, where turn k+1
 //! edits turn k's output. The queue keeps a chain record (settings, one planned job id and one
 //! spec template per turn) and creates turn k+1's job inside the same atomic step that ends turn
 //! k, so a turn is never created twice, whatever redeliveries or crashes happen.
@@ -70,8 +70,9 @@ impl FromStr for ChainStatus {
     }
 }
 
-/// What a turn that did not succeed does to its chain (BullMQ's `failParentOnFailure` vs.
-/// continue, serving-reference.md §4).
+/// What a turn that did not succeed does to its chain: `Stop` is BullMQ's `failParentOnFailure`
+/// (<https://docs.bullmq.io/guide/flows/fail-parent>), `Continue` carries on from the last good
+/// frame (docs/queue-protocol.md §Chains).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {

@@ -2,7 +2,9 @@
 //!
 //! A request from a client (`JobRequest`) is validated into a `ValidJobSpec` (see `validate`), which
 //! is what the queue stores and the worker runs. The queue keeps a `JobRecord` per job: the spec
-//! plus lifecycle fields. Field names follow diffusers/BFL where those exist (design.md §9).
+//! plus lifecycle fields. Field names follow the BFL API's where those exist (`prompt`,
+//! `input_image`, `seed`, `aspect_ratio`, `output_format`, `webhook_url`; see
+//! coordinator/src/http/bfl.rs).
 
 use std::fmt;
 use std::str::FromStr;
@@ -154,7 +156,7 @@ pub struct InputImage {
     pub height: u32,
 }
 
-/// What a turn of a chain carries into the next turn (issue 5); plain jobs carry nothing.
+/// What a turn of a chain carries into the next turn (docs/chains.md); plain jobs carry nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Carry {
@@ -220,7 +222,7 @@ pub struct JobResult {
     pub engine_ms: u64,
 }
 
-/// Reference from a job to the chain turn it runs (issue 5).
+/// Reference from a job to the chain turn it runs (docs/chains.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainRef {
     pub chain_id: String,

@@ -13,8 +13,9 @@ use crate::error::JobErrorKind;
 use crate::job::{JobStatus, Millis};
 
 /// A job whose worker lost the lease this many times is poison: it goes to `dead` and the
-/// dead-letter stream instead of crashing yet another worker (Sidekiq Pro's rule,
-/// serving-reference.md §2 item 5).
+/// dead-letter stream instead of crashing yet another worker (the poison-pill handling of
+/// Sidekiq Pro's `super_fetch`, <https://github.com/sidekiq/sidekiq/wiki/Reliability>;
+/// docs/queue-protocol.md §Reaper).
 pub const MAX_CRASHES: u32 = 3;
 
 /// Retries of attempts that ended with a retryable error.

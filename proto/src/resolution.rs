@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// BFL `util.py:616-634` `PREFERED_KONTEXT_RESOLUTIONS` (kontext-reference.md §2.1), as (width, height).
+/// BFL `src/flux/util.py` `PREFERED_KONTEXT_RESOLUTIONS` (BFL's spelling; the same values as
+/// diffusers `pipeline_flux_kontext.py` `PREFERRED_KONTEXT_RESOLUTIONS`), as (width, height).
 pub const PREFERRED_KONTEXT_RESOLUTIONS: [(u32, u32); 17] = [
     (672, 1568),
     (688, 1504),

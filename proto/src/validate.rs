@@ -10,9 +10,9 @@
 //!
 //! Every problem of a step is reported, not only the first, as a `FieldError` whose message
 //! names the field and the limit it broke, so a 422 tells the client exactly what to change.
-//! Defaults follow the Kontext reference (design.md §4): 28 steps, guidance 2.5, 1024² for
-//! generate, the context size for edit, and a server-picked seed when none is given. This module
-//! never fetches anything.
+//! Defaults follow the Kontext references (docs/engine.md §Defaults): 28 steps, guidance 2.5, 1024²
+//! for generate, the context size for edit, and a server-picked seed when none is given. This
+//! module never fetches anything.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,8 +1,10 @@
 //! `StorageArgs` (feature "cli"): the storage flags that coordinator, worker and `kontext up`
 //! share through `#[command(flatten)]`, so every binary spells them the same way.
 //!
-//! Endpoint, region and credentials use the standard AWS variable names (design.md §9), so an
-//! environment that already works with the AWS CLI works with us.
+//! Endpoint, region and credentials use the standard AWS variable names (`AWS_ENDPOINT_URL`,
+//! `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`; AWS SDKs and Tools Reference
+//! Guide, "Environment variables"), so an environment that already works with the AWS CLI works
+//! with us.
 
 use std::path::PathBuf;
 use std::time::Duration;

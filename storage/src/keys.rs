@@ -1,7 +1,7 @@
 //! Object-key layout: one builder per kind of object, and the validation that keeps a tenant
 //! inside its own prefix.
 //!
-//! Layout (serving-reference.md §4 item 6, design.md §4):
+//! Layout (docs/queue-protocol.md §Commit):
 //! - inputs and uploads, content-addressed: `in/<tenant>/<sha256>.<ext>`;
 //! - initial latents, content-addressed:    `in/<tenant>/<sha256>.safetensors`;
 //! - outputs, attempt-scoped:               `out/<tenant>/<job_id>/<epoch>.<ext>`;

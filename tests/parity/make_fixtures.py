@@ -29,8 +29,9 @@ What it does, in order:
   6. OUT/meta.json: arguments, sizes, library versions, sha256 + size of every model file,
      every tensor (file, shape, dtype, meaning) and the check results.
 
-`--bench` instead times one forward of the mid-size transformer (parity-notes.md §5) and prints
-`pytorch_mid_forward_median_s=<x> ...` (the candle side is `kontext-worker` bench, engine-model).
+`--bench` instead times one forward of the mid-size transformer (tests/parity/README.md, "PyTorch CPU
+bench") and prints `pytorch_mid_forward_median_s=<x> ...` (the candle side is `kontext-worker` bench,
+engine-model).
 """
 
 from __future__ import annotations
@@ -288,7 +289,8 @@ def add_transformer_capture(rec: Recorder, n_target: int, steps: int) -> None:
 def run_edit(pipe, image: Image.Image, args) -> tuple[dict, dict]:
     H, W = args.height, args.width
     gen = torch.Generator("cpu").manual_seed(args.seed)
-    # Packed noise exactly as the pipeline would draw it itself (parity-notes.md §3 gotcha 3).
+    # Packed noise exactly as the pipeline would draw it itself: `latents=` must already be packed,
+    # and `prepare_latents` with this generator is the draw `__call__` makes when `latents` is None.
     noise_packed = pipe.prepare_latents(None, 1, 16, H, W, torch.float32, "cpu", gen, None)[0]
     rec = Recorder()
     rec.put("initial_latents_packed", noise_packed)
@@ -531,7 +533,7 @@ def make_fixtures(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Bench (parity-notes.md §5)
+# Bench (tests/parity/README.md, "PyTorch CPU bench")
 
 
 def bench(args: argparse.Namespace) -> None:

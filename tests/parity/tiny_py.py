@@ -12,8 +12,8 @@ same architecture and configs in Python, so that
 The weights here come from torch's RNG and the tokenizers are built differently from the Rust
 writer's, so the *numbers* differ from the Rust folder; only the structure is meant to match.
 
-Configs: parity-notes.md §2 ("tiny32"), FluxConfig::tiny()/VaeConfig::tiny() in
-worker/src/engine/config.rs and the tiny text encoder configs in notes/task-engine-shared.md.
+Configs: the tiny model of docs/engine.md §Parity: FluxConfig::tiny()/VaeConfig::tiny() in
+engine/src/config.rs and the tiny text encoder configs in engine/src/tiny/text_models.rs.
 """
 
 from __future__ import annotations

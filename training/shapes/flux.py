@@ -1,8 +1,8 @@
 """The shapes transformer: diffusers' FluxTransformer2DModel at small size, trained with the
-FLUX.1 Kontext objective (Labs et al. 2025, "FLUX.1 Kontext", §3): rectified flow with a velocity
-target, logit-normal timesteps moved by the resolution-dependent shift, edit samples with the
-context image's tokens after the target tokens (ids (1, r, c)), and text-to-image samples with
-no context, in one model.
+FLUX.1 Kontext objective (Labs et al. 2025, "FLUX.1 Kontext", arXiv:2506.15742, §3): rectified
+flow with a velocity target, logit-normal timesteps moved by the resolution-dependent shift, edit
+samples with the context image's tokens after the target tokens (ids (1, r, c)), and
+text-to-image samples with no context, in one model.
 
 Latents and text embeddings are computed once (`cache_latents`, `encode_prompts`), so a training
 step is the transformer alone."""

@@ -4,9 +4,11 @@
 //! The worker stops claiming and reports not-ready at once. The running job is finished when its
 //! expected remaining time — steps left × the recent step time, plus the decode/upload/commit tail
 //! measured on earlier jobs — fits the grace period; otherwise the engine is canceled between two
-//! steps and the job is released to the queue without counting an attempt (serving-reference.md
-//! §4 "Workers and autoscaling"). If a job that was expected to fit is still running when the
-//! grace period ends, it is canceled and released then.
+//! steps and the job is released to the queue without counting an attempt
+//! (docs/queue-protocol.md §Release). Kubernetes sends SIGKILL `terminationGracePeriodSeconds`
+//! after SIGTERM (<https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/>, "Pod
+//! termination"). If a job that was expected to fit is still running when the grace period ends,
+//! it is canceled and released then.
 //!
 //! The decision is a pure function of measured durations (`drain_decision`), unit-tested here.
 

@@ -2,7 +2,9 @@
 //!
 //! The heartbeat is a tokio task renewing the lease every `lease_ttl / 3`. It never waits on the
 //! engine thread, so a long denoising step (or a stuck CUDA call) cannot let the lease expire
-//! behind the worker's back (serving-reference.md §2 item 1). It stops the job — through the job's
+//! behind the worker's back — the "stalled job" double processing BullMQ documents for workers
+//! whose lock renewal is starved (<https://docs.bullmq.io/guide/workers/stalled-jobs>;
+//! docs/queue-protocol.md §Leases, heartbeat and progress). It stops the job — through the job's
 //! `JobControl`, which cancels the engine between denoising steps — when the queue reports the job
 //! canceled, or when the lease is lost: refused as stale, or not renewed before it ran out.
 

@@ -1,6 +1,7 @@
 //! BFL-compatible routes, so existing Black Forest Labs API clients work by changing the base URL
-//! (serving-reference.md §0): `POST /v1/flux-kontext-dev` (also `-pro` and `-max`, which run the
-//! same model here) with BFL's field names → `{id, polling_url}`, and `GET /v1/get_result?id=` →
+//! (BFL API reference, <https://docs.bfl.ml>: the Kontext endpoints and `get_result`):
+//! `POST /v1/flux-kontext-dev` (also `-pro` and `-max`, which run the same model here) with
+//! BFL's field names → `{id, polling_url}`, and `GET /v1/get_result?id=` →
 //! `{id, status, result: {sample, ...}, progress}` with BFL's status words. Auth: `x-key` (or
 //! Bearer). Jobs made here are ordinary jobs: the native routes see them too.
 

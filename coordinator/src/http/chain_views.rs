@@ -1,7 +1,7 @@
 //! What the chain routes send and receive (OpenAPI schemas; the chain request, turn and status
 //! types are proto's own, with their schemas derived there), and the rendering of a chain record:
-//! the chain's settings and, per turn, its state, seed, object keys and job (design.md §9:
-//! chains return `id, status, turns: [job...]`).
+//! the chain's settings and, per turn, its state, seed, object keys and job (docs/chains.md
+//! §API: a chain is returned as `id, status, turns: [job...]`).
 
 use kontext_proto::validate_chain::TurnRequest;
 use kontext_proto::{CancelOutcome, ChainRecord, ChainStatus, ChainTurn, JobStatus, TurnState};

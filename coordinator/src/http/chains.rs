@@ -1,4 +1,4 @@
-//! The chain API (issue 5): create a storyboard (`POST /v1/chains`), read it, append a turn,
+//! The chain API (docs/chains.md): create a storyboard (`POST /v1/chains`), read it, append a turn,
 //! fork it from a committed turn, cancel it. The queue does the orchestration (the next turn is
 //! created inside the commit of the one before); these handlers validate, resolve the input
 //! image, plan job ids and seeds, and keep tenants apart (another tenant's chain is a 404).

@@ -1,7 +1,8 @@
-//! What the API sends (the OpenAPI schemas): the job view of design.md §9, submit and list
-//! replies, uploads, cancel. Request bodies and statuses are proto's own types (`JobRequest`,
-//! `JobStatus`, ...), which derive their schemas there. Conversions from the queue's records
-//! live here too, so every route renders a job the same way.
+//! What the API sends (the OpenAPI schemas): the job view of `GET /v1/jobs/{id}` (see
+//! coordinator/README.md and docs/openapi.json), submit and list replies, uploads, cancel.
+//! Request bodies and statuses are proto's own types (`JobRequest`, `JobStatus`, ...), which
+//! derive their schemas there. Conversions from the queue's records live here too, so every
+//! route renders a job the same way.
 
 use kontext_proto::{CancelOutcome, JobErrorKind, JobKind, JobRecord, JobStatus, Millis};
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,7 @@ pub struct JobAccepted {
     pub result_url: String,
 }
 
-/// A job as `GET /v1/jobs/{id}` returns it (design.md §9).
+/// A job as `GET /v1/jobs/{id}` returns it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"id": "0b6a4f52-6f9e-4c55-9d0a-6f2f1b1e2c3d", "kind": "edit",
     "status": "succeeded", "progress": 1.0, "prompt": "make the jacket red", "seed": 42,

@@ -1,6 +1,8 @@
-// Fused bf16 elementwise kernels for the FLUX transformer (perf-reference.md §3: unfused
-// elementwise traffic is ~30-40 % on top of the GEMMs). Each reproduces the roundings of the
-// candle composition it replaces (worker/src/engine/flux/ops.rs `generic`), which are BFL's:
+// Fused bf16 elementwise kernels for the FLUX transformer. Unfused, every elementwise op
+// (modulation, LayerNorm, q/k RMSNorm, RoPE, head layout) is one more full pass over the
+// activations in device memory, traffic the GEMMs themselves do not need; fusing removes those
+// passes. Each kernel reproduces the roundings of the candle composition it replaces
+// (engine/src/flux/ops/generic.rs), which are BFL's:
 //
 // qk_norm_rope: for one stream's fused projection qkv (b, L_s, 3·H·D) (rows may be a column
 //   slice of a wider matrix), per (b, l, h):

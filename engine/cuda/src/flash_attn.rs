@@ -3,7 +3,7 @@
 //! Only bf16 with head dim 128 and as many K/V heads as query heads is compiled in (the FLUX
 //! transformer's attention); [`supports`] says whether a call can take this path, and callers
 //! fall back to their own attention otherwise. Softmax statistics are f32 inside the kernel, so
-//! logits are never rounded to bf16 (kontext-reference.md §10.5), like PyTorch's fused SDPA.
+//! logits are never rounded to bf16 (docs/engine.md §Attention), like PyTorch's fused SDPA.
 
 // FFI to the nvcc-compiled kernel and raw device pointers: unsafe by nature, confined here.
 #![allow(unsafe_code)]

@@ -1,15 +1,16 @@
-//! Floating-point work of one transformer forward, and the compute floor it implies
-//! (perf-reference.md §3 "Physical floor").
+//! Floating-point work of one transformer forward, and the compute floor it implies: the time
+//! the work would take at the GPU's dense bf16 peak.
 //!
 //! Per token, every double block applies (per stream) qkv 3H² + proj H² + MLP 2·H·M weights and
 //! every single block linear1 H·(3H+M) + linear2 (H+M)·H: both 4H² + 2HM, so the linear work is
 //! 2 FLOP × (blocks) × (4H² + 2HM) × L. Attention is 4·L²·H per block (q·kᵀ and p·v). Modulation,
-//! embedders and the final layer run once per image, not per token, and are left out, as in the
-//! reference (at the 12B size: 112.4 + 53.1 = 165.4 TFLOP per step at L = 8704).
+//! embedders and the final layer run once per image, not per token, and are left out (at the 12B
+//! size: 112.4 + 53.1 = 165.4 TFLOP per step at L = 8704).
 
 use crate::config::FluxConfig;
 
-/// Dense bf16 peak of an H100 SXM / H200 (perf-reference.md §3), TFLOP/s.
+/// Dense bf16 peak of an H100 SXM / H200 (NVIDIA's H100 and H200 Tensor Core GPU datasheets;
+/// the datasheets' higher figure assumes structured sparsity), TFLOP/s.
 pub const H100_BF16_PEAK_TFLOPS: f64 = 989.0;
 
 /// FLOPs of one transformer forward over `tokens` joint tokens (text + target + context).
@@ -66,7 +67,8 @@ mod tests {
 
     #[test]
     fn matches_the_reference_floor_for_a_1024_edit() {
-        // perf-reference.md §3: 8704 tokens → 112.4 TF linear, 53.1 TF attention, 165.4 total,
+        // Worked by hand from the module doc's formulas at the 12B size (H 3072, M 12288, 57
+        // blocks): 8704 tokens → 112.4 TF linear, 53.1 TF attention, 165.4 total,
         // 167 ms per step at 989 TF/s; T2I at 4608 tokens → 74.4 TF.
         let cfg = FluxConfig::kontext_dev();
         let l = edit_tokens(512, 1024, 1024, Some((1024, 1024)));

@@ -1,4 +1,4 @@
-//! `kontext-worker bench-gpu`: the GPU benchmark and correctness check (issue 6, docs/gpu.md),
+//! `kontext-worker bench-gpu`: the GPU benchmark and correctness check (docs/gpu.md),
 //! one command that needs no downloads and fits one device call (scripts/gpu-bench.sh).
 //!
 //! 1. Correctness (`gpu::checks`): attention and a head-dim-128 transformer (the flash path),
@@ -8,7 +8,7 @@
 //!    the device, one edit per size (context = target size, 28 steps by default) after a short
 //!    warm-up: seconds per step (synchronised after every step), the stages around the loop,
 //!    seconds per image end to end, peak GPU memory (the allocation pool's high-water mark, text
-//!    encoders resident), MFU against the compute floor (perf-reference.md §3). Then a few steps
+//!    encoders resident), MFU against the compute floor (`bench::flops`). Then a few steps
 //!    with flash-attention off, and with the fused kernels off, for comparison (`--ab-steps`).
 //!
 //! Prints one table at the end and writes every number to `<out-dir>/bench-gpu.json`.

@@ -217,7 +217,8 @@ mod tests {
     #[test]
     fn real_sizes_have_the_published_parameter_counts() -> Result<()> {
         let (flux, t5, clip, vae) = RandomEngineSpec::kontext_dev().parameter_counts()?;
-        // kontext-reference.md §1: about 11.9B transformer parameters; T5-XXL encoder 4.76B
+        // The published checkpoints (docs/engine.md §Model): about 11.9B transformer parameters
+        // (flux1-kontext-dev.safetensors is 23.8 GB of bf16); T5-XXL encoder 4.76B
         // (incl. its 131M-entry embedding); CLIP-L text 123M; the AE about 84M.
         assert!(
             (11.8e9..12.0e9).contains(&(flux as f64)),

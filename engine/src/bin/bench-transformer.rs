@@ -1,7 +1,7 @@
-//! CPU benchmark of the flow transformer (issue 3 item 7): one forward of `FluxConfig::bench_mid()`
-//! (hidden 1024, 16 heads, 4 double + 8 single blocks) over 1024 target + 1024 context + 128 text
-//! tokens in f32 with random weights; one warm-up, then the median of N runs, with a breakdown by
-//! op class. The PyTorch twin is `tests/parity/make_fixtures.py --bench`.
+//! CPU benchmark of the flow transformer (docs/engine.md §Parity): one forward of
+//! `FluxConfig::bench_mid()` (hidden 1024, 16 heads, 4 double + 8 single blocks) over 1024 target +
+//! 1024 context + 128 text tokens in f32 with random weights; one warm-up, then the median of N
+//! runs, with a breakdown by op class. The PyTorch twin is `tests/parity/make_fixtures.py --bench`.
 //!
 //! Run: `RAYON_NUM_THREADS=2 cargo run --release -p kontext-worker --bin bench-transformer`
 

@@ -2,9 +2,10 @@
 //! mask (BFL `math.py:6-12`, `scaled_dot_product_attention`).
 //!
 //! Softmax statistics are always f32: logits are computed from f32 copies of q and k, so a bf16
-//! model never rounds a logit to bf16 (kontext-reference.md §10.5); the probabilities are cast back
-//! to the compute dtype for the product with v, as fused SDPA does. Heads are processed in groups
-//! so the materialised `(b, heads, L, L)` scores stay under a memory budget.
+//! model never rounds a logit to bf16 (candle-transformers' `models/flux/model.rs`
+//! `scaled_dot_product_attention` does, computing logits in the compute dtype); the probabilities
+//! are cast back to the compute dtype for the product with v, as fused SDPA does. Heads are
+//! processed in groups so the materialised `(b, heads, L, L)` scores stay under a memory budget.
 //!
 //! With the `flash-attn` feature, CUDA bf16 attention with head dim 128 (the 12B model) runs the
 //! FlashAttention-2 kernel of `kontext-cuda` instead and never materialises the scores; other

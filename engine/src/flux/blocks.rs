@@ -1,6 +1,6 @@
 //! The transformer blocks with BFL key names (`modules/layers.py` @ 802fb47): modulation,
 //! QK-norm self-attention projections, the MLP, the double-stream and single-stream blocks and the
-//! final layer. Math per kontext-reference.md §4 "Block math".
+//! final layer. Math per docs/engine.md §Transformer blocks.
 
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};

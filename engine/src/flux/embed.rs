@@ -68,7 +68,7 @@ mod tests {
 
     #[test]
     fn bf16_rounds_like_bfl() -> Result<()> {
-        // Guidance 2.5 → bf16(2500) = 2496 (kontext-reference.md §4); f32 keeps 2500.
+        // Guidance 2.5 → bf16(2500) = 2496 (docs/engine.md §Conditioning vector); f32 keeps 2500.
         let g = Tensor::new(&[2.5f32], &Device::Cpu)?;
         let bf = timestep_embedding(&g, 2, DType::BF16)?
             .to_dtype(DType::F32)?

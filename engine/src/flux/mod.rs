@@ -1,5 +1,5 @@
 //! The FLUX.1 Kontext flow transformer and its sampler, written for candle from the BFL reference
-//! (black-forest-labs/flux @ 802fb47, kontext-reference.md §2-§4).
+//! (black-forest-labs/flux @ 802fb47, `src/flux/`; docs/engine.md).
 //!
 //! - `model`: the transformer (BFL key names) and its inputs;
 //! - `blocks`, `embed`, `ops` (with its CPU and CUDA kernels), `attention`, `rope`: its parts;

@@ -1,7 +1,7 @@
 //! Rotary position embedding over the three Kontext position axes (index, row, col).
 //!
 //! The tables are built on the host in f32 from f32 ids, exactly like BFL `math.py:15-30`
-//! (kontext-reference.md §4 "RoPE"): per-axis frequencies ω_j = 1/θ^(2j/d_a), the pairs of axis 0
+//! (docs/engine.md §RoPE): per-axis frequencies ω_j = 1/θ^(2j/d_a), the pairs of axis 0
 //! first, then axis 1, then axis 2, and interleaved rotation of adjacent pairs (x₂ₖ, x₂ₖ₊₁). q and
 //! k are rotated in f32 and cast back to the compute dtype (BFL `apply_rope`), so bf16 never
 //! touches an angle. Building on the host makes the tables identical on every device.

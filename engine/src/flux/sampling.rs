@@ -1,6 +1,6 @@
 //! Sampling for FLUX.1 Kontext: the shifted schedule, 2×2 latent packing, position ids and the
 //! Euler loop that concatenates the context tokens after the target every step and keeps only the
-//! target's prediction (BFL `sampling.py` @ 802fb47, kontext-reference.md §2-§3).
+//! target's prediction (BFL `sampling.py` @ 802fb47; docs/engine.md §Schedule, §Denoising loop).
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn schedule_matches_bfl_reference_at_4096_tokens() {
-        // kontext-reference.md §3: N = 30 at 4096 tokens.
+        // BFL `get_schedule(30, 4096)` (the Kontext CLI's default steps at 1024²).
         let s = schedule(30, 4096);
         assert_eq!(s.len(), 31);
         let head = [1.0, 0.989199, 0.977883, 0.966014, 0.953549];
@@ -231,7 +231,8 @@ mod tests {
 
     #[test]
     fn schedule_for_twelve_tokens_matches_diffusers() {
-        // parity-notes.md §2: 12 target tokens, mu 0.45870, sigmas [1.0, 0.6127053, 0.0].
+        // diffusers `calculate_shift` + `FlowMatchEulerDiscreteScheduler` with 2 steps on 12 target
+        // tokens: mu 0.45870, sigmas [1.0, 0.6127053, 0.0].
         assert!((mu_for_tokens(12) - 0.45870).abs() < 1e-5);
         let s = schedule(2, 12);
         assert_eq!(s[0], 1.0);

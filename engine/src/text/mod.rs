@@ -1,5 +1,5 @@
-//! The two text encoders of FLUX.1 (kontext-reference.md §5), from the HF folders of the model
-//! directory (`text_encoder/`, `text_encoder_2/`, `tokenizer/`, `tokenizer_2/`):
+//! The two text encoders of FLUX.1 (docs/engine.md §Text encoders), from the HF folders of the
+//! model directory (`text_encoder/`, `text_encoder_2/`, `tokenizer/`, `tokenizer_2/`):
 //! - T5 v1.1 encoder (`candle_transformers::models::t5::T5EncoderModel`, which matches HF T5 for
 //!   the encoder: gated tanh-GELU ("gelu_new") FFN, relative attention bias computed in block 0
 //!   and shared, no attention scaling, final RMS layer norm): `last_hidden_state` over all 512

@@ -1,5 +1,7 @@
-//! Prompt → token ids for the two text encoders, padded and truncated the way BFL/diffusers
-//! call the HF tokenizers (kontext-reference.md §5):
+//! Prompt → token ids for the two text encoders, padded and truncated the way BFL/diffusers call
+//! the HF tokenizers (diffusers `FluxKontextPipeline._get_t5_prompt_embeds` /
+//! `_get_clip_prompt_embeds`, BFL `src/flux/modules/conditioner.py`; docs/engine.md §Text
+//! encoders):
 //! - CLIP: `<|startoftext|> … <|endoftext|>`, truncated to 77 keeping the EOS last, padded to 77
 //!   with the pad token (`<|endoftext|>` for CLIP-L). From `tokenizer/tokenizer.json` when
 //!   present, else built from `vocab.json` + `merges.txt` exactly as transformers 5's

@@ -10,7 +10,7 @@
 //! same canonical tensors: the diffusers files are the canonical tensors split with the
 //! `weights::keys` table.
 //!
-//! Weight init (parity-notes.md §2 "Weight init"): matrices N(0, 1/fan_in), biases 0.05·N(0,1),
+//! Weight init (docs/engine.md §Parity): matrices N(0, 1/fan_in), biases 0.05·N(0,1),
 //! every norm weight/scale 1 + 0.1·N(0,1) and norm bias 0.1·N(0,1), so a loader that swaps
 //! `query_norm`/`key_norm` or drops a norm changes the outputs.
 
@@ -300,7 +300,8 @@ fn write_inner(dir: &Path, seed: u64, layout: Layout) -> Result<(), TinyError> {
     )
 }
 
-/// `model_index.json` of the real FLUX.1-Kontext-dev repo (kontext-reference.md §9).
+/// `model_index.json` of the real FLUX.1-Kontext-dev repo (Hugging Face
+/// `black-forest-labs/FLUX.1-Kontext-dev`, which diffusers loads as `FluxKontextPipeline`).
 fn model_index() -> Value {
     json!({
         "_class_name": "FluxKontextPipeline",
@@ -317,7 +318,8 @@ fn model_index() -> Value {
     })
 }
 
-/// FLUX.1-dev's scheduler config (kontext-reference.md §3, parity-notes.md §2).
+/// FLUX.1-dev's `scheduler/scheduler_config.json` (`FlowMatchEulerDiscreteScheduler` with dynamic
+/// shifting; the same constants as BFL `sampling.py` `get_schedule`, docs/engine.md §Schedule).
 fn scheduler_config() -> Value {
     json!({
         "_class_name": "FlowMatchEulerDiscreteScheduler",

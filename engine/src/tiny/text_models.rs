@@ -1,6 +1,7 @@
 //! The tiny text encoders: HF `config.json` contents and the tensor names/shapes that
 //! `CLIPTextModel` and `T5EncoderModel` save (transformers 5), at the sizes of the shared plan
-//! (parity-notes.md §2: CLIP hidden 32 / 2 layers / 4 heads; T5 d_model 32 / 2 layers / 4 heads).
+//! (docs/engine.md §Parity: CLIP hidden 32 / 2 layers / 4 heads; T5 d_model 32 / 2 layers /
+//! 4 heads).
 
 use serde_json::{Value, json};
 

@@ -1,5 +1,6 @@
 //! The tiny model's tokenizers, built locally and deterministically (no trainers, nothing
-//! downloaded), in the file layout of the real FLUX repo (kontext-reference.md §9):
+//! downloaded), in the file layout of the real FLUX repo (Hugging Face
+//! `black-forest-labs/FLUX.1-Kontext-dev`: `tokenizer/` has no `tokenizer.json`):
 //! - `tokenizer/`: a CLIP byte-level BPE as `vocab.json` + `merges.txt` (no `tokenizer.json`).
 //!   The vocab mirrors OpenAI's order: the 256 `bytes_to_unicode` characters, the same with
 //!   `</w>`, the merged tokens, then `<|startoftext|>` and `<|endoftext|>` as the two highest ids.

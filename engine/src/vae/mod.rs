@@ -1,5 +1,5 @@
 //! The FLUX autoencoder in candle, BFL structure and names (`flux/modules/autoencoder.py` @
-//! 802fb47, kontext-reference.md §6), with the GroupNorm group count taken from the config
+//! 802fb47; docs/engine.md §VAE), with the GroupNorm group count taken from the config
 //! (BFL hard-codes 32; the tiny model uses the same 32, other sizes need other counts).
 //!
 //! - `encode(x)`: x in [-1, 1], (b, 3, H, W) → scale·(mean − shift), (b, z, H/8, W/8). The

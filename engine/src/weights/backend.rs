@@ -17,7 +17,7 @@ pub enum Mapping {
     /// The files use canonical names, possibly under a prefix (ComfyUI's
     /// `model.diffusion_model.`).
     Canonical { prefix: String },
-    /// A diffusers `transformer/` (kontext-reference.md §8 table).
+    /// A diffusers `transformer/` (names per `weights::keys`).
     DiffusersTransformer,
     /// A diffusers `vae/` with `levels` resolution levels.
     DiffusersVae { levels: usize },

@@ -70,7 +70,7 @@ fn default_axes() -> Vec<usize> {
 }
 
 /// Reads a diffusers `transformer/config.json`. mlp_ratio (4), qkv bias and θ (10000) are fixed
-/// in diffusers and have no key (parity-notes.md §2).
+/// in diffusers' `FluxTransformer2DModel` code and have no config key.
 pub fn flux_from_diffusers(text: &str, file: &str) -> Result<FluxConfig, WeightsError> {
     let raw: DiffusersTransformer =
         serde_json::from_str(text).map_err(|e| WeightsError::Config {
@@ -357,7 +357,8 @@ mod tests {
 
     #[test]
     fn kontext_dev_transformer_config_reads_with_defaults() {
-        // The real transformer/config.json (kontext-reference.md §9), trimmed to its keys.
+        // The real transformer/config.json of black-forest-labs/FLUX.1-Kontext-dev, trimmed to
+        // its keys.
         let text = r#"{"_class_name": "FluxTransformer2DModel", "attention_head_dim": 128,
             "axes_dims_rope": [16, 56, 56], "guidance_embeds": true, "in_channels": 64,
             "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 19,

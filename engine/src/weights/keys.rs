@@ -1,10 +1,10 @@
 //! Tensor names: the canonical (BFL) keys of the flow transformer and the autoencoder, their
 //! shapes for a given config, and where each one lives in the diffusers layout.
 //!
-//! The mapping is kontext-reference.md §8 (diffusers `convert_flux_transformer_checkpoint_to_diffusers`,
-//! `single_file_utils.py:2265-2455`, and `convert_ldm_vae_checkpoint`, `:1481-1588`), written
+//! The mapping is diffusers' (`src/diffusers/loaders/single_file_utils.py`:
+//! `convert_flux_transformer_checkpoint_to_diffusers` and `convert_ldm_vae_checkpoint`), written
 //! once in the direction the loader needs (canonical → diffusers). The tiny writer splits
-//! canonical tensors with the same table, and unit tests pin the table against §8's rows.
+//! canonical tensors with the same table, and unit tests pin the table row by row.
 
 use crate::config::{FluxConfig, VaeConfig};
 
@@ -201,7 +201,8 @@ pub fn vae_tensors(cfg: &VaeConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// The diffusers source of a canonical transformer key (kontext-reference.md §8 table).
+/// The diffusers source of a canonical transformer key (diffusers
+/// `convert_flux_transformer_checkpoint_to_diffusers`).
 pub fn transformer_source(bfl: &str) -> Option<Source> {
     let (stem, suffix) = bfl.rsplit_once('.')?;
     let renamed = |d: &str| Some(Source::Renamed(format!("{d}.{suffix}")));

@@ -23,7 +23,8 @@ fn diffusers_keys(
 
 #[test]
 fn kontext_dev_transformer_has_the_reference_tensor_counts() {
-    // kontext-reference.md §8: 780 BFL tensors, 1160 diffusers tensors.
+    // The real checkpoints: flux1-kontext-dev.safetensors holds 780 tensors
+    // (20 top-level + 19 × 24 + 38 × 8), diffusers' transformer/ 1160 (20 + 19 × 32 + 38 × 14).
     let canonical = transformer_tensors(&FluxConfig::kontext_dev());
     assert_eq!(canonical.len(), 780);
     let names: BTreeSet<_> = canonical.iter().map(|(n, _)| n.clone()).collect();
@@ -33,7 +34,8 @@ fn kontext_dev_transformer_has_the_reference_tensor_counts() {
 
 #[test]
 fn tiny_transformer_has_the_parity_notes_counts() {
-    // parity-notes.md §4: 60 BFL tensors, 80 diffusers tensors.
+    // The same formulas at 1 double and 2 single blocks: 20 + 24 + 2 × 8 = 60 BFL tensors,
+    // 20 + 32 + 2 × 14 = 80 diffusers tensors.
     let canonical = transformer_tensors(&FluxConfig::tiny());
     assert_eq!(canonical.len(), 60);
     assert_eq!(diffusers_keys(&canonical, transformer_source).len(), 80);

@@ -34,7 +34,7 @@ use crate::EngineError;
 use crate::config::{FluxConfig, VaeConfig};
 use crate::model_settings::ModelSettings;
 
-/// BFL's single-file transformer name (kontext-reference.md §1).
+/// BFL's single-file transformer name (in `black-forest-labs/FLUX.1-Kontext-dev`).
 pub const BFL_TRANSFORMER_FILE: &str = "flux1-kontext-dev.safetensors";
 /// BFL's autoencoder file.
 pub const BFL_AE_FILE: &str = "ae.safetensors";

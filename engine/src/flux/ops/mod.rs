@@ -1,7 +1,8 @@
 //! The transformer's building blocks as functions, each with BFL's exact math and dtype handling
-//! (kontext-reference.md §4 "Block math"). The block code calls only these. Each op dispatches to
-//! the fused CPU kernel (`cpu`) for f32 CPU tensors, then to the fused CUDA kernels (`cuda`) where they
-//! apply, and otherwise runs the candle composition in `generic` (CUDA, bf16, or `cpu::set_enabled(false)`); both compute the same formulas. Each op is
+//! (BFL `src/flux/modules/layers.py`; docs/engine.md §Transformer blocks). The block code calls
+//! only these. Each op dispatches to the fused CPU kernel (`cpu`) for f32 CPU tensors, then to the
+//! fused CUDA kernels (`cuda`) where they apply, and otherwise runs the candle composition in
+//! `generic` (CUDA, bf16, or `cpu::set_enabled(false)`); both compute the same formulas. Each op is
 //! timed under its op class for the benchmark (`profile`).
 //!
 //! The children implement the ops and take their constants and types from here: `cpu` (fused

@@ -43,12 +43,12 @@ local function check_lease(job, epoch)
 end
 
 -- ---------------------------------------------------------------------------------------------
--- Chains (issue 5). The chain hash `chain:<cid>` holds: id, tenant, status (running | succeeded |
--- failed | canceled), carry (image | latent), on_failure (stop | continue), seed, input (InputImage
--- JSON or ''), webhook, prio (class of every turn), created_at, finished_at, turns (count),
--- current (turn whose job is live or ended last), last_good (0 = none), forked_from (ChainRef
--- JSON or ''), and per turn i (1-based): t:<i> (spec template JSON; for i > 1 with "input":null,
--- which the turn's creation replaces) and j:<i> (the job id planned for it).
+-- Chains (docs/queue-protocol.md §Chains). The chain hash `chain:<cid>` holds: id, tenant, status
+-- (running | succeeded | failed | canceled), carry (image | latent), on_failure (stop | continue),
+-- seed, input (InputImage JSON or ''), webhook, prio (class of every turn), created_at,
+-- finished_at, turns (count), current (turn whose job is live or ended last), last_good (0 = none),
+-- forked_from (ChainRef JSON or ''), and per turn i (1-based): t:<i> (spec template JSON; for i > 1
+-- with "input":null, which the turn's creation replaces) and j:<i> (the job id planned for it).
 local function chain_key(prefix, cid) return prefix .. 'chain:' .. cid end
 local function affinity_key(prefix, worker) return prefix .. 'q:w:' .. worker end
 -- Offers to a worker that went away are covered by the delay fallback; its stream then expires.
