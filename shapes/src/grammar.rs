@@ -186,8 +186,7 @@ pub fn apply(scene: &Scene, prompt: &str) -> Result<(Scene, Task, Vec<Position>)
             if 1 + n != ws.len() {
                 return Err(unparsed());
             }
-            if scene.object_at(o.position).is_some() || scene.objects.len() >= Scene::MAX_OBJECTS
-            {
+            if scene.object_at(o.position).is_some() || scene.objects.len() >= Scene::MAX_OBJECTS {
                 return Err(GrammarError::Occupied(o.position.phrase().to_string()));
             }
             out.objects.push(o);
@@ -232,7 +231,11 @@ mod tests {
     #[test]
     fn prompts_outside_the_grammar_are_refused() {
         let scene = parse_caption("a red circle at the top left on a white background").unwrap();
-        for bad in ["make the cat red", "remove the blue square", "move the red circle to space"] {
+        for bad in [
+            "make the cat red",
+            "remove the blue square",
+            "move the red circle to space",
+        ] {
             assert!(apply(&scene, bad).is_err(), "{bad}");
         }
         assert!(parse_caption("a dog on a white background").is_err());

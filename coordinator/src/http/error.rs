@@ -141,11 +141,7 @@ impl ApiError {
 
     /// 422: the request is well-formed but a field's value is not acceptable.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::new(
-            ErrorType::InvalidRequest,
-            Some(field),
-            message,
-        )
+        Self::new(ErrorType::InvalidRequest, Some(field), message)
     }
 
     /// 400: the request cannot be read (malformed JSON, header or query).
@@ -191,11 +187,7 @@ impl ApiError {
     }
 
     pub fn unsupported_media(field: &str, message: impl Into<String>) -> Self {
-        Self::new(
-            ErrorType::UnsupportedMediaType,
-            Some(field),
-            message,
-        )
+        Self::new(ErrorType::UnsupportedMediaType, Some(field), message)
     }
 
     pub fn not_ready(message: impl Into<String>) -> Self {
@@ -217,11 +209,7 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        let mut e = Self::new(
-            ErrorType::Unavailable,
-            None,
-            message,
-        );
+        let mut e = Self::new(ErrorType::Unavailable, None, message);
         e.retry_after_s = Some(1);
         e
     }
@@ -314,9 +302,5 @@ impl IntoResponse for ApiError {
 
 /// Fallback for unknown routes, so they answer in the same JSON shape.
 pub async fn no_route() -> ApiError {
-    ApiError::new(
-        ErrorType::NotFound,
-        Some("path"),
-        "no such route",
-    )
+    ApiError::new(ErrorType::NotFound, Some("path"), "no such route")
 }

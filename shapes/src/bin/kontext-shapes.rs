@@ -12,7 +12,10 @@ use kontext_shapes::grammar::{apply, parse_caption};
 use kontext_shapes::render;
 
 #[derive(Parser)]
-#[command(name = "kontext-shapes", about = "The shapes world: training set and storyboard frames")]
+#[command(
+    name = "kontext-shapes",
+    about = "The shapes world: training set and storyboard frames"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +69,9 @@ fn run(command: Command) -> Result<(), String> {
             size,
         } => {
             if size == 0 || size % 16 != 0 {
-                return Err(format!("--size must be a positive multiple of 16, got {size}"));
+                return Err(format!(
+                    "--size must be a positive multiple of 16, got {size}"
+                ));
             }
             kontext_shapes::dataset::write_training_set(&out, seed, count, size)
                 .map_err(|e| e.to_string())?;
@@ -88,10 +93,16 @@ fn run(command: Command) -> Result<(), String> {
             };
             save("input.png".into(), &scene)?;
             for (i, turn) in turns.iter().enumerate() {
-                scene = apply(&scene, turn).map_err(|e| format!("--turn {}: {e}", i + 1))?.0;
+                scene = apply(&scene, turn)
+                    .map_err(|e| format!("--turn {}: {e}", i + 1))?
+                    .0;
                 save(format!("reference-{}.png", i + 1), &scene)?;
             }
-            println!("wrote input.png and {} reference frames to {}", turns.len(), out.display());
+            println!(
+                "wrote input.png and {} reference frames to {}",
+                turns.len(),
+                out.display()
+            );
         }
     }
     Ok(())

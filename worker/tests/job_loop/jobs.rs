@@ -19,11 +19,7 @@ async fn generate_and_edit_commit_attempt_scoped_pngs() {
     let result = job.result.clone().expect("result");
     assert_eq!(result.key, format!("out/acme/{gen_id}/{}.png", job.epoch));
     assert_eq!((result.width, result.height, result.seed), (64, 48, 7));
-    let png = h
-        .store
-        .get(&result.key)
-        .await
-        .expect("stored");
+    let png = h.store.get(&result.key).await.expect("stored");
     let img = image::load_from_memory(&png.bytes).expect("decodable PNG");
     assert_eq!((img.width(), img.height()), (64, 48));
     assert_eq!(job.progress, 1.0);
@@ -47,11 +43,7 @@ async fn generate_and_edit_commit_attempt_scoped_pngs() {
     let result = job.result.expect("result");
     assert!(result.key.as_str().ends_with(".jpeg"), "{}", result.key);
     let latent_key = result.latent_key.expect("latent kept");
-    let latent = h
-        .store
-        .get(&latent_key)
-        .await
-        .expect("latent stored");
+    let latent = h.store.get(&latent_key).await.expect("latent stored");
     let values = kontext_worker::latents::decode(&latent.bytes).expect("safetensors");
     assert_eq!(values.len(), 2 * 2 * 64);
     let seen = h.seen.lock().expect("seen").clone();
