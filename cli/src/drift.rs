@@ -138,6 +138,102 @@ pub fn drift(frames: &[RgbImage]) -> Result<Vec<FrameDrift>, SizeMismatch> {
         .collect()
 }
 
+/// Pixels that differ between two same-sized frames (any channel by more than `tolerance`),
+/// grown by `grow` pixels in every direction: the region an edit was meant to change, from two
+/// consecutive reference frames (grown so anti-aliased edges and a slightly misplaced shape
+/// count as edited, not as damage).
+pub fn changed_region(
+    a: &RgbImage,
+    b: &RgbImage,
+    tolerance: u8,
+    grow: u32,
+) -> Result<Vec<bool>, SizeMismatch> {
+    same_size(a, b)?;
+    let (w, h) = a.dimensions();
+    let changed: Vec<bool> = a
+        .pixels()
+        .zip(b.pixels())
+        .map(|(p, q)| p.0.iter().zip(q.0).any(|(&x, y)| x.abs_diff(y) > tolerance))
+        .collect();
+    let g = grow as i64;
+    let mut grown = vec![false; changed.len()];
+    for y in 0..i64::from(h) {
+        for x in 0..i64::from(w) {
+            if !changed[(y * i64::from(w) + x) as usize] {
+                continue;
+            }
+            for yy in (y - g).max(0)..=(y + g).min(i64::from(h) - 1) {
+                for xx in (x - g).max(0)..=(x + g).min(i64::from(w) - 1) {
+                    grown[(yy * i64::from(w) + xx) as usize] = true;
+                }
+            }
+        }
+    }
+    Ok(grown)
+}
+
+/// PSNR in dB over the RGB samples of the pixels outside `region` (one flag per pixel,
+/// row-major); `None` when the region covers the whole frame.
+pub fn psnr_outside(
+    a: &RgbImage,
+    b: &RgbImage,
+    region: &[bool],
+) -> Result<Option<f64>, SizeMismatch> {
+    same_size(a, b)?;
+    let (mut se, mut n) = (0.0f64, 0usize);
+    for ((p, q), &inside) in a.pixels().zip(b.pixels()).zip(region) {
+        if inside {
+            continue;
+        }
+        for (&x, &y) in p.0.iter().zip(&q.0) {
+            se += (f64::from(x) - f64::from(y)).powi(2);
+            n += 1;
+        }
+    }
+    Ok(match n {
+        0 => None,
+        _ if se == 0.0 => Some(f64::INFINITY),
+        _ => Some(10.0 * (L * L / (se / n as f64)).log10()),
+    })
+}
+
+/// One turn measured against a storyboard's reference frames.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ReferenceDrift {
+    /// Output vs the exact frame this turn should produce.
+    pub psnr_reference: f64,
+    /// Output vs the previous output (the turn's input), outside the region the turn's
+    /// instruction changes: what the edit damaged that it should have left alone.
+    pub psnr_preserved: Option<f64>,
+    /// Share of the frame inside that region.
+    pub edited_share: f64,
+}
+
+/// Per turn i: `outputs[i]` against `references[i]`, and against `previous[i]` outside the region
+/// where `references[i]` differs from the reference before it (`start` for the first turn: the
+/// storyboard's input, or the first reference when the chain starts from text).
+pub fn reference_drift(
+    start: &RgbImage,
+    references: &[RgbImage],
+    outputs: &[RgbImage],
+) -> Result<Vec<ReferenceDrift>, SizeMismatch> {
+    let mut out = Vec::with_capacity(outputs.len());
+    for (i, (output, reference)) in outputs.iter().zip(references).enumerate() {
+        let (ref_before, prev_output) = match i {
+            0 => (start, start),
+            _ => (&references[i - 1], &outputs[i - 1]),
+        };
+        let region = changed_region(ref_before, reference, 24, 2)?;
+        let edited = region.iter().filter(|&&r| r).count();
+        out.push(ReferenceDrift {
+            psnr_reference: psnr(output, reference)?,
+            psnr_preserved: psnr_outside(output, prev_output, &region)?,
+            edited_share: edited as f64 / region.len().max(1) as f64,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +309,35 @@ mod tests {
         assert_eq!(d[0].psnr_prev, d[0].psnr_first);
         assert!(d[1].ssim_first < d[1].ssim_prev, "{d:?}");
         assert!(drift(&[f0, texture(16, 16, 1)]).is_err());
+    }
+
+    #[test]
+    fn reference_drift_separates_the_edit_from_the_damage() {
+        let white = RgbImage::from_pixel(16, 16, image::Rgb([255, 255, 255]));
+        // The reference turns a 4x4 block red; the output does that and also darkens a far
+        // corner pixel (damage outside the edit).
+        let mut reference = white.clone();
+        for y in 4..8 {
+            for x in 4..8 {
+                reference.put_pixel(x, y, image::Rgb([255, 0, 0]));
+            }
+        }
+        let region = changed_region(&white, &reference, 24, 2).expect("same size");
+        assert_eq!(
+            region.iter().filter(|&&r| r).count(),
+            8 * 8,
+            "4x4 grown by 2"
+        );
+        let mut output = reference.clone();
+        output.put_pixel(15, 15, image::Rgb([245, 255, 255]));
+        let d = reference_drift(&white, std::slice::from_ref(&reference), &[output])
+            .expect("same size");
+        // One sample off by 10 among (256 - 64) * 3 preserved samples.
+        let want = 10.0 * (255.0f64 * 255.0 / (100.0 / (192.0 * 3.0))).log10();
+        let preserved = d[0].psnr_preserved.expect("some pixels are outside");
+        assert!((preserved - want).abs() < 1e-9, "{preserved} vs {want}");
+        assert!((d[0].edited_share - 0.25).abs() < 1e-12);
+        let exact = 10.0 * (255.0f64 * 255.0 / (100.0 / (256.0 * 3.0))).log10();
+        assert!((d[0].psnr_reference - exact).abs() < 1e-9);
     }
 }

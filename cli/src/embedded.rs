@@ -13,6 +13,7 @@ use std::time::Duration;
 use kontext_coordinator::{AppState, Config, RunError};
 use kontext_engine::thread::Health;
 use kontext_engine::{Engine, EngineError};
+use kontext_proto::model_profile::{ModelProfile, ModelProfileError};
 use kontext_storage::AnyBlobStore;
 use kontext_worker::config::ModelArgs;
 use kontext_worker::job_loop::WorkerError;
@@ -31,6 +32,10 @@ pub enum EmbeddedError {
     Spawn(#[from] SpawnError),
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error("the model: {0}")]
+    Model(#[from] EngineError),
+    #[error("the model's sizes: {0}")]
+    ModelProfile(#[from] ModelProfileError),
     #[error("{what}: {detail}")]
     Task { what: &'static str, detail: String },
 }
@@ -70,6 +75,11 @@ impl Embedded {
         // The coordinator must not accept jobs the engine would refuse for their size.
         let limits = &mut config.coordinator.limits.job;
         limits.max_pixels = limits.max_pixels.min(config.model.engine_max_pixels);
+        // ...nor validate sizes for another model than the one loaded (models/shapes is 96x96).
+        let model_dir = kontext_engine::loader::model_dir(&config.model.load_options())?;
+        if let Some(profile) = ModelProfile::read(&model_dir)? {
+            limits.adopt_model(&profile);
+        }
         let queue = kontext_coordinator::open_queue(&config.coordinator).await?;
         let store = AnyBlobStore::open(config.coordinator.storage.clone())
             .await

@@ -85,6 +85,18 @@ pub struct Storyboard {
     pub steps: Option<u32>,
     pub guidance: Option<f32>,
     pub priority: Option<String>,
+    /// The exact frame each turn should produce, relative to this file (one per turn, the
+    /// text-to-image turn included): `kontext drift --storyboard` compares against them.
+    pub references: Option<Vec<PathBuf>>,
+}
+
+/// A storyboard's exact frames, for `kontext drift --storyboard`.
+#[derive(Debug, Clone)]
+pub struct ReferenceFrames {
+    /// The input image; `None` when the chain starts from text.
+    pub input: Option<image::RgbImage>,
+    /// One per chain turn.
+    pub frames: Vec<image::RgbImage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +145,50 @@ impl Storyboard {
             source,
         })?;
         Self::parse(&text, path)
+    }
+
+    /// Chain turns this storyboard creates: the text-to-image `prompt` is a turn of its own.
+    pub fn turn_count(&self) -> usize {
+        self.turns.len() + usize::from(self.prompt.is_some())
+    }
+
+    /// Loads the input image and the reference frames (paths relative to `base_dir`).
+    pub fn reference_frames(
+        &self,
+        path: &Path,
+        base_dir: &Path,
+    ) -> Result<ReferenceFrames, StoryboardError> {
+        let Some(refs) = &self.references else {
+            return Err(StoryboardError::Parse {
+                path: path.to_owned(),
+                message: "references: the storyboard gives no reference frames".into(),
+            });
+        };
+        if refs.len() != self.turn_count() {
+            return Err(StoryboardError::Parse {
+                path: path.to_owned(),
+                message: format!(
+                    "references: {} frames for {} turns (one per turn, the text-to-image turn included)",
+                    refs.len(),
+                    self.turn_count()
+                ),
+            });
+        }
+        let load = |rel: &Path, turn: u32| {
+            let file = base_dir.join(rel);
+            let bytes = std::fs::read(&file).map_err(|source| StoryboardError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            decode(&bytes, turn)
+        };
+        let input = self.input.as_deref().map(|p| load(p, 0)).transpose()?;
+        let frames = refs
+            .iter()
+            .zip(1u32..)
+            .map(|(p, turn)| load(p, turn))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ReferenceFrames { input, frames })
     }
 
     /// The chain request, with `input_image` the id of the uploaded input (if any).

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use kontext_proto::clock::parse_duration;
+use kontext_proto::model_profile::ModelProfile;
 use kontext_proto::policy::QueueConfig;
 use kontext_proto::validate::Limits;
 use kontext_storage::{StorageArgs, StorageConfig, StorageError};
@@ -107,6 +108,12 @@ pub struct ServeArgs {
     /// Most denoising steps per job.
     #[arg(long, env = "KONTEXT_MAX_STEPS", default_value_t = 100)]
     pub max_steps: u32,
+
+    /// The model directory the workers run (or its kontext_model.json), when it was trained at
+    /// other sizes than FLUX.1-Kontext-dev (e.g. models/shapes, 96x96): default output size,
+    /// smallest side and the sizes edits snap to follow it. Absent: the 12B model's sizes.
+    #[arg(long, env = "KONTEXT_MODEL_PROFILE")]
+    pub model_profile: Option<std::path::PathBuf>,
 
     /// Fetch input_image URLs and deliver webhooks to private, loopback, link-local and CGNAT
     /// addresses too. Off by default (SSRF guard); for trusted networks and tests only.
@@ -287,6 +294,14 @@ impl Config {
             None => Secret::random(),
         };
         let result_url_ttl = args.storage.presign_ttl;
+        let base = match &args.model_profile {
+            Some(path) => match ModelProfile::read(path) {
+                Ok(Some(profile)) => Limits::for_model(&profile),
+                Ok(None) => Limits::default(),
+                Err(e) => return Err(invalid("model-profile", &e.to_string())),
+            },
+            None => Limits::default(),
+        };
         let job = Limits {
             max_prompt_chars: args.max_prompt_chars,
             max_side: args.max_side,
@@ -294,7 +309,7 @@ impl Config {
             max_steps: args.max_steps,
             max_input_pixels: args.max_input_pixels,
             max_input_side: args.max_input_side,
-            ..Limits::default()
+            ..base
         };
         let queue_config = QueueConfig {
             retention: args.job_retention,

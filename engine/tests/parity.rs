@@ -1,10 +1,11 @@
 //! Parity of the Rust engine with the diffusers float32 reference (docs/engine.md §Parity): every
 //! stage within relative L2 error 1e-4 on the same weights and inputs.
 //!
-//! The fixture dir is `KONTEXT_PARITY_DIR` or the committed `tests/parity/fixtures/default/`
-//! (written by `tests/parity/make_fixtures.py`). The tiny model is regenerated from the fixture's
-//! seed in a temp dir, in BOTH layouts, and the diffusers files must hash to what the fixture was
-//! made with. This file covers the sampler and the transformer (engine-model); the text encoders,
+//! The fixtures are `KONTEXT_PARITY_DIR`, or both committed ones (written by
+//! `tests/parity/make_fixtures.py`): `tests/parity/fixtures/default/` (the tiny model, regenerated
+//! from the fixture's seed in a temp dir in BOTH layouts) and `tests/parity/fixtures/shapes/` (the
+//! trained weights in `models/shapes`, diffusers layout). Either way the model files must hash to
+//! what the fixture was made with. This file covers the sampler and the transformer (engine-model); the text encoders,
 //! resize and VAE stages are in `parity_io.rs` (engine-io). A missing fixture dir fails loudly.
 
 use std::collections::HashMap;
@@ -22,22 +23,36 @@ use sha2::{Digest, Sha256};
 
 const TOL: f32 = 1e-4;
 
-fn fixture_dir() -> PathBuf {
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("KONTEXT_PARITY_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/parity/fixtures/default"),
+        Some(d) => vec![PathBuf::from(d)],
+        None => ["default", "shapes"]
+            .iter()
+            .map(|name| repo_root().join("tests/parity/fixtures").join(name))
+            .collect(),
     }
 }
 
 struct Fixture {
+    dir: PathBuf,
+    /// The fixture directory's name, prefixed to every stage printed.
+    name: String,
     meta: serde_json::Value,
     edit: HashMap<String, Tensor>,
     generate: HashMap<String, Tensor>,
 }
 
 impl Fixture {
-    fn load() -> Result<Self> {
-        let dir = fixture_dir();
+    /// Every fixture (a missing one fails loudly).
+    fn all() -> Result<Vec<Self>> {
+        fixture_dirs().into_iter().map(Self::load).collect()
+    }
+
+    fn load(dir: PathBuf) -> Result<Self> {
         let meta_path = dir.join("meta.json");
         let text = std::fs::read_to_string(&meta_path).with_context(|| {
             format!(
@@ -51,9 +66,13 @@ impl Fixture {
                 .with_context(|| format!("reading {}", dir.join(name).display()))
         };
         Ok(Self {
+            name: dir
+                .file_name()
+                .map_or_else(|| "fixture".into(), |n| n.to_string_lossy().into_owned()),
             meta: serde_json::from_str(&text)?,
             edit: load("edit.safetensors")?,
             generate: load("generate.safetensors")?,
+            dir,
         })
     }
 
@@ -99,15 +118,33 @@ fn check(stage: &str, got: &Tensor, want: &Tensor) -> Result<f32> {
     Ok(err)
 }
 
-/// Regenerates the tiny model from the fixture's seed in both layouts; checks the diffusers
-/// files against meta.json's hashes. Returns (tempdir guard, diffusers dir, bfl dir).
-fn regenerate_model(fx: &Fixture) -> Result<(tempfile::TempDir, PathBuf, PathBuf)> {
+/// The model directories of a fixture, by layout name, with a guard keeping temp dirs alive:
+/// the committed directory `meta.model.dir` names (the shapes model), or else the tiny model
+/// regenerated from the fixture's seed in both layouts. The diffusers files must match
+/// meta.json's hashes.
+fn fixture_models(fx: &Fixture) -> Result<(Option<tempfile::TempDir>, Vec<(String, PathBuf)>)> {
+    if let Some(rel) = fx.meta["model"]["dir"].as_str() {
+        let dir = repo_root().join(rel);
+        check_hashes(fx, &dir)?;
+        return Ok((None, vec![(format!("{} diffusers", fx.name), dir)]));
+    }
     let seed = fx.meta["seed"].as_u64().context("meta.json seed")?;
     let tmp = tempfile::tempdir()?;
     let diffusers = tmp.path().join("diffusers");
     let bfl = tmp.path().join("bfl");
     tiny::write(&diffusers, seed, Layout::Diffusers)?;
     tiny::write(&bfl, seed, Layout::Bfl)?;
+    check_hashes(fx, &diffusers)?;
+    Ok((
+        Some(tmp),
+        vec![
+            (format!("{} diffusers", fx.name), diffusers),
+            (format!("{} bfl", fx.name), bfl),
+        ],
+    ))
+}
+
+fn check_hashes(fx: &Fixture, diffusers: &Path) -> Result<()> {
     let files = fx.meta["model"]["files"]
         .as_object()
         .context("meta.json model.files")?;
@@ -121,11 +158,12 @@ fn regenerate_model(fx: &Fixture) -> Result<(tempfile::TempDir, PathBuf, PathBuf
         let got = hex::encode(Sha256::digest(&bytes));
         if got != want {
             bail!(
-                "regenerated tiny model file {rel} has sha256 {got}, the fixture was made with {want}"
+                "model file {rel} has sha256 {got}, the fixture {} was made with {want}",
+                fx.name
             );
         }
     }
-    Ok((tmp, diffusers, bfl))
+    Ok(())
 }
 
 fn load_flux(dir: &Path) -> Result<Flux> {
@@ -147,41 +185,47 @@ fn batched(t: &Tensor) -> Result<Tensor> {
 
 #[test]
 fn schedule_ids_and_packing_match() -> Result<()> {
-    let fx = Fixture::load()?;
+    for fx in Fixture::all()? {
+        schedule_ids_and_packing_match_in(&fx)?;
+    }
+    Ok(())
+}
+
+fn schedule_ids_and_packing_match_in(fx: &Fixture) -> Result<()> {
     let (w, h) = fx.size()?;
     let (rows, cols) = (h / 16, w / 16);
     for (name, set) in [("edit", &fx.edit), ("generate", &fx.generate)] {
         let sigmas = get(set, "sigmas")?;
         let ours = Tensor::new(sampling::schedule(fx.steps()?, rows * cols), &Device::Cpu)?;
-        check(&format!("{name} schedule"), &ours, sigmas)?;
+        check(&format!("{} {name} schedule", fx.name), &ours, sigmas)?;
         let ids = position_ids(1, rows, cols, 0.0, &Device::Cpu)?;
         check(
-            &format!("{name} target ids"),
+            &format!("{} {name} target ids", fx.name),
             &ids,
             &batched(get(set, "target_ids")?)?,
         )?;
         let noise = get(set, "initial_latents_unpacked")?;
         check(
-            &format!("{name} pack noise"),
+            &format!("{} {name} pack noise", fx.name),
             &pack(noise)?,
             get(set, "initial_latents_packed")?,
         )?;
         let fin = get(set, "final_latents_packed")?;
         check(
-            &format!("{name} unpack final"),
+            &format!("{} {name} unpack final", fx.name),
             &unpack(fin, h / 8, w / 8)?,
             get(set, "final_latents_unpacked")?,
         )?;
     }
     let ctx = get(&fx.edit, "context_latents_unpacked")?;
     check(
-        "context pack",
+        &format!("{} context pack", fx.name),
         &pack(ctx)?,
         get(&fx.edit, "context_latents_packed")?,
     )?;
     let ids = position_ids(1, rows, cols, 1.0, &Device::Cpu)?;
     check(
-        "context ids",
+        &format!("{} context ids", fx.name),
         &ids,
         &batched(get(&fx.edit, "context_ids")?)?,
     )?;
@@ -190,9 +234,15 @@ fn schedule_ids_and_packing_match() -> Result<()> {
 
 #[test]
 fn transformer_first_step_matches_in_both_layouts() -> Result<()> {
-    let fx = Fixture::load()?;
-    let (_tmp, diffusers, bfl) = regenerate_model(&fx)?;
-    for (layout, dir) in [("diffusers", &diffusers), ("bfl", &bfl)] {
+    for fx in Fixture::all()? {
+        transformer_first_step_matches_in(&fx)?;
+    }
+    Ok(())
+}
+
+fn transformer_first_step_matches_in(fx: &Fixture) -> Result<()> {
+    let (_tmp, models) = fixture_models(fx)?;
+    for (layout, dir) in &models {
         let model = load_flux(dir)?;
         for (name, set) in [("edit", &fx.edit), ("generate", &fx.generate)] {
             let img_ids = batched(get(set, "step0_img_ids")?)?;
@@ -221,9 +271,15 @@ fn transformer_first_step_matches_in_both_layouts() -> Result<()> {
 /// every intermediate latent and the final one.
 #[test]
 fn denoising_loop_matches_every_step() -> Result<()> {
-    let fx = Fixture::load()?;
-    let (_tmp, diffusers, _) = regenerate_model(&fx)?;
-    let model = load_flux(&diffusers)?;
+    for fx in Fixture::all()? {
+        denoising_loop_matches_in(&fx)?;
+    }
+    Ok(())
+}
+
+fn denoising_loop_matches_in(fx: &Fixture) -> Result<()> {
+    let (_tmp, models) = fixture_models(fx)?;
+    let model = load_flux(&models[0].1)?;
     let (w, h) = fx.size()?;
     let (rows, cols) = (h / 16, w / 16);
     let steps = fx.steps()?;
@@ -253,13 +309,13 @@ fn denoising_loop_matches_every_step() -> Result<()> {
                 StepControl::Continue
             })?;
             check(
-                &format!("{name} latents after step {i}"),
+                &format!("{} {name} latents after step {i}", fx.name),
                 &x,
                 get(set, &format!("latents_step{i}"))?,
             )?;
         }
         check(
-            &format!("{name} final latents"),
+            &format!("{} {name} final latents", fx.name),
             &x,
             get(set, "final_latents_packed")?,
         )?;
@@ -272,7 +328,7 @@ fn denoising_loop_matches_every_step() -> Result<()> {
             &mut |_, _| StepControl::Continue,
         )?;
         check(
-            &format!("{name} final latents (one loop)"),
+            &format!("{} {name} final latents (one loop)", fx.name),
             &whole,
             get(set, "final_latents_packed")?,
         )?;
@@ -284,30 +340,31 @@ fn denoising_loop_matches_every_step() -> Result<()> {
 #[test]
 fn transformer_first_step_matches_without_cpu_kernels() -> Result<()> {
     use kontext_engine::flux::ops::cpu;
-    let fx = Fixture::load()?;
-    let (_tmp, diffusers, _) = regenerate_model(&fx)?;
-    let model = load_flux(&diffusers)?;
-    let set = &fx.edit;
-    let img_ids = batched(get(set, "step0_img_ids")?)?;
-    let txt_ids = batched(get(set, "step0_txt_ids")?)?;
-    let inp = FluxInputs {
-        img: get(set, "step0_hidden_states")?,
-        img_ids: &img_ids,
-        txt: get(set, "step0_encoder_hidden_states")?,
-        txt_ids: &txt_ids,
-        timesteps: get(set, "step0_timestep")?,
-        y: get(set, "step0_pooled_projections")?,
-        guidance: Some(get(set, "step0_guidance")?),
-    };
-    // Other tests in this binary may run meanwhile; they are correct on either path.
-    cpu::set_enabled(false);
-    let v = model.forward(&inp);
-    cpu::set_enabled(true);
-    check(
-        "generic-ops edit step-0 velocity",
-        &v?,
-        get(set, "step0_velocity_full")?,
-    )?;
+    for fx in Fixture::all()? {
+        let (_tmp, models) = fixture_models(&fx)?;
+        let model = load_flux(&models[0].1)?;
+        let set = &fx.edit;
+        let img_ids = batched(get(set, "step0_img_ids")?)?;
+        let txt_ids = batched(get(set, "step0_txt_ids")?)?;
+        let inp = FluxInputs {
+            img: get(set, "step0_hidden_states")?,
+            img_ids: &img_ids,
+            txt: get(set, "step0_encoder_hidden_states")?,
+            txt_ids: &txt_ids,
+            timesteps: get(set, "step0_timestep")?,
+            y: get(set, "step0_pooled_projections")?,
+            guidance: Some(get(set, "step0_guidance")?),
+        };
+        // Other tests in this binary may run meanwhile; they are correct on either path.
+        cpu::set_enabled(false);
+        let v = model.forward(&inp);
+        cpu::set_enabled(true);
+        check(
+            &format!("{} generic-ops edit step-0 velocity", fx.name),
+            &v?,
+            get(set, "step0_velocity_full")?,
+        )?;
+    }
     Ok(())
 }
 
@@ -316,14 +373,21 @@ fn transformer_first_step_matches_without_cpu_kernels() -> Result<()> {
 /// bytes equal to diffusers' output up to rounding at the .5 boundary.
 #[test]
 fn engine_end_to_end_matches_in_both_layouts() -> Result<()> {
+    for fx in Fixture::all()? {
+        engine_end_to_end_matches_in(&fx)?;
+    }
+    Ok(())
+}
+
+fn engine_end_to_end_matches_in(fx: &Fixture) -> Result<()> {
     use kontext_engine::pipeline::{EngineOptions, KontextEngine};
     use kontext_engine::{Context, Engine, EngineRequest};
-    let fx = Fixture::load()?;
-    let (_tmp, diffusers, bfl) = regenerate_model(&fx)?;
+    let (_tmp, models) = fixture_models(fx)?;
     let (w, h) = fx.size()?;
-    let input = image::open(fixture_dir().join("input.png"))?.to_rgb8();
-    for (layout, dir) in [("diffusers", &diffusers), ("bfl", &bfl)] {
-        let mut engine = KontextEngine::load(&ModelDir::open(dir)?, "tiny", EngineOptions::cpu())?;
+    let input = image::open(fx.dir.join("input.png"))?.to_rgb8();
+    for (layout, dir) in &models {
+        let mut engine =
+            KontextEngine::load(&ModelDir::open(dir)?, &fx.name, EngineOptions::cpu())?;
         for (name, set) in [("edit", &fx.edit), ("generate", &fx.generate)] {
             let context = (name == "edit").then(|| Context::Image {
                 image: input.clone(),
@@ -354,7 +418,7 @@ fn engine_end_to_end_matches_in_both_layouts() -> Result<()> {
             let want = get(set, "final_latents_packed")?;
             let got = Tensor::from_vec(lat, want.dims(), &Device::Cpu)?;
             check(&format!("{layout} {name} engine final latent"), &got, want)?;
-            let png = image::open(fixture_dir().join(format!("{name}_output.png")))?.to_rgb8();
+            let png = image::open(fx.dir.join(format!("{name}_output.png")))?.to_rgb8();
             assert_eq!(png.dimensions(), out.image.dimensions());
             let (mut differ, mut worst) = (0usize, 0u8);
             for (a, b) in out.image.as_raw().iter().zip(png.as_raw()) {

@@ -4,10 +4,11 @@
 //! own inputs, so a failure points at one stage; every stage is checked with the model written
 //! in BOTH layouts.
 //!
-//! The tiny weights are regenerated from the fixture's seed in a temp dir and their sha256 are
-//! checked against meta.json first, so a fixture made from other weights fails loudly.
-//! `KONTEXT_PARITY_DIR` selects the fixture dir (default: the committed
-//! tests/parity/fixtures/default/). Tolerance: relative L2 error ≤ 1e-4 in f32.
+//! Fixtures: `KONTEXT_PARITY_DIR`, or both committed ones: tests/parity/fixtures/default/ (the
+//! tiny weights, regenerated from the fixture's seed in a temp dir in both layouts) and
+//! tests/parity/fixtures/shapes/ (the trained models/shapes, diffusers layout). The weights'
+//! sha256 are checked against meta.json, so a fixture made from other weights fails loudly.
+//! Tolerance: relative L2 error ≤ 1e-4 in f32.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,22 +27,32 @@ const REL_L2_MAX: f64 = 1e-4;
 
 struct Fixture {
     dir: PathBuf,
+    /// The fixture directory's name (`default`, `shapes`), in error messages.
+    name: String,
     meta: serde_json::Value,
     edit: HashMap<String, Tensor>,
     generate: HashMap<String, Tensor>,
-    /// Regenerated model dirs: (layout, dir). Kept alive for the whole test binary.
-    models: Vec<(Layout, tempfile::TempDir)>,
+    /// Model dirs by layout: the committed `meta.model.dir` (diffusers layout), or the tiny
+    /// model regenerated in both layouts into `_tmp`.
+    models: Vec<(Layout, PathBuf)>,
+    _tmp: Option<tempfile::TempDir>,
 }
 
-fn fixture_dir() -> PathBuf {
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture_dirs() -> Vec<PathBuf> {
     match std::env::var_os("KONTEXT_PARITY_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/parity/fixtures/default"),
+        Some(d) => vec![PathBuf::from(d)],
+        None => ["default", "shapes"]
+            .iter()
+            .map(|name| repo_root().join("tests/parity/fixtures").join(name))
+            .collect(),
     }
 }
 
-fn load_fixture() -> Result<Fixture> {
-    let dir = fixture_dir();
+fn load_fixture(dir: PathBuf) -> Result<Fixture> {
     ensure!(
         dir.join("meta.json").is_file(),
         "no parity fixture at {} (set KONTEXT_PARITY_DIR or generate it: tests/parity/README.md)",
@@ -53,25 +64,49 @@ fn load_fixture() -> Result<Fixture> {
         candle_core::safetensors::load(dir.join(name), &Device::Cpu)
             .with_context(|| format!("reading {name}"))
     };
-    let seed = meta["seed"].as_u64().context("meta.json: seed")?;
-    let mut models = Vec::new();
-    for layout in [Layout::Diffusers, Layout::Bfl] {
-        let tmp = tempfile::tempdir()?;
-        tiny::write(tmp.path(), seed, layout)?;
-        models.push((layout, tmp));
-    }
+    let (models, tmp) = match meta["model"]["dir"].as_str() {
+        Some(rel) => (vec![(Layout::Diffusers, repo_root().join(rel))], None),
+        None => {
+            let seed = meta["seed"].as_u64().context("meta.json: seed")?;
+            let tmp = tempfile::tempdir()?;
+            let mut models = Vec::new();
+            for (layout, sub) in [(Layout::Diffusers, "diffusers"), (Layout::Bfl, "bfl")] {
+                let d = tmp.path().join(sub);
+                tiny::write(&d, seed, layout)?;
+                models.push((layout, d));
+            }
+            (models, Some(tmp))
+        }
+    };
     Ok(Fixture {
+        name: dir
+            .file_name()
+            .map_or_else(|| "fixture".into(), |n| n.to_string_lossy().into_owned()),
         edit: load("edit.safetensors")?,
         generate: load("generate.safetensors")?,
         dir,
         meta,
         models,
+        _tmp: tmp,
     })
 }
 
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| load_fixture().expect("loading the parity fixture"))
+fn fixtures() -> &'static [Fixture] {
+    static F: OnceLock<Vec<Fixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        fixture_dirs()
+            .into_iter()
+            .map(|d| load_fixture(d).expect("loading a parity fixture"))
+            .collect()
+    })
+}
+
+/// Runs `check` on every fixture; an error names the fixture.
+fn each_fixture(check: impl Fn(&Fixture) -> Result<()>) -> Result<()> {
+    for f in fixtures() {
+        check(f).with_context(|| format!("parity fixture {}", f.name))?;
+    }
+    Ok(())
 }
 
 fn rel_l2(got: &Tensor, want: &Tensor) -> Result<f64> {
@@ -123,24 +158,24 @@ fn sha256_tree(dir: &Path) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn models() -> impl Iterator<Item = (Layout, ModelDir)> {
-    fixture().models.iter().map(|(l, d)| {
-        (
-            *l,
-            ModelDir::open(d.path()).expect("opening the regenerated tiny model"),
-        )
-    })
+fn models(f: &Fixture) -> impl Iterator<Item = (Layout, ModelDir)> + '_ {
+    f.models
+        .iter()
+        .map(|(l, d)| (*l, ModelDir::open(d).expect("opening the fixture's model")))
 }
 
 #[test]
 fn regenerated_weights_match_the_fixture_hashes() -> Result<()> {
-    let f = fixture();
+    each_fixture(regenerated_weights_match_the_fixture_hashes_in)
+}
+
+fn regenerated_weights_match_the_fixture_hashes_in(f: &Fixture) -> Result<()> {
     let (_, diffusers) = f
         .models
         .iter()
         .find(|(l, _)| *l == Layout::Diffusers)
         .context("diffusers model")?;
-    let got = sha256_tree(diffusers.path())?;
+    let got = sha256_tree(diffusers)?;
     let want: BTreeMap<String, String> = f.meta["model"]["files"]
         .as_object()
         .context("meta.json: model.files")?
@@ -154,14 +189,17 @@ fn regenerated_weights_match_the_fixture_hashes() -> Result<()> {
         .collect();
     ensure!(
         got == want,
-        "the tiny writer's files differ from the ones the fixture was made from:\n got {got:#?}\nwant {want:#?}"
+        "the model files differ from the ones the fixture was made from:\n got {got:#?}\nwant {want:#?}"
     );
     Ok(())
 }
 
 #[test]
 fn resized_input_matches_pil() -> Result<()> {
-    let f = fixture();
+    each_fixture(resized_input_matches_pil_in)
+}
+
+fn resized_input_matches_pil_in(f: &Fixture) -> Result<()> {
     let input = f.meta["input_image"]["file"]
         .as_str()
         .context("meta.json: input_image.file")?;
@@ -186,8 +224,11 @@ fn resized_input_matches_pil() -> Result<()> {
 
 #[test]
 fn context_latents_match() -> Result<()> {
-    let f = fixture();
-    for (layout, m) in models() {
+    each_fixture(context_latents_match_in)
+}
+
+fn context_latents_match_in(f: &Fixture) -> Result<()> {
+    for (layout, m) in models(f) {
         let ae = AutoEncoder::new(m.vae_config(), m.vae_vb(DType::F32, &Device::Cpu))?;
         let z = ae.encode(&f.edit["image_preprocessed"])?;
         check(
@@ -201,9 +242,12 @@ fn context_latents_match() -> Result<()> {
 
 #[test]
 fn text_embeddings_match() -> Result<()> {
-    let f = fixture();
+    each_fixture(text_embeddings_match_in)
+}
+
+fn text_embeddings_match_in(f: &Fixture) -> Result<()> {
     let prompt = f.meta["prompt"].as_str().context("meta.json: prompt")?;
-    for (layout, m) in models() {
+    for (layout, m) in models(f) {
         let mut enc = TextEncoders::load(&m, DType::F32, &Device::Cpu)?;
         for (name, tensors) in [("edit", &f.edit), ("generate", &f.generate)] {
             let t5_ids = enc.t5_ids(prompt)?;
@@ -250,8 +294,11 @@ fn text_embeddings_match() -> Result<()> {
 
 #[test]
 fn decoded_images_match() -> Result<()> {
-    let f = fixture();
-    for (layout, m) in models() {
+    each_fixture(decoded_images_match_in)
+}
+
+fn decoded_images_match_in(f: &Fixture) -> Result<()> {
+    for (layout, m) in models(f) {
         let ae = AutoEncoder::new(m.vae_config(), m.vae_vb(DType::F32, &Device::Cpu))?;
         for (name, tensors) in [("edit", &f.edit), ("generate", &f.generate)] {
             // decode() applies z/scale + shift itself to the final latents.
@@ -277,7 +324,10 @@ fn decoded_images_match() -> Result<()> {
 
 #[test]
 fn output_png_matches_diffusers_postprocess() -> Result<()> {
-    let f = fixture();
+    each_fixture(output_png_matches_diffusers_postprocess_in)
+}
+
+fn output_png_matches_diffusers_postprocess_in(f: &Fixture) -> Result<()> {
     for (name, tensors) in [("edit", &f.edit), ("generate", &f.generate)] {
         let png = f.meta[name]["output_png"]
             .as_str()

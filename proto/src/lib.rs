@@ -27,6 +27,7 @@ pub mod error;
 pub mod ids;
 pub mod job;
 pub mod keys;
+pub mod model_profile;
 pub mod object_key;
 pub mod policy;
 pub mod queue;

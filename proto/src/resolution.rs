@@ -46,16 +46,23 @@ pub enum ResizeMode {
     Keep,
 }
 
-/// The preferred resolution nearest in aspect ratio to `width × height`.
-///
-/// BFL `sampling.py:236-240`: `min((abs(ar - w/h), w, h) for w, h in PREFERRED)` with `ar` from the
-/// raw image size; Python tuple ordering breaks ties by the smaller w, then the smaller h.
+/// The preferred Kontext resolution nearest in aspect ratio to `width × height`.
 pub fn snap_to_preferred(width: u32, height: u32) -> (u32, u32) {
+    snap_to(width, height, &PREFERRED_KONTEXT_RESOLUTIONS)
+}
+
+/// The entry of `preferred` nearest in aspect ratio to `width × height` (`width × height` itself,
+/// floored to 16, if the list is empty).
+///
+/// BFL `flux/sampling.py` `prepare_kontext`: `min((abs(ar - w/h), w, h) for w, h in PREFERRED)`
+/// with `ar` from the raw image size; Python tuple ordering breaks ties by the smaller w, then the
+/// smaller h. A model trained at other sizes (e.g. `models/shapes`) brings its own list.
+pub fn snap_to(width: u32, height: u32, preferred: &[(u32, u32)]) -> (u32, u32) {
     let ar = f64::from(width) / f64::from(height.max(1));
-    let mut best = PREFERRED_KONTEXT_RESOLUTIONS[0];
+    let mut best = (floor_to_multiple(width), floor_to_multiple(height));
     let mut best_key = (f64::INFINITY, u32::MAX, u32::MAX);
-    for &(w, h) in &PREFERRED_KONTEXT_RESOLUTIONS {
-        let key = ((ar - f64::from(w) / f64::from(h)).abs(), w, h);
+    for &(w, h) in preferred {
+        let key = ((ar - f64::from(w) / f64::from(h.max(1))).abs(), w, h);
         if key.0 < best_key.0 || (key.0 == best_key.0 && (key.1, key.2) < (best_key.1, best_key.2))
         {
             best_key = key;
@@ -78,10 +85,17 @@ pub fn keep_aspect(width: u32, height: u32, max_pixels: u64) -> (u32, u32) {
     (floor_to_multiple(w as u32), floor_to_multiple(h as u32))
 }
 
-/// The context size an edit's input image is resized to.
-pub fn context_size(width: u32, height: u32, mode: ResizeMode, max_pixels: u64) -> (u32, u32) {
+/// The context size an edit's input image is resized to: snapped to one of the model's
+/// `preferred` resolutions, or its own aspect ratio within `max_pixels`.
+pub fn context_size(
+    width: u32,
+    height: u32,
+    mode: ResizeMode,
+    max_pixels: u64,
+    preferred: &[(u32, u32)],
+) -> (u32, u32) {
     match mode {
-        ResizeMode::Snap => snap_to_preferred(width, height),
+        ResizeMode::Snap => snap_to(width, height, preferred),
         ResizeMode::Keep => keep_aspect(width, height, max_pixels),
     }
 }
@@ -119,6 +133,15 @@ mod tests {
         assert_eq!(snap_to_preferred(64, 48), (1184, 880));
         assert_eq!(snap_to_preferred(100, 1000), (672, 1568));
         assert_eq!(snap_to_preferred(4000, 100), (1568, 672));
+    }
+
+    #[test]
+    fn snaps_to_a_model_list() {
+        let shapes = [(96, 96), (128, 64), (64, 128)];
+        assert_eq!(snap_to(300, 290, &shapes), (96, 96));
+        assert_eq!(snap_to(400, 150, &shapes), (128, 64));
+        assert_eq!(snap_to(10, 100, &shapes), (64, 128));
+        assert_eq!(snap_to(100, 70, &[]), (96, 64));
     }
 
     #[test]

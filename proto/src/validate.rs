@@ -87,6 +87,8 @@ pub struct Limits {
     /// tallest.
     pub max_aspect_ratio: (u32, u32),
     pub max_webhook_url_chars: usize,
+    /// Sizes the `snap` resize mode chooses from: the model's training resolutions.
+    pub preferred_resolutions: Vec<(u32, u32)>,
 }
 
 impl Default for Limits {
@@ -106,7 +108,37 @@ impl Default for Limits {
             aspect_ratio_area: 1_024 * 1_024,
             max_aspect_ratio: (21, 9),
             max_webhook_url_chars: 2_048,
+            preferred_resolutions: crate::resolution::PREFERRED_KONTEXT_RESOLUTIONS.to_vec(),
         }
+    }
+}
+
+impl Limits {
+    /// The defaults, with the sizes of a model trained at another resolution: its preferred
+    /// list for snapping, its native size as the default output and the aspect-ratio area, and
+    /// sides down to its smallest preferred side (the 12B defaults keep 256).
+    pub fn for_model(profile: &crate::model_profile::ModelProfile) -> Self {
+        let mut limits = Self::default();
+        limits.adopt_model(profile);
+        limits
+    }
+
+    /// Sets the fields that follow the model's sizes (see `for_model`), keeping the rest.
+    pub fn adopt_model(&mut self, profile: &crate::model_profile::ModelProfile) {
+        let (w, h) = profile.native_resolution;
+        let native_area = u64::from(w) * u64::from(h);
+        let smallest_side = profile
+            .preferred_resolutions
+            .iter()
+            .flat_map(|&(w, h)| [w, h])
+            .chain([w, h])
+            .min()
+            .unwrap_or(self.min_side);
+        self.min_side = self.min_side.min(smallest_side);
+        self.default_generate_size = (w, h);
+        self.aspect_ratio_area = native_area;
+        self.context_max_pixels = self.context_max_pixels.min(native_area.max(1));
+        self.preferred_resolutions = profile.preferred_resolutions.clone();
     }
 }
 
@@ -278,6 +310,7 @@ impl ValidJobFields {
                 img.height,
                 self.resize,
                 limits.context_max_pixels,
+                &limits.preferred_resolutions,
             )
         });
         let (width, height) = match (self.size, context) {

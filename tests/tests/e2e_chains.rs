@@ -238,6 +238,7 @@ async fn chains_carry_state_across_a_fleet() {
             lease_ttl: "3s",
             min_step_ms: 0,
             grace_period: "10s",
+            ..FleetOptions::default()
         },
         |config| config.limits.job.max_steps = TOO_MANY_STEPS,
     )
@@ -401,6 +402,7 @@ async fn a_worker_killed_during_turn_5_leaves_the_chain_to_the_other_worker() {
         lease_ttl: "1500ms",
         min_step_ms: 40,
         grace_period: "10s",
+        ..FleetOptions::default()
     })
     .expect("fleet");
     let queue = fleet.queue().await.expect("queue");

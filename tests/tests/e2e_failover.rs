@@ -52,6 +52,7 @@ async fn a_worker_killed_mid_job_leaves_the_job_to_the_other_worker_exactly_once
         lease_ttl: "1500ms",
         min_step_ms: 40,
         grace_period: "10s",
+        ..FleetOptions::default()
     })
     .expect("fleet");
     let queue = fleet.queue().await.expect("queue");
@@ -123,6 +124,7 @@ async fn sigterm_releases_a_job_that_does_not_fit_the_grace_period() {
         lease_ttl: "3s",
         min_step_ms: 40,
         grace_period: "200ms",
+        ..FleetOptions::default()
     })
     .expect("fleet");
     let queue = fleet.queue().await.expect("queue");

@@ -29,10 +29,11 @@ pub enum DtypeArg {
 /// Which model runs, where.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// `tiny` (the real Kontext architecture at toy size, weights generated from --tiny-seed into
-    /// a cache directory on first use) or a directory of FLUX.1-Kontext-dev weights (BFL single
-    /// files or diffusers folders). Never downloads anything.
-    #[arg(long, env = "KONTEXT_MODEL", default_value = "tiny")]
+    /// `shapes` (the real Kontext architecture at small size, trained on the shapes world; the
+    /// weights in models/shapes), `tiny` (toy size, random weights generated from --tiny-seed into
+    /// a cache directory on first use: for fast tests) or a directory of FLUX.1-Kontext-dev
+    /// weights (BFL single files or diffusers folders). Never downloads anything.
+    #[arg(long, env = "KONTEXT_MODEL", default_value = "shapes")]
     pub model: String,
 
     /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
@@ -74,6 +75,7 @@ pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Engine>, EngineError> {
     kontext_engine::loader::load_engine(&args.load_options())
 }
 
+/// The `tiny` model on CPU: what tests use (the command line's default is `shapes`).
 impl Default for ModelArgs {
     fn default() -> Self {
         Self {

@@ -5,7 +5,7 @@
 //! is the environment's (`Transient`, retried with backoff, possibly on another worker).
 
 use bytes::Bytes;
-use kontext_proto::resolution::context_size;
+use kontext_proto::resolution::{PREFERRED_KONTEXT_RESOLUTIONS, context_size};
 use kontext_proto::{JobError, JobErrorKind, ValidJobSpec};
 use kontext_storage::{BlobStore, ObjectKey, StorageError};
 
@@ -87,6 +87,7 @@ pub async fn engine_request<S: BlobStore>(
                     image.height(),
                     spec.resize,
                     FALLBACK_CONTEXT_PIXELS,
+                    &PREFERRED_KONTEXT_RESOLUTIONS,
                 ),
             };
             Some(Context::Image {

@@ -1,7 +1,7 @@
 //! `kontext demo`, the README quickstart in one command: `kontext up` on a free loopback port
-//! (in-process queue, a temporary data directory, the tiny model on CPU), then the real HTTP
+//! (in-process queue, a temporary data directory, the shapes model on CPU), then the real HTTP
 //! client flow — a text-to-image job, then an edit of its result — with progress bars, both PNGs
-//! written to --out, and a clean shutdown. Sizes and steps are small so it takes seconds on a CPU.
+//! written to --out, and a clean shutdown. The shapes model is small (96x96, 8M parameters), so it takes seconds on a CPU.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,8 +20,11 @@ use kontext_worker::settings::WorkerSettings;
 
 use super::jobs::{describe, follow_and_fetch};
 
-const GENERATE_PROMPT: &str = "a red lighthouse on a rocky cliff at sunset";
-const EDIT_PROMPT: &str = "make the sky purple and add a full moon";
+// Prompts of the shapes world (`models/shapes`, the default model), so the two images show
+// whether the model did what it was asked.
+const GENERATE_PROMPT: &str =
+    "a red circle at the top left and a blue square at the bottom right on a white background";
+const EDIT_PROMPT: &str = "make the red circle green";
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -33,12 +36,13 @@ pub struct DemoArgs {
         default_value = "kontext-demo"
     )]
     pub out: PathBuf,
-    /// Width and height of the generated image (multiple of 16, at least 256).
-    #[arg(long, env = "KONTEXT_DEMO_SIZE", default_value_t = 256)]
-    pub size: u32,
-    /// Denoising steps of each job.
-    #[arg(long, env = "KONTEXT_DEMO_STEPS", default_value_t = 8)]
-    pub steps: u32,
+    /// Width and height of the generated image (a multiple of 16). Default: the model's native
+    /// size (96 for shapes, 1024 for FLUX.1-Kontext-dev and tiny).
+    #[arg(long, env = "KONTEXT_DEMO_SIZE")]
+    pub size: Option<u32>,
+    /// Denoising steps of each job (default 28).
+    #[arg(long, env = "KONTEXT_DEMO_STEPS")]
+    pub steps: Option<u32>,
     /// Seed of the first job (the edit uses seed + 1).
     #[arg(long, env = "KONTEXT_SEED", default_value_t = 42)]
     pub seed: u64,
@@ -94,16 +98,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 async fn client_flow(
     url: &str,
     out: &std::path::Path,
-    size: u32,
-    steps: u32,
+    size: Option<u32>,
+    steps: Option<u32>,
     seed: u64,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     let client = Client::new(url, None)?;
     let generate = JobRequest {
         prompt: GENERATE_PROMPT.into(),
-        width: Some(size),
-        height: Some(size),
-        steps: Some(steps),
+        width: size,
+        height: size,
+        steps,
         seed: Some(seed),
         ..JobRequest::default()
     };
@@ -129,8 +133,7 @@ async fn client_flow(
     let edit = JobRequest {
         prompt: EDIT_PROMPT.into(),
         input_image: Some(result.key.clone()),
-        resize: Some("keep".into()),
-        steps: Some(steps),
+        steps,
         seed: Some(seed + 1),
         ..JobRequest::default()
     };

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use kontext::drift::drift;
+use kontext::drift::{drift, reference_drift};
 use kontext::progress::JobBar;
 use kontext::storyboard::{RunEvent, RunOptions, Storyboard, run};
 use kontext_proto::{ChainStatus, JobStatus, TurnState};
@@ -114,6 +114,11 @@ pub struct DriftArgs {
     /// Print JSON lines instead of a table.
     #[arg(long, env = "KONTEXT_DRIFT_JSON")]
     pub json: bool,
+    /// The storyboard the chain was run from, with `references:` (the exact frame of each turn):
+    /// each frame is then measured against its reference, and against the previous frame outside
+    /// the region the turn's instruction changes.
+    #[arg(long, env = "KONTEXT_DRIFT_STORYBOARD")]
+    pub storyboard: Option<PathBuf>,
 }
 
 fn db(v: f64) -> String {
@@ -140,6 +145,9 @@ pub async fn drift_command(args: DriftArgs) -> anyhow::Result<ExitCode> {
             .to_rgb8();
         turns.push(t.turn);
         frames.push(img);
+    }
+    if let Some(path) = &args.storyboard {
+        return reference_table(&args, path, &chain, &turns, &frames);
     }
     anyhow::ensure!(
         frames.len() >= 2,
@@ -173,6 +181,62 @@ pub async fn drift_command(args: DriftArgs) -> anyhow::Result<ExitCode> {
                 m.ssim_prev,
                 db(m.psnr_first),
                 m.ssim_first
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kontext drift --storyboard`: every frame against the storyboard's reference frames.
+fn reference_table(
+    args: &DriftArgs,
+    path: &std::path::Path,
+    chain: &kontext_coordinator::http::chain_views::ChainView,
+    turns: &[u32],
+    frames: &[image::RgbImage],
+) -> anyhow::Result<ExitCode> {
+    let board = Storyboard::load(path)?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let refs = board.reference_frames(path, base)?;
+    anyhow::ensure!(
+        turns.iter().zip(1u32..).all(|(&t, i)| t == i),
+        "chain {} has failed or missing turns ({} of {} succeeded); reference drift needs turns 1..=N in order",
+        chain.id,
+        turns.len(),
+        refs.frames.len()
+    );
+    let start = refs.input.as_ref().unwrap_or(&refs.frames[0]);
+    let mut rows = reference_drift(start, &refs.frames, frames)?;
+    if refs.input.is_none() {
+        // A text-to-image first turn has no previous frame to preserve.
+        if let Some(first) = rows.first_mut() {
+            first.psnr_preserved = None;
+        }
+    }
+    if !args.json {
+        println!(
+            "chain {} carry {}: PSNR (dB, RGB) against the reference frame, and against the previous frame outside the region the turn changes",
+            chain.id, chain.carry
+        );
+        println!(
+            "{:>4}  {:>13} {:>14} {:>8}",
+            "turn", "PSNR ref", "PSNR preserved", "edited"
+        );
+    }
+    for (turn, m) in turns.iter().zip(&rows) {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"chain_id": chain.id, "carry": chain.carry, "turn": turn,
+                    "psnr_reference": m.psnr_reference, "psnr_preserved": m.psnr_preserved,
+                    "edited_share": m.edited_share})
+            );
+        } else {
+            println!(
+                "{turn:>4}  {:>13} {:>14} {:>7.1}%",
+                db(m.psnr_reference),
+                m.psnr_preserved.map_or_else(|| "-".into(), db),
+                100.0 * m.edited_share
             );
         }
     }

@@ -85,7 +85,7 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     println!("kontext up: serving {url} — model {model}, {queue}, results in {storage}");
     println!(
-        "  try: kontext generate --url {url} \"a lighthouse at dusk\" --width 256 --height 256"
+        "  try: kontext generate --url {url} \"a yellow star in the center on a black background\""
     );
     embedded.run_until(termination_signal()).await?;
     println!("kontext up: stopped");

@@ -25,7 +25,6 @@ use kontext_coordinator::auth::Auth;
 use kontext_coordinator::config::{Config, QueueSource};
 use kontext_e2e::redis_server::{RedisServer, fresh_namespace};
 use kontext_e2e::s3_server::{S3Server, unique_bucket_name};
-use kontext_engine::thread::EngineThread;
 use kontext_proto::JobStatus;
 use kontext_proto::redis::{RedisConfig, RedisQueue};
 use kontext_proto::validate::JobRequest;

@@ -36,6 +36,8 @@ pub const MAX_BODY_BYTES: u64 = 1 << 20;
 
 pub struct FleetOptions {
     pub workers: usize,
+    /// `--model` of the workers: `tiny` (fast, random weights) or `shapes` (the trained model).
+    pub model: &'static str,
     pub lease_ttl: &'static str,
     pub min_step_ms: u64,
     pub grace_period: &'static str,
@@ -45,6 +47,7 @@ impl Default for FleetOptions {
     fn default() -> Self {
         Self {
             workers: 2,
+            model: "tiny",
             lease_ttl: "3s",
             min_step_ms: 30,
             grace_period: "20s",
@@ -272,7 +275,7 @@ impl Fleet {
                 self.s3.region(),
                 "--s3-path-style",
                 "--model",
-                "tiny",
+                self.opts.model,
                 "--worker-id",
                 id,
                 "--lease-ttl",

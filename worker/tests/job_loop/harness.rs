@@ -87,6 +87,7 @@ impl Engine for ScriptedEngine {
             device: "cpu".into(),
             dtype: "f32".into(),
             max_pixels: 1 << 22,
+            settings: Default::default(),
         }
     }
     fn warmup(&mut self) -> Result<(), EngineError> {
