@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Builds the CUDA `kontext-worker` on a machine WITHOUT a GPU (docs/gpu.md §1): pinned CUDA 13.0
-# compiler wheels from PyPI in a project-local venv, link stubs generated from cudarc's own
-# bindings, CUDA_COMPUTE_CAP=90 (H100/H200 only), then a stripped binary and a smoke check against a
-# generated fake libcuda that must fail cleanly at device creation. Idempotent: the wheels and stubs
-# are redone only when their pins change, and cargo caches the CUDA kernels (a rebuild after a
-# Rust-only change recompiles only Rust crates).
+# compiler wheels from PyPI in a project-local venv, the FlashAttention-2 headers from the pinned
+# candle-flash-attn crate on crates.io (SHA-256 checked, unpacked in $CARGO_TARGET_DIR/third-party),
+# link stubs generated from cudarc's own bindings, CUDA_COMPUTE_CAP=90 (H100/H200 only), then a
+# stripped binary and a smoke check against a generated fake libcuda that must fail cleanly at
+# device creation. Idempotent: the wheels, headers and stubs are redone only when their pins change,
+# and cargo caches the CUDA kernels (a rebuild after a Rust-only change recompiles only Rust crates).
 #
 # Usage: scripts/build-cuda.sh [--flash-attn] [--fused] [--features LIST] [--no-smoke] [--out DIR]
 #   --flash-attn     also build the trimmed flash-attention kernel (feature `flash-attn`)
 #   --fused          also build the fused bf16 elementwise kernels (feature `fused-kernels`)
 #   --features LIST  worker features (default: cuda, plus what the two flags above add)
 #   --out DIR        where the stripped binary goes (default: $CARGO_TARGET_DIR/cuda-dist)
-#   --tools-only     install the toolchain and stubs, print the environment, build nothing
+#   --tools-only     install the toolchain, headers and stubs, print the environment, build nothing
 # Environment: CARGO_TARGET_DIR (default <repo>/target), KONTEXT_CUDA_TOOLS (default
 # <repo>/.tools/cuda), CUDAFORGE_THREADS / KONTEXT_NVCC_THREADS (default: number of CPUs).
 set -euo pipefail
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --no-smoke) SMOKE=0 ;;
     --tools-only) TOOLS_ONLY=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
     *) echo "build-cuda.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -40,7 +41,8 @@ OUT=${OUT:-$CARGO_TARGET_DIR/cuda-dist}
 
 # Pins (docs/gpu.md §1): nvcc must stay 13.0.x, because driver 580 (CUDA 13.0) refuses to
 # JIT-compile the PTX of any newer nvcc (CUDA_ERROR_UNSUPPORTED_PTX_VERSION). nvidia-cutlass carries
-# the CUTLASS 3.5.0 headers flash-attention needs.
+# the CUTLASS 3.5.0 headers flash-attention needs (the flash-attention headers themselves come from
+# the candle-flash-attn crate, step 1b).
 WHEELS=(
   nvidia-cuda-nvcc==13.0.88
   nvidia-nvvm==13.0.88
@@ -67,6 +69,44 @@ CU=$SITE/nvidia/cu13
 CUTLASS_DIR=$SITE/cutlass_library/source
 [ -x "$CU/bin/nvcc" ] || { echo "nvcc missing under $CU/bin (wheel install broken?)" >&2; exit 1; }
 [ -f "$CUTLASS_DIR/include/cute/tensor.hpp" ] || { echo "CUTLASS headers missing under $CUTLASS_DIR" >&2; exit 1; }
+
+# --- 1b. FlashAttention-2 headers ----------------------------------------------------------------
+# Not kept in this repository: the forward-kernel headers (Tri Dao's FlashAttention-2, BSD-3-Clause,
+# as packaged by candle, MIT OR Apache-2.0) come from the published candle-flash-attn crate, pinned
+# by version and by the SHA-256 of its .crate file (the `cksum` crates.io's index lists for it).
+# Only its `kernels/` directory is used, as an include path of engine/cuda/kernels/
+# flash_attn_bf16_hd128.cu (engine/cuda/build.rs reads KONTEXT_FLASH_ATTN_DIR).
+FLASH_ATTN_CRATE=candle-flash-attn
+FLASH_ATTN_VERSION=0.11.1
+FLASH_ATTN_SHA256=e8f233a5d78ac84fac2b097330faae4a26eae4c4009c54fdb0ec8b7b3c23a15b
+mkdir -p "$CARGO_TARGET_DIR/third-party"
+FA_CACHE=$(cd "$CARGO_TARGET_DIR/third-party" && pwd)
+FA_SRC=$FA_CACHE/$FLASH_ATTN_CRATE-$FLASH_ATTN_VERSION
+FA_STAMP=$FA_SRC.stamp
+if [ "$(cat "$FA_STAMP" 2>/dev/null)" != "$FLASH_ATTN_SHA256" ] || [ ! -f "$FA_SRC/kernels/flash_fwd_kernel.h" ]; then
+  crate=$FA_SRC.crate
+  url=https://static.crates.io/crates/$FLASH_ATTN_CRATE/$FLASH_ATTN_CRATE-$FLASH_ATTN_VERSION.crate
+  if [ "$(sha256sum "$crate" 2>/dev/null | cut -d' ' -f1)" != "$FLASH_ATTN_SHA256" ]; then
+    log "fetching $FLASH_ATTN_CRATE $FLASH_ATTN_VERSION (FlashAttention-2 headers) from $url"
+    curl -sSfL --retry 3 -o "$crate.part" "$url" || {
+      rm -f "$crate.part"
+      echo "cannot download $url; without network, put that file at $crate" >&2
+      exit 1
+    }
+    got=$(sha256sum "$crate.part" | cut -d' ' -f1)
+    if [ "$got" != "$FLASH_ATTN_SHA256" ]; then
+      rm -f "$crate.part"
+      echo "$url: SHA-256 $got, expected $FLASH_ATTN_SHA256 (pinned in $0)" >&2
+      exit 1
+    fi
+    mv "$crate.part" "$crate"
+  fi
+  rm -rf "$FA_SRC" "$FA_STAMP"
+  tar -xzf "$crate" -C "$FA_CACHE" "$FLASH_ATTN_CRATE-$FLASH_ATTN_VERSION/kernels"
+  echo "$FLASH_ATTN_SHA256" >"$FA_STAMP"
+fi
+FLASH_ATTN_DIR=$FA_SRC/kernels
+[ -f "$FLASH_ATTN_DIR/flash_fwd_kernel.h" ] || { echo "flash-attention headers missing under $FLASH_ATTN_DIR" >&2; exit 1; }
 
 # --- 2. CUDA_HOME tree and link stubs --------------------------------------------------------------
 cd "$ROOT"
@@ -152,9 +192,11 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$THREADS}
 export KONTEXT_NVCC_THREADS=$THREADS
 export KONTEXT_CUTLASS_DIR=$CUTLASS_DIR
+export KONTEXT_FLASH_ATTN_DIR=$FLASH_ATTN_DIR
 if [ "$TOOLS_ONLY" = 1 ]; then
   echo "export CUDA_HOME=$CUDA_HOME PATH=$CH/bin:\$PATH CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
   echo "export CUDAFORGE_THREADS=$CUDAFORGE_THREADS KONTEXT_NVCC_THREADS=$THREADS KONTEXT_CUTLASS_DIR=$CUTLASS_DIR"
+  echo "export KONTEXT_FLASH_ATTN_DIR=$FLASH_ATTN_DIR"
   echo "export NVCC_APPEND_FLAGS='$NVCC_APPEND_FLAGS'"
   exit 0
 fi

@@ -5,16 +5,18 @@
 //!
 //! Inputs (scripts/build-cuda.sh sets them): `nvcc` on PATH or `$CUDA_HOME/bin/nvcc`;
 //! `KONTEXT_CUTLASS_DIR` = a CUTLASS 3.5 source tree (the nvidia-cutlass==3.5.0.0 wheel's
-//! `cutlass_library/source`; flash-attention only); `CUDA_COMPUTE_CAP` = comma-separated compute
-//! capabilities (default 90: H100/H200; these kernels use sm80 instructions at most, so `80,90`
-//! also serves A100).
+//! `cutlass_library/source`; flash-attention only); `KONTEXT_FLASH_ATTN_DIR` = the `kernels/`
+//! directory of the published candle-flash-attn 0.11.1 crate, which holds the FlashAttention-2
+//! forward headers (not kept in this repository: the script downloads the crate, checks its
+//! SHA-256 and unpacks it under `$CARGO_TARGET_DIR/third-party`; flash-attention only);
+//! `CUDA_COMPUTE_CAP` = comma-separated compute capabilities (default 90: H100/H200; these kernels
+//! use sm80 instructions at most, so `80,90` also serves A100).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 const FLASH: &str = "kernels/flash_attn_bf16_hd128.cu";
-const FLASH_HEADERS: &str = "kernels/flash-attention";
 const FUSED: &str = "kernels/fused_bf16.cu";
 
 fn main() {
@@ -27,6 +29,7 @@ fn main() {
     }
     for var in [
         "KONTEXT_CUTLASS_DIR",
+        "KONTEXT_FLASH_ATTN_DIR",
         "CUDA_COMPUTE_CAP",
         "CUDA_HOME",
         "NVCC",
@@ -56,7 +59,25 @@ fn main() {
                 cutlass.display()
             ));
         }
-        let includes = [PathBuf::from(FLASH_HEADERS), cutlass.join("include")];
+        let headers = match std::env::var_os("KONTEXT_FLASH_ATTN_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => fail(
+                "KONTEXT_FLASH_ATTN_DIR is not set: point it at the kernels/ directory of the \
+                 candle-flash-attn 0.11.1 crate (the FlashAttention-2 headers, not kept in this \
+                 repository); scripts/build-cuda.sh downloads, checks and unpacks it",
+            ),
+        };
+        for header in ["flash.h", "flash_fwd_kernel.h"] {
+            if !headers.join(header).is_file() {
+                fail(&format!(
+                    "KONTEXT_FLASH_ATTN_DIR={} has no {header}: run scripts/build-cuda.sh, which \
+                     fetches candle-flash-attn 0.11.1 and exports the variable",
+                    headers.display()
+                ));
+            }
+        }
+        println!("cargo::rerun-if-changed={}", headers.display());
+        let includes = [headers, cutlass.join("include")];
         objects.push(compile(FLASH, &includes, &caps, &out));
     }
 

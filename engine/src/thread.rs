@@ -221,7 +221,7 @@ impl EngineHandle {
 #[cfg(test)]
 mod tests {
     //! Thread plumbing only, with a scripted engine; the real tiny engine is exercised in
-    //! `worker/tests/engine_thread.rs`.
+    //! `engine/tests/pipeline.rs`.
     use super::*;
     use std::time::Duration;
 

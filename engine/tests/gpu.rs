@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! scripts/build-cuda.sh --flash-attn --tools-only   # prints the CUDA environment to export
-//! cargo test --release -p kontext-worker --features flash-attn --test gpu -- --ignored
+//! cargo test --release -p kontext-engine --features flash-attn --test gpu -- --ignored
 //! ```
 //!
 //! bf16 on CUDA against f32 on the CPU, relative L2 within 1e-2: attention (the flash kernel at a

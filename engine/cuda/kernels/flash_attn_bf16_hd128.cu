@@ -1,9 +1,13 @@
-// Kontext's flash-attention entry point: the FlashAttention-2 forward kernel (vendored headers in
-// flash-attention/, unmodified) instantiated only for what the FLUX transformer runs: bf16,
-// head dim 128, one K/V head per query head, no causal/local mask, no dropout, no ALiBi, no
-// softcap, no paged or split KV. candle-flash-attn compiles 53 translation units with every
-// combination of those switches (1.5-2.5 h on 2 cores); this is one unit with two kernels
-// (sequence lengths that are / are not multiples of the tile).
+// Kontext's flash-attention entry point: the FlashAttention-2 forward kernel, instantiated only
+// for what the FLUX transformer runs: bf16, head dim 128, one K/V head per query head, no
+// causal/local mask, no dropout, no ALiBi, no softcap, no paged or split KV. candle-flash-attn
+// compiles 53 translation units with every combination of those switches (1.5-2.5 h on 2 cores);
+// this is one unit with two kernels (sequence lengths that are / are not multiples of the tile).
+//
+// The FlashAttention-2 headers included below are not in this repository: scripts/build-cuda.sh
+// downloads the pinned candle-flash-attn 0.11.1 crate from crates.io, checks its SHA-256 and
+// unpacks it, and build.rs puts its kernels/ directory (KONTEXT_FLASH_ATTN_DIR) on the include
+// path. They are used unmodified.
 //
 // Tile: 128 query rows x 64 key rows, 4 warps - the configuration FlashAttention-2 picks for
 // head dim 128 without dropout on sm80 and sm90 (flash_fwd_launch_template.h,

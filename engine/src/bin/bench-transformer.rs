@@ -3,7 +3,7 @@
 //! 1024 context + 128 text tokens in f32 with random weights; one warm-up, then the median of N
 //! runs, with a breakdown by op class. The PyTorch twin is `tests/parity/make_fixtures.py --bench`.
 //!
-//! Run: `RAYON_NUM_THREADS=2 cargo run --release -p kontext-worker --bin bench-transformer`
+//! Run: `RAYON_NUM_THREADS=2 cargo run --release -p kontext-engine --bin bench-transformer`
 
 use std::time::{Duration, Instant};
 
