@@ -29,9 +29,10 @@ fn demo_writes_a_generated_and_an_edited_png() {
     assert!(stdout.contains("stopped cleanly"), "{stdout}");
     let generated = image::open(out.path().join("generate.png")).expect("generate.png decodes");
     let edited = image::open(out.path().join("edit.png")).expect("edit.png decodes");
-    assert_eq!((generated.width(), generated.height()), (256, 256));
-    // The edit keeps the context's size (resize "keep").
-    assert_eq!((edited.width(), edited.height()), (256, 256));
+    // The default model is `shapes`: its native size, which is also the one size edits snap to
+    // (models/shapes/kontext_model.json), so `kontext up` validated with the model's profile.
+    assert_eq!((generated.width(), generated.height()), (96, 96));
+    assert_eq!((edited.width(), edited.height()), (96, 96));
     assert_ne!(
         generated.as_bytes(),
         edited.as_bytes(),

@@ -46,7 +46,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// Base URL clients reach this coordinator at (behind a proxy or load balancer); used in
-    /// Location headers, polling_url and signed result URLs. Default: http://<listen address>.
+    /// Location headers, polling_url and signed result URLs. Default: `http://<listen address>`.
     #[arg(long, env = "KONTEXT_PUBLIC_URL")]
     pub public_url: Option<String>,
 
@@ -55,7 +55,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// Namespace of the queue's keys inside Redis (the hash tag: kontext:{<ns>}:...).
+    /// Namespace of the queue's keys inside Redis (the hash tag: `kontext:{<ns>}:...`).
     #[arg(long, env = "KONTEXT_REDIS_NAMESPACE", default_value = "kx")]
     pub redis_namespace: String,
 
@@ -66,8 +66,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub storage: StorageArgs,
 
-    /// API keys: a file with one "key tenant [max_in_flight]" per line, or an inline list
-    /// "key:tenant[:max_in_flight],key2:tenant2". Absent: open access as tenant "default",
+    /// API keys: a file with one `key tenant [max_in_flight]` per line, or an inline list
+    /// `key:tenant[:max_in_flight],key2:tenant2`. Absent: open access as tenant "default",
     /// allowed only on a loopback --listen address.
     #[arg(long, env = "KONTEXT_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
@@ -130,7 +130,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_URL_SIGNING_SECRET", hide_env_values = true)]
     pub url_signing_secret: Option<String>,
 
-    /// Standard Webhooks signing secret ("whsec_<base64>", or any string used as raw bytes).
+    /// Standard Webhooks signing secret (`whsec_<base64>`, or any string used as raw bytes).
     /// Without it, jobs with a webhook_url are refused.
     #[arg(long, env = "KONTEXT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,

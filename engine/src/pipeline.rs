@@ -67,7 +67,7 @@ fn tensor_bytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
 }
 
-/// FLUX.1 Kontext [dev] (or the tiny model) resident on one device.
+/// FLUX.1 Kontext \[dev\] (or the tiny model) resident on one device.
 pub struct KontextEngine {
     model: String,
     flux: Flux,

@@ -118,11 +118,14 @@ fn check(stage: &str, got: &Tensor, want: &Tensor) -> Result<f32> {
     Ok(err)
 }
 
+/// A guard keeping temporary model dirs alive, and (name, dir) per layout.
+type FixtureModels = (Option<tempfile::TempDir>, Vec<(String, PathBuf)>);
+
 /// The model directories of a fixture, by layout name, with a guard keeping temp dirs alive:
 /// the committed directory `meta.model.dir` names (the shapes model), or else the tiny model
 /// regenerated from the fixture's seed in both layouts. The diffusers files must match
 /// meta.json's hashes.
-fn fixture_models(fx: &Fixture) -> Result<(Option<tempfile::TempDir>, Vec<(String, PathBuf)>)> {
+fn fixture_models(fx: &Fixture) -> Result<FixtureModels> {
     if let Some(rel) = fx.meta["model"]["dir"].as_str() {
         let dir = repo_root().join(rel);
         check_hashes(fx, &dir)?;
@@ -370,7 +373,8 @@ fn transformer_first_step_matches_without_cpu_kernels() -> Result<()> {
 
 /// End to end through `KontextEngine` (text encoders, Lanczos resize, VAE encode, denoise, VAE
 /// decode) with the fixture's initial latents: the final packed latent within 1e-4 and the PNG
-/// bytes equal to diffusers' output up to rounding at the .5 boundary.
+/// bytes equal to diffusers' output up to rounding at the .5 boundary (at most 1 off, in at most
+/// 1 % of the bytes).
 #[test]
 fn engine_end_to_end_matches_in_both_layouts() -> Result<()> {
     for fx in Fixture::all()? {
@@ -431,7 +435,10 @@ fn engine_end_to_end_matches_in(fx: &Fixture) -> Result<()> {
                 "parity {layout} {name} output PNG: {differ} of {} bytes differ, max by {worst}",
                 png.as_raw().len()
             );
-            if worst > 1 || differ * 1000 > png.as_raw().len() {
+            // Off-by-one bytes are rounding at the .5 boundary. Noise images (tiny) put them on
+            // a handful of bytes; the shapes model paints flat colours, so one value near a
+            // boundary repeats over many pixels: allow 1 % of the bytes, never more than 1 off.
+            if worst > 1 || differ * 100 > png.as_raw().len() {
                 bail!("{layout} {name}: output PNG differs in {differ} bytes (max {worst})");
             }
         }

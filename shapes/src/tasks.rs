@@ -287,7 +287,7 @@ pub fn case(seed: u64, split: Split, task: Task, index: u64) -> Case {
 
 /// The training mix: 30 % text-to-image, the rest spread evenly over the six edits.
 pub fn training_task(seed: u64, index: u64) -> Task {
-    let mut rng = case_rng(seed ^ 0x6d69_78, Split::Train, index);
+    let mut rng = case_rng(seed ^ 0x006d_6978, Split::Train, index);
     if rng.random_bool(0.3) {
         Task::TextToImage
     } else {

@@ -204,7 +204,13 @@ async fn a_four_turn_chain_ends_near_the_correct_frame() {
     let v = post(
         &fleet,
         "/v1/chains",
-        json!({"input_image": id, "turns": CHAIN_TURNS, "carry": "latent", "seed": 1, "steps": 28}),
+        json!({
+            "input_image": id,
+            "turns": CHAIN_TURNS.map(|p| json!({"prompt": p})),
+            "carry": "latent",
+            "seed": 1,
+            "steps": 28,
+        }),
     )
     .await;
     let chain_id = v["id"].as_str().expect("id").parse().expect("chain id");

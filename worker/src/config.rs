@@ -91,7 +91,7 @@ impl Default for ModelArgs {
 /// How the worker takes and keeps jobs.
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {
-    /// Name of this worker in the queue (running jobs show it). Default: <hostname>-<pid>-<random>,
+    /// Name of this worker in the queue (running jobs show it). Default: `<hostname>-<pid>-<random>`,
     /// unique per process start.
     #[arg(long, env = "KONTEXT_WORKER_ID")]
     pub worker_id: Option<String>,

@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test      install missing test services (redis-server), check formatting, run every test
+  test      install missing test services (redis-server), check formatting, lints (clippy) and
+            docs (rustdoc) with warnings denied, run every test
   services  only install the test services
 ";
 
@@ -57,19 +58,50 @@ fn test(extra: &[String]) -> Result<()> {
             "xtask: rustfmt is not installed (rustup component add rustfmt); formatting NOT checked"
         );
     }
+    // Lints and docs share the test build's dependency artifacts (same profile), so they cost
+    // little beyond the test build itself.
+    step("lints (clippy, warnings denied)");
+    if cargo_has("clippy") {
+        run(Command::new(cargo())
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("CARGO_INCREMENTAL", incremental())
+            .current_dir(&root))
+        .context("clippy found warnings: fix them (cargo clippy --workspace --all-targets)")?;
+    } else {
+        eprintln!(
+            "xtask: clippy is not installed (rustup component add clippy); lints NOT checked"
+        );
+    }
+    step("docs (rustdoc, warnings denied)");
+    run(Command::new(cargo())
+        .args(["doc", "--workspace", "--no-deps", "--locked"])
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .env("CARGO_INCREMENTAL", incremental())
+        .current_dir(&root))
+    .context("rustdoc found warnings: fix them (cargo doc --workspace --no-deps)")?;
     step("tests");
     let mut cmd = Command::new(cargo());
     cmd.args(["test", "--workspace", "--locked"])
         .args(extra)
         .current_dir(&root);
-    // A one-shot build gains nothing from incremental caches, which would add several GB to
-    // the target directory; a caller who wants them sets CARGO_INCREMENTAL themselves.
-    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
-        cmd.env("CARGO_INCREMENTAL", "0");
-    }
+    cmd.env("CARGO_INCREMENTAL", incremental());
     run(&mut cmd).context("tests failed")?;
     step("all green");
     Ok(())
+}
+
+/// A one-shot build gains nothing from incremental caches, which would add several GB to the
+/// target directory; a caller who wants them sets CARGO_INCREMENTAL themselves.
+fn incremental() -> String {
+    std::env::var("CARGO_INCREMENTAL").unwrap_or_else(|_| "0".into())
 }
 
 /// Path of a usable `redis-server`, installing Debian's package when it is missing.

@@ -28,10 +28,16 @@ pub struct StoryboardArgs {
     /// Largest side of a contact-sheet cell, in pixels (frames are never scaled up).
     #[arg(long, env = "KONTEXT_CONTACT_CELL", default_value_t = 256)]
     pub cell: u32,
+    /// `image` or `latent`: overrides the file's `carry` (to compare the two on one storyboard).
+    #[arg(long, env = "KONTEXT_STORYBOARD_CARRY")]
+    pub carry: Option<String>,
 }
 
 pub async fn storyboard(args: StoryboardArgs) -> anyhow::Result<ExitCode> {
-    let board = Storyboard::load(&args.file)?;
+    let mut board = Storyboard::load(&args.file)?;
+    if let Some(carry) = &args.carry {
+        board.carry = Some(carry.clone());
+    }
     let client = args.server.client()?;
     let base = args
         .file

@@ -75,7 +75,7 @@ impl From<crate::WeightsError> for BenchError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelSize {
-    /// FLUX.1 Kontext [dev]: 12B transformer, T5-XXL, CLIP-L, VAE (random weights on the device).
+    /// FLUX.1 Kontext \[dev\]: 12B transformer, T5-XXL, CLIP-L, VAE (random weights on the device).
     Real,
     /// The tiny test model (the code path, in seconds, also on a CPU).
     Tiny,

@@ -118,7 +118,7 @@ pub struct RandomEngineSpec {
 }
 
 impl RandomEngineSpec {
-    /// FLUX.1 Kontext [dev] at full size: 12B transformer, T5-XXL, CLIP-L, the 16-channel VAE.
+    /// FLUX.1 Kontext \[dev\] at full size: 12B transformer, T5-XXL, CLIP-L, the 16-channel VAE.
     pub fn kontext_dev() -> Self {
         Self {
             flux: FluxConfig::kontext_dev(),

@@ -144,7 +144,7 @@ impl TextEncoders {
             dtype,
             device.clone(),
         );
-        let clip = ClipTextTransformer::new(clip_vb.pp("text_model"), &clip_cfg)?;
+        let clip = ClipTextTransformer::new(clip_root(clip_vb), &clip_cfg)?;
         Ok(Self {
             tokenizers,
             t5,
@@ -154,7 +154,8 @@ impl TextEncoders {
     }
 
     /// Encoders from any weight source: `t5_vb` holds the T5 encoder (HF names, `shared.weight`
-    /// or `encoder.embed_tokens.weight`), `clip_vb` the CLIP text model (`text_model.` prefix).
+    /// or `encoder.embed_tokens.weight`), `clip_vb` the CLIP text model (with or without the
+    /// `text_model.` prefix).
     /// The GPU benchmark builds them from random weights generated on the device.
     pub fn from_parts(
         tokenizers: PromptTokenizers,
@@ -167,7 +168,7 @@ impl TextEncoders {
         Ok(Self {
             tokenizers,
             t5: t5::T5EncoderModel::load(t5_vb, t5_cfg)?,
-            clip: ClipTextTransformer::new(clip_vb.pp("text_model"), clip_cfg)?,
+            clip: ClipTextTransformer::new(clip_root(clip_vb), clip_cfg)?,
             device: device.clone(),
         })
     }
@@ -218,3 +219,16 @@ impl TextEncoders {
 
 #[cfg(test)]
 mod tests;
+
+/// Where the CLIP text model's tensors start. transformers 4 saves `CLIPTextModel` under
+/// `text_model.` (FLUX.1-Kontext-dev's `text_encoder/`); transformers 5 saves the same module
+/// without the prefix (`embeddings.token_embedding.weight`, as in models/shapes).
+fn clip_root(clip_vb: VarBuilder<'_>) -> VarBuilder<'_> {
+    if clip_vb.contains_tensor("embeddings.token_embedding.weight")
+        && !clip_vb.contains_tensor("text_model.embeddings.token_embedding.weight")
+    {
+        clip_vb
+    } else {
+        clip_vb.pp("text_model")
+    }
+}

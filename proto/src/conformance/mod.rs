@@ -35,7 +35,7 @@ pub const TTL: Duration = Duration::from_secs(30);
 /// How long any single await may take before the rule fails as stalled.
 const STALL: Duration = Duration::from_secs(20);
 
-/// Await `fut`, failing with "stalled: <what>" after `STALL`.
+/// Await `fut`, failing with `stalled: <what>` after `STALL`.
 pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(STALL, fut).await {
         Ok(v) => v,
