@@ -137,12 +137,15 @@ impl Embedded {
         let waited =
             tokio::time::timeout_at(deadline, health.wait_for(|h| *h != Health::Starting)).await;
         match waited {
-            Ok(Ok(h)) if *h == Health::Ready => {}
             Ok(Ok(h)) => {
-                return Err(EmbeddedError::Worker(WorkerError::Engine(format!(
-                    "{:?}",
-                    *h
-                ))));
+                let error = match &*h {
+                    Health::Ready => None,
+                    Health::Unhealthy(e) => Some(Arc::clone(e)),
+                    Health::Starting | Health::Stopped => Some(Arc::new(EngineError::Stopped)),
+                };
+                if let Some(e) = error {
+                    return Err(EmbeddedError::Worker(WorkerError::Engine(e)));
+                }
             }
             Ok(Err(_)) | Err(_) => {
                 return Err(EmbeddedError::Task {

@@ -509,6 +509,28 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("kontext_queue_oldest_ready_age_seconds "));
 }
 
+/// Any token is a valid HTTP method, and /healthz needs no key: the request counter must not
+/// create a label value per method (a loop of invented methods would grow /metrics without end).
+#[tokio::test]
+async fn invented_methods_share_one_metrics_label() {
+    let s = start(|_| {}).await;
+    for i in 0..40 {
+        let method = reqwest::Method::from_bytes(format!("INVENTED{i}XYZ").as_bytes())
+            .expect("a token is a method");
+        let r = s.send(s.http.request(method, s.at("/healthz"))).await;
+        assert_eq!(r.status, 405);
+    }
+    let m = s.send(s.http.get(s.at("/metrics"))).await;
+    let text = String::from_utf8_lossy(&m.bytes).into_owned();
+    assert!(!text.contains("INVENTED"), "{text}");
+    let other: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("kontext_http_requests_total{method=\"other\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(other, 40.0, "{text}");
+}
+
 #[tokio::test]
 async fn unknown_routes_answer_json_404() {
     let s = start(|_| {}).await;

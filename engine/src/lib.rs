@@ -146,6 +146,9 @@ pub enum EngineError {
     /// The engine panicked while running this request (caught on the engine thread).
     #[error("engine panicked: {0}")]
     Panicked(String),
+    /// The warm-up generation failed (or panicked): the engine never became ready.
+    #[error("warm-up failed: {0}")]
+    WarmUp(#[source] Box<EngineError>),
 }
 
 /// A resident text-to-image / edit model. Synchronous; owned by one thread.

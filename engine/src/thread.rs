@@ -20,16 +20,27 @@ use tracing::Span;
 use super::{Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StepControl};
 
 /// Health of the engine thread, published on a watch channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Health {
     /// Loading / warming up.
     Starting,
     /// Warm and accepting requests.
     Ready,
-    /// Warm-up failed or the engine panicked; the thread has stopped.
-    Unhealthy(String),
+    /// Warm-up failed (`EngineError::WarmUp`) or the engine panicked (`EngineError::Panicked`);
+    /// the thread has stopped. Shared: every watcher sees the same error.
+    Unhealthy(Arc<EngineError>),
     /// Every handle was dropped and the thread exited normally.
     Stopped,
+}
+
+/// Two `Unhealthy` values are equal when they share their error (errors have no equality).
+impl PartialEq for Health {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Unhealthy(a), Self::Unhealthy(b)) => Arc::ptr_eq(a, b),
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
 }
 
 /// One progress event: `done` of `total` denoising steps finished (done = 0 before the first).
@@ -117,13 +128,16 @@ fn engine_loop(
             Ok(Ok(())) => tracing::info!(elapsed = ?started.elapsed(), "engine warm"),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "engine warm-up failed");
-                health.send_replace(Health::Unhealthy(format!("warm-up failed: {e}")));
+                health.send_replace(Health::Unhealthy(Arc::new(EngineError::WarmUp(Box::new(
+                    e,
+                )))));
                 return;
             }
             Err(p) => {
                 let msg = panic_message(p.as_ref());
                 tracing::error!(panic = %msg, "engine panicked during warm-up");
-                health.send_replace(Health::Unhealthy(format!("warm-up panicked: {msg}")));
+                let e = EngineError::WarmUp(Box::new(EngineError::Panicked(msg)));
+                health.send_replace(Health::Unhealthy(Arc::new(e)));
                 return;
             }
         }
@@ -158,7 +172,7 @@ fn engine_loop(
                 let msg = panic_message(p.as_ref());
                 tracing::error!(panic = %msg, "engine panicked; stopping the engine thread");
                 let _ = cmd.reply.send(Err(EngineError::Panicked(msg.clone())));
-                health.send_replace(Health::Unhealthy(format!("engine panicked: {msg}")));
+                health.send_replace(Health::Unhealthy(Arc::new(EngineError::Panicked(msg))));
                 return;
             }
         }
@@ -388,7 +402,7 @@ mod tests {
         );
         let mut health = h.health();
         let hv = wait_for(&mut health, |h| matches!(h, Health::Unhealthy(_))).await;
-        assert!(matches!(hv, Health::Unhealthy(m) if m.contains("scripted panic")));
+        assert!(matches!(hv, Health::Unhealthy(m) if m.to_string().contains("scripted panic")));
         let again = h.generate(request("a", 1), None, Arc::default()).await;
         assert!(matches!(again, Err(EngineError::Stopped)), "{again:?}");
         drop(h);
@@ -407,7 +421,11 @@ mod tests {
         .expect("spawn");
         let mut health = t.handle().health();
         let hv = wait_for(&mut health, |h| matches!(h, Health::Unhealthy(_))).await;
-        assert!(matches!(hv, Health::Unhealthy(m) if m.contains("warm-up failed")));
+        assert!(
+            matches!(hv, Health::Unhealthy(ref m) if matches!(**m, EngineError::WarmUp(_))
+                && m.to_string().contains("warm-up failed")),
+            "{hv:?}"
+        );
         t.join();
     }
 }

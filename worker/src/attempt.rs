@@ -44,7 +44,8 @@ pub fn engine_error_kind(e: &EngineError) -> JobErrorKind {
         | EngineError::Tiny(_)
         | EngineError::Device { .. }
         | EngineError::Candle(_)
-        | EngineError::Panicked(_) => JobErrorKind::Fatal,
+        | EngineError::Panicked(_)
+        | EngineError::WarmUp(_) => JobErrorKind::Fatal,
     }
 }
 

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kontext_engine::EngineError;
 use kontext_engine::thread::{EngineHandle, Health};
 use kontext_proto::clock::now_ms;
 use kontext_proto::{Claim, JobQueue};
@@ -29,9 +30,10 @@ const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// Warm-up failed, or the engine panicked: this process can run no more jobs.
+    /// Warm-up failed, the engine panicked or its thread stopped: this process can run no more
+    /// jobs.
     #[error("the engine is not usable: {0}")]
-    Engine(String),
+    Engine(#[source] Arc<EngineError>),
     /// The task running the job loop panicked or was aborted.
     #[error("the job loop task failed: {0}")]
     Task(#[source] tokio::task::JoinError),
@@ -154,14 +156,14 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
     fn check_engine(&self, health: &Health) -> Result<(), WorkerError> {
         match health {
             Health::Ready | Health::Starting => Ok(()),
-            Health::Unhealthy(reason) => {
-                self.status.set_fatal(reason.clone());
-                Err(WorkerError::Engine(reason.clone()))
+            Health::Unhealthy(error) => {
+                self.status.set_fatal(error.to_string());
+                Err(WorkerError::Engine(Arc::clone(error)))
             }
             Health::Stopped => {
-                let reason = "engine thread stopped".to_owned();
-                self.status.set_fatal(reason.clone());
-                Err(WorkerError::Engine(reason))
+                let error = EngineError::Stopped;
+                self.status.set_fatal(error.to_string());
+                Err(WorkerError::Engine(Arc::new(error)))
             }
         }
     }

@@ -130,8 +130,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Counts requests per (method, route template, status) for `kontext_http_requests_total`.
+/// Every label comes from a closed set, so no request can add label values: the method is one of
+/// the standard ones or `other` (any token is a valid HTTP method, unauthenticated), the route is
+/// a template of the router or `unmatched`.
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -139,6 +142,23 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
     let response = next.run(request).await;
     state
         .metrics
-        .http_request(&method, &route, response.status().as_u16());
+        .http_request(method, &route, response.status().as_u16());
     response
+}
+
+/// The metrics label of an HTTP method: the standard ones by name, anything else `other`.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }

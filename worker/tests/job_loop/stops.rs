@@ -163,7 +163,7 @@ async fn an_engine_panic_fails_the_job_and_stops_the_worker() {
         .expect("worker exits")
         .expect("join");
     assert!(
-        matches!(result, Err(WorkerError::Engine(ref m)) if m.contains("scripted panic")),
+        matches!(result, Err(WorkerError::Engine(ref m)) if m.to_string().contains("scripted panic")),
         "{result:?}"
     );
     assert!(status.fatal().is_some());
