@@ -509,6 +509,43 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("kontext_queue_oldest_ready_age_seconds "));
 }
 
+/// Open (keyless) mode: a web page's simple cross-origin POST (text/plain JSON) gets 415, and a
+/// DNS-rebound Host gets 421; the same request as application/json to 127.0.0.1 is accepted.
+#[tokio::test]
+async fn open_mode_refuses_browser_requests() {
+    let s = start(|c| {
+        c.auth = kontext_coordinator::auth::Auth::Open { max_in_flight: 0 };
+    })
+    .await;
+    let body = json!({"prompt": "a red circle"}).to_string();
+    let plain = s
+        .send(
+            s.http
+                .post(s.at("/v1/jobs"))
+                .header("content-type", "text/plain")
+                .body(body.clone()),
+        )
+        .await;
+    plain.assert_error(415, "Content-Type");
+    let rebound = s
+        .send(
+            s.http
+                .get(s.at("/v1/jobs"))
+                .header("host", "attacker.example"),
+        )
+        .await;
+    rebound.assert_error(421, "Host");
+    let json_ok = s
+        .send(
+            s.http
+                .post(s.at("/v1/jobs"))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
+    assert_eq!(json_ok.status, 202);
+}
+
 /// Any token is a valid HTTP method, and /healthz needs no key: the request counter must not
 /// create a label value per method (a loop of invented methods would grow /metrics without end).
 #[tokio::test]

@@ -44,6 +44,8 @@ pub enum ErrorType {
     PayloadTooLarge,
     /// 415
     UnsupportedMediaType,
+    /// 421: open (keyless) mode answers only requests addressed to a loopback host name.
+    MisdirectedRequest,
     /// 429: the tenant's in-flight limit is reached.
     TooManyRequests,
     /// 503: the queue or the object store is unavailable; retry shortly.
@@ -65,6 +67,7 @@ impl ErrorType {
             Self::NotReady => "not_ready",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::MisdirectedRequest => "misdirected_request",
             Self::TooManyRequests => "too_many_requests",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
@@ -83,6 +86,7 @@ impl From<&ErrorType> for StatusCode {
             ErrorType::Conflict | ErrorType::NotReady => StatusCode::CONFLICT,
             ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorType::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorType::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             ErrorType::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorType::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -188,6 +192,11 @@ impl ApiError {
 
     pub fn unsupported_media(field: &str, message: impl Into<String>) -> Self {
         Self::new(ErrorType::UnsupportedMediaType, Some(field), message)
+    }
+
+    /// 421: the Host header names no loopback host (open mode).
+    pub fn misdirected(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::MisdirectedRequest, Some("Host"), message)
     }
 
     pub fn not_ready(message: impl Into<String>) -> Self {

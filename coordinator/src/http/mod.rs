@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod jobs;
+pub mod open_mode;
 pub mod request;
 pub mod results;
 pub mod uploads;
@@ -122,6 +123,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(error::no_route)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            open_mode::guard,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
