@@ -266,6 +266,15 @@ impl Config {
             }
             other => other.map(|u| u.trim_end_matches('/').to_owned()),
         };
+        // Without it, Location headers and result URLs would be built from the listen address,
+        // and 0.0.0.0 / [::] reach nobody.
+        if public_url.is_none() && args.listen.ip().is_unspecified() {
+            return Err(invalid(
+                "public-url",
+                "is required when --listen is 0.0.0.0 or [::]: give the URL clients reach this \
+                 coordinator at, e.g. --public-url http://my-host:8080",
+            ));
+        }
         if !args.max_side.is_multiple_of(16) {
             return Err(invalid("max-side", "must be a multiple of 16"));
         }
@@ -447,6 +456,22 @@ mod tests {
         for secret in ["hunter2", "key-0123456789abcdef", "c2VjcmV0"] {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_needs_a_public_url() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--data-dir",
+            "/tmp/k",
+            "--listen",
+            "0.0.0.0:8080",
+            "--api-keys",
+            "key-0123456789abcdef:acme",
+        ])
+        .expect("parses");
+        let err = Config::from_args(cli.serve).expect_err("URLs would name 0.0.0.0");
+        assert!(err.to_string().contains("--public-url"), "{err}");
     }
 
     #[test]

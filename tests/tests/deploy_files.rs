@@ -280,6 +280,7 @@ fn deploy_files_parse_with_the_binaries_own_configuration() -> Result<()> {
     // And the checks can fail: a short API key is refused like at start.
     let mut env = Env::new();
     env.insert("KONTEXT_LISTEN".into(), "0.0.0.0:8080".into());
+    env.insert("KONTEXT_PUBLIC_URL".into(), "http://kontext:8080".into());
     env.insert("KONTEXT_API_KEYS".into(), "short:dev".into());
     let e = Binary::Coordinator.check(&env).expect_err("a short key");
     assert!(format!("{e:#}").contains("16"), "{e:#}");
