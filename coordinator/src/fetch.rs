@@ -68,6 +68,8 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || (a == 192 && b == 0 && c == 0)                 // IETF protocol assignments
         || (a == 192 && b == 0 && c == 2)                 // TEST-NET-1
         || (a == 192 && b == 168)                         // private
+        || (a == 192 && b == 88 && c == 99)               // 6to4 relay anycast (RFC 7526)
+        || ip == Ipv4Addr::new(168, 63, 129, 16)          // Azure's host endpoint (metadata, DNS)
         || (a == 198 && (18..=19).contains(&b))           // benchmarking
         || (a == 198 && b == 51 && c == 100)              // TEST-NET-2
         || (a == 203 && b == 0 && c == 113)               // TEST-NET-3
@@ -106,6 +108,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfec0                      // site-local (deprecated)
         || (s[0] & 0xff00) == 0xff00                      // multicast
         || (s[0] == 0x2001 && s[1] == 0x0db8)             // documentation
+        || (s[0] == 0x2001 && s[1] == 0)                  // Teredo 2001::/32 (tunnels to IPv4)
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)  // local-use NAT64 64:ff9b:1::/48
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]); // discard-only 100::/64
     !blocked
 }
@@ -334,6 +338,10 @@ mod tests {
             "2001:db8::1",
             "::127.0.0.1",
             "fec0::1",
+            "168.63.129.16",
+            "192.88.99.1",
+            "64:ff9b:1::a00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(!is_public(ip(s)), "{s} must be refused");
         }

@@ -54,9 +54,23 @@ pub struct StorageArgs {
     pub presign_ttl: Duration,
 }
 
+/// Longest validity of a presigned (or locally signed) result URL: S3's SigV4 limit.
+pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl StorageArgs {
     /// The store these flags select; refuses a configuration that names neither store.
     pub fn into_config(self) -> Result<StorageConfig, StorageError> {
+        // S3 SigV4 presigning allows at most 7 days; the local store's signed URLs use the same
+        // bound, which also keeps `now + ttl` far from overflowing.
+        if self.presign_ttl.is_zero() || self.presign_ttl > MAX_PRESIGN_TTL {
+            return Err(StorageError::Config {
+                field: "--presign-ttl",
+                reason: format!(
+                    "must be between 1s and 7d (got {}s)",
+                    self.presign_ttl.as_secs()
+                ),
+            });
+        }
         match (self.bucket, self.data_dir) {
             (Some(bucket), _) => {
                 let mut config = S3Config::new(bucket);
@@ -88,6 +102,18 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         storage: StorageArgs,
+    }
+
+    #[test]
+    fn presign_ttl_is_bounded_in_both_modes() {
+        for ttl in ["0s", "8d", "1000d"] {
+            for store in [["--data-dir", "/tmp/k"], ["--bucket", "results"]] {
+                let cli = Cli::try_parse_from(["x", store[0], store[1], "--presign-ttl", ttl])
+                    .expect("parses");
+                let e = cli.storage.into_config().expect_err(ttl);
+                assert!(e.to_string().contains("--presign-ttl"), "{e}");
+            }
+        }
     }
 
     #[test]
