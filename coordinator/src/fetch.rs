@@ -27,7 +27,9 @@ pub enum FetchError {
     PrivateAddress(IpAddr),
     #[error("host {0} could not be resolved")]
     Unresolvable(String),
-    #[error("could not be fetched: {0}")]
+    /// The detail (refused, reset, TLS) goes to the log only: echoing it would let a client probe
+    /// which hosts and ports answer, through this server.
+    #[error("could not be fetched (no connection or no valid response)")]
     Connect(String),
     #[error("answered HTTP {0}")]
     Status(u16),
@@ -187,6 +189,7 @@ fn send_error(e: &reqwest::Error, timeout: Duration) -> FetchError {
             text = format!("{text}: {s}");
             source = s.source();
         }
+        tracing::info!(error = %text, "fetching a URL failed");
         FetchError::Connect(text)
     }
 }
@@ -303,6 +306,13 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("literal ip")
+    }
+
+    #[test]
+    fn connection_details_stay_out_of_the_message() {
+        let e = FetchError::Connect("error sending request: tcp connect error: Connection refused (os error 111) to 93.184.216.34:22".into());
+        let msg = e.to_string();
+        assert!(!msg.contains("refused") && !msg.contains(":22"), "{msg}");
     }
 
     #[test]
