@@ -1,5 +1,7 @@
-//! API keys → tenants. Keys come from a file (`key tenant [max_in_flight]` per line, `#` comments)
-//! or inline (`key:tenant[:max_in_flight],key2:tenant2`). Without keys the coordinator runs open,
+//! API keys → tenants. Keys come from a file (`key tenant [max_in_flight [priorities]]` per line,
+//! `#` comments) or inline (`key:tenant[:max_in_flight[:priorities]],key2:tenant2`), where
+//! `priorities` lists the classes the key may ask for, joined by `+` (`standard+bulk`; all three
+//! when absent). Without keys the coordinator runs open,
 //! as tenant `default`, and only on a loopback listener (checked in `run`).
 //!
 //! Keys are kept as SHA-256 digests: a lookup hashes the presented key, so neither the map nor a
@@ -9,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use kontext_proto::Priority;
 use kontext_storage::keys::check_tenant;
 use sha2::{Digest, Sha256};
 
@@ -21,6 +24,50 @@ pub struct Tenant {
     pub id: String,
     /// Non-terminal jobs this tenant may have at once (0 = no limit).
     pub max_in_flight: u32,
+    /// Priority classes this key may ask for.
+    pub priorities: Vec<Priority>,
+}
+
+impl Tenant {
+    pub fn may_use(&self, priority: Priority) -> bool {
+        self.priorities.contains(&priority)
+    }
+}
+
+fn priority_name(p: Priority) -> &'static str {
+    match p {
+        Priority::High => "high",
+        Priority::Standard => "standard",
+        Priority::Bulk => "bulk",
+    }
+}
+
+/// The classes a key may use, as the API names them ("standard, bulk").
+pub fn priority_list(priorities: &[Priority]) -> String {
+    priorities
+        .iter()
+        .map(|&p| priority_name(p))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `standard+bulk` → [Standard, Bulk].
+fn parse_priorities(text: &str) -> Result<Vec<Priority>, String> {
+    let mut out = Vec::new();
+    for name in text.split('+') {
+        let p = Priority::ORDER
+            .into_iter()
+            .find(|&p| priority_name(p) == name)
+            .ok_or_else(|| {
+                format!(
+                    "priority {name:?} is not one of high, standard, bulk (join several with +)"
+                )
+            })?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// How requests are authenticated.
@@ -112,15 +159,21 @@ impl Auth {
                 entry: i + 1,
                 reason,
             };
-            let (key, tenant, max) = match fields.as_slice() {
-                [key, tenant] => (*key, *tenant, None),
-                [key, tenant, max] => (*key, *tenant, Some(*max)),
+            let (key, tenant, max, priorities) = match fields.as_slice() {
+                [key, tenant] => (*key, *tenant, None, None),
+                [key, tenant, max] => (*key, *tenant, Some(*max), None),
+                [key, tenant, max, prio] => (*key, *tenant, Some(*max), Some(*prio)),
                 _ => {
                     return Err(bad(
-                        "expected \"key tenant [max_in_flight]\" (file) or \"key:tenant[:max]\""
+                        "expected \"key tenant [max_in_flight [priorities]]\" (file) or \
+                         \"key:tenant[:max[:priorities]]\""
                             .into(),
                     ));
                 }
+            };
+            let priorities = match priorities {
+                None => Priority::ORDER.to_vec(),
+                Some(text) => parse_priorities(text).map_err(bad)?,
             };
             if key.len() < 16 {
                 return Err(bad(format!(
@@ -140,6 +193,7 @@ impl Auth {
             let tenant = Tenant {
                 id: tenant.to_owned(),
                 max_in_flight,
+                priorities,
             };
             if map.insert(digest(key), tenant).is_some() {
                 return Err(bad("the same key appears twice".into()));
@@ -159,6 +213,7 @@ impl Auth {
             Self::Open { max_in_flight } => Some(Tenant {
                 id: OPEN_TENANT.to_owned(),
                 max_in_flight: *max_in_flight,
+                priorities: Priority::ORDER.to_vec(),
             }),
             Self::Keys(map) => key.and_then(|k| map.get(&digest(k)).cloned()),
         }
@@ -196,7 +251,8 @@ mod tests {
             auth.tenant(Some(K1)),
             Some(Tenant {
                 id: "acme".into(),
-                max_in_flight: 24
+                max_in_flight: 24,
+                priorities: Priority::ORDER.to_vec(),
             })
         );
         assert_eq!(auth.tenant(Some(K2)).map(|t| t.max_in_flight), Some(3));
@@ -237,5 +293,22 @@ mod tests {
         let auth = Auth::from_arg(&format!("{K1}:acme"), 24).expect("valid");
         let text = format!("{auth:?}");
         assert!(!text.contains(K1) && text.contains("acme"), "{text}");
+    }
+
+    #[test]
+    fn keys_may_be_limited_to_priority_classes() {
+        let auth =
+            Auth::from_arg(&format!("{K1}:acme:5:standard+bulk,{K2}:globex"), 24).expect("valid");
+        let acme = auth.tenant(Some(K1)).expect("acme");
+        assert!(!acme.may_use(Priority::High));
+        assert!(acme.may_use(Priority::Bulk));
+        assert_eq!(priority_list(&acme.priorities), "standard, bulk");
+        assert!(
+            auth.tenant(Some(K2))
+                .expect("globex")
+                .may_use(Priority::High)
+        );
+        let e = Auth::from_arg(&format!("{K1}:acme:5:urgent"), 24).expect_err("no such class");
+        assert!(e.to_string().contains("\"urgent\""), "{e}");
     }
 }

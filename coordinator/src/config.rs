@@ -66,8 +66,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub storage: StorageArgs,
 
-    /// API keys: a file with one `key tenant [max_in_flight]` per line, or an inline list
-    /// `key:tenant[:max_in_flight],key2:tenant2`. Absent: open access as tenant "default",
+    /// API keys: a file with one `key tenant [max_in_flight [priorities]]` per line, or an
+    /// inline list `key:tenant[:max_in_flight[:priorities]],key2:tenant2` (priorities: the
+    /// classes the key may use, e.g. `standard+bulk`; all when absent). Absent: open access as tenant "default",
     /// allowed only on a loopback --listen address.
     #[arg(long, env = "KONTEXT_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,

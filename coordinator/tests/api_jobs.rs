@@ -509,6 +509,40 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("kontext_queue_oldest_ready_age_seconds "));
 }
 
+/// A key limited to `standard+bulk` is refused `high` (422 naming the classes it may use), for
+/// jobs and chains, before anything is stored; other keys keep all three.
+#[tokio::test]
+async fn keys_limited_to_priority_classes() {
+    let s = start(|c| {
+        c.auth = kontext_coordinator::auth::Auth::from_arg(
+            &format!("{KEY_A}:acme:0:standard+bulk,{KEY_B}:globex"),
+            0,
+        )
+        .expect("keys");
+    })
+    .await;
+    let r = s
+        .post_json(
+            "/v1/jobs",
+            KEY_A,
+            &json!({"prompt": "x", "priority": "high"}),
+        )
+        .await;
+    r.assert_error(422, "priority");
+    let r = s
+        .post_json(
+            "/v1/chains",
+            KEY_A,
+            &json!({"prompt": "x", "turns": [{"prompt": "y"}], "priority": "high"}),
+        )
+        .await;
+    r.assert_error(422, "priority");
+    s.submit(KEY_A, json!({"prompt": "x", "priority": "bulk"}))
+        .await;
+    s.submit(KEY_B, json!({"prompt": "x", "priority": "high"}))
+        .await;
+}
+
 /// Open (keyless) mode: a web page's simple cross-origin POST (text/plain JSON) gets 415, and a
 /// DNS-rebound Host gets 421; the same request as application/json to 127.0.0.1 is accepted.
 #[tokio::test]

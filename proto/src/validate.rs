@@ -278,6 +278,11 @@ impl ValidJobFields {
         self.webhook_url.as_ref()
     }
 
+    /// The priority class asked for (standard when the request names none).
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
     /// The spec, given the stored input image (`Some` exactly when the request has an
     /// `input_image`): checks the image's bounds and derives the context size, and the output
     /// size when the request gave none. `pick_seed` is called only when no seed was given.

@@ -316,6 +316,11 @@ impl ValidChainFields {
         self.first.webhook_url()
     }
 
+    /// The priority class of every turn.
+    pub fn priority(&self) -> Priority {
+        self.first.priority()
+    }
+
     /// The chain, given its stored input image: turn 1 complete, later turns context-free
     /// edits of turn 1's frame. `pick_seed` is called only when no chain seed was given.
     pub fn resolve(

@@ -117,6 +117,7 @@ pub async fn create_chain(
     // Every field of every turn is checked before the input image is fetched or stored, as for
     // jobs.
     let fields = check_chain(&req, limits)?;
+    super::jobs::check_priority(&tenant, fields.priority())?;
     check_webhook(&state, fields.webhook_url())?;
     let input = match fields.input_image() {
         Some(raw) => Some(resolve_input(&state, &tenant, raw).await?),

@@ -12,7 +12,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kontext_proto::validate::{JobRequest, WebhookUrl, check_job};
-use kontext_proto::{CancelOutcome, JobEvent, JobId, JobQueue, JobRecord, JobStatus, Submission};
+use kontext_proto::{
+    CancelOutcome, JobEvent, JobId, JobQueue, JobRecord, JobStatus, Priority, Submission,
+};
 
 use super::error::{ApiError, ErrorBody};
 use super::request::{Caller, parse_json, query_pairs, query_param, read_body};
@@ -43,6 +45,7 @@ pub async fn submit_job(
     // Every field is checked before the input image is fetched or stored, so a bad request
     // stores nothing.
     let fields = check_job(&req, limits)?;
+    check_priority(tenant, fields.priority())?;
     check_webhook(state, fields.webhook_url())?;
     let input = match fields.input_image() {
         Some(raw) => Some(resolve_input(state, tenant, raw).await?),
@@ -70,6 +73,19 @@ pub async fn submit_job(
     }
     tracing::debug!(job_id = %outcome.id, tenant = %tenant.id, created = outcome.created, "job submitted");
     Ok((outcome.id, outcome.created))
+}
+
+/// Refuses a priority class the caller's key may not use (422 naming the allowed ones).
+pub fn check_priority(tenant: &Tenant, priority: Priority) -> Result<(), ApiError> {
+    if tenant.may_use(priority) {
+        return Ok(());
+    }
+    let allowed = crate::auth::priority_list(&tenant.priorities);
+    Err(ApiError::invalid(
+        "priority",
+        format!("this API key may use the priority classes {allowed} only"),
+    )
+    .with_limit(allowed.replace(", ", "|")))
 }
 
 /// Refuses a webhook this coordinator cannot sign, or whose host is an address it may not call
