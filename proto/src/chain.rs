@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(feature = "memory", feature = "redis"))]
 use crate::error::QueueError;
 pub use crate::ids::ChainId;
 use crate::job::{
@@ -333,6 +334,7 @@ impl ChainRecord {
 
 /// The checks both queues make before storing a chain: at least one turn, distinct job ids, turn
 /// 1 edits the chain's input (or nothing), later turns are context-free templates.
+#[cfg(any(feature = "memory", feature = "redis"))]
 pub(crate) fn check_submission(chain: &ChainSubmission) -> Result<(), QueueError> {
     let first = chain
         .turns
@@ -358,6 +360,7 @@ pub(crate) fn check_submission(chain: &ChainSubmission) -> Result<(), QueueError
 }
 
 /// A turn after the first carries no context of its own: the queue splices it in.
+#[cfg(any(feature = "memory", feature = "redis"))]
 pub(crate) fn check_template(spec: &ValidJobSpec, turn: usize) -> Result<(), QueueError> {
     if spec.input.is_some() || spec.input_latent_key.is_some() {
         return Err(QueueError::ChainConflict(format!(
@@ -369,6 +372,7 @@ pub(crate) fn check_template(spec: &ValidJobSpec, turn: usize) -> Result<(), Que
 }
 
 /// The refusals both queues give, worded once.
+#[cfg(any(feature = "memory", feature = "redis"))]
 pub(crate) mod refusal {
     use super::ChainId;
     use crate::error::QueueError;

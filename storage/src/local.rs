@@ -168,8 +168,13 @@ fn not_found(key: &ObjectKey) -> StorageError {
 }
 
 /// A missing file, or a missing parent because a prefix component is a file.
+/// No object at the path: nothing there, a file where a directory was expected, or a directory
+/// (a key prefix such as `out/<tenant>/<job>`, not an object).
 fn is_missing(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+    matches!(
+        e.kind(),
+        ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::IsADirectory
+    )
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -279,6 +284,25 @@ mod tests {
             }
         }
         found
+    }
+
+    /// `out/<tenant>/<job>` is a directory of attempts here: reading it is "not found" (a 422
+    /// for an `input_image` naming it), never an I/O error (a 5xx).
+    #[tokio::test]
+    async fn a_key_prefix_is_not_an_object() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::new(dir.path().join("data"));
+        store.check().await.expect("check creates the root");
+        store
+            .put(
+                &key("out/acme/job/1.png"),
+                Bytes::from_static(b"x"),
+                "image/png",
+            )
+            .await
+            .expect("put");
+        let e = store.get(&key("out/acme/job")).await.expect_err("a prefix");
+        assert!(e.is_not_found(), "{e}");
     }
 
     #[tokio::test]
