@@ -17,6 +17,7 @@ use kontext_proto::validate::Limits;
 use kontext_storage::{StorageArgs, StorageConfig, StorageError};
 
 use crate::auth::{Auth, AuthConfigError};
+use crate::http_server::ServerLimits;
 use crate::signing::Secret;
 
 #[derive(Parser)]
@@ -110,6 +111,19 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_MAX_STEPS", default_value_t = 100)]
     pub max_steps: u32,
 
+    /// Open HTTP connections at once; more wait, unread, until one closes (keep it below the
+    /// process's file-descriptor limit).
+    #[arg(long, env = "KONTEXT_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// Longest time a client may take to send a request's headers.
+    #[arg(long, env = "KONTEXT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Longest time a client may take to send a request's body (uploads included).
+    #[arg(long, env = "KONTEXT_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
     /// The model directory the workers run (or its kontext_model.json), when it was trained at
     /// other sizes than FLUX.1-Kontext-dev (e.g. models/shapes, 96x96): default output size,
     /// smallest side and the sizes edits snap to follow it. Absent: the 12B model's sizes.
@@ -197,6 +211,8 @@ impl fmt::Debug for QueueSource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestLimits {
     pub max_body_bytes: u64,
+    /// Longest time to receive a request body.
+    pub body_read_timeout: Duration,
     pub max_image_bytes: u64,
     /// Job fields: prompt, sizes, steps, input pixels...
     pub job: Limits,
@@ -236,6 +252,8 @@ pub struct Config {
     pub url_signing_secret: Secret,
     pub webhooks: WebhookConfig,
     pub reap_interval: Duration,
+    /// Connection cap and header-read timeout of the HTTP server.
+    pub server: ServerLimits,
 }
 
 /// A flag value that cannot work; names the flag.
@@ -281,6 +299,17 @@ impl Config {
         }
         if args.reap_interval.is_zero() {
             return Err(invalid("reap-interval", "must be above zero"));
+        }
+        if args.max_connections == 0 {
+            return Err(invalid("max-connections", "must be at least 1"));
+        }
+        for (flag, d) in [
+            ("header-read-timeout", args.header_read_timeout),
+            ("body-read-timeout", args.body_read_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(flag, "must be above zero"));
+            }
         }
         let queue = match args.redis_url {
             Some(url) => QueueSource::Redis {
@@ -335,6 +364,7 @@ impl Config {
             auth,
             limits: RequestLimits {
                 max_body_bytes: args.max_body_bytes,
+                body_read_timeout: args.body_read_timeout,
                 max_image_bytes: args.max_image_bytes,
                 job,
             },
@@ -349,6 +379,10 @@ impl Config {
                 ..WebhookConfig::default()
             },
             reap_interval: args.reap_interval,
+            server: ServerLimits {
+                max_connections: args.max_connections,
+                header_read_timeout: args.header_read_timeout,
+            },
         })
     }
 
@@ -366,6 +400,7 @@ impl Config {
             auth: Auth::Open { max_in_flight: 24 },
             limits: RequestLimits {
                 max_body_bytes: 32 << 20,
+                body_read_timeout: Duration::from_secs(60),
                 max_image_bytes: 20 << 20,
                 job: Limits::default(),
             },
@@ -375,6 +410,7 @@ impl Config {
             url_signing_secret: Secret::random(),
             webhooks: WebhookConfig::default(),
             reap_interval: Duration::from_secs(1),
+            server: ServerLimits::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod fetch;
 pub mod http;
+pub mod http_server;
 pub mod image_limits;
 pub mod input;
 pub mod metrics;
@@ -118,12 +119,12 @@ pub async fn serve(
     let state_for_tasks = state.clone();
     let app = router(state);
     tracing::info!(%addr, "listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            signal.begin_shutdown();
-        })
-        .await;
+    let limits = state_for_tasks.config.server;
+    let served = http_server::serve(listener, app, limits, async move {
+        shutdown.await;
+        signal.begin_shutdown();
+    })
+    .await;
     // Also when serving failed: the background tasks end on this signal.
     state_for_tasks.begin_shutdown();
     let _ = reaper.await;

@@ -116,7 +116,15 @@ pub async fn create_task(
     body: Body,
 ) -> Result<Json<BflSubmitted>, ApiError> {
     let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        max,
+        state.config.limits.body_read_timeout,
+        "body",
+        "request body",
+    )
+    .await?;
     let (req, body_hash) = parse_json::<BflRequest>(&bytes)?;
     for (field, value) in [
         ("input_image_2", &req.input_image_2),

@@ -111,7 +111,15 @@ pub async fn create_chain(
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        max,
+        state.config.limits.body_read_timeout,
+        "body",
+        "request body",
+    )
+    .await?;
     let (req, _) = parse_json::<ChainRequest>(&bytes)?;
     let limits = &state.config.limits.job;
     // Every field of every turn is checked before the input image is fetched or stored, as for
@@ -251,7 +259,15 @@ pub async fn append_turn(
 ) -> Result<Response, ApiError> {
     let chain = chain_for(&state, &id, &tenant).await?;
     let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        max,
+        state.config.limits.body_read_timeout,
+        "body",
+        "request body",
+    )
+    .await?;
     let (turn, _) = parse_json::<TurnRequest>(&bytes)?;
     let accepted = append(&state, &chain, &turn, "").await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
@@ -283,7 +299,15 @@ pub async fn fork_chain(
 ) -> Result<Response, ApiError> {
     let source = chain_for(&state, &id, &tenant).await?;
     let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        max,
+        state.config.limits.body_read_timeout,
+        "body",
+        "request body",
+    )
+    .await?;
     let (fork, _) = parse_json::<ForkChain>(&bytes)?;
     let new_id = ChainId::new();
     state

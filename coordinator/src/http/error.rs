@@ -40,6 +40,8 @@ pub enum ErrorType {
     Conflict,
     /// 409: the job has no result yet.
     NotReady,
+    /// 408: the body did not arrive within the server's time limit.
+    RequestTimeout,
     /// 413
     PayloadTooLarge,
     /// 415
@@ -65,6 +67,7 @@ impl ErrorType {
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
             Self::NotReady => "not_ready",
+            Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::MisdirectedRequest => "misdirected_request",
@@ -84,6 +87,7 @@ impl From<&ErrorType> for StatusCode {
             ErrorType::Forbidden => StatusCode::FORBIDDEN,
             ErrorType::NotFound => StatusCode::NOT_FOUND,
             ErrorType::Conflict | ErrorType::NotReady => StatusCode::CONFLICT,
+            ErrorType::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorType::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorType::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
@@ -188,6 +192,16 @@ impl ApiError {
             format!("{what} is larger than the limit of {limit_bytes} bytes"),
         )
         .with_limit(format!("..={limit_bytes} bytes"))
+    }
+
+    /// 408: the body took longer than `limit` to arrive.
+    pub fn body_timeout(field: &str, what: &str, limit: std::time::Duration) -> Self {
+        Self::new(
+            ErrorType::RequestTimeout,
+            Some(field),
+            format!("the {what} did not arrive within {} s", limit.as_secs_f64()),
+        )
+        .with_limit(format!("..={} s", limit.as_secs_f64()))
     }
 
     pub fn unsupported_media(field: &str, message: impl Into<String>) -> Self {

@@ -228,7 +228,15 @@ pub async fn create_job(
     body: Body,
 ) -> Result<Response, ApiError> {
     let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(&headers, body, max, "body", "request body").await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        max,
+        state.config.limits.body_read_timeout,
+        "body",
+        "request body",
+    )
+    .await?;
     let (req, body_hash) = parse_json::<JobRequest>(&bytes)?;
     let idem = idempotency_key(&headers)?;
     let (id, created) = submit_job(&state, &tenant, req, body_hash, idem).await?;

@@ -46,11 +46,13 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The whole body, refused with 413 (naming `field` and the limit) past `limit` bytes — checked
-/// against Content-Length first, then while reading, so an oversized body is never buffered.
+/// against Content-Length first, then while reading, so an oversized body is never buffered —
+/// and with 408 when it takes longer than `timeout` to arrive.
 pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: u64,
+    timeout: std::time::Duration,
     field: &str,
     what: &str,
 ) -> Result<Bytes, ApiError> {
@@ -62,7 +64,11 @@ pub async fn read_body(
         return Err(ApiError::too_large(field, limit, what));
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit_usize).collect().await {
+    // A client trickling its body holds a connection and a buffer: bounded in time too.
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit_usize).collect())
+        .await
+        .map_err(|_| ApiError::body_timeout(field, what, timeout))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ApiError::too_large(field, limit, what))

@@ -75,7 +75,15 @@ pub async fn upload(
         }
     }
     let max = state.config.limits.max_image_bytes;
-    let bytes = read_body(&headers, body, max, "image", "image").await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        max,
+        state.config.limits.body_read_timeout,
+        "image",
+        "image",
+    )
+    .await?;
     let stored = store_image(&state, &tenant, bytes, "image").await?;
     Ok((
         StatusCode::CREATED,
