@@ -7,6 +7,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
@@ -80,18 +81,23 @@ pub async fn read_body(
     }
 }
 
-/// Parses a JSON object into `T`; returns it with the SHA-256 (hex) of its canonical form (keys
-/// sorted, no whitespace), which is what idempotent replays are compared by.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, String), ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("body", format!("body is not valid JSON: {e}")))?;
-    if !value.is_object() {
+/// Parses a JSON object into `T`; returns it with the SHA-256 (hex) of its canonical form (the
+/// parsed request serialised with keys sorted, no whitespace), which is what idempotent replays
+/// are compared by.
+///
+/// The body is parsed straight into `T`: no `serde_json::Value` of the whole body is built
+/// first, so unknown fields (`"pad": [0, 0, …]`) are skipped without allocating, and a body costs
+/// about its own size in memory, not several times it (and skipping nests no deeper on the
+/// stack: serde_json ignores values iteratively).
+pub fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<(T, String), ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_request("body", "body must be a JSON object"));
     }
-    let value = sorted_keys(value);
-    let canonical = serde_json::to_vec(&value).map_err(|e| ApiError::internal(&e))?;
-    let hash = hex::encode(Sha256::digest(&canonical));
-    let parsed = serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if !matches!(e.inner().classify(), serde_json::error::Category::Data) {
+            return ApiError::bad_request("body", format!("body is not valid JSON: {}", e.inner()));
+        }
         let field = e.path().to_string();
         let field = if field == "." {
             "body".to_owned()
@@ -100,6 +106,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, String), ApiE
         };
         ApiError::invalid(&field, format!("{field}: {}", e.inner()))
     })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request("body", format!("body is not valid JSON: {e}")))?;
+    let value = serde_json::to_value(&parsed).map_err(|e| ApiError::internal(&e))?;
+    let canonical = serde_json::to_vec(&sorted_keys(value)).map_err(|e| ApiError::internal(&e))?;
+    let hash = hex::encode(Sha256::digest(&canonical));
     Ok((parsed, hash))
 }
 
@@ -154,6 +165,21 @@ mod tests {
         assert_eq!(err.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY);
         let err = parse_json::<JobRequest>(b"[1]").expect_err("not an object");
         assert_eq!(err.detail.field.as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn syntax_errors_and_trailing_data_are_400() {
+        for body in [
+            &br#"{"prompt": "x""#[..],
+            br#"{"prompt": "x"} {"again": 1}"#,
+        ] {
+            let err = parse_json::<JobRequest>(body).expect_err("not acceptable JSON");
+            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{err:?}");
+        }
+        // Unknown fields are skipped, not built: a large padding array parses.
+        let padded = format!(r#"{{"prompt": "x", "pad": [{}0]}}"#, "0,".repeat(100_000));
+        let (req, _) = parse_json::<JobRequest>(padded.as_bytes()).expect("padding ignored");
+        assert_eq!(req.prompt, "x");
     }
 
     #[test]
