@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody, ErrorDetail, ErrorType};
 use super::jobs::submit_job;
-use super::request::{Caller, parse_json, query_pairs, query_param, read_body};
+use super::request::{Caller, query_pairs, query_param, read_json};
 use crate::state::AppState;
 
 /// BFL's Kontext request body. `prompt_upsampling` and `safety_tolerance` are accepted and
@@ -115,17 +115,7 @@ pub async fn create_task(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<BflSubmitted>, ApiError> {
-    let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(
-        &headers,
-        body,
-        max,
-        state.config.limits.body_read_timeout,
-        "body",
-        "request body",
-    )
-    .await?;
-    let (req, body_hash) = parse_json::<BflRequest>(&bytes)?;
+    let (req, body_hash) = read_json::<BflRequest>(&state, &headers, body).await?;
     for (field, value) in [
         ("input_image_2", &req.input_image_2),
         ("input_image_3", &req.input_image_3),

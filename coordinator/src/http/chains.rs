@@ -21,7 +21,7 @@ use super::chain_views::{
 };
 use super::error::{ApiError, ErrorBody};
 use super::jobs::check_webhook;
-use super::request::{Caller, parse_json, read_body};
+use super::request::{Caller, read_json};
 use super::views::JobView;
 use crate::auth::Tenant;
 use crate::input::resolve_input;
@@ -110,17 +110,7 @@ pub async fn create_chain(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(
-        &headers,
-        body,
-        max,
-        state.config.limits.body_read_timeout,
-        "body",
-        "request body",
-    )
-    .await?;
-    let (req, _) = parse_json::<ChainRequest>(&bytes)?;
+    let (req, _) = read_json::<ChainRequest>(&state, &headers, body).await?;
     let limits = &state.config.limits.job;
     // Every field of every turn is checked before the input image is fetched or stored, as for
     // jobs.
@@ -258,17 +248,7 @@ pub async fn append_turn(
     body: Body,
 ) -> Result<Response, ApiError> {
     let chain = chain_for(&state, &id, &tenant).await?;
-    let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(
-        &headers,
-        body,
-        max,
-        state.config.limits.body_read_timeout,
-        "body",
-        "request body",
-    )
-    .await?;
-    let (turn, _) = parse_json::<TurnRequest>(&bytes)?;
+    let (turn, _) = read_json::<TurnRequest>(&state, &headers, body).await?;
     let accepted = append(&state, &chain, &turn, "").await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
@@ -298,17 +278,7 @@ pub async fn fork_chain(
     body: Body,
 ) -> Result<Response, ApiError> {
     let source = chain_for(&state, &id, &tenant).await?;
-    let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(
-        &headers,
-        body,
-        max,
-        state.config.limits.body_read_timeout,
-        "body",
-        "request body",
-    )
-    .await?;
-    let (fork, _) = parse_json::<ForkChain>(&bytes)?;
+    let (fork, _) = read_json::<ForkChain>(&state, &headers, body).await?;
     let new_id = ChainId::new();
     state
         .queue

@@ -17,7 +17,7 @@ use kontext_proto::{
 };
 
 use super::error::{ApiError, ErrorBody};
-use super::request::{Caller, parse_json, query_pairs, query_param, read_body};
+use super::request::{Caller, query_pairs, query_param, read_json};
 use super::views::{CancelReply, JobAccepted, JobList, JobView};
 use crate::auth::Tenant;
 use crate::fetch::check_address;
@@ -227,17 +227,7 @@ pub async fn create_job(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let max = state.config.limits.max_body_bytes;
-    let bytes = read_body(
-        &headers,
-        body,
-        max,
-        state.config.limits.body_read_timeout,
-        "body",
-        "request body",
-    )
-    .await?;
-    let (req, body_hash) = parse_json::<JobRequest>(&bytes)?;
+    let (req, body_hash) = read_json::<JobRequest>(&state, &headers, body).await?;
     let idem = idempotency_key(&headers)?;
     let (id, created) = submit_job(&state, &tenant, req, body_hash, idem).await?;
     let status_url = state.job_url(&id.to_string());

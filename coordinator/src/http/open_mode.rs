@@ -20,10 +20,10 @@ use super::error::ApiError;
 use crate::state::AppState;
 
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if state.config.auth.is_open() {
-        if let Err(e) = check(request.method(), request.uri().path(), request.headers()) {
-            return e.into_response();
-        }
+    if state.config.auth.is_open()
+        && let Err(e) = check(request.method(), request.uri().path(), request.headers())
+    {
+        return e.into_response();
     }
     next.run(request).await
 }

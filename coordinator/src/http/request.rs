@@ -81,6 +81,25 @@ pub async fn read_body(
     }
 }
 
+/// A JSON request body: read within the body limits (`read_body`), then parsed (`parse_json`).
+pub async fn read_json<T: DeserializeOwned + Serialize>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(T, String), ApiError> {
+    let limits = &state.config.limits;
+    let bytes = read_body(
+        headers,
+        body,
+        limits.max_body_bytes,
+        limits.body_read_timeout,
+        "body",
+        "request body",
+    )
+    .await?;
+    parse_json(&bytes)
+}
+
 /// Parses a JSON object into `T`; returns it with the SHA-256 (hex) of its canonical form (the
 /// parsed request serialised with keys sorted, no whitespace), which is what idempotent replays
 /// are compared by.
