@@ -61,7 +61,18 @@ pub async fn read_body(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        // Read (and drop) a body up to twice the limit before answering, so a client still
+        // writing it gets the 413 instead of a broken pipe; nothing is buffered. Larger bodies
+        // are refused at once and the connection closed.
+        if n <= limit.saturating_mul(2) {
+            let mut body = body.into_data_stream();
+            let _ = tokio::time::timeout(timeout, async {
+                use futures::StreamExt;
+                while let Some(Ok(_chunk)) = body.next().await {}
+            })
+            .await;
+        }
         return Err(ApiError::too_large(field, limit, what));
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
