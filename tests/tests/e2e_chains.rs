@@ -19,7 +19,7 @@ mod e2e_support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use e2e_support::{DEADLINE, Fleet, FleetOptions, KEY_ALPHA, http};
+use e2e_support::{DEADLINE, Fleet, FleetOptions};
 use kontext_proto::{
     ChainId, ChainRecord, ChainStatus, JobQueue, JobRecord, JobStatus, TurnState, chain,
 };
@@ -29,21 +29,8 @@ use serde_json::{Value, json};
 /// Steps a turn asks for to fail on the worker (the engine allows at most 200).
 const TOO_MANY_STEPS: u32 = 250;
 
-async fn post(fleet: &Fleet, path: &str, body: Value) -> Value {
-    let resp = http(KEY_ALPHA)
-        .post(format!("{}{path}", fleet.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = resp.status();
-    let v: Value = resp.json().await.expect("JSON");
-    assert_eq!(status, 202, "POST {path}: {v}");
-    v
-}
-
 async fn create(fleet: &Fleet, body: Value) -> ChainId {
-    let v = post(fleet, "/v1/chains", body).await;
+    let v = fleet.post_accepted("/v1/chains", body).await;
     v["id"].as_str().expect("id").parse().expect("chain id")
 }
 
@@ -287,12 +274,12 @@ async fn chains_carry_state_across_a_fleet() {
     );
 
     // Fork from turn 3: turns 1-3 shared, turn 4 edits turn 3's frame.
-    let fork = post(
-        &fleet,
-        &format!("/v1/chains/{}/fork", images.id),
-        json!({"from_turn": 3, "turns": [{"prompt": "a different ending"}]}),
-    )
-    .await;
+    let fork = fleet
+        .post_accepted(
+            &format!("/v1/chains/{}/fork", images.id),
+            json!({"from_turn": 3, "turns": [{"prompt": "a different ending"}]}),
+        )
+        .await;
     let fork: ChainId = fork["id"].as_str().expect("id").parse().expect("id");
     let fork = finished(&fleet, &queue, fork).await;
     assert_eq!(fork.status, ChainStatus::Succeeded, "{fork:#?}");
@@ -313,12 +300,12 @@ async fn chains_carry_state_across_a_fleet() {
     assert_ne!(branch.id, images.turns[3].job_id);
 
     // Appending to a finished chain: it runs again from its last frame.
-    let added = post(
-        &fleet,
-        &format!("/v1/chains/{}/turns", images.id),
-        json!({"prompt": "an epilogue"}),
-    )
-    .await;
+    let added = fleet
+        .post_accepted(
+            &format!("/v1/chains/{}/turns", images.id),
+            json!({"prompt": "an epilogue"}),
+        )
+        .await;
     assert_eq!(
         (added["turn"].as_u64(), added["started"].as_bool()),
         (Some(11), Some(true))

@@ -80,19 +80,6 @@ fn png_of(img: &image::RgbImage) -> Vec<u8> {
     out.into_inner()
 }
 
-async fn post(fleet: &Fleet, path: &str, body: Value) -> Value {
-    let resp = http(KEY_ALPHA)
-        .post(format!("{}{path}", fleet.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = resp.status();
-    let v: Value = resp.json().await.expect("JSON");
-    assert_eq!(status, 202, "POST {path}: {v}");
-    v
-}
-
 async fn upload(fleet: &Fleet, img: &image::RgbImage) -> String {
     let resp = http(KEY_ALPHA)
         .post(format!("{}/v1/uploads", fleet.url))
@@ -114,7 +101,7 @@ async fn image_of(fleet: &Fleet, key: &ObjectKey) -> image::RgbImage {
 }
 
 async fn run_job(fleet: &Fleet, body: Value) -> (JobRecord, image::RgbImage) {
-    let v = post(fleet, "/v1/jobs", body).await;
+    let v = fleet.post_accepted("/v1/jobs", body).await;
     let id: JobId = v["id"].as_str().expect("id").parse().expect("job id");
     let queue = fleet.queue().await.expect("queue");
     let job = fleet
@@ -213,18 +200,18 @@ async fn a_four_turn_chain_ends_near_the_correct_frame() {
     let mut scene = parse_caption(CHAIN_CAPTION).expect("a caption of the world");
     let input = render(&scene, SIZE, SIZE);
     let id = upload(&fleet, &input).await;
-    let v = post(
-        &fleet,
-        "/v1/chains",
-        json!({
-            "input_image": id,
-            "turns": CHAIN_TURNS.map(|p| json!({"prompt": p})),
-            "carry": "latent",
-            "seed": 1,
-            "steps": 28,
-        }),
-    )
-    .await;
+    let v = fleet
+        .post_accepted(
+            "/v1/chains",
+            json!({
+                "input_image": id,
+                "turns": CHAIN_TURNS.map(|p| json!({"prompt": p})),
+                "carry": "latent",
+                "seed": 1,
+                "steps": 28,
+            }),
+        )
+        .await;
     let chain_id = v["id"].as_str().expect("id").parse().expect("chain id");
     let queue = fleet.queue().await.expect("queue");
     let chain = loop {

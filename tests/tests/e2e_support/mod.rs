@@ -346,6 +346,20 @@ impl Fleet {
         keys
     }
 
+    /// POSTs `body` to `path` as tenant alpha and expects 202; the JSON answer.
+    pub async fn post_accepted(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let resp = http(KEY_ALPHA)
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status();
+        let v: serde_json::Value = resp.json().await.expect("JSON");
+        assert_eq!(status, 202, "POST {path}: {v}");
+        v
+    }
+
     /// Polls the job record until `want` holds (deadline: `DEADLINE`).
     pub async fn wait_record(
         &self,

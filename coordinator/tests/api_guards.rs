@@ -1,0 +1,100 @@
+//! Requests refused before they reach a handler's logic: priority classes a key may not use,
+//! browser-shaped requests in open (keyless) mode, and metrics labels no request can multiply.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+/// A key limited to `standard+bulk` is refused `high` (422 naming the classes it may use), for
+/// jobs and chains, before anything is stored; other keys keep all three.
+#[tokio::test]
+async fn keys_limited_to_priority_classes() {
+    let s = start(|c| {
+        c.auth = kontext_coordinator::auth::Auth::from_arg(
+            &format!("{KEY_A}:acme:0:standard+bulk,{KEY_B}:globex"),
+            0,
+        )
+        .expect("keys");
+    })
+    .await;
+    let r = s
+        .post_json(
+            "/v1/jobs",
+            KEY_A,
+            &json!({"prompt": "x", "priority": "high"}),
+        )
+        .await;
+    r.assert_error(422, "priority");
+    let r = s
+        .post_json(
+            "/v1/chains",
+            KEY_A,
+            &json!({"prompt": "x", "turns": [{"prompt": "y"}], "priority": "high"}),
+        )
+        .await;
+    r.assert_error(422, "priority");
+    s.submit(KEY_A, json!({"prompt": "x", "priority": "bulk"}))
+        .await;
+    s.submit(KEY_B, json!({"prompt": "x", "priority": "high"}))
+        .await;
+}
+
+/// Open (keyless) mode: a web page's simple cross-origin POST (text/plain JSON) gets 415, and a
+/// DNS-rebound Host gets 421; the same request as application/json to 127.0.0.1 is accepted.
+#[tokio::test]
+async fn open_mode_refuses_browser_requests() {
+    let s = start(|c| {
+        c.auth = kontext_coordinator::auth::Auth::Open { max_in_flight: 0 };
+    })
+    .await;
+    let body = json!({"prompt": "a red circle"}).to_string();
+    let plain = s
+        .send(
+            s.http
+                .post(s.at("/v1/jobs"))
+                .header("content-type", "text/plain")
+                .body(body.clone()),
+        )
+        .await;
+    plain.assert_error(415, "Content-Type");
+    let rebound = s
+        .send(
+            s.http
+                .get(s.at("/v1/jobs"))
+                .header("host", "attacker.example"),
+        )
+        .await;
+    rebound.assert_error(421, "Host");
+    let json_ok = s
+        .send(
+            s.http
+                .post(s.at("/v1/jobs"))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
+    assert_eq!(json_ok.status, 202);
+}
+
+/// Any token is a valid HTTP method, and /healthz needs no key: the request counter must not
+/// create a label value per method (a loop of invented methods would grow /metrics without end).
+#[tokio::test]
+async fn invented_methods_share_one_metrics_label() {
+    let s = start(|_| {}).await;
+    for i in 0..40 {
+        let method = reqwest::Method::from_bytes(format!("INVENTED{i}XYZ").as_bytes())
+            .expect("a token is a method");
+        let r = s.send(s.http.request(method, s.at("/healthz"))).await;
+        assert_eq!(r.status, 405);
+    }
+    let m = s.send(s.http.get(s.at("/metrics"))).await;
+    let text = String::from_utf8_lossy(&m.bytes).into_owned();
+    assert!(!text.contains("INVENTED"), "{text}");
+    let other: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("kontext_http_requests_total{method=\"other\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(other, 40.0, "{text}");
+}
