@@ -17,6 +17,7 @@ use kontext_proto::validate::Limits;
 use kontext_storage::{StorageArgs, StorageConfig, StorageError};
 
 use crate::auth::{Auth, AuthConfigError};
+use crate::auth_failures::AuthFailureLimits;
 use crate::http_server::ServerLimits;
 use crate::signing::Secret;
 
@@ -115,6 +116,15 @@ pub struct ServeArgs {
     /// process's file-descriptor limit).
     #[arg(long, env = "KONTEXT_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
+
+    /// Failed authentications a client (IPv4 address or IPv6 /64) may have back to back; past
+    /// them it gets 429 on every keyed request until its budget refills.
+    #[arg(long, env = "KONTEXT_AUTH_FAILURE_BURST", default_value_t = AuthFailureLimits::default().burst)]
+    pub auth_failure_burst: u32,
+
+    /// Failed authentications per minute a client's budget refills by.
+    #[arg(long, env = "KONTEXT_AUTH_FAILURES_PER_MINUTE", default_value_t = AuthFailureLimits::default().per_minute)]
+    pub auth_failures_per_minute: u32,
 
     /// Longest time a client may take to send a request's headers.
     #[arg(long, env = "KONTEXT_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -254,6 +264,7 @@ pub struct Config {
     pub reap_interval: Duration,
     /// Connection cap and header-read timeout of the HTTP server.
     pub server: ServerLimits,
+    pub auth_failures: AuthFailureLimits,
 }
 
 /// A flag value that cannot work; names the flag.
@@ -299,6 +310,16 @@ impl Config {
         }
         if args.reap_interval.is_zero() {
             return Err(invalid("reap-interval", "must be above zero"));
+        }
+        if args.auth_failure_burst == 0 || args.auth_failures_per_minute == 0 {
+            return Err(invalid(
+                if args.auth_failure_burst == 0 {
+                    "auth-failure-burst"
+                } else {
+                    "auth-failures-per-minute"
+                },
+                "must be at least 1",
+            ));
         }
         if args.max_connections == 0 {
             return Err(invalid("max-connections", "must be at least 1"));
@@ -383,6 +404,10 @@ impl Config {
                 max_connections: args.max_connections,
                 header_read_timeout: args.header_read_timeout,
             },
+            auth_failures: AuthFailureLimits {
+                burst: args.auth_failure_burst,
+                per_minute: args.auth_failures_per_minute,
+            },
         })
     }
 
@@ -411,6 +436,7 @@ impl Config {
             webhooks: WebhookConfig::default(),
             reap_interval: Duration::from_secs(1),
             server: ServerLimits::default(),
+            auth_failures: AuthFailureLimits::default(),
         }
     }
 }

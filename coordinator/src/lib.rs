@@ -12,6 +12,7 @@
 //! `serve` it on a bound listener; or call `run`, which opens queue and store from the config.
 
 pub mod auth;
+pub mod auth_failures;
 pub mod config;
 pub mod fetch;
 pub mod http;

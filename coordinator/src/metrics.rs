@@ -58,6 +58,10 @@ pub struct Metrics {
     pub webhooks_delivered: IntCounter,
     pub webhook_attempts_failed: IntCounter,
     pub webhooks_abandoned: IntCounter,
+    /// Requests with a missing or unknown API key.
+    pub auth_failed: IntCounter,
+    /// Requests refused because their client failed to authenticate too often.
+    pub auth_throttled: IntCounter,
     /// By method, route and status.
     http: IntCounterVec,
 }
@@ -105,6 +109,16 @@ impl Default for Metrics {
                 &["outcome"],
             ),
         );
+        let auth = registered(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "kontext_auth_rejected_total",
+                    "Keyed requests refused: unknown or missing key, or the client failed too often",
+                ),
+                &["reason"],
+            ),
+        );
         let http = registered(
             &r,
             IntCounterVec::new(
@@ -137,6 +151,8 @@ impl Default for Metrics {
             webhooks_delivered: webhooks.with_label_values(&["delivered"]),
             webhook_attempts_failed: webhooks.with_label_values(&["failed_attempt"]),
             webhooks_abandoned: webhooks.with_label_values(&["abandoned"]),
+            auth_failed: auth.with_label_values(&["unknown_key"]),
+            auth_throttled: auth.with_label_values(&["throttled"]),
             http,
             registry: r,
         }

@@ -25,6 +25,7 @@ pub async fn run(state: AppState) {
 
 /// One pass; failures are logged and the next tick tries again.
 pub async fn reap_once(state: &AppState) {
+    state.auth_failures.prune();
     match state.queue.reap(now_ms()).await {
         Ok(report) => {
             let m = &state.metrics;

@@ -11,6 +11,7 @@ use kontext_storage::{AnyBlobStore, BlobStore, ObjectKey};
 use tokio::sync::watch;
 
 use crate::auth::Tenant;
+use crate::auth_failures::AuthFailures;
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::http::views::{JobView, job_view};
@@ -32,6 +33,8 @@ pub struct Inner {
     /// Bounds concurrent image decodes (each may hold up to `max_input_pixels` × 16 bytes), so a
     /// burst of uploads cannot exhaust memory; one permit per CPU.
     pub decode_permits: tokio::sync::Semaphore,
+    /// Failed authentications per client.
+    pub auth_failures: AuthFailures,
     /// Base of every URL we hand out, without a trailing slash.
     pub public_url: String,
     /// Flips to `true` when the server starts shutting down: long-lived responses (SSE,
@@ -65,7 +68,9 @@ impl AppState {
             .clone()
             .unwrap_or_else(|| format!("http://{local_addr}"));
         let (shutdown_tx, _) = watch::channel(false);
+        let auth_failures = AuthFailures::new(config.auth_failures);
         Self(Arc::new(Inner {
+            auth_failures,
             config,
             queue,
             store,

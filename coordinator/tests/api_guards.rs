@@ -1,5 +1,6 @@
 //! Requests refused before they reach a handler's logic: priority classes a key may not use,
-//! browser-shaped requests in open (keyless) mode, and metrics labels no request can multiply.
+//! browser-shaped requests in open (keyless) mode, metrics labels no request can multiply, and
+//! clients that fail to authenticate too often.
 
 mod common;
 
@@ -97,4 +98,42 @@ async fn invented_methods_share_one_metrics_label() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(other, 40.0, "{text}");
+}
+
+/// A client guessing keys gets 401 for its burst, then 429 with Retry-After on every keyed
+/// request — the right key included, so guessing on learns nothing.
+#[tokio::test]
+async fn failed_authentications_are_rate_limited_per_client() {
+    let s = start(|c| {
+        c.auth_failures = kontext_coordinator::auth_failures::AuthFailureLimits {
+            burst: 5,
+            per_minute: 1,
+        };
+    })
+    .await;
+    for i in 0..5 {
+        let r = s.get("/v1/jobs", &format!("guess-{i:016}")).await;
+        r.assert_error(401, "Authorization");
+    }
+    let r = s.get("/v1/jobs", "guess-0000000000000005").await;
+    r.assert_error(429, "Authorization");
+    let retry: u64 = r.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Now even the right key is not looked at.
+    let r = s.get("/v1/jobs", KEY_A).await;
+    r.assert_error(429, "Authorization");
+    let metrics = s.send(s.http.get(s.at("/metrics"))).await;
+    let text = String::from_utf8_lossy(&metrics.bytes);
+    assert!(
+        text.contains("kontext_auth_rejected_total{reason=\"unknown_key\"} 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kontext_auth_rejected_total{reason=\"throttled\"} 1"),
+        "{text}"
+    );
 }

@@ -231,6 +231,21 @@ impl ApiError {
         e
     }
 
+    /// 429: this client failed to authenticate too often; no key is looked at until `wait` ends.
+    pub fn auth_throttled(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut e = Self::new(
+            ErrorType::TooManyRequests,
+            Some("Authorization"),
+            format!(
+                "too many failed authentications from this address; retry in {secs} s with a \
+                 valid key"
+            ),
+        );
+        e.retry_after_s = Some(secs);
+        e
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = Self::new(ErrorType::Unavailable, None, message);
         e.retry_after_s = Some(1);

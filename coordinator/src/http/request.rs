@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use crate::auth::Tenant;
+use crate::auth_failures::ClientKey;
+use crate::http_server::PeerAddr;
 use crate::state::AppState;
 
 /// The authenticated tenant of a request: `Authorization: Bearer <key>` or BFL's `x-key: <key>`.
@@ -24,12 +26,36 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let key = api_key(&parts.headers);
-        state
-            .config
-            .auth
-            .tenant(key)
-            .map(Caller)
-            .ok_or_else(ApiError::unauthorized)
+        if state.config.auth.is_open() {
+            return state
+                .config
+                .auth
+                .tenant(key)
+                .map(Caller)
+                .ok_or_else(ApiError::unauthorized);
+        }
+        // Requests that did not come through `http_server::serve` (in-process tests) carry no
+        // peer address and are not limited.
+        let client = parts
+            .extensions
+            .get::<PeerAddr>()
+            .map(|p| ClientKey::of(p.0.ip()));
+        if let Some(c) = client
+            && let Some(wait) = state.auth_failures.blocked_for(c)
+        {
+            state.metrics.auth_throttled.inc();
+            return Err(ApiError::auth_throttled(wait));
+        }
+        match state.config.auth.tenant(key) {
+            Some(tenant) => Ok(Caller(tenant)),
+            None => {
+                state.metrics.auth_failed.inc();
+                match client.and_then(|c| state.auth_failures.failed(c)) {
+                    Some(wait) => Err(ApiError::auth_throttled(wait)),
+                    None => Err(ApiError::unauthorized()),
+                }
+            }
+        }
     }
 }
 
