@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             url: url.clone(),
             namespace: format!("bench-{}", uuid::Uuid::new_v4()),
             wait_replicas: 0,
+            max_blocking: 256,
         };
     }
     let queue = open_queue(&config).await.context("opening the queue")?;

@@ -65,6 +65,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_REDIS_WAIT_REPLICAS", default_value_t = 0)]
     pub redis_wait_replicas: u32,
 
+    /// Redis connections held at once by blocking reads (SSE followers, `Prefer: wait`, submits
+    /// that WAIT for replicas); past it those requests get 503 at once, so followers cannot
+    /// exhaust Redis' maxclients and lock out the workers.
+    #[arg(long, env = "KONTEXT_REDIS_MAX_BLOCKING", default_value_t = 256)]
+    pub redis_max_blocking: usize,
+
     #[command(flatten)]
     pub storage: StorageArgs,
 
@@ -195,6 +201,7 @@ pub enum QueueSource {
         url: String,
         namespace: String,
         wait_replicas: u32,
+        max_blocking: usize,
     },
 }
 
@@ -206,12 +213,14 @@ impl fmt::Debug for QueueSource {
             Self::Redis {
                 namespace,
                 wait_replicas,
+                max_blocking,
                 ..
             } => f
                 .debug_struct("Redis")
                 .field("url", &"<redacted>")
                 .field("namespace", namespace)
                 .field("wait_replicas", wait_replicas)
+                .field("max_blocking", max_blocking)
                 .finish(),
         }
     }
@@ -337,6 +346,7 @@ impl Config {
                 url,
                 namespace: args.redis_namespace,
                 wait_replicas: args.redis_wait_replicas,
+                max_blocking: args.redis_max_blocking,
             },
             None => QueueSource::Memory,
         };

@@ -67,10 +67,12 @@ pub async fn open_queue(config: &Config) -> Result<AnyQueue, RunError> {
             url,
             namespace,
             wait_replicas,
+            max_blocking,
         } => {
             let cfg = RedisConfig {
                 queue: config.queue_config.clone(),
                 wait_replicas: *wait_replicas,
+                max_blocking: *max_blocking,
                 ..RedisConfig::default()
             };
             AnyQueue::Redis(Arc::new(RedisQueue::connect(url, namespace, cfg).await?))

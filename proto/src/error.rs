@@ -78,6 +78,10 @@ pub enum QueueError {
     Backend(#[source] BoxError),
     #[error("queue configuration: {0}")]
     Config(String),
+    /// A bounded resource of this process is in use to its limit (blocking Redis connections
+    /// held by event followers and `Prefer: wait` requests); retry shortly.
+    #[error("all {limit} {what} are in use; retry shortly")]
+    Saturated { what: &'static str, limit: usize },
     #[error("corrupt record: {0}")]
     Corrupt(String),
 }

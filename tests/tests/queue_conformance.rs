@@ -4,6 +4,7 @@
 //! stream trimming, script reloading, WAIT, and races between separate connections.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kontext_e2e::redis_server::{RedisServer, fresh_namespace, redis_url};
@@ -306,4 +307,74 @@ async fn separate_connections_race_and_wake_each_other() {
         .expect("task")
         .expect("claim");
     assert_eq!(got.map(|c| c.job.id), Some(id));
+}
+
+/// Blocking reads hold a connection each: past `max_blocking` they fail at once with
+/// `Saturated` (the coordinator's 503) instead of opening more connections to Redis; a slot is
+/// free again as soon as a read ends.
+#[tokio::test]
+async fn blocking_reads_are_capped() {
+    let ns = fresh_namespace();
+    let q = Arc::new(
+        RedisQueue::connect(
+            &redis_url(),
+            &ns,
+            RedisConfig {
+                queue: conformance::config(),
+                max_blocking: 2,
+                ..RedisConfig::default()
+            },
+        )
+        .await
+        .expect("connect"),
+    );
+    let id = conformance::submit(
+        &*q,
+        conformance::submission("t", Priority::Standard, "x"),
+        NOW,
+    )
+    .await;
+    let cursor = within("events", q.events(id, None, Duration::ZERO))
+        .await
+        .expect("events")
+        .last()
+        .map(|(c, _)| c.clone())
+        .expect("the queued event");
+    // Two followers wait for events that do not come (bounded by a long wait, ended below).
+    let followers: Vec<_> = (0..2)
+        .map(|_| {
+            let q = Arc::clone(&q);
+            let cursor = cursor.clone();
+            tokio::spawn(async move { q.events(id, Some(&cursor), Duration::from_secs(30)).await })
+        })
+        .collect();
+    within("both followers hold a connection", async {
+        while q.blocking_in_use() < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    match q.events(id, Some(&cursor), Duration::from_secs(30)).await {
+        Err(QueueError::Saturated { limit, .. }) => assert_eq!(limit, 2),
+        other => panic!("expected Saturated, got {other:?}"),
+    }
+    // An event ends both waits; their slots come back.
+    let (lease, _) = conformance::claim(&*q, "w", NOW).await;
+    for f in followers {
+        let got = within("a follower ends", f)
+            .await
+            .expect("task")
+            .expect("events");
+        assert!(!got.is_empty());
+    }
+    within("progress", q.progress(&lease, 1, 2, TTL, NOW))
+        .await
+        .expect("progress");
+    let after = within(
+        "events",
+        q.events(id, Some(&cursor), Duration::from_secs(5)),
+    )
+    .await
+    .expect("a slot is free again");
+    assert!(!after.is_empty());
 }

@@ -301,6 +301,10 @@ impl From<QueueError> for ApiError {
             QueueError::NotFound(_) => Self::not_found("id", "job"),
             QueueError::ChainNotFound(_) => Self::not_found("id", "chain"),
             QueueError::ChainConflict(msg) => Self::conflict("id", msg),
+            QueueError::Saturated { what, limit } => Self::unavailable(format!(
+                "all {limit} {what} of this coordinator are in use by event followers and \
+                 waiting requests; retry shortly, or poll without waiting"
+            )),
             QueueError::Backend(_) => {
                 tracing::error!(error = %e, "queue unavailable");
                 Self::unavailable("the job queue is unavailable; retry shortly")

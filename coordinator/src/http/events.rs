@@ -159,6 +159,18 @@ impl Follower {
                 Ok(Some(_)) => {}
                 _ => self.done = true,
             },
+            Err(e @ QueueError::Saturated { .. }) => {
+                // Every blocking connection is taken: end this stream; EventSource clients
+                // reconnect after `retry` with Last-Event-ID and lose nothing.
+                tracing::warn!(job_id = %self.id, error = %e, "event stream ended: followers at their limit");
+                self.pending.push_back(
+                    Event::default()
+                        .event("error")
+                        .retry(Duration::from_secs(2))
+                        .data("too many event followers on this coordinator; reconnect with Last-Event-ID"),
+                );
+                self.done = true;
+            }
             Err(e) => {
                 tracing::warn!(job_id = %self.id, error = %e, "event stream ended by a queue error");
                 self.pending

@@ -8,11 +8,12 @@
 //! other policy may evict job hashes, leases or streams — jobs would silently vanish). AOF off is
 //! logged as a warning: without `appendonly yes` a Redis restart loses accepted jobs.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::reply::backend;
 use crate::error::QueueError;
@@ -29,6 +30,10 @@ pub struct RedisConfig {
     /// Response timeout of ordinary (non-blocking) commands.
     pub command_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Blocking commands (event follows, `Prefer: wait`, dispatch waits, submit + `WAIT`) in
+    /// flight at once, each on a connection of its own; past it they fail with
+    /// `QueueError::Saturated` at once, so followers cannot exhaust the server's `maxclients`.
+    pub max_blocking: usize,
 }
 
 impl Default for RedisConfig {
@@ -39,6 +44,7 @@ impl Default for RedisConfig {
             wait_timeout: Duration::from_millis(100),
             command_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            max_blocking: 256,
         }
     }
 }
@@ -57,49 +63,75 @@ pub(crate) async fn shared(
         .map_err(backend)
 }
 
-/// Idle dedicated connections for blocking commands.
+/// Dedicated connections for blocking commands: at most `max` in use, `MAX_IDLE` kept idle.
 pub(crate) struct BlockingPool {
     client: Client,
     connect_timeout: Duration,
     idle: Mutex<Vec<MultiplexedConnection>>,
+    in_use: Arc<Semaphore>,
+    max: usize,
+}
+
+/// A connection taken from `BlockingPool`; its slot is free again when it is dropped.
+pub(crate) struct BlockingConnection {
+    pub(crate) con: MultiplexedConnection,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Idle blocking connections kept for reuse; more are opened on demand and closed after use.
 const MAX_IDLE: usize = 16;
 
 impl BlockingPool {
-    pub(crate) fn new(client: Client, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(client: Client, connect_timeout: Duration, max: usize) -> Self {
+        let max = max.max(1);
         Self {
             client,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
+            in_use: Arc::new(Semaphore::new(max)),
+            max,
         }
     }
 
     /// A connection without a client-side response timeout: callers bound the wait themselves
-    /// and drop the connection (never `put` it back) when that bound fires.
-    pub(crate) async fn take(&self) -> Result<MultiplexedConnection, QueueError> {
+    /// and drop the connection (never `put` it back) when that bound fires. Fails at once with
+    /// `Saturated` when `max` are in use.
+    pub(crate) async fn take(&self) -> Result<BlockingConnection, QueueError> {
+        let slot =
+            Arc::clone(&self.in_use)
+                .try_acquire_owned()
+                .map_err(|_| QueueError::Saturated {
+                    what: "blocking Redis connections",
+                    limit: self.max,
+                })?;
         let reused = self
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
         if let Some(con) = reused {
-            return Ok(con);
+            return Ok(BlockingConnection { con, _slot: slot });
         }
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(None)
             .set_connection_timeout(Some(self.connect_timeout));
-        self.client
+        let con = self
+            .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        Ok(BlockingConnection { con, _slot: slot })
     }
 
-    pub(crate) fn put(&self, con: MultiplexedConnection) {
+    /// Connections in use now.
+    pub(crate) fn in_use(&self) -> usize {
+        self.max - self.in_use.available_permits()
+    }
+
+    pub(crate) fn put(&self, taken: BlockingConnection) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
-            idle.push(con);
+            idle.push(taken.con);
         }
     }
 }

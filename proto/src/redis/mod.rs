@@ -21,7 +21,7 @@ mod scripts;
 use std::time::{Duration, Instant};
 
 use redis::Value;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::ConnectionManager;
 use redis::{Client, ScriptInvocation};
 
 pub use connection::RedisConfig;
@@ -100,7 +100,7 @@ impl RedisQueue {
             }
         }
         SCRIPTS.load(&mut conn).await.map_err(backend)?;
-        let blocking = BlockingPool::new(client, cfg.connect_timeout);
+        let blocking = BlockingPool::new(client, cfg.connect_timeout, cfg.max_blocking);
         let jitter = Jitter::new(cfg.queue.jitter_seed);
         Ok(Self {
             conn,
@@ -122,6 +122,12 @@ impl RedisQueue {
             .map_err(backend)
     }
 
+    /// Blocking commands in flight now, each on its own connection (at most
+    /// `RedisConfig::max_blocking`).
+    pub fn blocking_in_use(&self) -> usize {
+        self.blocking.in_use()
+    }
+
     fn retention_s(&self) -> u64 {
         self.cfg.queue.retention.as_secs().max(1)
     }
@@ -133,9 +139,9 @@ impl RedisQueue {
     /// Run a blocking command on a dedicated connection, bounded by `wait` plus the command
     /// timeout; the connection is reused only when the command finished in time.
     async fn blocking_query(&self, cmd: &redis::Cmd, wait: Duration) -> Result<Value, QueueError> {
-        let mut con: MultiplexedConnection = self.blocking.take().await?;
+        let mut con = self.blocking.take().await?;
         let bound = wait + self.cfg.command_timeout;
-        match tokio::time::timeout(bound, cmd.query_async::<Value>(&mut con)).await {
+        match tokio::time::timeout(bound, cmd.query_async::<Value>(&mut con.con)).await {
             Ok(Ok(v)) => {
                 self.blocking.put(con);
                 Ok(v)
@@ -160,11 +166,11 @@ impl RedisQueue {
         let mut con = self.blocking.take().await?;
         let bound = 2 * self.cfg.command_timeout + self.cfg.wait_timeout;
         let both = async {
-            let reply: Value = inv.invoke_async(&mut con).await?;
+            let reply: Value = inv.invoke_async(&mut con.con).await?;
             let acked: i64 = redis::cmd("WAIT")
                 .arg(wanted)
                 .arg(policy::millis(self.cfg.wait_timeout).max(1))
-                .query_async(&mut con)
+                .query_async(&mut con.con)
                 .await?;
             Ok::<_, redis::RedisError>((reply, acked))
         };

@@ -104,6 +104,7 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
         url: redis_url.clone(),
         namespace: namespace.clone(),
         wait_replicas: 0,
+        max_blocking: 256,
     };
     config.storage = StorageConfig::S3(s3_config.clone());
     config.auth = Auth::Open { max_in_flight: 0 };

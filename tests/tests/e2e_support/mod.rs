@@ -156,6 +156,7 @@ fn coordinator_config(
         url: redis_url.to_owned(),
         namespace: namespace.to_owned(),
         wait_replicas: 0,
+        max_blocking: 256,
     };
     config.storage = StorageConfig::S3(s3.config(bucket));
     config.auth = Auth::from_arg(
