@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
+use kontext_proto::RetainedLimits;
 use kontext_proto::clock::parse_duration;
 use kontext_proto::model_profile::ModelProfile;
 use kontext_proto::policy::QueueConfig;
@@ -105,6 +106,19 @@ pub struct ServeArgs {
     /// Longest prompt, in characters.
     #[arg(long, env = "KONTEXT_MAX_PROMPT_CHARS", default_value_t = 2000)]
     pub max_prompt_chars: usize,
+
+    /// Jobs a tenant may hold, counted from creation over the retention period (finished ones
+    /// too: a submit-then-cancel loop cannot fill Redis). 0 = no limit.
+    #[arg(long, env = "KONTEXT_MAX_RETAINED_JOBS", default_value_t = 100_000)]
+    pub max_retained_jobs: u32,
+
+    /// Chains a tenant may hold, created or forked over the retention period. 0 = no limit.
+    #[arg(long, env = "KONTEXT_MAX_RETAINED_CHAINS", default_value_t = 10_000)]
+    pub max_retained_chains: u32,
+
+    /// Turns of those chains (planned, appended, and shared by forks). 0 = no limit.
+    #[arg(long, env = "KONTEXT_MAX_RETAINED_TURNS", default_value_t = 100_000)]
+    pub max_retained_turns: u32,
 
     /// Longest side of an output image, in pixels (a multiple of 16).
     #[arg(long, env = "KONTEXT_MAX_SIDE", default_value_t = 2048)]
@@ -235,6 +249,8 @@ pub struct RequestLimits {
     pub max_image_bytes: u64,
     /// Job fields: prompt, sizes, steps, input pixels...
     pub job: Limits,
+    /// What each tenant may hold in the queue over the retention period.
+    pub retained: RetainedLimits,
 }
 
 /// Webhook delivery settings.
@@ -398,6 +414,11 @@ impl Config {
                 body_read_timeout: args.body_read_timeout,
                 max_image_bytes: args.max_image_bytes,
                 job,
+                retained: RetainedLimits {
+                    jobs: args.max_retained_jobs,
+                    chains: args.max_retained_chains,
+                    turns: args.max_retained_turns,
+                },
             },
             allow_private_urls: args.allow_private_urls,
             url_fetch_timeout: args.url_fetch_timeout,
@@ -438,6 +459,11 @@ impl Config {
                 body_read_timeout: Duration::from_secs(60),
                 max_image_bytes: 20 << 20,
                 job: Limits::default(),
+                retained: RetainedLimits {
+                    jobs: 100_000,
+                    chains: 10_000,
+                    turns: 100_000,
+                },
             },
             allow_private_urls: false,
             url_fetch_timeout: Duration::from_secs(10),

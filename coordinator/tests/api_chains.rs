@@ -245,3 +245,79 @@ async fn bad_chains_name_the_field_and_tenants_are_apart() {
         (Some("running"), Some(1))
     );
 }
+
+/// A fork is checked whole before anything is stored: a bad second turn gives 422 naming it, and
+/// no chain or job is left behind; a fork past 1,000 turns is refused before it reaches the queue.
+#[tokio::test]
+async fn a_refused_fork_leaves_nothing_behind() {
+    let s = start(|_| {}).await;
+    let body = json!({"prompt": "a fox", "turns": [{"prompt": "red"}],
+        "width": 64, "height": 64, "steps": 1});
+    let r = s.post_json("/v1/chains", KEY_A, &body).await;
+    assert_eq!(r.status, 202, "{}", r.json);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    for _ in 0..2 {
+        s.work_one().await;
+    }
+    let jobs_before = s.get("/v1/jobs?limit=100", KEY_A).await.json["jobs"]
+        .as_array()
+        .expect("jobs")
+        .len();
+    let bad = s
+        .post_json(
+            &format!("/v1/chains/{id}/fork"),
+            KEY_A,
+            &json!({"from_turn": 1, "turns": [{"prompt": "ok"}, {"prompt": "bad", "steps": 500}]}),
+        )
+        .await;
+    bad.assert_error(422, "turns[1].steps");
+    let long = vec![json!({"prompt": "again"}); 1_000];
+    let too_long = s
+        .post_json(
+            &format!("/v1/chains/{id}/fork"),
+            KEY_A,
+            &json!({"from_turn": 1, "turns": long}),
+        )
+        .await;
+    too_long.assert_error(422, "turns");
+    assert_eq!(too_long.json["error"]["limit"], "..=999");
+    let jobs_after = s.get("/v1/jobs?limit=100", KEY_A).await.json["jobs"]
+        .as_array()
+        .expect("jobs")
+        .len();
+    assert_eq!(
+        jobs_after, jobs_before,
+        "no turn of a refused fork was queued"
+    );
+}
+
+/// Retained chains and turns are limited per tenant (429 naming the limit); other tenants are
+/// not affected.
+#[tokio::test]
+async fn retained_chains_are_limited_per_tenant() {
+    let s = start(|c| {
+        c.limits.retained.chains = 1;
+        c.limits.retained.turns = 3;
+    })
+    .await;
+    let body = json!({"prompt": "a fox", "turns": [{"prompt": "red"}],
+        "width": 64, "height": 64, "steps": 1});
+    let r = s.post_json("/v1/chains", KEY_A, &body).await;
+    assert_eq!(r.status, 202, "{}", r.json);
+    let id = r.json["id"].as_str().expect("id").to_owned();
+    let again = s.post_json("/v1/chains", KEY_A, &body).await;
+    again.assert_error(429, "max_retained_chains");
+    assert_eq!(again.json["error"]["limit"], "..=1 chains");
+    assert!(again.headers.contains_key("retry-after"));
+    let other = s.post_json("/v1/chains", KEY_B, &body).await;
+    assert_eq!(other.status, 202, "{}", other.json);
+    let add = |prompt: &str| json!({ "prompt": prompt });
+    let one = s
+        .post_json(&format!("/v1/chains/{id}/turns"), KEY_A, &add("blue"))
+        .await;
+    assert_eq!(one.status, 202, "{}", one.json);
+    let over = s
+        .post_json(&format!("/v1/chains/{id}/turns"), KEY_A, &add("green"))
+        .await;
+    over.assert_error(429, "max_retained_turns");
+}

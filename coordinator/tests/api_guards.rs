@@ -137,3 +137,27 @@ async fn failed_authentications_are_rate_limited_per_client() {
         "{text}"
     );
 }
+
+/// Finished jobs count against the retained-jobs limit until retention passes them, so a
+/// submit-then-cancel loop is refused with 429 naming the limit.
+#[tokio::test]
+async fn submit_then_cancel_loops_hit_the_retained_jobs_limit() {
+    let s = start(|c| c.limits.retained.jobs = 3).await;
+    for i in 0..3 {
+        let id = s
+            .submit(
+                KEY_A,
+                json!({"prompt": format!("job {i}"), "width": 64, "height": 64}),
+            )
+            .await;
+        let c = s
+            .post_json(&format!("/v1/jobs/{id}/cancel"), KEY_A, &json!({}))
+            .await;
+        assert_eq!(c.status, 200, "{}", c.json);
+    }
+    let r = s
+        .post_json("/v1/jobs", KEY_A, &json!({"prompt": "one more"}))
+        .await;
+    r.assert_error(429, "max_retained_jobs");
+    assert_eq!(r.json["error"]["limit"], "..=3 jobs");
+}

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
+use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::{JobError, QueueError};
 use crate::job::{JobId, JobRecord, JobResult, Millis};
 use crate::memory::MemoryQueue;
@@ -185,11 +185,10 @@ impl JobQueue for AnyQueue {
     async fn fork_chain(
         &self,
         id: ChainId,
-        from_turn: u32,
-        new_id: ChainId,
+        fork: ChainFork,
         now: Millis,
     ) -> Result<(), QueueError> {
-        dispatch!(self, q => q.fork_chain(id, from_turn, new_id, now).await)
+        dispatch!(self, q => q.fork_chain(id, fork, now).await)
     }
 
     async fn cancel_chain(&self, id: ChainId, now: Millis) -> Result<CancelOutcome, QueueError> {

@@ -24,6 +24,7 @@ use crate::job::{
     Carry, ChainRef, InputImage, JobId, JobRecord, JobStatus, Millis, TenantId, UnknownVariant,
     ValidJobSpec,
 };
+use crate::queue::RetainedLimits;
 
 /// `running` until its last turn ends (or it is canceled); appending a turn to a `succeeded` or
 /// `failed` chain makes it `running` again.
@@ -166,7 +167,13 @@ pub struct ChainSubmission {
     /// non-terminal jobs (0 = no limit). Checked once, at creation; later turns replace the
     /// turn before them and are not checked.
     pub max_in_flight: u32,
+    #[serde(default)]
+    pub retained: RetainedLimits,
 }
+
+/// Most turns a chain may have, appended and forked ones included (a chain renders in one
+/// response). Creation plans at most `validate_chain::MAX_TURNS`.
+pub const MAX_CHAIN_TURNS: usize = 1_000;
 
 /// A turn to append to an existing chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +183,21 @@ pub struct TurnAppend {
     /// `seed`, or by `turn_seed(chain seed, new turn number)` when `seed` is `None`.
     pub spec: ValidJobSpec,
     pub seed: Option<u64>,
+    /// Checked against the tenant's retained turns.
+    #[serde(default)]
+    pub retained: RetainedLimits,
+}
+
+/// A fork (`JobQueue::fork_chain`): a new chain sharing turns `1..=from_turn` of another, then
+/// `turns` appended, all in one step — it exists whole or not at all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainFork {
+    pub new_id: ChainId,
+    pub from_turn: u32,
+    /// Appended after the shared turns; the first starts at once from `from_turn`'s frame. Their
+    /// `retained` fields are ignored (the fork's own count).
+    pub turns: Vec<TurnAppend>,
+    pub retained: RetainedLimits,
 }
 
 /// What `append_turn` did.
@@ -390,6 +412,15 @@ pub(crate) mod refusal {
     pub(crate) fn no_frame(id: ChainId) -> QueueError {
         QueueError::ChainConflict(format!(
             "chain {id} has no succeeded turn and no input image to continue from"
+        ))
+    }
+
+    pub(crate) fn too_long(from_turn: u32, appended: usize) -> QueueError {
+        QueueError::ChainConflict(format!(
+            "a chain has at most {} turns; forking at turn {from_turn} leaves room for {} more \
+             (got {appended})",
+            super::MAX_CHAIN_TURNS,
+            super::MAX_CHAIN_TURNS.saturating_sub(from_turn as usize)
         ))
     }
 

@@ -64,6 +64,15 @@ pub enum QueueError {
     IdempotencyConflict,
     #[error("tenant has {in_flight} jobs in flight; the limit is {limit}")]
     TooManyInFlight { in_flight: u64, limit: u32 },
+    /// Accepting would take the tenant past a `RetainedLimits` field: `retained` are held now,
+    /// `adding` more were asked for.
+    #[error("tenant holds {retained} {kind} and asked for {adding} more; the limit is {limit}")]
+    TooManyRetained {
+        kind: crate::queue::RetainedKind,
+        retained: u64,
+        adding: u64,
+        limit: u32,
+    },
     /// A list or event cursor that no earlier call returned.
     #[error("invalid cursor {0:?}")]
     InvalidCursor(String),

@@ -13,6 +13,8 @@
 //! kontext:{<ns>}:idem:<len>:<tenant>:<k>  STRING  "<jid>|<body hash>", EX 86400
 //! kontext:{<ns>}:tenant:<t>:jobs          ZSET    list index (lexical members, see `list_member`)
 //! kontext:{<ns>}:tenant:<t>:inflight      STRING  count of the tenant's non-terminal jobs
+//! kontext:{<ns>}:tenant:<t>:chains        ZSET    cid -> created (ms): chains counted for quotas
+//! kontext:{<ns>}:tenant:<t>:chains:turns  HASH    cid -> turns counted, `_` -> their sum
 //! kontext:{<ns>}:notify                   ZSET    finished jid -> due (ms): notifier work
 //! kontext:{<ns>}:notify:attempts          HASH    jid -> times taken
 //! kontext:{<ns>}:chain:<cid>              HASH    chain record: settings, `t:<i>` turn templates,
@@ -98,6 +100,16 @@ impl KeySpace {
         format!("{}tenant:{tenant}:inflight", self.prefix)
     }
 
+    /// The tenant's chains created in the retention period (cid -> created ms).
+    pub fn tenant_chains(&self, tenant: &str) -> String {
+        format!("{}tenant:{tenant}:chains", self.prefix)
+    }
+
+    /// Turns counted per chain of `tenant_chains` (cid -> turns, `_` -> their sum).
+    pub fn tenant_chain_turns(&self, tenant: &str) -> String {
+        format!("{}tenant:{tenant}:chains:turns", self.prefix)
+    }
+
     /// Finished jobs waiting for the notifier (webhooks, latency metrics), scored by due time.
     pub fn notify(&self) -> String {
         format!("{}notify", self.prefix)
@@ -125,6 +137,12 @@ impl KeySpace {
 /// cursor; both queue implementations use the same format.
 pub fn list_member(created_at: Millis, id: JobId) -> String {
     format!("{created_at:020}:{id}")
+}
+
+/// The smallest `list_member` of a job created at `at` or later: members below it were created
+/// before `at` (the retention cutoff of the list index).
+pub fn list_member_cutoff(at: Millis) -> String {
+    format!("{at:020}:")
 }
 
 /// The job id inside a `list_member` (which is also the list cursor clients pass back).

@@ -51,8 +51,8 @@ pub mod any;
 pub use any::AnyQueue;
 
 pub use chain::{
-    AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn, FailurePolicy,
-    PlannedTurn, TurnAppend, TurnState,
+    AppendOutcome, ChainFork, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn,
+    FailurePolicy, MAX_CHAIN_TURNS, PlannedTurn, TurnAppend, TurnState,
 };
 pub use error::{BoxError, JobError, JobErrorKind, QueueError};
 pub use job::*;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
+use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::{JobError, QueueError};
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
@@ -43,8 +43,73 @@ pub struct Submission {
     /// Refuse with `QueueError::TooManyInFlight` when the tenant already has this many
     /// non-terminal jobs (0 = no limit).
     pub max_in_flight: u32,
+    /// Refuse with `QueueError::TooManyRetained` past these (see `RetainedLimits`).
+    #[serde(default)]
+    pub retained: RetainedLimits,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<ChainRef>,
+}
+
+/// What a tenant may keep in the queue, counted over the last retention period (0 = no limit).
+/// Finished jobs and chains stay until their retention ends, so `max_in_flight` alone does not
+/// bound what a submit-then-cancel loop (or a fork loop) leaves in the queue's memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainedLimits {
+    /// Jobs created in the last retention period, chain turns included.
+    pub jobs: u32,
+    /// Chains created or forked in the last retention period.
+    pub chains: u32,
+    /// Turns of those chains: planned at creation, appended, and shared by forks.
+    pub turns: u32,
+}
+
+impl RetainedLimits {
+    pub fn get(&self, kind: RetainedKind) -> u32 {
+        match kind {
+            RetainedKind::Jobs => self.jobs,
+            RetainedKind::Chains => self.chains,
+            RetainedKind::Turns => self.turns,
+        }
+    }
+
+    /// Refuses `adding` more of `kind` when `held` are retained (mirrors prelude.lua
+    /// `over_limit`).
+    pub fn check(&self, kind: RetainedKind, held: u64, adding: u64) -> Result<(), QueueError> {
+        let limit = self.get(kind);
+        if limit > 0 && held.saturating_add(adding) > u64::from(limit) {
+            return Err(QueueError::TooManyRetained {
+                kind,
+                retained: held,
+                adding,
+                limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Which `RetainedLimits` field a refusal is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainedKind {
+    Jobs,
+    Chains,
+    Turns,
+}
+
+impl RetainedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jobs => "jobs",
+            Self::Chains => "chains",
+            Self::Turns => "turns",
+        }
+    }
+}
+
+impl std::fmt::Display for RetainedKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,14 +367,15 @@ pub trait JobQueue: Send + Sync + 'static {
         now: Millis,
     ) -> impl Future<Output = Result<AppendOutcome, QueueError>> + Send;
 
-    /// A new chain `new_id` sharing turns `1..=from_turn` of `id` (the same jobs, not re-run),
-    /// with `from_turn` as its last good frame; it starts `succeeded`, ready for `append_turn`.
-    /// `from_turn` must have succeeded.
+    /// A new chain `fork.new_id` sharing turns `1..=fork.from_turn` of `id` (the same jobs, not
+    /// re-run), with `from_turn` as its last good frame, and `fork.turns` appended — all or
+    /// nothing. Without appended turns it starts `succeeded`, ready for `append_turn`; with them
+    /// it runs the first at once from `from_turn`'s frame (offered first to the worker of that
+    /// frame). `from_turn` must have succeeded; the new chain may not pass `MAX_CHAIN_TURNS`.
     fn fork_chain(
         &self,
         id: ChainId,
-        from_turn: u32,
-        new_id: ChainId,
+        fork: ChainFork,
         now: Millis,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 

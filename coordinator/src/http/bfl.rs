@@ -105,7 +105,7 @@ pub struct BflSample {
             example = json!({"error": {"type": "invalid_request", "field": "aspect_ratio",
                 "message": "aspect_ratio must be between 9:21 and 21:9 (got 32:9)",
                 "limit": "9:21..=21:9"}})),
-        (status = 429, description = "Too many tasks in flight", body = ErrorBody),
+        (status = 429, description = "Too many tasks in flight or retained", body = ErrorBody),
     ),
     security(("x_key" = []), ("bearer" = []))
 )]

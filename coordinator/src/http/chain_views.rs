@@ -17,8 +17,11 @@ use super::views::{JobView, rfc3339};
 pub struct ForkChain {
     /// The new chain shares turns 1..=from_turn (the same jobs; nothing re-runs). It must have
     /// succeeded.
+    #[schema(minimum = 1)]
     pub from_turn: u32,
-    /// Turns to append to the fork at once (optional; append more later).
+    /// Turns to append to the fork at once (optional; append more later). The fork is created
+    /// with all of them or not at all; it may not pass 1,000 turns in all.
+    #[schema(max_items = 999)]
     pub turns: Vec<TurnRequest>,
 }
 

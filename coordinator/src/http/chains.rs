@@ -12,8 +12,8 @@ use kontext_proto::validate_chain::{
     ChainRequest, TurnRequest, TurnSettings, check_chain, check_turn,
 };
 use kontext_proto::{
-    CancelOutcome, ChainId, ChainRecord, ChainSubmission, JobId, JobQueue, PlannedTurn, QueueError,
-    TurnAppend,
+    CancelOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, JobId, JobQueue, PlannedTurn,
+    QueueError, TurnAppend,
 };
 
 use super::chain_views::{
@@ -27,8 +27,7 @@ use crate::auth::Tenant;
 use crate::input::resolve_input;
 use crate::state::{AppState, now_ms};
 
-/// Longest chain `append` grows (a chain renders in one response).
-pub const MAX_CHAIN_TURNS: usize = 1_000;
+pub use kontext_proto::MAX_CHAIN_TURNS;
 
 /// The chain `raw_id` if it exists and belongs to `tenant`; 404 otherwise.
 async fn chain_for(
@@ -99,7 +98,8 @@ async fn render(state: &AppState, chain: &ChainRecord) -> Result<ChainView, ApiE
         (status = 422, description = "A field's value is not acceptable", body = ErrorBody,
             example = json!({"error": {"type": "invalid_request", "field": "turns[2].steps",
                 "message": "turns[2].steps must be between 1 and 100 (got 500)", "limit": "1..=100"}})),
-        (status = 429, description = "The tenant's in-flight limit is reached", body = ErrorBody),
+        (status = 429, description = "The tenant's in-flight limit, or its retained chains or \
+            turns limit, is reached", body = ErrorBody),
         (status = 503, description = "Queue or storage unavailable", body = ErrorBody),
     ),
     security(("bearer" = []), ("x_key" = []))
@@ -141,6 +141,7 @@ pub async fn create_chain(
             })
             .collect(),
         max_in_flight: tenant.max_in_flight,
+        retained: state.config.limits.retained,
     };
     let priority = sub.turns[0].spec.priority;
     state
@@ -211,6 +212,7 @@ async fn append(
                 job_id,
                 spec,
                 seed: template.seed,
+                retained: state.config.limits.retained,
             },
             now_ms(),
         )
@@ -237,6 +239,8 @@ async fn append(
         (status = 409, description = "The chain was canceled, or has no frame to continue from",
             body = ErrorBody),
         (status = 422, description = "A field's value is not acceptable", body = ErrorBody),
+        (status = 429, description = "The tenant's retained turns limit is reached",
+            body = ErrorBody),
     ),
     security(("bearer" = []), ("x_key" = []))
 )]
@@ -267,6 +271,9 @@ pub async fn append_turn(
             example = json!({"error": {"type": "conflict", "field": "from_turn",
                 "message": "turn 3 is failed; fork from a succeeded turn"}})),
         (status = 422, description = "A field's value is not acceptable", body = ErrorBody),
+        (status = 429, description = "The tenant's retained chains or turns limit is reached",
+            body = ErrorBody),
+        (status = 503, description = "Queue unavailable", body = ErrorBody),
     ),
     security(("bearer" = []), ("x_key" = []))
 )]
@@ -279,18 +286,74 @@ pub async fn fork_chain(
 ) -> Result<Response, ApiError> {
     let source = chain_for(&state, &id, &tenant).await?;
     let (fork, _) = read_json::<ForkChain>(&state, &headers, body).await?;
+    let from = fork.from_turn as usize;
+    let Some(base) = from.checked_sub(1).and_then(|i| source.turns.get(i)) else {
+        return Err(ApiError::conflict(
+            "from_turn",
+            format!(
+                "from_turn must be between 1 and {} (got {from})",
+                source.turns.len()
+            ),
+        ));
+    };
+    if from + fork.turns.len() > MAX_CHAIN_TURNS {
+        return Err(ApiError::invalid(
+            "turns",
+            format!(
+                "a chain has at most {MAX_CHAIN_TURNS} turns; forking at turn {from} leaves room \
+                 for {} more (got {})",
+                MAX_CHAIN_TURNS - from,
+                fork.turns.len()
+            ),
+        )
+        .with_limit(format!("..={}", MAX_CHAIN_TURNS - from)));
+    }
+    // Every appended turn is checked before anything is stored; the queue then creates the
+    // fork and its turns in one step, so a refusal leaves nothing behind.
+    let first = &source.turns[0].spec;
+    let mut last = base.spec.clone();
+    let mut turns = Vec::with_capacity(fork.turns.len());
+    for (i, turn) in fork.turns.iter().enumerate() {
+        let template = check_turn(
+            turn,
+            &format!("turns[{i}]"),
+            (last.steps, last.guidance),
+            &state.config.limits.job,
+        )?;
+        let settings = TurnSettings {
+            frame: (first.width, first.height),
+            ..TurnSettings::of(&last, source.carry)
+        };
+        let spec = template.spec(&settings, template.seed.unwrap_or(0));
+        last = spec.clone();
+        turns.push(TurnAppend {
+            job_id: JobId::new(),
+            spec,
+            seed: template.seed,
+            retained: state.config.limits.retained,
+        });
+    }
     let new_id = ChainId::new();
+    let appended = turns.len();
     state
         .queue
-        .fork_chain(source.id, fork.from_turn, new_id, now_ms())
+        .fork_chain(
+            source.id,
+            ChainFork {
+                new_id,
+                from_turn: fork.from_turn,
+                turns,
+                retained: state.config.limits.retained,
+            },
+            now_ms(),
+        )
         .await
         .map_err(|e| refused(e, "from_turn"))?;
-    let mut chain = chain_for(&state, &new_id.to_string(), &tenant).await?;
-    for (i, turn) in fork.turns.into_iter().enumerate() {
-        append(&state, &chain, &turn, &format!("turns[{i}]")).await?;
-        chain = chain_for(&state, &new_id.to_string(), &tenant).await?;
+    if appended > 0 {
+        state.metrics.submitted(last.priority);
     }
-    tracing::info!(chain_id = %new_id, from = %source.id, turn = fork.from_turn, "chain forked");
+    let chain = chain_for(&state, &new_id.to_string(), &tenant).await?;
+    tracing::info!(chain_id = %new_id, from = %source.id, turn = fork.from_turn, appended, "chain forked");
     Ok(accepted(&state, new_id, &chain))
 }
 

@@ -231,6 +231,28 @@ impl ApiError {
         e
     }
 
+    /// 429: the tenant holds as many jobs, chains or turns as it may over the retention period.
+    pub fn too_many_retained(
+        kind: kontext_proto::RetainedKind,
+        retained: u64,
+        adding: u64,
+        limit: u32,
+    ) -> Self {
+        let field = format!("max_retained_{kind}");
+        let mut e = Self::new(
+            ErrorType::TooManyRequests,
+            Some(&field),
+            format!(
+                "this tenant holds {retained} {kind} created within the job retention period and \
+                 this request adds {adding}; the limit is {limit}: older ones stop counting as \
+                 the retention period passes them"
+            ),
+        )
+        .with_limit(format!("..={limit} {kind}"));
+        e.retry_after_s = Some(60);
+        e
+    }
+
     /// 429: this client failed to authenticate too often; no key is looked at until `wait` ends.
     pub fn auth_throttled(wait: std::time::Duration) -> Self {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
@@ -294,6 +316,12 @@ impl From<QueueError> for ApiError {
                  for a different request",
             ),
             QueueError::TooManyInFlight { in_flight, limit } => Self::too_many(in_flight, limit),
+            QueueError::TooManyRetained {
+                kind,
+                retained,
+                adding,
+                limit,
+            } => Self::too_many_retained(kind, retained, adding, limit),
             QueueError::InvalidCursor(c) => Self::bad_request(
                 "cursor",
                 format!("cursor {c:?} was not returned by this API"),

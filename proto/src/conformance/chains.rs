@@ -1,6 +1,7 @@
 //! Conformance rules for chains (storyboards): turns run in order, each editing the frame before
 //! it; the next turn is created exactly once, inside the step that ends the turn before it; it is
-//! offered to the previous turn's worker first; failure policies; append, fork and cancel.
+//! offered to the previous turn's worker first; failure policies; append and cancel (forks are in
+//! `forks`).
 
 use std::time::Duration;
 
@@ -11,14 +12,14 @@ use crate::chain::{
 };
 use crate::error::QueueError;
 use crate::job::{Carry, ChainRef, InputImage, JobKind, JobRecord};
-use crate::queue::{CancelOutcome, CompleteOutcome, FailOutcome, JobQueue};
+use crate::queue::{CancelOutcome, CompleteOutcome, FailOutcome, JobQueue, RetainedLimits};
 use crate::{JobError, JobErrorKind, JobStatus, Priority};
 
-const CHAIN_SEED: u64 = 1234;
+pub(super) const CHAIN_SEED: u64 = 1234;
 const AFFINITY_MS: Millis = 2_000;
 const TTL_MS: Millis = TTL.as_millis() as u64;
 
-fn source_image() -> InputImage {
+pub(super) fn source_image() -> InputImage {
     InputImage {
         key: key("in/acme/source.png"),
         width: 512,
@@ -62,10 +63,11 @@ pub fn chain_submission(
         webhook_url: None,
         turns,
         max_in_flight: 0,
+        retained: RetainedLimits::default(),
     }
 }
 
-async fn create<Q: JobQueue>(q: &Q, chain: &ChainSubmission, now: Millis) {
+pub(super) async fn create<Q: JobQueue>(q: &Q, chain: &ChainSubmission, now: Millis) {
     within("create_chain", q.create_chain(chain.clone(), now))
         .await
         .expect("create_chain should succeed");
@@ -79,7 +81,7 @@ pub async fn chain<Q: JobQueue>(q: &Q, id: ChainId) -> ChainRecord {
 }
 
 /// A result that also names a latent when the job kept one.
-fn result_of(lease: &Lease, job: &JobRecord) -> crate::JobResult {
+pub(super) fn result_of(lease: &Lease, job: &JobRecord) -> crate::JobResult {
     let mut r = result_for(lease);
     if job.spec.keep_latent {
         r.latent_key = Some(key(&format!(
@@ -91,7 +93,11 @@ fn result_of(lease: &Lease, job: &JobRecord) -> crate::JobResult {
 }
 
 /// `worker` claims the next job and commits it; returns the job (as claimed) and its result.
-async fn run_turn<Q: JobQueue>(q: &Q, worker: &str, now: Millis) -> (JobRecord, crate::JobResult) {
+pub(super) async fn run_turn<Q: JobQueue>(
+    q: &Q,
+    worker: &str,
+    now: Millis,
+) -> (JobRecord, crate::JobResult) {
     let (lease, job) = claim(q, worker, now).await;
     let result = result_of(&lease, &job);
     let c = within("complete", q.complete(&lease, result.clone(), now + 1)).await;
@@ -99,7 +105,7 @@ async fn run_turn<Q: JobQueue>(q: &Q, worker: &str, now: Millis) -> (JobRecord, 
     (job, result)
 }
 
-fn frame(r: &crate::JobResult) -> Option<InputImage> {
+pub(super) fn frame(r: &crate::JobResult) -> Option<InputImage> {
     Some(InputImage {
         key: r.key.clone(),
         width: r.width,
@@ -107,7 +113,7 @@ fn frame(r: &crate::JobResult) -> Option<InputImage> {
     })
 }
 
-async fn fail_turn<Q: JobQueue>(q: &Q, worker: &str, now: Millis) -> JobRecord {
+pub(super) async fn fail_turn<Q: JobQueue>(q: &Q, worker: &str, now: Millis) -> JobRecord {
     let (lease, job) = claim(q, worker, now).await;
     let err = JobError::new(JobErrorKind::InvalidInput, "cannot edit this");
     let f = within("fail", q.fail(&lease, err, now + 1)).await;
@@ -437,6 +443,7 @@ pub async fn appended_turns_extend_running_and_finished_chains<Q: JobQueue>(
         job_id: crate::JobId::new(),
         spec: template("appended"),
         seed: None,
+        retained: RetainedLimits::default(),
     };
     let out = within("append", q.append_turn(sub.id, second.clone(), NOW + 1)).await;
     assert_eq!(
@@ -460,6 +467,7 @@ pub async fn appended_turns_extend_running_and_finished_chains<Q: JobQueue>(
         job_id: crate::JobId::new(),
         spec: template("more"),
         seed: Some(7),
+        retained: RetainedLimits::default(),
     };
     let out = within("append", q.append_turn(sub.id, third.clone(), NOW + 20)).await;
     assert_eq!(
@@ -494,95 +502,6 @@ pub async fn appended_turns_extend_running_and_finished_chains<Q: JobQueue>(
         matches!(unknown, Err(QueueError::ChainNotFound(_))),
         "{unknown:?}"
     );
-}
-
-/// A fork shares the committed prefix (the same jobs), starts succeeded, and its next turn edits
-/// the fork point's frame; the original is untouched.
-pub async fn fork_shares_the_committed_prefix<Q: JobQueue>(make: impl MakeQueue<Q>) {
-    let q = fresh(&make, config()).await;
-    let sub = chain_submission(
-        3,
-        Some(source_image()),
-        Carry::Image,
-        FailurePolicy::Continue,
-    );
-    create(&q, &sub, NOW).await;
-    let (_, r1) = run_turn(&q, "w", NOW).await;
-    fail_turn(&q, "w", NOW + 10).await;
-    run_turn(&q, "w", NOW + 20).await;
-    let fork = ChainId::new();
-    within("fork", q.fork_chain(sub.id, 1, fork, NOW + 30))
-        .await
-        .expect("fork");
-    let f = chain(&q, fork).await;
-    assert_eq!(
-        (f.status, f.current, f.last_good, f.turns.len()),
-        (ChainStatus::Succeeded, 1, 1, 1)
-    );
-    assert_eq!(
-        f.forked_from,
-        Some(ChainRef {
-            chain_id: sub.id.to_string(),
-            turn: 1
-        })
-    );
-    assert_eq!(
-        (f.seed, f.carry, f.on_failure, f.tenant.as_str()),
-        (CHAIN_SEED, Carry::Image, FailurePolicy::Continue, "acme")
-    );
-    assert_eq!(f.turns[0].job_id, sub.turns[0].job_id, "shared, not re-run");
-    assert_eq!(
-        f.turns[0].job.as_ref().map(|j| j.status),
-        Some(JobStatus::Succeeded)
-    );
-
-    let t = TurnAppend {
-        job_id: crate::JobId::new(),
-        spec: spec(Priority::Standard, "branch"),
-        seed: None,
-    };
-    let out = within("append", q.append_turn(fork, t.clone(), NOW + 31)).await;
-    assert_eq!(
-        out.expect("append"),
-        AppendOutcome {
-            turn: 2,
-            started: true
-        }
-    );
-    let (job, _) = run_turn(&q, "w", NOW + 32).await;
-    assert_eq!(job.id, t.job_id);
-    assert_eq!(
-        job.spec.input,
-        frame(&r1),
-        "the branch edits turn 1's frame"
-    );
-    assert_eq!(
-        job.chain,
-        Some(ChainRef {
-            chain_id: fork.to_string(),
-            turn: 2
-        })
-    );
-    assert_eq!(chain(&q, fork).await.status, ChainStatus::Succeeded);
-    let original = chain(&q, sub.id).await;
-    assert_eq!(
-        (original.turns.len(), original.status),
-        (3, ChainStatus::Succeeded)
-    );
-
-    for (from, what) in [(2, "a failed turn"), (4, "past the end"), (0, "turn 0")] {
-        let r = within("fork", q.fork_chain(sub.id, from, ChainId::new(), NOW + 40)).await;
-        assert!(
-            matches!(r, Err(QueueError::ChainConflict(_))),
-            "{what}: {r:?}"
-        );
-    }
-    let r = within(
-        "fork",
-        q.fork_chain(ChainId::new(), 1, ChainId::new(), NOW + 40),
-    )
-    .await;
-    assert!(matches!(r, Err(QueueError::ChainNotFound(_))), "{r:?}");
 }
 
 /// Canceling a chain cancels its live turn (queued: at once; running: flag) and creates no more

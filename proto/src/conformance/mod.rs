@@ -9,8 +9,10 @@
 
 mod chains;
 mod failures;
+mod forks;
 mod lifecycle;
 mod notifications;
+mod retention;
 
 use std::future::Future;
 use std::time::Duration;
@@ -25,8 +27,10 @@ use crate::resolution::ResizeMode;
 
 pub use chains::*;
 pub use failures::*;
+pub use forks::*;
 pub use lifecycle::*;
 pub use notifications::*;
+pub use retention::*;
 
 /// Injected start time of every rule (ms since the epoch).
 pub const NOW: Millis = 1_700_000_000_000;
@@ -93,6 +97,7 @@ pub fn submission(tenant: &str, priority: Priority, prompt: &str) -> Submission 
         idempotency_key: None,
         body_hash: format!("hash-of-{prompt}"),
         max_in_flight: 0,
+        retained: crate::queue::RetainedLimits::default(),
         chain: None,
     }
 }
@@ -215,8 +220,11 @@ macro_rules! queue_conformance_tests {
             continue_policy_resumes_from_the_last_good_frame,
             appended_turns_extend_running_and_finished_chains,
             fork_shares_the_committed_prefix,
+            fork_with_turns_runs_them_and_is_all_or_nothing,
             canceled_chain_creates_no_more_turns,
             text_to_image_chain_and_creation_checks,
+            retained_jobs_are_limited_per_tenant,
+            retained_chains_and_turns_are_limited_per_tenant,
         );
     };
     (@rules $make:expr; $($rule:ident),* $(,)?) => {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::{Entry, MemJob, State};
 use crate::chain::{
-    self, AppendOutcome, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn,
-    FailurePolicy, PlannedTurn, TurnAppend, refusal, turn_seed,
+    self, AppendOutcome, ChainFork, ChainId, ChainRecord, ChainStatus, ChainSubmission, ChainTurn,
+    FailurePolicy, MAX_CHAIN_TURNS, PlannedTurn, TurnAppend, refusal, turn_seed,
 };
 use crate::error::QueueError;
 use crate::job::{
@@ -17,7 +17,7 @@ use crate::job::{
 };
 use crate::keys::list_member;
 use crate::policy;
-use crate::queue::{CancelOutcome, Claim};
+use crate::queue::{CancelOutcome, Claim, RetainedKind};
 
 /// A chain record (the Redis chain hash).
 #[derive(Debug)]
@@ -61,6 +61,13 @@ impl State {
                 limit: sub.max_in_flight,
             });
         }
+        let n = sub.turns.len() as u64;
+        let jobs = self.retained_jobs(&sub.tenant, now);
+        sub.retained.check(RetainedKind::Jobs, jobs, 1)?;
+        let (chains, turns) = self.retained_chains(&sub.tenant, now);
+        sub.retained.check(RetainedKind::Chains, chains, 1)?;
+        sub.retained.check(RetainedKind::Turns, turns, n)?;
+        self.index_chain(&sub.tenant, sub.id, now, n);
         let first = sub.turns[0].spec.clone();
         let chain = MemChain {
             id: sub.id,
@@ -130,6 +137,10 @@ impl State {
         let mut spec = turn.spec;
         spec.seed = turn.seed.unwrap_or_else(|| turn_seed(c.seed, number));
         chain::check_template(&spec, number as usize)?;
+        let tenant = c.tenant.clone();
+        let (_, turns_held) = self.retained_chains(&tenant, now);
+        turn.retained.check(RetainedKind::Turns, turns_held, 1)?;
+        let c = self.chains.get(&id).ok_or(QueueError::ChainNotFound(id))?;
         let running = c.status == ChainStatus::Running;
         let (source, worker) = if running {
             (None, None)
@@ -147,6 +158,7 @@ impl State {
         } else {
             (None, None)
         };
+        self.count_turn(&tenant, id);
         let c = self.chain_mut(id);
         c.turns.push(PlannedTurn {
             job_id: turn.job_id,
@@ -171,10 +183,11 @@ impl State {
     pub(crate) fn fork_chain(
         &mut self,
         id: ChainId,
-        from_turn: u32,
-        new_id: ChainId,
+        fork: ChainFork,
         now: Millis,
     ) -> Result<(), QueueError> {
+        let from_turn = fork.from_turn;
+        let new_id = fork.new_id;
         let src = self.chains.get(&id).ok_or(QueueError::ChainNotFound(id))?;
         if self.chains.contains_key(&new_id) {
             return Err(refusal::exists(new_id));
@@ -183,18 +196,47 @@ impl State {
         if from_turn < 1 || from_turn as usize > n {
             return Err(refusal::out_of_range(&n.to_string(), from_turn));
         }
+        let total = from_turn as usize + fork.turns.len();
+        if total > MAX_CHAIN_TURNS {
+            return Err(refusal::too_long(from_turn, fork.turns.len()));
+        }
+        let mut appended = Vec::with_capacity(fork.turns.len());
+        for (number, t) in (from_turn + 1..).zip(fork.turns) {
+            let mut spec = t.spec;
+            spec.seed = t.seed.unwrap_or_else(|| turn_seed(src.seed, number));
+            chain::check_template(&spec, number as usize)?;
+            appended.push(PlannedTurn {
+                job_id: t.job_id,
+                spec,
+            });
+        }
         let jid = src.turns[from_turn as usize - 1].job_id;
-        let state = self.jobs.get(&jid).map(|j| j.record.status);
+        let frame = self.jobs.get(&jid).map(|j| j.record.clone());
+        let state = frame.as_ref().map(|j| j.status);
         if state != Some(JobStatus::Succeeded) {
             return Err(refusal::not_succeeded(
                 from_turn,
                 state.map(JobStatus::as_str),
             ));
         }
-        let fork = MemChain {
+        let tenant = src.tenant.clone();
+        let (chains, turns) = self.retained_chains(&tenant, now);
+        fork.retained.check(RetainedKind::Chains, chains, 1)?;
+        fork.retained
+            .check(RetainedKind::Turns, turns, total as u64)?;
+        let src = self.chains.get(&id).ok_or(QueueError::ChainNotFound(id))?;
+        let mut turns = src.turns[..from_turn as usize].to_vec();
+        turns.extend(appended);
+        let expires_at = now.saturating_add(policy::millis(self.cfg.retention));
+        let runs = total > from_turn as usize;
+        let chain = MemChain {
             id: new_id,
             tenant: src.tenant.clone(),
-            status: ChainStatus::Succeeded,
+            status: if runs {
+                ChainStatus::Running
+            } else {
+                ChainStatus::Succeeded
+            },
             carry: src.carry,
             on_failure: src.on_failure,
             seed: src.seed,
@@ -202,17 +244,24 @@ impl State {
             webhook_url: src.webhook_url.clone(),
             priority: src.priority,
             created_at: now,
-            finished_at: Some(now),
+            finished_at: (!runs).then_some(now),
             current: from_turn,
             last_good: from_turn,
             forked_from: Some(ChainRef {
                 chain_id: id.to_string(),
                 turn: from_turn,
             }),
-            turns: src.turns[..from_turn as usize].to_vec(),
-            expires_at: Some(now.saturating_add(policy::millis(self.cfg.retention))),
+            turns,
+            expires_at: (!runs).then_some(expires_at),
         };
-        self.chains.insert(new_id, fork);
+        self.chains.insert(new_id, chain);
+        self.index_chain(&tenant, new_id, now, total as u64);
+        if runs {
+            let frame = frame.expect("checked succeeded above");
+            self.start_turn(new_id, from_turn + 1, frame.result, now, frame.worker);
+        } else {
+            self.expire_chain_at(new_id, expires_at);
+        }
         Ok(())
     }
 
@@ -339,6 +388,7 @@ impl State {
         c.status = status;
         c.finished_at = Some(now);
         c.expires_at = Some(now.saturating_add(retention));
+        self.expire_chain_at(id, now.saturating_add(retention));
     }
 
     fn last_good_result(&self, id: ChainId) -> Option<JobResult> {

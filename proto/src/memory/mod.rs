@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
+use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, Millis};
@@ -237,11 +237,10 @@ impl JobQueue for MemoryQueue {
     async fn fork_chain(
         &self,
         id: ChainId,
-        from_turn: u32,
-        new_id: ChainId,
+        fork: ChainFork,
         now: Millis,
     ) -> Result<(), QueueError> {
-        self.mutate(|s| s.fork_chain(id, from_turn, new_id, now))
+        self.mutate(|s| s.fork_chain(id, fork, now))
     }
 
     async fn cancel_chain(&self, id: ChainId, now: Millis) -> Result<CancelOutcome, QueueError> {

@@ -14,7 +14,7 @@ use crate::keys::{list_member, parse_list_member};
 use crate::policy::{self, QueueConfig, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, Lease, LeaseState,
-    ReapReport, Submission, SubmitOutcome,
+    ReapReport, RetainedKind, Submission, SubmitOutcome,
 };
 
 /// One dispatch entry of a class stream.
@@ -65,6 +65,12 @@ pub(crate) struct State {
     notify: BTreeSet<(Millis, JobId)>,
     notify_due: HashMap<JobId, (Millis, u32)>,
     chains: HashMap<ChainId, chains::MemChain>,
+    /// Per tenant: chains counted against `RetainedLimits` (see `retention`).
+    tenant_chains: HashMap<TenantId, retention::TenantChains>,
+    /// When finished jobs, idempotency keys and finished chains expire (may hold stale entries).
+    job_expiry: BTreeSet<(Millis, JobId)>,
+    idem_expiry: BTreeSet<(Millis, (TenantId, String))>,
+    chain_expiry: BTreeSet<(Millis, ChainId)>,
     /// Chain turns offered to the worker that ran the turn before (see `chains`).
     affinity: HashMap<String, VecDeque<Entry>>,
 }
@@ -93,6 +99,10 @@ impl State {
             notify: BTreeSet::new(),
             notify_due: HashMap::new(),
             chains: HashMap::new(),
+            tenant_chains: HashMap::new(),
+            job_expiry: BTreeSet::new(),
+            idem_expiry: BTreeSet::new(),
+            chain_expiry: BTreeSet::new(),
             affinity: HashMap::new(),
         }
     }
@@ -156,6 +166,8 @@ impl State {
                 limit: sub.max_in_flight,
             });
         }
+        let held = self.retained_jobs(&sub.tenant, now);
+        sub.retained.check(RetainedKind::Jobs, held, 1)?;
         let record = JobRecord {
             id,
             tenant: sub.tenant.clone(),
@@ -193,6 +205,7 @@ impl State {
                 body_hash: sub.body_hash,
                 expires_at,
             };
+            self.idem_expiry.insert((expires_at, key.clone()));
             self.idempotency.insert(key, entry);
         }
         self.tenant_jobs
@@ -506,28 +519,6 @@ impl State {
         report
     }
 
-    /// Retention: drop finished jobs and idempotency keys whose time is up.
-    fn forget_expired(&mut self, now: Millis) {
-        let gone: Vec<JobId> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.expires_at.is_some_and(|t| t <= now))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in gone {
-            if let Some(job) = self.jobs.remove(&id) {
-                let member = list_member(job.record.created_at, id);
-                if let Some(set) = self.tenant_jobs.get_mut(&job.record.tenant) {
-                    set.remove(&member);
-                }
-            }
-        }
-        self.idempotency.retain(|_, e| e.expires_at > now);
-        self.chains
-            .retain(|_, c| c.expires_at.is_none_or(|t| t > now));
-        self.prune_offers();
-    }
-
     fn drop_lease(&mut self, id: JobId) {
         if let Some(until) = self.jobs.get_mut(&id).and_then(|j| j.lease_until.take()) {
             self.leases.remove(&(until, id));
@@ -545,6 +536,7 @@ impl State {
         job.record.finished_at = Some(now);
         job.expires_at = Some(now.saturating_add(retention));
         let tenant = job.record.tenant.clone();
+        self.expire_job_at(id, now.saturating_add(retention));
         if let Some(n) = self.inflight.get_mut(&tenant) {
             *n = n.saturating_sub(1);
         }
@@ -574,3 +566,7 @@ mod chains;
 // Events and stats.
 #[path = "reads.rs"]
 mod reads;
+
+// Retained-state quotas and expiry.
+#[path = "retention.rs"]
+mod retention;

@@ -43,6 +43,7 @@ fn sub(tenant: &str) -> Submission {
         idempotency_key: None,
         body_hash: "h".into(),
         max_in_flight: 0,
+        retained: crate::queue::RetainedLimits::default(),
         chain: None,
     }
 }

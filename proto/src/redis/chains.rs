@@ -12,13 +12,14 @@ use super::reply::{
 };
 use super::scripts::SCRIPTS;
 use crate::chain::{
-    self, AppendOutcome, ChainId, ChainRecord, ChainSubmission, ChainTurn, TurnAppend, refusal,
-    turn_seed,
+    self, AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, ChainTurn,
+    MAX_CHAIN_TURNS, TurnAppend, refusal, turn_seed,
 };
 use crate::error::QueueError;
 use crate::job::{JobId, Millis, ValidJobSpec};
+use crate::keys::list_member_cutoff;
 use crate::policy;
-use crate::queue::CancelOutcome;
+use crate::queue::{CancelOutcome, RetainedKind, RetainedLimits};
 
 /// Rounds of read-then-append before `append_turn` gives up on a chain appended to concurrently.
 const APPEND_TRIES: usize = 16;
@@ -71,6 +72,26 @@ fn chain_record(h: &HashMap<String, String>, jobs: &[Value]) -> Result<ChainReco
     })
 }
 
+/// The refusal of a `{'too_many_retained', kind, held, adding}` reply.
+pub(super) fn retained_refusal(
+    rest: &[Value],
+    limits: &RetainedLimits,
+) -> Result<QueueError, QueueError> {
+    let kind = match text(at(rest, 0)?)?.as_str() {
+        "jobs" => RetainedKind::Jobs,
+        "chains" => RetainedKind::Chains,
+        "turns" => RetainedKind::Turns,
+        other => return Err(corrupt(format!("unknown retained kind {other:?}"))),
+    };
+    let count = |i| int(at(rest, i)?).map(|n| u64::try_from(n).unwrap_or(0));
+    Ok(QueueError::TooManyRetained {
+        kind,
+        retained: count(1)?,
+        adding: count(2)?,
+        limit: limits.get(kind),
+    })
+}
+
 impl RedisQueue {
     pub(super) async fn create_chain_impl(
         &self,
@@ -98,7 +119,12 @@ impl RedisQueue {
             .arg(chain.webhook_url.as_deref().unwrap_or(""))
             .arg(first.priority.class())
             .arg(self.maxlen())
-            .arg(chain.turns.len());
+            .arg(chain.turns.len())
+            .arg(list_member_cutoff(self.cutoff(now)))
+            .arg(self.cutoff(now))
+            .arg(chain.retained.jobs)
+            .arg(chain.retained.chains)
+            .arg(chain.retained.turns);
         for t in &chain.turns {
             inv.arg(t.job_id.to_string()).arg(to_json(&t.spec)?);
         }
@@ -111,6 +137,7 @@ impl RedisQueue {
                 in_flight: u64::try_from(int(at(rest, 0)?)?).unwrap_or(0),
                 limit: chain.max_in_flight,
             }),
+            "too_many_retained" => Err(retained_refusal(rest, &chain.retained)?),
             other => Err(corrupt(format!("chain_create replied {other:?}"))),
         }
     }
@@ -168,7 +195,9 @@ impl RedisQueue {
                 .arg(to_json(&spec)?)
                 .arg(now)
                 .arg(self.maxlen())
-                .arg(policy::millis(self.cfg.queue.affinity_delay));
+                .arg(policy::millis(self.cfg.queue.affinity_delay))
+                .arg(self.cutoff(now))
+                .arg(turn.retained.turns);
             let reply = self.run(&inv).await?;
             let (tag, rest) = tagged(&reply)?;
             match tag.as_str() {
@@ -185,6 +214,7 @@ impl RedisQueue {
                     return Err(corrupt("turn template without \"input\":null".into()));
                 }
                 "conflict" => fields.0 = Some(text(at(rest, 0)?)?),
+                "too_many_retained" => return Err(retained_refusal(rest, &turn.retained)?),
                 other => return Err(corrupt(format!("chain_append replied {other:?}"))),
             }
         }
@@ -198,33 +228,59 @@ impl RedisQueue {
     pub(super) async fn fork_chain_impl(
         &self,
         id: ChainId,
-        from_turn: u32,
-        new_id: ChainId,
+        fork: ChainFork,
         now: Millis,
     ) -> Result<(), QueueError> {
         let k = &self.keys;
+        // The source's seed never changes, so the appended turns' seeds can be derived first.
+        let seed: Option<String> = redis::cmd("HGET")
+            .arg(k.chain(id))
+            .arg("seed")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(super::reply::backend)?;
+        let seed: u64 = seed
+            .ok_or(QueueError::ChainNotFound(id))?
+            .parse()
+            .map_err(|_| corrupt(format!("chain {id}: bad seed")))?;
         let mut inv = SCRIPTS.chain_fork.prepare_invoke();
         inv.key(k.chain(id))
-            .key(k.chain(new_id))
+            .key(k.chain(fork.new_id))
             .arg(k.prefix())
-            .arg(new_id.to_string())
-            .arg(from_turn)
+            .arg(fork.new_id.to_string())
+            .arg(fork.from_turn)
             .arg(now)
-            .arg(self.retention_s());
+            .arg(self.retention_s())
+            .arg(MAX_CHAIN_TURNS)
+            .arg(self.cutoff(now))
+            .arg(fork.retained.chains)
+            .arg(fork.retained.turns)
+            .arg(self.maxlen())
+            .arg(policy::millis(self.cfg.queue.affinity_delay))
+            .arg(fork.turns.len());
+        for (number, t) in (fork.from_turn + 1..).zip(&fork.turns) {
+            let mut spec = t.spec.clone();
+            spec.seed = t.seed.unwrap_or_else(|| turn_seed(seed, number));
+            chain::check_template(&spec, number as usize)?;
+            inv.arg(t.job_id.to_string()).arg(to_json(&spec)?);
+        }
         let reply = self.run(&inv).await?;
         let (tag, rest) = tagged(&reply)?;
         match tag.as_str() {
             "forked" => Ok(()),
             "not_found" => Err(QueueError::ChainNotFound(id)),
-            "exists" => Err(refusal::exists(new_id)),
-            "range" => Err(refusal::out_of_range(&text(at(rest, 0)?)?, from_turn)),
+            "exists" => Err(refusal::exists(fork.new_id)),
+            "range" => Err(refusal::out_of_range(&text(at(rest, 0)?)?, fork.from_turn)),
             "not_succeeded" => {
                 let state = text(at(rest, 0)?)?;
                 Err(refusal::not_succeeded(
-                    from_turn,
+                    fork.from_turn,
                     Some(state.as_str()).filter(|s| !s.is_empty()),
                 ))
             }
+            "too_long" => Err(refusal::too_long(fork.from_turn, fork.turns.len())),
+            "bad_template" => Err(corrupt("turn template without \"input\":null".into())),
+            "too_many_retained" => Err(retained_refusal(rest, &fork.retained)?),
             other => Err(corrupt(format!("chain_fork replied {other:?}"))),
         }
     }

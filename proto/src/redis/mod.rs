@@ -17,6 +17,7 @@ mod notify;
 mod reads;
 mod reply;
 mod scripts;
+mod submit;
 
 use std::time::{Duration, Instant};
 
@@ -30,11 +31,11 @@ pub use reply::RedisFailure;
 use self::connection::BlockingPool;
 use self::reply::{array, at, backend, hash, int, record, tagged, text};
 use self::scripts::SCRIPTS;
-use crate::chain::{AppendOutcome, ChainId, ChainRecord, ChainSubmission, TurnAppend};
+use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority};
-use crate::keys::{KeySpace, WORKER_GROUP, list_member};
+use crate::keys::{KeySpace, WORKER_GROUP};
 use crate::policy::{self, Jitter, MAX_CRASHES, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
@@ -128,6 +129,12 @@ impl RedisQueue {
         self.blocking.in_use()
     }
 
+    /// Start of the retention period ending at `now`: what was created before it is no longer
+    /// counted against a tenant's `RetainedLimits`.
+    fn cutoff(&self, now: Millis) -> Millis {
+        now.saturating_sub(policy::millis(self.cfg.queue.retention))
+    }
+
     fn retention_s(&self) -> u64 {
         self.cfg.queue.retention.as_secs().max(1)
     }
@@ -153,43 +160,6 @@ impl RedisQueue {
             }
             .into()),
         }
-    }
-
-    /// Run a submit and then `WAIT` for replicas, on one dedicated connection: WAIT covers only
-    /// the writes of its own connection.
-    async fn run_replicated(
-        &self,
-        inv: &ScriptInvocation<'_>,
-        id: JobId,
-    ) -> Result<Value, QueueError> {
-        let wanted = self.cfg.wait_replicas;
-        let mut con = self.blocking.take().await?;
-        let bound = 2 * self.cfg.command_timeout + self.cfg.wait_timeout;
-        let both = async {
-            let reply: Value = inv.invoke_async(&mut con.con).await?;
-            let acked: i64 = redis::cmd("WAIT")
-                .arg(wanted)
-                .arg(policy::millis(self.cfg.wait_timeout).max(1))
-                .query_async(&mut con.con)
-                .await?;
-            Ok::<_, redis::RedisError>((reply, acked))
-        };
-        let (reply, acked) = match tokio::time::timeout(bound, both).await {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => return Err(backend(e)),
-            Err(_) => {
-                return Err(RedisFailure::NoReply {
-                    what: "submit + WAIT",
-                    after: bound,
-                }
-                .into());
-            }
-        };
-        self.blocking.put(con);
-        if acked < i64::from(wanted) {
-            tracing::warn!(job_id = %id, acked, wanted, "submit reached fewer replicas than configured");
-        }
-        Ok(reply)
     }
 
     async fn claim_once(
@@ -309,69 +279,7 @@ impl RedisQueue {
 
 impl JobQueue for RedisQueue {
     async fn submit(&self, sub: Submission, now: Millis) -> Result<SubmitOutcome, QueueError> {
-        let k = &self.keys;
-        let id = JobId::new();
-        let spec =
-            serde_json::to_string(&sub.spec).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-        let chain = match &sub.chain {
-            Some(c) => serde_json::to_string(c).map_err(|e| QueueError::Corrupt(e.to_string()))?,
-            None => String::new(),
-        };
-        let (idem_key, idem_ttl) = match &sub.idempotency_key {
-            Some(key) => (
-                k.idempotency(&sub.tenant, key),
-                self.cfg.queue.idempotency_ttl.as_secs().max(1),
-            ),
-            None => (k.job(id), 0),
-        };
-        let cutoff = now.saturating_sub(policy::millis(self.cfg.queue.retention));
-        let mut inv = SCRIPTS.submit.prepare_invoke();
-        inv.key(k.job(id))
-            .key(k.class_stream(sub.spec.priority))
-            .key(idem_key)
-            .key(k.tenant_jobs(&sub.tenant))
-            .key(k.tenant_inflight(&sub.tenant))
-            .key(k.events(id))
-            .arg(k.prefix())
-            .arg(id.to_string())
-            .arg(&sub.tenant)
-            .arg(spec)
-            .arg(&sub.body_hash)
-            .arg(now)
-            .arg(idem_ttl)
-            .arg(sub.max_in_flight)
-            .arg(sub.spec.priority.class())
-            .arg(chain)
-            .arg(list_member(now, id))
-            .arg(format!("{cutoff:020}:"))
-            .arg(self.maxlen());
-        let reply = if self.cfg.wait_replicas == 0 {
-            self.run(&inv).await?
-        } else {
-            self.run_replicated(&inv, id).await?
-        };
-        let (tag, rest) = tagged(&reply)?;
-        let parse_id = |v: &Value| -> Result<JobId, QueueError> {
-            let raw = text(v)?;
-            raw.parse()
-                .map_err(|_| QueueError::Corrupt(format!("bad job id {raw:?}")))
-        };
-        match tag.as_str() {
-            "created" => Ok(SubmitOutcome {
-                id: parse_id(at(rest, 0)?)?,
-                created: true,
-            }),
-            "replay" => Ok(SubmitOutcome {
-                id: parse_id(at(rest, 0)?)?,
-                created: false,
-            }),
-            "conflict" => Err(QueueError::IdempotencyConflict),
-            "too_many" => Err(QueueError::TooManyInFlight {
-                in_flight: u64::try_from(int(at(rest, 0)?)?).unwrap_or(0),
-                limit: sub.max_in_flight,
-            }),
-            other => Err(QueueError::Corrupt(format!("submit replied {other:?}"))),
-        }
+        self.submit_impl(sub, now).await
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
@@ -648,11 +556,10 @@ impl JobQueue for RedisQueue {
     async fn fork_chain(
         &self,
         id: ChainId,
-        from_turn: u32,
-        new_id: ChainId,
+        fork: ChainFork,
         now: Millis,
     ) -> Result<(), QueueError> {
-        self.fork_chain_impl(id, from_turn, new_id, now).await
+        self.fork_chain_impl(id, fork, now).await
     }
 
     async fn cancel_chain(&self, id: ChainId, now: Millis) -> Result<CancelOutcome, QueueError> {

@@ -254,6 +254,7 @@ impl Harness {
                     idempotency_key: None,
                     body_hash: "h".into(),
                     max_in_flight: 0,
+                    retained: Default::default(),
                     chain: None,
                 },
                 now_ms(),

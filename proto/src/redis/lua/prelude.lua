@@ -57,6 +57,60 @@ local AFFINITY_STREAM_TTL_S = 3600
 -- keys.rs list_member: `<created_at, 20 digits>:<jid>`.
 local function list_member(now, jid) return string.rep('0', 20 - #now) .. now .. ':' .. jid end
 
+-- ---------------------------------------------------------------------------------------------
+-- Retained-state quotas (queue.rs `RetainedLimits`), counted over the last retention period.
+-- Chains: `tenant:<t>:chains` ZSET (cid -> created ms) and `tenant:<t>:chains:turns` HASH (cid ->
+-- turns counted for it, and '_' -> their sum).
+local function tenant_chains_key(prefix, tenant) return prefix .. 'tenant:' .. tenant .. ':chains' end
+
+-- True when holding `held` and adding `adding` passes `limit` (0 = no limit).
+local function over_limit(held, adding, limit)
+  limit = tonumber(limit)
+  return limit > 0 and held + adding > limit
+end
+
+-- Forgets the tenant's chains created before `cutoff` (ms); returns the chains and turns left.
+local function retained_chains(prefix, tenant, cutoff)
+  local idx = tenant_chains_key(prefix, tenant)
+  local turns = idx .. ':turns'
+  local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. cutoff)
+  if #old > 0 then
+    local gone = 0
+    for _, cid in ipairs(old) do
+      gone = gone + tonumber(redis.call('HGET', turns, cid) or '0')
+      redis.call('HDEL', turns, cid)
+    end
+    redis.call('HINCRBY', turns, '_', -gone)
+    redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. cutoff)
+  end
+  return redis.call('ZCARD', idx), tonumber(redis.call('HGET', turns, '_') or '0')
+end
+
+-- Counts a new chain with `n` turns.
+local function index_chain(prefix, tenant, cid, now, n)
+  local idx = tenant_chains_key(prefix, tenant)
+  redis.call('ZADD', idx, now, cid)
+  redis.call('HSET', idx .. ':turns', cid, n)
+  redis.call('HINCRBY', idx .. ':turns', '_', n)
+end
+
+-- Counts a turn appended to `cid`, if the chain is still counted.
+local function count_turn(prefix, tenant, cid)
+  local turns = tenant_chains_key(prefix, tenant) .. ':turns'
+  if redis.call('HEXISTS', turns, cid) == 1 then
+    redis.call('HINCRBY', turns, cid, 1)
+    redis.call('HINCRBY', turns, '_', 1)
+  end
+end
+
+-- Forgets the tenant's jobs created before `cutoff_member` from its list index (list_member
+-- form); returns the jobs left.
+local function retained_jobs(prefix, tenant, cutoff_member)
+  local idx = prefix .. 'tenant:' .. tenant .. ':jobs'
+  redis.call('ZREMRANGEBYLEX', idx, '-', '(' .. cutoff_member)
+  return redis.call('ZCARD', idx)
+end
+
 -- The InputImage JSON of a committed result (JobResult JSON), and its latent key if any. Only
 -- strings and small integers are read, so cjson's number handling loses nothing.
 local function frame_of(result_json)

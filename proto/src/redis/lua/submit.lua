@@ -5,7 +5,9 @@
 -- ARGV[6] now (ms)     ARGV[7] idempotency TTL (s), 0 = no key   ARGV[8] max in flight (0 = none)
 -- ARGV[9] class (hi|std|bulk)   ARGV[10] chain JSON or ''   ARGV[11] list member
 -- ARGV[12] list cutoff (members below it are past retention)   ARGV[13] events maxlen
+-- ARGV[14] most jobs the tenant may hold in the retention period (0 = no limit)
 -- Returns {'created', jid} | {'replay', jid} | {'conflict'} | {'too_many', in_flight}
+--       | {'too_many_retained', 'jobs', held, adding}
 local idem_ttl = tonumber(ARGV[7])
 if idem_ttl > 0 then
   local prev = redis.call('GET', KEYS[3])
@@ -21,6 +23,8 @@ end
 local limit = tonumber(ARGV[8])
 local in_flight = tonumber(redis.call('GET', KEYS[5]) or '0')
 if limit > 0 and in_flight >= limit then return {'too_many', in_flight} end
+local held = retained_jobs(ARGV[1], ARGV[3], ARGV[12])
+if over_limit(held, 1, ARGV[14]) then return {'too_many_retained', 'jobs', held, 1} end
 
 local now = ARGV[6]
 -- No MAXLEN on work streams: trimming happens in reap, below everything still pending.
@@ -33,7 +37,6 @@ if idem_ttl > 0 then
   redis.call('SET', KEYS[3], ARGV[2] .. '|' .. ARGV[5], 'EX', idem_ttl)
 end
 redis.call('ZADD', KEYS[4], 0, ARGV[11])
-redis.call('ZREMRANGEBYLEX', KEYS[4], '-', '(' .. ARGV[12])
 redis.call('INCR', KEYS[5])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[13], '*', 'e',
   '{"type":"state","status":"queued","at":' .. now .. '}')
