@@ -175,8 +175,9 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_URL_SIGNING_SECRET", hide_env_values = true)]
     pub url_signing_secret: Option<String>,
 
-    /// Standard Webhooks signing secret (`whsec_<base64>`, or any string used as raw bytes).
-    /// Without it, jobs with a webhook_url are refused.
+    /// Master webhook secret (`whsec_<base64>`, or any string used as raw bytes): each tenant's
+    /// deliveries are signed with a key derived from it, which the tenant reads from
+    /// `GET /v1/webhook_secret`. Without it, jobs with a webhook_url are refused.
     #[arg(long, env = "KONTEXT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
 

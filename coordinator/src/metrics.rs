@@ -58,6 +58,8 @@ pub struct Metrics {
     pub webhooks_delivered: IntCounter,
     pub webhook_attempts_failed: IntCounter,
     pub webhooks_abandoned: IntCounter,
+    /// Deliveries put back because their tenant had all its delivery slots busy.
+    pub webhooks_deferred: IntCounter,
     /// Requests with a missing or unknown API key.
     pub auth_failed: IntCounter,
     /// Requests refused because their client failed to authenticate too often.
@@ -151,6 +153,7 @@ impl Default for Metrics {
             webhooks_delivered: webhooks.with_label_values(&["delivered"]),
             webhook_attempts_failed: webhooks.with_label_values(&["failed_attempt"]),
             webhooks_abandoned: webhooks.with_label_values(&["abandoned"]),
+            webhooks_deferred: webhooks.with_label_values(&["deferred"]),
             auth_failed: auth.with_label_values(&["unknown_key"]),
             auth_throttled: auth.with_label_values(&["throttled"]),
             http,

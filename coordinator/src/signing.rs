@@ -51,6 +51,21 @@ impl Secret {
         }
     }
 
+    /// The webhook signing key of `tenant`, derived from this master secret:
+    /// `HMAC-SHA256(master, "kontext-fleet webhook signing key v1\n" + tenant)`. Each tenant
+    /// learns (and can verify with) only its own; one master secret serves every coordinator.
+    pub fn for_tenant(&self, tenant: &str) -> Secret {
+        let mut mac = self.mac();
+        mac.update(b"kontext-fleet webhook signing key v1\n");
+        mac.update(tenant.as_bytes());
+        Self(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// The Standard Webhooks form, `whsec_<base64>`, which receivers' libraries take.
+    pub fn to_standard_webhooks(&self) -> String {
+        format!("whsec_{}", BASE64.encode(&self.0))
+    }
+
     fn mac(&self) -> HmacSha256 {
         HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length; this is a bug")
     }
@@ -131,6 +146,27 @@ mod tests {
         assert_eq!(
             webhook_signature(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn tenant_keys_are_derived_apart_and_round_trip() {
+        let master = Secret::from_bytes(b"0123456789abcdef".to_vec());
+        let acme = master.for_tenant("acme");
+        assert_eq!(acme, master.for_tenant("acme"), "stable");
+        assert_ne!(acme, master.for_tenant("globex"));
+        assert_ne!(acme, master);
+        assert_ne!(
+            acme,
+            Secret::from_bytes(b"fedcba9876543210".to_vec()).for_tenant("acme")
+        );
+        let text = acme.to_standard_webhooks();
+        assert_eq!(Secret::from_standard_webhooks(&text).expect("valid"), acme);
+        // A signature made with acme's key does not verify with globex's.
+        let sig = webhook_signature(&acme, "m", 1, b"{}");
+        assert_ne!(
+            sig,
+            webhook_signature(&master.for_tenant("globex"), "m", 1, b"{}")
         );
     }
 

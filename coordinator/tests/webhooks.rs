@@ -67,19 +67,34 @@ async fn with_hooks() -> Server {
     .await
 }
 
-/// Verifies like a Standard Webhooks receiver would (independent of the server's code).
-fn verify(r: &Received) -> serde_json::Value {
+/// The tenant's own signing key, as its receiver gets it: `GET /v1/webhook_secret`.
+async fn tenant_key(s: &Server, api_key: &str) -> Vec<u8> {
+    let r = s.get("/v1/webhook_secret", api_key).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let secret = r.json["secret"].as_str().expect("secret");
+    let b64 = secret.strip_prefix("whsec_").expect("whsec_ prefix");
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("b64")
+}
+
+/// Whether `r`'s signature verifies with `key`, computed as a Standard Webhooks receiver would
+/// (independent of the server's code).
+fn signed_with(r: &Received, key: &[u8]) -> bool {
     let id = r.headers["webhook-id"].to_str().expect("id");
     let ts = r.headers["webhook-timestamp"].to_str().expect("ts");
     let sig = r.headers["webhook-signature"].to_str().expect("sig");
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(SECRET_B64)
-        .expect("b64");
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("key");
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("key");
     mac.update(format!("{id}.{ts}.").as_bytes());
     mac.update(&r.body);
     let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    assert_eq!(sig, format!("v1,{expected}"), "signature must verify");
+    sig == format!("v1,{expected}")
+}
+
+/// Checks `r` like its tenant's receiver would and returns its body.
+fn verify(r: &Received, key: &[u8]) -> serde_json::Value {
+    let ts = r.headers["webhook-timestamp"].to_str().expect("ts");
+    assert!(signed_with(r, key), "signature must verify");
     let age = now() / 1000 - ts.parse::<u64>().expect("unix seconds");
     assert!(age < 60, "timestamp is current");
     serde_json::from_slice(&r.body).expect("JSON body")
@@ -101,7 +116,7 @@ async fn a_finished_job_is_delivered_once_with_a_valid_signature() {
     s.work_one().await;
     let got = next(&mut rx).await;
     assert_eq!(got.headers["webhook-id"], format!("{id}:succeeded"));
-    let body = verify(&got);
+    let body = verify(&got, &tenant_key(&s, KEY_A).await);
     assert_eq!(body["type"], "job.succeeded");
     assert_eq!(body["data"]["id"], id.as_str());
     assert!(body["data"]["result"]["url"].is_string());
@@ -135,9 +150,10 @@ async fn failed_deliveries_are_retried_with_the_same_webhook_id() {
         .await;
     assert_eq!(cancel.json["status"], "CANCELED");
     let mut ids = Vec::new();
+    let key = tenant_key(&s, KEY_A).await;
     for _ in 0..3 {
         let got = next(&mut rx).await;
-        assert_eq!(verify(&got)["type"], "job.canceled");
+        assert_eq!(verify(&got, &key)["type"], "job.canceled");
         ids.push(got.headers["webhook-id"].to_str().expect("id").to_owned());
     }
     assert!(
@@ -153,6 +169,101 @@ async fn failed_deliveries_are_retried_with_the_same_webhook_id() {
     assert!(
         text.contains("kontext_webhook_deliveries_total{outcome=\"failed_attempt\"} 2"),
         "{text}"
+    );
+}
+
+/// Deliveries are signed with the tenant's own key (derived from the master secret): they verify
+/// with it, not with another tenant's key nor with the master secret itself.
+#[tokio::test]
+async fn each_tenant_verifies_only_its_own_deliveries() {
+    let s = with_hooks().await;
+    let (url, mut rx) = receiver(0).await;
+    s.submit(KEY_A, json!({"prompt": "acme's", "webhook_url": url}))
+        .await;
+    s.work_one().await;
+    let got = next(&mut rx).await;
+    let acme = tenant_key(&s, KEY_A).await;
+    let globex = tenant_key(&s, KEY_B).await;
+    assert_ne!(acme, globex);
+    verify(&got, &acme);
+    assert!(!signed_with(&got, &globex), "globex cannot verify acme's");
+    let master = base64::engine::general_purpose::STANDARD
+        .decode(SECRET_B64)
+        .expect("b64");
+    assert!(!signed_with(&got, &master));
+    let off = start(|_| {}).await;
+    off.get("/v1/webhook_secret", KEY_A)
+        .await
+        .assert_error(409, "webhook_url");
+}
+
+/// A receiver that never answers holds at most its tenant's delivery slots: another tenant's
+/// webhook is delivered while 40 of the first tenant's hang (before: the first 32 took every
+/// slot until their timeout).
+#[tokio::test]
+async fn a_slow_receiver_delays_only_its_own_tenant() {
+    let s = start(|c| {
+        c.allow_private_urls = true;
+        c.webhooks.secret = Some(
+            kontext_coordinator::signing::Secret::from_standard_webhooks(&format!(
+                "whsec_{SECRET_B64}"
+            ))
+            .expect("secret"),
+        );
+        c.webhooks.timeout = Duration::from_secs(120);
+        c.auth =
+            kontext_coordinator::auth::Auth::from_arg(&format!("{KEY_A}:acme,{KEY_B}:globex"), 0)
+                .expect("keys");
+    })
+    .await;
+    // acme's receiver accepts requests and never answers; it counts how many it holds at once.
+    let holding = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let (h, m) = (holding.clone(), most.clone());
+    let app = Router::new().route(
+        "/stuck",
+        post(move || {
+            let (h, m) = (h.clone(), m.clone());
+            async move {
+                let now = h.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                std::future::pending::<StatusCode>().await
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stuck = format!("http://{}/stuck", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    for i in 0..40 {
+        s.submit(
+            KEY_A,
+            json!({"prompt": format!("acme {i}"), "webhook_url": stuck}),
+        )
+        .await;
+        s.work_one().await;
+    }
+    let (url, mut rx) = receiver(0).await;
+    s.submit(KEY_B, json!({"prompt": "globex's", "webhook_url": url}))
+        .await;
+    s.work_one().await;
+    let got = next(&mut rx).await;
+    verify(&got, &tenant_key(&s, KEY_B).await);
+    let held = most.load(Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&held),
+        "acme held {held} deliveries at once; its limit is 4"
+    );
+    let text = metrics(&s).await;
+    let deferred: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kontext_webhook_deliveries_total{outcome=\"deferred\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("the deferred counter");
+    assert!(
+        deferred >= 36,
+        "acme's other deliveries were deferred: {deferred}"
     );
 }
 

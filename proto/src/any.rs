@@ -161,6 +161,10 @@ impl JobQueue for AnyQueue {
         dispatch!(self, q => q.ack_notifications(ids).await)
     }
 
+    async fn defer_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
+        dispatch!(self, q => q.defer_notification(id, at).await)
+    }
+
     async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
         dispatch!(self, q => q.retry_notification(id, at).await)
     }

@@ -201,6 +201,8 @@ pub enum JobEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
     pub job_id: JobId,
+    /// The job's tenant: deliveries are signed with its key and scheduled per tenant.
+    pub tenant: TenantId,
     pub status: JobStatus,
     pub created_at: Millis,
     pub started_at: Option<Millis>,
@@ -335,6 +337,14 @@ pub trait JobQueue: Send + Sync + 'static {
     fn ack_notifications(
         &self,
         ids: &[JobId],
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Give a taken notification back, due at `at`, without counting that take as an attempt
+    /// (the taker had no room for it: its tenant's deliveries were all busy).
+    fn defer_notification(
+        &self,
+        id: JobId,
+        at: Millis,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 
     /// Make a taken notification due again at `at` (a failed delivery's backoff).

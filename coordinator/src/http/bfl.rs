@@ -133,8 +133,9 @@ pub async fn create_task(
     if req.webhook_secret.is_some() {
         return Err(ApiError::invalid(
             "webhook_secret",
-            "webhook_secret is not supported: webhooks are signed with the server's Standard \
-             Webhooks secret (headers webhook-id, webhook-timestamp, webhook-signature)",
+            "webhook_secret is not supported: webhooks are signed with your tenant's Standard \
+             Webhooks secret (GET /v1/webhook_secret; headers webhook-id, webhook-timestamp, \
+             webhook-signature)",
         ));
     }
     let job = JobRequest {

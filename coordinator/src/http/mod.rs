@@ -18,6 +18,7 @@ pub mod request;
 pub mod results;
 pub mod uploads;
 pub mod views;
+pub mod webhook_secret;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -49,6 +50,7 @@ use crate::state::AppState;
         uploads::upload,
         chains::create_chain, chains::get_chain, chains::append_turn, chains::fork_chain,
         chains::cancel_chain,
+        webhook_secret::webhook_secret,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -60,7 +62,7 @@ use crate::state::AppState;
         ChainRequest, TurnRequest, chain_views::ForkChain,
         chain_views::ChainAccepted, chain_views::TurnAccepted, chain_views::ChainView,
         chain_views::TurnView, ChainStatus, TurnState,
-        chain_views::ForkedFrom, chain_views::ChainCancelReply,
+        chain_views::ForkedFrom, chain_views::ChainCancelReply, webhook_secret::WebhookSecret,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -115,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chains/{id}/turns", post(chains::append_turn))
         .route("/v1/chains/{id}/fork", post(chains::fork_chain))
         .route("/v1/chains/{id}/cancel", post(chains::cancel_chain))
+        .route("/v1/webhook_secret", get(webhook_secret::webhook_secret))
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

@@ -34,8 +34,8 @@ pub async fn finished_jobs_are_notified_once<Q: JobQueue>(make: impl MakeQueue<Q
     assert_eq!(got.len(), 1, "{got:?}");
     let n = &got[0];
     assert_eq!(
-        (n.job_id, n.status, n.attempt),
-        (id, JobStatus::Succeeded, 1)
+        (n.job_id, n.status, n.attempt, n.tenant.as_str()),
+        (id, JobStatus::Succeeded, 1, "t")
     );
     assert_eq!(
         (n.created_at, n.started_at, n.finished_at),
@@ -60,7 +60,8 @@ pub async fn finished_jobs_are_notified_once<Q: JobQueue>(make: impl MakeQueue<Q
 }
 
 /// A taker that never acknowledges (it died) loses nothing: the lease runs out and the
-/// notification comes back with the next attempt number; a retry makes it due at its time.
+/// notification comes back with the next attempt number; a retry makes it due at its time; a
+/// deferral too, without counting the take.
 pub async fn unacknowledged_notifications_come_back<Q: JobQueue>(make: impl MakeQueue<Q>) {
     let q = fresh(&make, config()).await;
     let id = submit(&q, submission("t", Priority::Standard, "x"), NOW).await;
@@ -97,6 +98,18 @@ pub async fn unacknowledged_notifications_come_back<Q: JobQueue>(make: impl Make
     );
     let third = take(&q, at).await;
     assert_eq!((third.len(), third[0].attempt), (1, 3));
+    // A deferral gives it back without counting that take.
+    let later = at + 1_000;
+    within("defer", q.defer_notification(id, later))
+        .await
+        .expect("defer");
+    assert!(take(&q, later - 1).await.is_empty(), "not due before");
+    let fourth = take(&q, later).await;
+    assert_eq!(
+        (fourth.len(), fourth[0].attempt),
+        (1, 3),
+        "a deferred take is not an attempt"
+    );
 
     within("ack", q.ack_notifications(&[id]))
         .await

@@ -212,6 +212,11 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
+    async fn defer_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
+        self.mutate(|s| s.defer_notification(id, at));
+        Ok(())
+    }
+
     async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
         self.lock().retry_notification(id, at);
         Ok(())

@@ -52,6 +52,7 @@ impl State {
             self.reschedule(id, until, taken);
             out.push(Notification {
                 job_id: id,
+                tenant: job.tenant.clone(),
                 status: job.status,
                 created_at: job.created_at,
                 started_at: job.started_at,
@@ -68,6 +69,12 @@ impl State {
             if let Some((due, _)) = self.notify_due.remove(id) {
                 self.notify.remove(&(due, *id));
             }
+        }
+    }
+
+    pub(crate) fn defer_notification(&mut self, id: JobId, at: Millis) {
+        if let Some(&(_, taken)) = self.notify_due.get(&id) {
+            self.reschedule(id, at, taken.saturating_sub(1));
         }
     }
 

@@ -532,8 +532,12 @@ impl JobQueue for RedisQueue {
         self.ack_notifications_impl(ids).await
     }
 
+    async fn defer_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
+        self.reschedule_notification(id, at, true).await
+    }
+
     async fn retry_notification(&self, id: JobId, at: Millis) -> Result<(), QueueError> {
-        self.retry_notification_impl(id, at).await
+        self.reschedule_notification(id, at, false).await
     }
 
     async fn create_chain(&self, chain: ChainSubmission, now: Millis) -> Result<(), QueueError> {

@@ -45,13 +45,19 @@ impl RedisQueue {
         self.run(&inv).await.map(|_| ())
     }
 
-    pub(super) async fn retry_notification_impl(
+    /// Due again at `at`; `uncount` takes back the take that handed it out (a deferral).
+    pub(super) async fn reschedule_notification(
         &self,
         id: JobId,
         at: Millis,
+        uncount: bool,
     ) -> Result<(), QueueError> {
         let mut inv = SCRIPTS.notify_retry.prepare_invoke();
-        inv.key(self.keys.notify()).arg(id.to_string()).arg(at);
+        inv.key(self.keys.notify())
+            .key(self.keys.notify_attempts())
+            .arg(id.to_string())
+            .arg(at)
+            .arg(u8::from(uncount));
         self.run(&inv).await.map(|_| ())
     }
 }
@@ -87,6 +93,7 @@ fn notification(v: &redis::Value) -> Result<Notification, QueueError> {
     let hook = field(6)?;
     Ok(Notification {
         job_id,
+        tenant: field(7)?,
         status,
         created_at: millis(3)?.unwrap_or(0),
         started_at: millis(4)?,
