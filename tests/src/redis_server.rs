@@ -27,8 +27,13 @@ const START_ATTEMPTS: usize = 5;
 /// A running redis-server. Dropping it stops the server and deletes its directory.
 pub struct RedisServer {
     url: String,
+    port: u16,
     dir: PathBuf,
+    args: Vec<String>,
     guard: Child,
+    /// Guards of earlier runs on the same port and directory (`kill9` + `restart`); dropped
+    /// after `guard`, their servers already dead.
+    earlier: Vec<Child>,
 }
 
 impl RedisServer {
@@ -53,51 +58,90 @@ impl RedisServer {
             .tempdir()
             .context("creating the redis data directory")?
             .keep();
-        let log = dir.join("redis.log");
-        let port_arg = port.to_string();
-        let dir_arg = dir.to_string_lossy().into_owned();
-        let log_arg = log.to_string_lossy().into_owned();
-        let mut args: Vec<&str> = vec![
-            "--port",
-            &port_arg,
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            &dir_arg,
-            "--logfile",
-            &log_arg,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-            "--daemonize",
-            "no",
-        ];
-        args.extend_from_slice(extra_args);
-        let script = r#"bin="$1"; shift; "$bin" "$@" & p=$!; read _; kill $p; wait $p; rm -rf "$KX_REDIS_DIR""#;
-        let guard = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg("sh")
-            .arg(binary)
-            .args(&args)
-            .env("KX_REDIS_DIR", &dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawning sh for redis-server")?;
+        let args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        let guard = spawn_guarded(binary, port, &dir, &args)?;
         let server = Self {
             url: format!("redis://127.0.0.1:{port}/"),
+            port,
             dir,
+            args,
             guard,
+            earlier: Vec::new(),
         };
-        server.wait_ready(&log)?;
+        server.wait_ready(&server.dir.join("redis.log"))?;
         Ok(server)
     }
 
+    /// SIGKILL the server process: no shutdown, no final fsync (what a crash or an OOM kill
+    /// does). Its data directory stays for `restart`.
+    pub fn kill9(&self) -> anyhow::Result<()> {
+        let pid = std::fs::read_to_string(self.dir.join("redis.pid"))
+            .context("reading redis.pid")?
+            .trim()
+            .to_owned();
+        let status = Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .context("running kill -KILL")?;
+        if !status.success() {
+            bail!("kill -KILL {pid} failed");
+        }
+        Ok(())
+    }
+
+    /// Start the server again on the same port and directory (it loads its AOF, if any), and
+    /// wait until it answers.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let binary = find_binary()?;
+        let guard = spawn_guarded(&binary, self.port, &self.dir, &self.args)?;
+        self.earlier.push(std::mem::replace(&mut self.guard, guard));
+        self.wait_ready(&self.dir.join("redis.log"))
+    }
+}
+
+/// redis-server on `port` with its data in `dir`, under a shell that stops it (and deletes
+/// `dir`) when this process's end closes the shell's stdin; the server's pid goes to
+/// `dir/redis.pid`.
+fn spawn_guarded(binary: &Path, port: u16, dir: &Path, extra: &[String]) -> anyhow::Result<Child> {
+    let log = dir.join("redis.log");
+    let port_arg = port.to_string();
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let log_arg = log.to_string_lossy().into_owned();
+    let mut args: Vec<&str> = vec![
+        "--port",
+        &port_arg,
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        &dir_arg,
+        "--logfile",
+        &log_arg,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory-policy",
+        "noeviction",
+        "--daemonize",
+        "no",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    let script = r#"bin="$1"; shift; "$bin" "$@" & p=$!; echo $p > "$KX_REDIS_DIR/redis.pid"; read _; kill $p 2>/dev/null; wait $p; rm -rf "$KX_REDIS_DIR""#;
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(binary)
+        .args(&args)
+        .env("KX_REDIS_DIR", dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning sh for redis-server")
+}
+
+impl RedisServer {
     /// Poll until this server answers PING (and is ours: its `dir` is our directory).
     fn wait_ready(&self, log: &Path) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
@@ -145,6 +189,10 @@ impl Drop for RedisServer {
         // EOF on the shell's stdin stops redis and removes the directory.
         drop(self.guard.stdin.take());
         let _ = self.guard.wait();
+        for mut earlier in self.earlier.drain(..) {
+            drop(earlier.stdin.take());
+            let _ = earlier.wait();
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use kontext_storage::{BlobStore, S3Config, S3Store};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Region the tests sign for; s3s-fs accepts any.
 pub const REGION: &str = "us-east-1";
@@ -50,6 +50,8 @@ pub struct S3Server {
     secret_key: String,
     startup: Duration,
     stop: Option<oneshot::Sender<()>>,
+    /// `true` while the server plays dead (`set_down`).
+    down: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
     data: DataDir,
 }
@@ -76,6 +78,24 @@ impl S3Server {
         server.as_ref().map_err(|e| anyhow!("{e}"))
     }
 
+    /// A private server that lives as long as the process (for fleets, which hold a
+    /// `&'static S3Server`); its directory is swept like the shared server's.
+    pub fn start_for_process() -> anyhow::Result<&'static S3Server> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{SHARED_DIR_PREFIX}{}-", std::process::id()))
+            .tempdir()
+            .context("creating the S3 data directory")?
+            .keep();
+        Ok(Box::leak(Box::new(Self::start_in(DataDir::Kept(dir))?)))
+    }
+
+    /// Plays dead while `down`: open connections are cut and new ones are closed as soon as
+    /// they are accepted (what clients see when the server is stopped or unreachable); the data
+    /// stays. `set_down(false)` serves again on the same port.
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+
     /// A private server for tests that must not share one (stopped and deleted on drop).
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
@@ -95,6 +115,7 @@ impl S3Server {
         let secret_key = uuid::Uuid::new_v4().simple().to_string();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (down_tx, down_rx) = watch::channel(false);
         let (ak, sk) = (access_key.clone(), secret_key.clone());
         let thread = std::thread::Builder::new()
             .name("s3s-fs".into())
@@ -105,7 +126,9 @@ impl S3Server {
                     .enable_all()
                     .build();
                 match runtime {
-                    Ok(runtime) => runtime.block_on(serve(root, ak, sk, ready_tx, stop_rx)),
+                    Ok(runtime) => {
+                        runtime.block_on(serve(root, ak, sk, ready_tx, stop_rx, down_rx));
+                    }
                     Err(e) => {
                         let _ = ready_tx.send(Err(anyhow!("building its runtime: {e}")));
                     }
@@ -122,6 +145,7 @@ impl S3Server {
             secret_key,
             startup: started.elapsed(),
             stop: Some(stop_tx),
+            down: down_tx,
             thread: Some(thread),
             data,
         })
@@ -210,6 +234,7 @@ async fn serve(
     secret_key: String,
     ready: std::sync::mpsc::Sender<anyhow::Result<SocketAddr>>,
     mut stop: oneshot::Receiver<()>,
+    down: watch::Receiver<bool>,
 ) {
     let setup = async {
         let fs = s3s_fs::FileSystem::new(&root)
@@ -238,11 +263,20 @@ async fn serve(
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
+                    if *down.borrow() {
+                        drop(socket);
+                        continue;
+                    }
                     let connection = http
                         .serve_connection(TokioIo::new(socket), service.clone())
                         .into_owned();
+                    let mut down = down.clone();
                     tokio::spawn(async move {
-                        let _ = connection.await;
+                        tokio::select! {
+                            _ = connection => {}
+                            // Going down cuts the connection mid-request.
+                            _ = down.wait_for(|d| *d) => {}
+                        }
                     });
                 }
                 Err(e) => tracing::warn!(error = %e, "s3s-fs test server: accept failed"),

@@ -3,6 +3,8 @@
 //! (`out/<tenant>/<job>/<epoch>.<ext>`), so an attempt never overwrites another attempt's output
 //! and the queue's commit alone decides which attempt is the result.
 
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use image::ImageEncoder;
 use image::codecs::jpeg::JpegEncoder;
@@ -87,21 +89,18 @@ impl Outputs {
         })
     }
 
-    /// Stores every object; a failure is transient unless the key itself is refused.
+    /// Stores every object, retrying transient failures for up to `UPLOAD_PATIENCE`; a failure
+    /// is transient unless the key itself is refused.
     pub async fn upload<S: BlobStore>(&self, store: &S) -> Result<(), JobError> {
-        store
-            .put(
-                &self.image_key,
-                self.image.clone(),
-                self.format.content_type(),
-            )
-            .await
-            .map_err(|e| upload_error(&self.image_key, &e))?;
+        put_patiently(
+            store,
+            &self.image_key,
+            &self.image,
+            self.format.content_type(),
+        )
+        .await?;
         if let Some((key, bytes)) = &self.latent {
-            store
-                .put(key, bytes.clone(), LATENT_CONTENT_TYPE)
-                .await
-                .map_err(|e| upload_error(key, &e))?;
+            put_patiently(store, key, bytes, LATENT_CONTENT_TYPE).await?;
         }
         Ok(())
     }
@@ -123,6 +122,37 @@ impl Outputs {
 
     pub fn latent_key(&self) -> Option<ObjectKey> {
         self.latent.as_ref().map(|(k, _)| k.clone())
+    }
+}
+
+/// How long an upload keeps retrying a store that fails transiently (an S3 outage, a restart):
+/// the image is already rendered, and rendering it again costs far more GPU time than waiting.
+/// The lease is renewed meanwhile; a lease lost during the wait ends in a refused commit.
+pub const UPLOAD_PATIENCE: Duration = Duration::from_secs(60);
+/// First pause between upload tries; doubles up to `UPLOAD_RETRY_CAP`.
+const UPLOAD_RETRY: Duration = Duration::from_millis(200);
+const UPLOAD_RETRY_CAP: Duration = Duration::from_secs(5);
+
+async fn put_patiently<S: BlobStore>(
+    store: &S,
+    key: &ObjectKey,
+    bytes: &Bytes,
+    content_type: &str,
+) -> Result<(), JobError> {
+    let started = Instant::now();
+    let mut pause = UPLOAD_RETRY;
+    loop {
+        let e = match store.put(key, bytes.clone(), content_type).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let err = upload_error(key, &e);
+        if err.kind != JobErrorKind::Transient || started.elapsed() + pause > UPLOAD_PATIENCE {
+            return Err(err);
+        }
+        tracing::warn!(key = %key, error = %e, retry_in = ?pause, "upload failed; retrying");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(UPLOAD_RETRY_CAP);
     }
 }
 

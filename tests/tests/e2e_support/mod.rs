@@ -41,6 +41,10 @@ pub struct FleetOptions {
     pub lease_ttl: &'static str,
     pub min_step_ms: u64,
     pub grace_period: &'static str,
+    /// A Redis of the test's own (fault tests); `None`: the process-wide one.
+    pub redis_url: Option<String>,
+    /// An S3 server of the test's own (fault tests); `None`: the process-wide one.
+    pub s3: Option<&'static S3Server>,
 }
 
 impl Default for FleetOptions {
@@ -51,6 +55,8 @@ impl Default for FleetOptions {
             lease_ttl: "3s",
             min_step_ms: 30,
             grace_period: "20s",
+            redis_url: None,
+            s3: None,
         }
     }
 }
@@ -121,14 +127,49 @@ struct CoordinatorThread {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for CoordinatorThread {
-    fn drop(&mut self) {
+impl CoordinatorThread {
+    /// Serves `config` on `listener` until stopped.
+    fn start(listener: std::net::TcpListener, config: Config) -> anyhow::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("e2e-coordinator".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("coordinator runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    let shutdown = async move {
+                        let _ = stopped.await;
+                    };
+                    if let Err(e) = kontext_coordinator::run(listener, config, shutdown).await {
+                        eprintln!("e2e coordinator stopped with an error: {e}");
+                    }
+                });
+            })?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Graceful shutdown; returns once the coordinator has stopped.
+    fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for CoordinatorThread {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -141,7 +182,8 @@ pub struct Fleet {
     pub workers: Mutex<Vec<WorkerProcess>>,
     opts: FleetOptions,
     dir: tempfile::TempDir,
-    _coordinator: CoordinatorThread,
+    config: Config,
+    coordinator: Mutex<CoordinatorThread>,
 }
 
 fn coordinator_config(
@@ -189,9 +231,15 @@ impl Fleet {
         opts: FleetOptions,
         adjust: impl FnOnce(&mut Config),
     ) -> anyhow::Result<Self> {
-        let redis_url = redis_url();
+        let redis_url = match &opts.redis_url {
+            Some(url) => url.clone(),
+            None => redis_url(),
+        };
         let namespace = fresh_namespace();
-        let s3 = S3Server::shared()?;
+        let s3 = match opts.s3 {
+            Some(s3) => s3,
+            None => S3Server::shared()?,
+        };
         let bucket = unique_bucket_name();
         let dir = tempfile::Builder::new()
             .prefix("kontext-e2e-fleet-")
@@ -217,27 +265,8 @@ impl Fleet {
         let mut config = coordinator_config(dir.path(), &redis_url, &namespace, s3, &bucket)?;
         adjust(&mut config);
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("e2e-coordinator".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("coordinator runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                    let shutdown = async move {
-                        let _ = stopped.await;
-                    };
-                    if let Err(e) = kontext_coordinator::run(listener, config, shutdown).await {
-                        eprintln!("e2e coordinator stopped with an error: {e}");
-                    }
-                });
-            })?;
+        let coordinator = CoordinatorThread::start(listener, config.clone())?;
         let fleet = Self {
             url,
             redis_url,
@@ -247,15 +276,44 @@ impl Fleet {
             workers: Mutex::new(Vec::new()),
             opts,
             dir,
-            _coordinator: CoordinatorThread {
-                stop: Some(stop),
-                thread: Some(thread),
-            },
+            config,
+            coordinator: Mutex::new(coordinator),
         };
         for i in 0..fleet.opts.workers {
             fleet.spawn_worker(&format!("w{i}"))?;
         }
         Ok(fleet)
+    }
+
+    /// Stops the coordinator (gracefully: it finishes open requests) and starts a new one on the
+    /// same address with the same configuration, as a deploy does. Returns the time from the
+    /// stop to the new process answering `/healthz`.
+    pub fn restart_coordinator(&self) -> anyhow::Result<Duration> {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let started = Instant::now();
+        let mut coordinator = self.coordinator.lock().expect("coordinator");
+        coordinator.stop();
+        // The same port: std's TcpListener sets SO_REUSEADDR on Unix.
+        let listener =
+            std::net::TcpListener::bind(&addr).with_context(|| format!("binding {addr} again"))?;
+        *coordinator = CoordinatorThread::start(listener, self.config.clone())?;
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let probe = std::net::TcpStream::connect(&addr).and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut reply = String::new();
+                s.read_to_string(&mut reply)?;
+                Ok(reply)
+            });
+            if probe.is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return Ok(started.elapsed());
+            }
+            if Instant::now() > until {
+                bail!("the restarted coordinator never answered /healthz");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Starts one more worker process named `id`.
