@@ -53,7 +53,9 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// Redis URL of the job queue, e.g. redis://:password@host:6379/0. Absent: an in-process
+    /// Redis URL of the job queue, e.g. redis://:password@host:6379/0, or through Sentinel
+    /// (failovers followed): redis+sentinel://:password@sentinel1:26379,sentinel2/service/0.
+    /// Absent: an in-process
     /// queue that only workers in this process can reach (embedded mode, `kontext up`).
     #[arg(long, env = "KONTEXT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,

@@ -59,7 +59,7 @@ impl RedisServer {
             .context("creating the redis data directory")?
             .keep();
         let args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
-        let guard = spawn_guarded(binary, port, &dir, &args)?;
+        let guard = spawn_guarded(binary, &dir, &node_args(port, &dir, &args))?;
         let server = Self {
             url: format!("redis://127.0.0.1:{port}/"),
             port,
@@ -93,29 +93,28 @@ impl RedisServer {
     /// wait until it answers.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         let binary = find_binary()?;
-        let guard = spawn_guarded(&binary, self.port, &self.dir, &self.args)?;
+        let guard = spawn_guarded(
+            &binary,
+            &self.dir,
+            &node_args(self.port, &self.dir, &self.args),
+        )?;
         self.earlier.push(std::mem::replace(&mut self.guard, guard));
         self.wait_ready(&self.dir.join("redis.log"))
     }
 }
 
-/// redis-server on `port` with its data in `dir`, under a shell that stops it (and deletes
-/// `dir`) when this process's end closes the shell's stdin; the server's pid goes to
-/// `dir/redis.pid`.
-fn spawn_guarded(binary: &Path, port: u16, dir: &Path, extra: &[String]) -> anyhow::Result<Child> {
-    let log = dir.join("redis.log");
-    let port_arg = port.to_string();
-    let dir_arg = dir.to_string_lossy().into_owned();
-    let log_arg = log.to_string_lossy().into_owned();
-    let mut args: Vec<&str> = vec![
+/// The arguments of a data node on `port` with its data in `dir`; `extra` is appended, so it
+/// overrides these.
+fn node_args(port: u16, dir: &Path, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--port",
-        &port_arg,
+        &port.to_string(),
         "--bind",
         "127.0.0.1",
         "--dir",
-        &dir_arg,
+        &dir.to_string_lossy(),
         "--logfile",
-        &log_arg,
+        &dir.join("redis.log").to_string_lossy(),
         "--save",
         "",
         "--appendonly",
@@ -124,15 +123,25 @@ fn spawn_guarded(binary: &Path, port: u16, dir: &Path, extra: &[String]) -> anyh
         "noeviction",
         "--daemonize",
         "no",
-    ];
-    args.extend(extra.iter().map(String::as_str));
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    args.extend(extra.iter().cloned());
+    args
+}
+
+/// redis-server with `args` and its files in `dir`, under a shell that stops it (and deletes
+/// `dir`) when this process's end closes the shell's stdin; the server's pid goes to
+/// `dir/redis.pid`.
+pub(crate) fn spawn_guarded(binary: &Path, dir: &Path, args: &[String]) -> anyhow::Result<Child> {
     let script = r#"bin="$1"; shift; "$bin" "$@" & p=$!; echo $p > "$KX_REDIS_DIR/redis.pid"; read _; kill $p 2>/dev/null; wait $p; rm -rf "$KX_REDIS_DIR""#;
     Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg("sh")
         .arg(binary)
-        .args(&args)
+        .args(args)
         .env("KX_REDIS_DIR", dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -179,6 +188,10 @@ impl RedisServer {
         }
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -197,7 +210,7 @@ impl Drop for RedisServer {
 }
 
 /// redis-server on PATH, else /usr/bin/redis-server.
-fn find_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn find_binary() -> anyhow::Result<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
@@ -211,7 +224,7 @@ fn find_binary() -> anyhow::Result<PathBuf> {
     })
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }

@@ -1,6 +1,8 @@
 //! Faults survived end to end, on real processes: worker processes SIGKILLed at random during a
-//! 40-job run, Redis SIGKILLed and restarted from its append-only file while jobs run, the S3
-//! server unreachable for 10 s mid-run, and the coordinator restarted while clients poll.
+//! 40-job run, Redis SIGKILLed and restarted from its append-only file while jobs run, a Sentinel
+//! failover (the primary SIGKILLed; coordinator and workers follow the promoted replica through a
+//! `redis+sentinel://` URL, submits wait for the replica), the S3 server unreachable for 10 s
+//! mid-run, and the coordinator restarted while clients poll.
 //!
 //! Every test ends with the same ledger over the jobs the API accepted (answered 202): each ends
 //! in a terminal state (none lost), each succeeded job has exactly one `succeeded` event and one
@@ -12,6 +14,8 @@ mod e2e_support;
 use std::time::{Duration, Instant};
 
 use e2e_support::{DEADLINE, Fleet, FleetOptions, KEY_ALPHA, assert_png, http, note};
+use kontext_coordinator::config::QueueSource;
+use kontext_e2e::redis_sentinel::SentinelSetup;
 use kontext_e2e::redis_server::RedisServer;
 use kontext_e2e::s3_server::S3Server;
 use kontext_proto::redis::RedisQueue;
@@ -390,4 +394,55 @@ async fn a_coordinator_restarted_while_clients_poll_loses_nothing() {
     assert_eq!(unseen, 0, "the polling client saw every job finish");
     let l = ledger(&fleet, &queue, &ids).await;
     assert_clean(&fleet, "coordinator restart", &l);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_loses_no_acknowledged_job() {
+    let setup = tokio::task::spawn_blocking(SentinelSetup::start)
+        .await
+        .expect("setup task")
+        .expect("a primary, a replica and a Sentinel");
+    // Coordinator and workers reach Redis only through Sentinel; every submit waits until the
+    // replica has it before it is acknowledged.
+    let fleet = Fleet::start_with(
+        FleetOptions {
+            workers: 2,
+            lease_ttl: "5s",
+            redis_url: Some(setup.url()),
+            ..FleetOptions::default()
+        },
+        |c| {
+            if let QueueSource::Redis { wait_replicas, .. } = &mut c.queue {
+                *wait_replicas = 1;
+            }
+        },
+    )
+    .expect("fleet");
+    let queue = fleet.queue().await.expect("queue");
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(submit_until_accepted(&fleet, &job(i)).await.0);
+    }
+    wait_succeeded(&fleet, &queue, &ids, 3).await;
+    setup.primary.kill9().expect("kill -9 the primary");
+    let setup = std::sync::Arc::new(setup);
+    let watching = std::sync::Arc::clone(&setup);
+    let took = tokio::task::spawn_blocking(move || watching.wait_failover())
+        .await
+        .expect("failover task")
+        .expect("Sentinel promotes the replica");
+    note(&format!(
+        "Sentinel failover took {took:?} after the primary was killed"
+    ));
+    let mut refusals = 0;
+    for i in 10..20 {
+        let (id, r) = submit_until_accepted(&fleet, &job(i)).await;
+        ids.push(id);
+        refusals += r;
+    }
+    wait_all_terminal(&fleet, &queue, &ids).await;
+    let l = ledger(&fleet, &queue, &ids).await;
+    note(&format!("submits refused during the failover: {refusals}"));
+    assert_clean(&fleet, "Sentinel failover", &l);
+    assert_success_counter(&fleet, l.succeeded).await;
 }

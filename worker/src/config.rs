@@ -206,7 +206,8 @@ pub fn default_worker_id() -> String {
 /// Flags of `kontext-worker serve`.
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Redis URL of the job queue, e.g. redis://:password@host:6379/0.
+    /// Redis URL of the job queue, e.g. redis://:password@host:6379/0, or through Sentinel
+    /// (failovers followed): redis+sentinel://:password@sentinel1:26379,sentinel2/service/0.
     #[arg(long, env = "KONTEXT_REDIS_URL", hide_env_values = true)]
     pub redis_url: String,
 

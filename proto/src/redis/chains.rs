@@ -170,7 +170,7 @@ impl RedisQueue {
             .arg(k.chain(id))
             .arg("turns")
             .arg("seed")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn())
             .await
             .map_err(super::reply::backend)?;
         for _ in 0..APPEND_TRIES {
@@ -236,7 +236,7 @@ impl RedisQueue {
         let seed: Option<String> = redis::cmd("HGET")
             .arg(k.chain(id))
             .arg("seed")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn())
             .await
             .map_err(super::reply::backend)?;
         let seed: u64 = seed

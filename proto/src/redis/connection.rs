@@ -65,7 +65,8 @@ pub(crate) async fn shared(
 
 /// Dedicated connections for blocking commands: at most `max` in use, `MAX_IDLE` kept idle.
 pub(crate) struct BlockingPool {
-    client: Client,
+    /// Replaced after a Sentinel failover (`set_client`).
+    client: Mutex<Client>,
     connect_timeout: Duration,
     idle: Mutex<Vec<MultiplexedConnection>>,
     in_use: Arc<Semaphore>,
@@ -85,7 +86,7 @@ impl BlockingPool {
     pub(crate) fn new(client: Client, connect_timeout: Duration, max: usize) -> Self {
         let max = max.max(1);
         Self {
-            client,
+            client: Mutex::new(client),
             connect_timeout,
             idle: Mutex::new(Vec::new()),
             in_use: Arc::new(Semaphore::new(max)),
@@ -115,12 +116,26 @@ impl BlockingPool {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(None)
             .set_connection_timeout(Some(self.connect_timeout));
-        let con = self
+        let client = self
             .client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let con = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(backend)?;
         Ok(BlockingConnection { con, _slot: slot })
+    }
+
+    /// From now on, connect to `client`'s server (the new primary after a failover); idle
+    /// connections to the old one are dropped.
+    pub(crate) fn set_client(&self, client: Client) {
+        *self.client.lock().unwrap_or_else(PoisonError::into_inner) = client;
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Connections in use now.

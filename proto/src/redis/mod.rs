@@ -17,8 +17,10 @@ mod notify;
 mod reads;
 mod reply;
 mod scripts;
+mod sentinel;
 mod submit;
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::Value;
@@ -51,11 +53,22 @@ const CONSUMER_IDLE_MS: u64 = 3_600_000;
 
 /// The Redis-backed job queue.
 pub struct RedisQueue {
-    conn: ConnectionManager,
-    blocking: BlockingPool,
+    /// Replaced after a Sentinel failover (see `sentinel`); read through `conn()`.
+    conn: Arc<RwLock<ConnectionManager>>,
+    blocking: Arc<BlockingPool>,
     keys: KeySpace,
     cfg: RedisConfig,
     jitter: Jitter,
+    /// The Sentinel watcher, stopped with the queue.
+    follower: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for RedisQueue {
+    fn drop(&mut self) {
+        if let Some(f) = &self.follower {
+            f.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisQueue {
@@ -82,8 +95,17 @@ impl RedisQueue {
     /// groups and load the scripts. `ns` is the namespace inside the hash tag (default "kx").
     pub async fn connect(url: &str, ns: &str, cfg: RedisConfig) -> Result<Self, QueueError> {
         let keys = KeySpace::new(ns)?;
-        let client =
-            Client::open(url).map_err(|e| QueueError::Config(format!("invalid Redis URL: {e}")))?;
+        let (client, sentinel_client) = match sentinel::parse(url)? {
+            Some(s) => {
+                let mut sc = s.client()?;
+                (sentinel::primary(&mut sc).await?, Some(sc))
+            }
+            None => (
+                Client::open(url)
+                    .map_err(|e| QueueError::Config(format!("invalid Redis URL: {e}")))?,
+                None,
+            ),
+        };
         let mut conn = connection::shared(&client, &cfg).await?;
         connection::check_server(&mut conn).await?;
         for p in Priority::ORDER {
@@ -101,14 +123,31 @@ impl RedisQueue {
             }
         }
         SCRIPTS.load(&mut conn).await.map_err(backend)?;
-        let blocking = BlockingPool::new(client, cfg.connect_timeout, cfg.max_blocking);
+        let primary = client.get_connection_info().addr().to_string();
+        let blocking = Arc::new(BlockingPool::new(
+            client,
+            cfg.connect_timeout,
+            cfg.max_blocking,
+        ));
         let jitter = Jitter::new(cfg.queue.jitter_seed);
+        let conn = Arc::new(RwLock::new(conn));
+        let follower = sentinel_client.map(|sc| {
+            tokio::spawn(sentinel::follow(
+                sc,
+                primary,
+                Arc::downgrade(&conn),
+                Arc::downgrade(&blocking),
+                cfg.clone(),
+            ))
+            .abort_handle()
+        });
         Ok(Self {
             conn,
             blocking,
             keys,
             cfg,
             jitter,
+            follower,
         })
     }
 
@@ -117,10 +156,16 @@ impl RedisQueue {
         &self.keys
     }
 
+    /// The shared multiplexed connection (to the current primary).
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     async fn run(&self, inv: &ScriptInvocation<'_>) -> Result<Value, QueueError> {
-        inv.invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(backend)
+        inv.invoke_async(&mut self.conn()).await.map_err(backend)
     }
 
     /// Blocking commands in flight now, each on its own connection (at most

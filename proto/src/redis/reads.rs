@@ -21,7 +21,7 @@ impl RedisQueue {
     pub(super) async fn read_job(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
         let reply: Value = redis::cmd("HGETALL")
             .arg(self.keys.job(id))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn())
             .await
             .map_err(backend)?;
         let h = hash(&reply)?;
@@ -76,7 +76,7 @@ impl RedisQueue {
         };
         let exists: bool = redis::cmd("EXISTS")
             .arg(self.keys.job(id))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn())
             .await
             .map_err(backend)?;
         if !exists {
@@ -89,7 +89,7 @@ impl RedisQueue {
         }
         cmd.arg("STREAMS").arg(self.keys.events(id)).arg(after);
         let reply = if wait.is_zero() {
-            cmd.query_async::<Value>(&mut self.conn.clone())
+            cmd.query_async::<Value>(&mut self.conn())
                 .await
                 .map_err(backend)?
         } else {
