@@ -26,6 +26,7 @@ pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod json_int;
 pub mod keys;
 pub mod model_profile;
 pub mod object_key;

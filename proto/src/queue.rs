@@ -212,6 +212,43 @@ pub struct Notification {
     pub attempt: u32,
 }
 
+/// Whether `s` is an event cursor as the API documents it: `N` or `N-M`, each 1 to 19 digits (so
+/// both fit a u64). Redis reads it as a stream id (`N` = `N-0`); the embedded queue's cursors are
+/// plain sequence numbers, and it resumes after `N`. Any such cursor resumes after its position,
+/// whether or not an event has exactly that id.
+pub fn is_event_cursor(s: &str) -> bool {
+    let part = |p: &str| (1..=19).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    match s.split_once('-') {
+        Some((n, m)) => part(n) && part(m),
+        None => part(s),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn event_cursors_are_one_or_two_u64s() {
+    for ok in [
+        "0",
+        "17",
+        "1700000000000-0",
+        "9999999999999999999-9999999999999999999",
+    ] {
+        assert!(is_event_cursor(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "-1",
+        "a-1",
+        "1-",
+        "1-2-3",
+        "18446744073709551616",
+        "null",
+        " 1",
+    ] {
+        assert!(!is_event_cursor(bad), "{bad}");
+    }
+}
+
 /// Largest page `list` returns; smaller limits (and 0, taken as 1) are honoured.
 pub const MAX_PAGE: usize = 1_000;
 

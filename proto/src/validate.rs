@@ -31,34 +31,75 @@ pub const DEFAULT_GUIDANCE: f32 = 2.5;
 // the field and the allowed values) rather than a JSON parse failure.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SubmitJob,
-    example = json!({"prompt": "make the jacket red", "input_image": "<upload id>",
+    example = json!({"prompt": "make the jacket red", "input_image": "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAFklEQVR42mM4Yd5AEmIY1TCqYfhqAADlZn8QYh/mJgAAAABJRU5ErkJggg==",
         "steps": 28, "guidance": 2.5, "seed": 42, "output_format": "png"})))]
 #[serde(default)]
 pub struct JobRequest {
-    /// What to generate, or the edit instruction.
+    /// What to generate, or the edit instruction: not blank, at most 2,000 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            min_length = 1,
+            max_length = 2000,
+            pattern = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
+    )]
     pub prompt: String,
     /// Context image of an edit: an upload id (`POST /v1/uploads`), an object key of this
     /// tenant (`in/<tenant>/...` or `out/<tenant>/...`), base64 (optionally a `data:` URL) or an
-    /// http(s) URL. Absent: a text-to-image job.
+    /// http(s) URL. Absent: a text-to-image job. Its sides must be 16 to 8,192 pixels.
+    #[cfg_attr(feature = "openapi", schema(format = "kontext-image", min_length = 1))]
     pub input_image: Option<String>,
-    /// Output width (multiple of 16). Default: the snapped input size, or 1024 for generate.
+    /// Output width: a multiple of 16 from 256 to 2,048, with width x height at most 2,097,152
+    /// pixels; give height too. Default: the snapped input size, or 1024 for generate.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 256, maximum = 2048, multiple_of = 16)
+    )]
+    #[serde(deserialize_with = "crate::json_int::opt_u32")]
     pub width: Option<u32>,
+    /// Output height: as width.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 256, maximum = 2048, multiple_of = 16)
+    )]
+    #[serde(deserialize_with = "crate::json_int::opt_u32")]
     pub height: Option<u32>,
-    /// `"w:h"`, e.g. `"16:9"` (about one megapixel); exclusive with width/height.
+    /// `"w:h"`, e.g. `"16:9"` (about one megapixel), between 9:21 and 21:9; not with
+    /// width/height.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^ *[0-9]+(\\.[0-9]+)? *: *[0-9]+(\\.[0-9]+)? *$")
+    )]
     pub aspect_ratio: Option<String>,
     /// How an edit's input is sized: `snap` (Kontext's preferred resolutions, default) or `keep`.
+    /// Only with `input_image`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(snap|keep)$"))]
     pub resize: Option<String>,
-    /// Denoising steps (default 28).
+    /// Denoising steps, 1 to 100 (default 28).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+    #[serde(deserialize_with = "crate::json_int::opt_u32")]
     pub steps: Option<u32>,
-    /// Distilled guidance (default 2.5).
+    /// Distilled guidance, 0 to 20 (default 2.5).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 20.0))]
     pub guidance: Option<f32>,
     /// Absent: the server picks one and reports it.
+    #[serde(deserialize_with = "crate::json_int::opt_u64")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9007199254740991_u64))]
     pub seed: Option<u64>,
-    /// `png` (default) or `jpeg`.
+    /// `png` (default) or `jpeg` (`jpg` is taken as `jpeg`).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(png|jpeg|jpg)$"))]
     pub output_format: Option<String>,
-    /// `high`, `standard` (default) or `bulk`.
+    /// `high`, `standard` (default) or `bulk` (keys may be limited to some).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(high|standard|bulk)$"))]
     pub priority: Option<String>,
-    /// Called (Standard Webhooks signature) when the job finishes.
+    /// Called (Standard Webhooks signature) when the job finishes: an http(s) URL, at most 2,048
+    /// characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(format = "uri", pattern = "^https?://[!-~]+$", max_length = 2048)
+    )]
     pub webhook_url: Option<String>,
 }
 
@@ -223,6 +264,7 @@ pub(crate) fn check_job_fields(
     fields::steps(&mut r, names, steps, limits);
     let guidance = req.guidance.unwrap_or(DEFAULT_GUIDANCE);
     fields::guidance(&mut r, names, guidance, limits);
+    fields::seed(&mut r, names, req.seed);
 
     let output_format = match req.output_format.as_deref() {
         None | Some("png") => OutputFormat::Png,

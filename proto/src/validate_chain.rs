@@ -29,14 +29,28 @@ pub const MAX_TURNS: usize = 100;
     example = json!({"prompt": "now it is raining", "seed": 7})))]
 #[serde(default)]
 pub struct TurnRequest {
-    /// The edit instruction of this turn.
+    /// The edit instruction of this turn: not blank, at most 2,000 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            required = true,
+            min_length = 1,
+            max_length = 2000,
+            pattern = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
+    )]
     pub prompt: String,
     /// Absent: derived from the chain seed and the turn number (re-running a chain with the same
     /// chain seed reproduces every turn).
+    #[serde(deserialize_with = "crate::json_int::opt_u64")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9007199254740991_u64))]
     pub seed: Option<u64>,
-    /// Default: the chain's `guidance` (appended turns: the last turn's).
+    /// 0 to 20. Default: the chain's `guidance` (appended turns: the last turn's).
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 20.0))]
     pub guidance: Option<f32>,
-    /// Default: the chain's `steps` (appended turns: the last turn's).
+    /// 1 to 100. Default: the chain's `steps` (appended turns: the last turn's).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+    #[serde(deserialize_with = "crate::json_int::opt_u32")]
     pub steps: Option<u32>,
 }
 
@@ -44,40 +58,82 @@ pub struct TurnRequest {
 // Enumerated fields stay strings, as in `JobRequest`, so a bad value is a field-level error.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = CreateChain,
-    example = json!({"input_image": "<upload id>", "carry": "latent",
+    example = json!({"input_image": "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAFklEQVR42mM4Yd5AEmIY1TCqYfhqAADlZn8QYh/mJgAAAABJRU5ErkJggg==", "carry": "latent",
         "on_failure": "stop", "seed": 42, "steps": 28,
         "turns": [{"prompt": "give the cat a red scarf"}, {"prompt": "now it is snowing"}]})))]
 #[serde(default)]
 pub struct ChainRequest {
     /// The image turn 1 edits (same forms as a job's `input_image`). Absent: turn 1 is
     /// text-to-image.
+    #[cfg_attr(feature = "openapi", schema(format = "kontext-image", min_length = 1))]
     pub input_image: Option<String>,
-    /// Without `input_image`: the prompt of a text-to-image turn 1, before `turns`. Without
-    /// both, `turns[0]` is the text-to-image turn.
+    /// Without `input_image`: the prompt of a text-to-image turn 1, before `turns` (not with
+    /// `input_image`). Without both, `turns[0]` is the text-to-image turn.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            min_length = 1,
+            max_length = 2000,
+            pattern = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
+    )]
     pub prompt: Option<String>,
-    /// 1 to 100 turns.
+    /// 1 to 100 turns (99 with `prompt`).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(required = true, min_items = 1, max_items = 100)
+    )]
     pub turns: Vec<TurnRequest>,
     /// `image` (default): the next turn encodes this turn's PNG. `latent`: it uses this turn's
     /// packed output latent (stored beside the PNG), skipping VAE decode → encode.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(image|latent)$"))]
     pub carry: Option<String>,
     /// `stop` (default): a failed turn ends the chain `failed`. `continue`: the next turn edits
     /// the last good frame.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(stop|continue)$"))]
     pub on_failure: Option<String>,
     /// Chain seed that turn seeds are derived from; absent: the server picks one.
+    #[serde(deserialize_with = "crate::json_int::opt_u64")]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9007199254740991_u64))]
     pub seed: Option<u64>,
-    /// Size of a text-to-image turn 1 (every frame has turn 1's size).
+    /// Size of a text-to-image turn 1 (every frame has turn 1's size): as a job's width.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 256, maximum = 2048, multiple_of = 16)
+    )]
+    #[serde(deserialize_with = "crate::json_int::opt_u32")]
     pub width: Option<u32>,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 256, maximum = 2048, multiple_of = 16)
+    )]
+    #[serde(deserialize_with = "crate::json_int::opt_u32")]
     pub height: Option<u32>,
+    /// As a job's `aspect_ratio`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^ *[0-9]+(\\.[0-9]+)? *: *[0-9]+(\\.[0-9]+)? *$")
+    )]
     pub aspect_ratio: Option<String>,
-    /// How the input image is sized for turn 1: `snap` (default) or `keep`.
+    /// How the input image is sized for turn 1: `snap` (default) or `keep`; only with
+    /// `input_image`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(snap|keep)$"))]
     pub resize: Option<String>,
-    /// Defaults for every turn.
+    /// Defaults for every turn: steps 1 to 100, guidance 0 to 20.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
+    #[serde(deserialize_with = "crate::json_int::opt_u32")]
     pub steps: Option<u32>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 20.0))]
     pub guidance: Option<f32>,
     /// `high`, `standard` (default) or `bulk`, for every turn.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(high|standard|bulk)$"))]
     pub priority: Option<String>,
     /// Called (Standard Webhooks signature) when each turn finishes.
     // The payload names the job; its chain is in `GET /v1/jobs/{id}`'s record.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(format = "uri", pattern = "^https?://[!-~]+$", max_length = 2048)
+    )]
     pub webhook_url: Option<String>,
 }
 
@@ -171,6 +227,7 @@ pub fn check_turn(
     fields::steps(&mut r, names, steps, limits);
     let guidance = turn.guidance.unwrap_or(default_guidance);
     fields::guidance(&mut r, names, guidance, limits);
+    fields::seed(&mut r, names, turn.seed);
     r.finish(TurnTemplate {
         prompt,
         steps,
@@ -231,6 +288,7 @@ pub fn check_chain(
             None,
         );
     }
+    fields::seed(&mut r, TurnFieldNames::default(), req.seed);
     let planned = req.turns.len() + usize::from(req.prompt.is_some());
     if req.turns.is_empty() || planned > MAX_TURNS {
         r.push(
@@ -275,6 +333,11 @@ pub fn check_chain(
         webhook_url: req.webhook_url.clone(),
     };
     let mut errors = Vec::new();
+    let mut first_seed = Report::default();
+    fields::seed(&mut first_seed, first_names, first.seed);
+    if let Err(e) = first_seed.finish(()) {
+        errors.extend(e.errors);
+    }
     let first_fields = check_job_fields(&first_req, first_names, limits)
         .map_err(|e| errors.extend(e.errors))
         .ok();

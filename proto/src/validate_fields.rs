@@ -62,8 +62,9 @@ pub(crate) fn prompt(
     limits: &Limits,
 ) -> String {
     let field = names.name("prompt");
-    let prompt = prompt.trim();
+    // Counted as sent, surrounding whitespace included, as the schema's maxLength counts.
     let chars = prompt.chars().count();
+    let prompt = prompt.trim();
     if prompt.is_empty() {
         r.push(
             &field,
@@ -89,6 +90,21 @@ pub(crate) fn steps(r: &mut Report, names: TurnFieldNames<'_>, steps: u32, limit
             &field,
             format!("{field} must be between 1 and {max} (got {steps})"),
             Some(format!("1..={max}")),
+        );
+    }
+}
+
+/// Largest seed a client may give: 2^53 - 1, so that every seed reads back exactly in
+/// JavaScript (server-picked seeds stay below it too).
+pub const MAX_SEED: u64 = (1 << 53) - 1;
+
+pub(crate) fn seed(r: &mut Report, names: TurnFieldNames<'_>, seed: Option<u64>) {
+    if let Some(s) = seed.filter(|s| *s > MAX_SEED) {
+        let field = names.name("seed");
+        r.push(
+            &field,
+            format!("{field} must be between 0 and {MAX_SEED} (2^53 - 1) (got {s})"),
+            Some(format!("0..={MAX_SEED}")),
         );
     }
 }
@@ -199,9 +215,8 @@ fn aspect_ratio(r: &mut Report, ratio: &str, limits: &Limits) -> Option<(u32, u3
     let (long, short) = limits.max_aspect_ratio;
     let max = f64::from(long) / f64::from(short.max(1));
     let parsed = ratio.split_once(':').and_then(|(a, b)| {
-        let a: f64 = a.trim().parse().ok()?;
-        let b: f64 = b.trim().parse().ok()?;
-        (a.is_finite() && b.is_finite() && a > 0.0 && b > 0.0).then_some(a / b)
+        let (a, b) = (plain_decimal(a.trim())?, plain_decimal(b.trim())?);
+        (a > 0.0 && b > 0.0).then_some(a / b)
     });
     let Some(value) = parsed else {
         r.push(
@@ -220,6 +235,20 @@ fn aspect_ratio(r: &mut Report, ratio: &str, limits: &Limits) -> Option<(u32, u3
         return None;
     }
     resolution::aspect_ratio_size(ratio, limits.aspect_ratio_area)
+}
+
+/// `12` or `1.5`: digits with at most one inner decimal point (the schema's pattern), no signs,
+/// exponents or words such as `inf`.
+fn plain_decimal(s: &str) -> Option<f64> {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+        return None;
+    }
+    s.parse().ok().filter(|v: &f64| v.is_finite())
 }
 
 /// The stored input image's own bounds.
@@ -283,12 +312,15 @@ pub(crate) fn webhook_url(r: &mut Report, raw: &str, max_chars: usize) -> Option
         .strip_prefix("https://")
         .or_else(|| raw.strip_prefix("http://"));
     let host_given = rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'));
-    let clean = !raw.chars().any(|c| c.is_whitespace() || c.is_control());
+    // A URI (RFC 3986): printable ASCII only; an IRI's non-ASCII host or path is refused.
+    let clean = raw.bytes().all(|b| b.is_ascii_graphic());
     let parsed = url::Url::parse(raw).ok().filter(|u| u.host().is_some());
     let Some(parsed) = parsed.filter(|_| host_given && clean) else {
         r.push(
             "webhook_url",
-            "webhook_url must be an http:// or https:// URL with a host and no spaces".into(),
+            "webhook_url must be an http:// or https:// URL with a host, in printable ASCII without \
+             spaces"
+                .into(),
             Some("http(s)://host/...".into()),
         );
         return None;

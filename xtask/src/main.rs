@@ -1,7 +1,8 @@
 //! Project commands, run as `cargo xtask <command>` (alias in .cargo/config.toml).
 //!
 //! `test` is the one command CI runs: it installs what the tests need on a fresh Debian machine
-//! (redis-server from apt; the S3 server is embedded in the test crate), checks formatting, then
+//! (redis-server from apt; schemathesis from PyPI into target/schemathesis-venv, with python3
+//! from apt when missing; the S3 server is embedded in the test crate), checks formatting, then
 //! runs the whole test suite. The tests themselves start Redis and the S3 server on free loopback
 //! ports in temporary directories and stop them when the test process exits.
 
@@ -13,8 +14,8 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test      install missing test services (redis-server), check formatting, lints (clippy) and
-            docs (rustdoc) with warnings denied, run every test
+  test      install missing test services (redis-server, schemathesis), check formatting, lints
+            (clippy) and docs (rustdoc) with warnings denied, run every test
   services  only install the test services
 ";
 
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
-        Some("services") => ensure_redis_server().map(|_| ()),
+        Some("services") => ensure_redis_server().and_then(|_| ensure_schemathesis()),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
@@ -47,6 +48,7 @@ fn workspace_root() -> PathBuf {
 fn test(extra: &[String]) -> Result<()> {
     let root = workspace_root();
     ensure_redis_server()?;
+    ensure_schemathesis()?;
     step("formatting");
     if cargo_has("fmt") {
         run(Command::new(cargo())
@@ -104,12 +106,11 @@ fn incremental() -> String {
     std::env::var("CARGO_INCREMENTAL").unwrap_or_else(|_| "0".into())
 }
 
-/// Path of a usable `redis-server`, installing Debian's package when it is missing.
-fn ensure_redis_server() -> Result<PathBuf> {
-    if let Some(p) = find_on_path("redis-server") {
-        return Ok(p);
-    }
-    step("installing redis-server (apt)");
+/// The API fuzzer of cli/tests/api_fuzz.rs, pinned.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+/// `apt-get install` of `packages` (with sudo unless root).
+fn apt_install(packages: &[&str]) -> Result<()> {
     let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
     let apt = |args: &[&str]| {
         let mut all: Vec<&str> = sudo.to_vec();
@@ -120,16 +121,63 @@ fn ensure_redis_server() -> Result<PathBuf> {
         c
     };
     run(&mut apt(&["update", "-q"]))?;
-    run(&mut apt(&[
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-        "redis-server",
-    ]))?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    run(&mut apt(&args))
+}
+
+/// Path of a usable `redis-server`, installing Debian's package when it is missing.
+fn ensure_redis_server() -> Result<PathBuf> {
+    if let Some(p) = find_on_path("redis-server") {
+        return Ok(p);
+    }
+    step("installing redis-server (apt)");
+    apt_install(&["redis-server"])?;
     find_on_path("redis-server")
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.exists()))
         .context("redis-server is still missing after apt-get install redis-server")
+}
+
+/// schemathesis in target/schemathesis-venv at the pinned version (python3 and its venv module
+/// from apt when missing).
+fn ensure_schemathesis() -> Result<()> {
+    let venv = workspace_root().join("target/schemathesis-venv");
+    let pip = venv.join("bin/pip");
+    let installed = Command::new(&pip)
+        .args(["show", "schemathesis"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains(&format!(
+                    "Version: {}",
+                    SCHEMATHESIS.trim_start_matches("schemathesis==")
+                ))
+        });
+    if installed {
+        return Ok(());
+    }
+    step(&format!(
+        "installing {SCHEMATHESIS} (PyPI) into {}",
+        venv.display()
+    ));
+    let has_venv = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import venv, ensurepip"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let python = match find_on_path("python3").filter(|p| has_venv(p)) {
+        Some(p) => p,
+        None => {
+            apt_install(&["python3", "python3-venv"])?;
+            find_on_path("python3")
+                .filter(|p| has_venv(p))
+                .context("python3 with its venv module is still missing after apt-get install")?
+        }
+    };
+    run(Command::new(&python).arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(&pip).args(["install", "-q", "--disable-pip-version-check", SCHEMATHESIS]))
+        .context("pip install schemathesis")
 }
 
 fn is_root() -> bool {

@@ -24,29 +24,55 @@ use crate::state::AppState;
 /// ignored (no upsampler or safety model runs here).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(default)]
-#[schema(example = json!({"prompt": "make the jacket red", "input_image": "<base64 or URL>",
+#[schema(example = json!({"prompt": "make the jacket red", "input_image": "iVBORw0KGgoAAAANSUhEUgAAABAAAAAQCAIAAACQkWg2AAAAFklEQVR42mM4Yd5AEmIY1TCqYfhqAADlZn8QYh/mJgAAAABJRU5ErkJggg==",
     "seed": 42, "aspect_ratio": "1:1", "output_format": "png"}))]
 pub struct BflRequest {
+    /// Not blank, at most 2,000 characters.
+    #[schema(
+        required = true,
+        min_length = 1,
+        max_length = 2000,
+        pattern = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+    )]
     pub prompt: String,
-    /// Base64 image or http(s) URL (our upload ids and object keys work too).
+    /// Base64 image or http(s) URL (our upload ids and object keys work too); empty or blank:
+    /// no image, as BFL's clients send it.
+    #[schema(format = "kontext-image")]
     pub input_image: Option<String>,
-    /// BFL's experimental multi-reference inputs: not supported yet (422).
+    /// BFL's experimental multi-reference inputs: not supported yet (422 unless absent, null or
+    /// empty).
+    #[schema(max_length = 0)]
     pub input_image_2: Option<String>,
+    #[schema(max_length = 0)]
     pub input_image_3: Option<String>,
+    #[schema(max_length = 0)]
     pub input_image_4: Option<String>,
+    #[serde(deserialize_with = "kontext_proto::json_int::opt_u64")]
+    #[schema(maximum = 9007199254740991_u64)]
     pub seed: Option<u64>,
     /// e.g. "16:9", between 21:9 and 9:21.
+    #[schema(pattern = "^ *[0-9]+(\\.[0-9]+)? *: *[0-9]+(\\.[0-9]+)? *$")]
     pub aspect_ratio: Option<String>,
     /// "png" (default) or "jpeg".
+    #[schema(pattern = "^(png|jpeg|jpg)$")]
     pub output_format: Option<String>,
+    #[schema(format = "uri", pattern = "^https?://[!-~]+$", max_length = 2048)]
     pub webhook_url: Option<String>,
-    /// Not supported: deliveries are signed with the server's Standard Webhooks secret (422).
+    /// Not supported: deliveries are signed with your tenant's Standard Webhooks secret
+    /// (`GET /v1/webhook_secret`); 422 unless absent, null or empty.
+    #[schema(max_length = 0)]
     pub webhook_secret: Option<String>,
     pub prompt_upsampling: Option<bool>,
+    /// BFL's moderation level, 0 to 6: accepted and ignored (no safety model runs here).
+    #[serde(deserialize_with = "kontext_proto::json_int::opt_u32")]
+    #[schema(minimum = 0, maximum = 6)]
     pub safety_tolerance: Option<u32>,
-    /// Extension: denoising steps (default 28).
+    /// Extension: denoising steps, 1 to 100 (default 28).
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(deserialize_with = "kontext_proto::json_int::opt_u32")]
     pub steps: Option<u32>,
-    /// Extension: distilled guidance (default 2.5).
+    /// Extension: distilled guidance, 0 to 20 (default 2.5).
+    #[schema(minimum = 0.0, maximum = 20.0)]
     pub guidance: Option<f32>,
 }
 
@@ -121,7 +147,8 @@ pub async fn create_task(
         ("input_image_3", &req.input_image_3),
         ("input_image_4", &req.input_image_4),
     ] {
-        if value.is_some() {
+        // An empty string is "no image", as BFL's clients send it.
+        if value.as_deref().is_some_and(|v| !v.is_empty()) {
             return Err(ApiError::invalid(
                 field,
                 format!(
@@ -130,7 +157,14 @@ pub async fn create_task(
             ));
         }
     }
-    if req.webhook_secret.is_some() {
+    if let Some(t) = req.safety_tolerance.filter(|t| *t > 6) {
+        return Err(ApiError::invalid(
+            "safety_tolerance",
+            format!("safety_tolerance must be between 0 and 6 (got {t})"),
+        )
+        .with_limit("0..=6"));
+    }
+    if req.webhook_secret.as_deref().is_some_and(|v| !v.is_empty()) {
         return Err(ApiError::invalid(
             "webhook_secret",
             "webhook_secret is not supported: webhooks are signed with your tenant's Standard \
@@ -160,7 +194,7 @@ pub async fn create_task(
 /// Poll a task, BFL-style.
 #[utoipa::path(
     get, path = "/v1/get_result", tag = "bfl",
-    params(("id" = String, Query, description = "Task id from the create reply")),
+    params(("id" = String, Query, description = "Task id from the create reply", min_length = 1)),
     responses(
         (status = 200, description = "The task", body = BflResult),
         (status = 401, description = "Missing or unknown x-key", body = ErrorBody),

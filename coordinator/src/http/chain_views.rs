@@ -18,6 +18,7 @@ pub struct ForkChain {
     /// The new chain shares turns 1..=from_turn (the same jobs; nothing re-runs). It must have
     /// succeeded.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "kontext_proto::json_int::u32")]
     pub from_turn: u32,
     /// Turns to append to the fork at once (optional; append more later). The fork is created
     /// with all of them or not at all; it may not pass 1,000 turns in all.

@@ -29,7 +29,8 @@ const POLL: Duration = Duration::from_secs(10);
     get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(
         ("id" = String, Path, description = "Job id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event (the \
+            `id` of an event of this stream)", pattern = "^[0-9]{1,19}(-[0-9]{1,19})?$"),
     ),
     responses(
         (status = 200, description = "text/event-stream: `state` and `progress` events \

@@ -192,9 +192,11 @@ pub async fn wait_for_terminal(
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Repeat a submit safely: the \
             same key with the same body returns the original job; with a different body, 422. \
-            Remembered for --idempotency-ttl (24 h)."),
+            Remembered for --idempotency-ttl (24 h). 1 to 255 printable ASCII characters.",
+            pattern = "^[!-~]{1,255}$"),
         ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 60): hold the request \
-            until the job finishes, up to N seconds; 200 with the job if it did, else 202."),
+            until the job finishes, up to N seconds; 200 with the job if it did, else 202. \
+            Other preferences are ignored."),
     ),
     responses(
         (status = 202, description = "Accepted (durable in the queue)", body = JobAccepted,
@@ -299,8 +301,10 @@ pub async fn get_job(
 #[utoipa::path(
     get, path = "/v1/jobs", tag = "jobs",
     params(
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1..=100 (default 20)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page",
+            pattern = "^[0-9]{20}:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1..=100 (default 20)",
+            minimum = 1, maximum = 100),
     ),
     responses(
         (status = 200, description = "The caller's jobs, newest first", body = JobList),
@@ -331,7 +335,7 @@ pub async fn list_jobs(
                 .with_limit(format!("1..={MAX_PAGE}"))
             })?,
     };
-    let cursor = query_param(&pairs, "cursor").filter(|c| !c.is_empty());
+    let cursor = query_param(&pairs, "cursor");
     let page = state.queue.list(&tenant.id, cursor, limit).await?;
     let mut jobs = Vec::with_capacity(page.jobs.len());
     for job in &page.jobs {

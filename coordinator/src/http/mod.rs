@@ -9,6 +9,7 @@
 pub mod bfl;
 pub mod chain_views;
 pub mod chains;
+pub mod common_responses;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -32,6 +33,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::state::AppState;
+use common_responses::CommonResponses;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,7 +66,7 @@ use crate::state::AppState;
         chain_views::TurnView, ChainStatus, TurnState,
         chain_views::ForkedFrom, chain_views::ChainCancelReply, webhook_secret::WebhookSecret,
     )),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &CommonResponses),
     tags(
         (name = "jobs", description = "Native job API"),
         (name = "uploads", description = "Input images"),

@@ -59,6 +59,9 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The presented key: `Authorization: Bearer <key>` or `x-key: <key>`. When both are sent they
+/// must name the same key; two different keys are refused (ambiguous credentials), so a wrong key
+/// in one header is never hidden by a right one in the other.
 fn api_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -66,10 +69,16 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        });
-    bearer
-        .or_else(|| headers.get("x-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
+        })
+        .map(str::trim);
+    let x_key = headers.get("x-key").map(|v| v.to_str().ok().map(str::trim));
+    match (bearer, x_key) {
+        (Some(b), Some(Some(x))) if b == x => Some(b),
+        (Some(_), Some(_)) => None,
+        (Some(b), None) => Some(b),
+        (None, Some(x)) => x,
+        (None, None) => None,
+    }
 }
 
 /// The whole body, refused with 413 (naming `field` and the limit) past `limit` bytes — checked

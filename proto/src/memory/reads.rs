@@ -15,9 +15,12 @@ impl State {
     ) -> Result<Vec<(String, JobEvent)>, QueueError> {
         let job = self.jobs.get(&id).ok_or(QueueError::NotFound(id))?;
         let after: u64 = match after {
-            Some(c) => c
-                .parse()
-                .map_err(|_| QueueError::InvalidCursor(c.to_owned()))?,
+            Some(c) if crate::queue::is_event_cursor(c) => c
+                .split('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| QueueError::InvalidCursor(c.to_owned()))?,
+            Some(c) => return Err(QueueError::InvalidCursor(c.to_owned())),
             None => 0,
         };
         Ok(job

@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::RedisQueue;
-use super::reply::{array, at, backend, hash, int, is_stream_id, record, text};
+use super::reply::{array, at, backend, hash, int, record, text};
 use super::scripts::SCRIPTS;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, Millis, Priority};
@@ -70,7 +70,7 @@ impl RedisQueue {
         wait: Duration,
     ) -> Result<Vec<(String, JobEvent)>, QueueError> {
         let after = match after {
-            Some(c) if is_stream_id(c) => c.to_owned(),
+            Some(c) if crate::queue::is_event_cursor(c) => c.to_owned(),
             Some(c) => return Err(QueueError::InvalidCursor(c.to_owned())),
             None => "0-0".to_owned(),
         };

@@ -150,15 +150,6 @@ pub(crate) fn record(h: &HashMap<String, String>) -> Result<JobRecord, QueueErro
     })
 }
 
-/// A stream entry id (`<ms>-<seq>`), as event cursors are.
-pub(crate) fn is_stream_id(s: &str) -> bool {
-    s.split_once('-').is_some_and(|(ms, seq)| {
-        !ms.is_empty()
-            && !seq.is_empty()
-            && (ms.bytes().chain(seq.bytes())).all(|b| b.is_ascii_digit())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,13 +173,5 @@ mod tests {
         let h = hash(&v).expect("hash");
         assert!(matches!(record(&h), Err(QueueError::Corrupt(_))));
         assert!(hash(&Value::Array(vec![bulk("odd")])).is_err());
-    }
-
-    #[test]
-    fn stream_ids() {
-        assert!(is_stream_id("1700000000000-0"));
-        assert!(!is_stream_id("1700000000000"));
-        assert!(!is_stream_id("a-1"));
-        assert!(!is_stream_id("-1"));
     }
 }

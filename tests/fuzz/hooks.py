@@ -1,0 +1,122 @@
+"""Schemathesis hooks for fuzzing the coordinator's API (cli/tests/api_fuzz.rs runs them).
+
+A JSON Schema cannot say that a string is a decodable image, nor relate two fields. This module
+supplies exactly those two things and nothing else:
+
+* values for the custom string format `kontext-image` (`input_image`): base64 PNGs of sizes the
+  API accepts, and bodies of `POST /v1/uploads` (image/png, image/jpeg, image/webp);
+* filters that drop generated bodies breaking a cross-field rule the schema states in prose
+  (in the fields' descriptions): width x height above the pixel bound, width without height
+  (or the reverse), `aspect_ratio` together with `width`/`height`, an aspect ratio wider than
+  21:9, `resize` without an `input_image`, and a chain's `prompt` with an `input_image` or past
+  100 turns;
+* a fresh Idempotency-Key per generated case.
+
+Every other constraint lives in docs/openapi.json itself.
+"""
+
+import base64
+import io
+import struct
+import uuid
+import zlib
+
+import schemathesis
+from hypothesis import strategies as st
+
+# The coordinator's default limits (proto `Limits::default()`), as docs/openapi.json states them.
+MAX_PIXELS = 2_097_152
+MAX_ASPECT = 21 / 9
+
+
+def _png(width: int, height: int, shade: int) -> bytes:
+    """A valid RGB PNG of one colour, written by hand (no imaging library needed)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+
+    row = b"\x00" + bytes([shade, 255 - shade, 128]) * width
+    raw = zlib.compress(row * height)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+PNG_BYTES = st.builds(
+    _png,
+    st.integers(min_value=16, max_value=96),
+    st.integers(min_value=16, max_value=96),
+    st.integers(min_value=0, max_value=255),
+)
+
+schemathesis.openapi.format(
+    "kontext-image", PNG_BYTES.map(lambda b: base64.b64encode(b).decode("ascii"))
+)
+for media in ("image/png", "image/jpeg", "image/webp", "application/octet-stream"):
+    schemathesis.openapi.media_type(media, PNG_BYTES)
+
+
+def _ratio(text):
+    """w / h of an `aspect_ratio` the pattern admits; 0 when a side is zero."""
+    try:
+        w, h = (float(part.strip()) for part in text.split(":"))
+    except (ValueError, AttributeError):
+        return None
+    return w / h if w > 0 and h > 0 else 0.0
+
+
+def _breaks_cross_field_rules(body) -> bool:
+    if not isinstance(body, dict):
+        return False
+    width, height, aspect = body.get("width"), body.get("height"), body.get("aspect_ratio")
+    if aspect is not None and (width is not None or height is not None):
+        return True
+    if isinstance(width, int) and isinstance(height, int) and width * height > MAX_PIXELS:
+        return True
+    if isinstance(aspect, str):
+        r = _ratio(aspect)
+        if r is not None and (r == 0.0 or r > MAX_ASPECT or r < 1 / MAX_ASPECT):
+            return True
+    if (width is None) != (height is None):
+        return True
+    if body.get("resize") is not None and body.get("input_image") is None:
+        return True
+    turns = body.get("turns")
+    if isinstance(turns, list):
+        # A chain: `prompt` is turn 1 only without `input_image`, and counts against 100 turns.
+        if body.get("prompt") is not None and body.get("input_image") is not None:
+            return True
+        if len(turns) + (body.get("prompt") is not None) > 100:
+            return True
+    return False
+
+
+@schemathesis.hook
+def filter_body(ctx, body):
+    """Positive cases only: keep bodies that satisfy the cross-field rules of the descriptions."""
+    return not _breaks_cross_field_rules(body)
+
+
+@schemathesis.hook
+def map_headers(ctx, headers):
+    """A fresh Idempotency-Key per case: a key is bound to the first body sent with it (a second
+    body under the same key is a 422 by design, which a stateless generator cannot know)."""
+    if headers and "Idempotency-Key" in headers:
+        headers["Idempotency-Key"] = uuid.uuid4().hex
+    return headers
+
+
+@schemathesis.hook
+def filter_failure(ctx, failure, case, response):
+    """The coverage phase does not pass through the filters above: excuse exactly the rejections
+    they exist for — a body breaking a cross-field rule, or an Idempotency-Key reused for
+    another body — and nothing else."""
+    if type(failure).__name__ != "RejectedPositiveData":
+        return True
+    if _breaks_cross_field_rules(case.body):
+        return False
+    try:
+        field = response.json()["error"]["field"]
+    except Exception:  # not our error body: keep the failure
+        return True
+    return not (response.status_code == 422 and field == "Idempotency-Key")
