@@ -7,6 +7,8 @@
 //!
 //! `KONTEXT_FUZZ_SECONDS` sets the time budget of the fuzzing and stateful phases (default 100);
 //! the example and coverage phases run in full first (about a minute on 2 cores).
+//! `KONTEXT_FUZZ_SEED` picks the generator's seed: fixed by default, so a run is repeatable and
+//! CI does not depend on luck; set another (or `random`) to explore further.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "fuzz-key-0123456789abcdef";
+const DEFAULT_SEED: &str = "20261203";
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,6 +61,7 @@ fn the_api_keeps_to_its_openapi_document_under_fuzzing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
+    let seed = std::env::var("KONTEXT_FUZZ_SEED").unwrap_or_else(|_| DEFAULT_SEED.to_owned());
     let data = tempfile::tempdir().expect("tempdir");
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -99,8 +103,12 @@ fn the_api_keeps_to_its_openapi_document_under_fuzzing() {
         // Another process starting up: nothing to wait on but time.
         std::thread::sleep(Duration::from_millis(50));
     }
-    let run = Command::new(&st)
-        .arg("run")
+    let mut st_cmd = Command::new(&st);
+    st_cmd.arg("run");
+    if seed != "random" {
+        st_cmd.args(["--seed", &seed]);
+    }
+    let run = st_cmd
         .arg(root.join("docs/openapi.json"))
         .args(["--url", &format!("http://{addr}")])
         .args(["--checks", "all"])

@@ -4,7 +4,8 @@ A JSON Schema cannot say that a string is a decodable image, nor relate two fiel
 supplies exactly those two things and nothing else:
 
 * values for the custom string format `kontext-image` (`input_image`): base64 PNGs of sizes the
-  API accepts, and bodies of `POST /v1/uploads` (image/png, image/jpeg, image/webp);
+  API accepts — also as the source of an output size derived from them — and bodies of
+  `POST /v1/uploads` (image/png, image/jpeg, image/webp);
 * filters that drop generated bodies breaking a cross-field rule the schema states in prose
   (in the fields' descriptions): width x height above the pixel bound, width without height
   (or the reverse), `aspect_ratio` together with `width`/`height`, an aspect ratio wider than
@@ -42,10 +43,13 @@ def _png(width: int, height: int, shade: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
+# Sides of 256 to 1,024 pixels: an edit without width/height takes its output size from the
+# input (`resize: keep` keeps it, rounded to multiples of 16), and that size must itself be a
+# valid output size (at least 256 a side, at most 1 MP of context).
 PNG_BYTES = st.builds(
     _png,
-    st.integers(min_value=16, max_value=96),
-    st.integers(min_value=16, max_value=96),
+    st.integers(min_value=256, max_value=1024),
+    st.integers(min_value=256, max_value=1024),
     st.integers(min_value=0, max_value=255),
 )
 
@@ -65,13 +69,18 @@ def _ratio(text):
     return w / h if w > 0 and h > 0 else 0.0
 
 
+def _number(v) -> bool:
+    """A JSON number (an integer may arrive as 1712.0); not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _breaks_cross_field_rules(body) -> bool:
     if not isinstance(body, dict):
         return False
     width, height, aspect = body.get("width"), body.get("height"), body.get("aspect_ratio")
     if aspect is not None and (width is not None or height is not None):
         return True
-    if isinstance(width, int) and isinstance(height, int) and width * height > MAX_PIXELS:
+    if _number(width) and _number(height) and width * height > MAX_PIXELS:
         return True
     if isinstance(aspect, str):
         r = _ratio(aspect)
