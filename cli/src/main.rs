@@ -43,6 +43,9 @@ enum Command {
     /// Judge the shapes model on held-out cases of its world: accuracy and PSNR per task,
     /// contact sheets (input | output | correct).
     Eval(commands::eval::EvalArgs),
+    /// Step caching side by side on the shapes model: wall time, full evaluations, judge
+    /// accuracy and PSNR against `acceleration: none`, per level.
+    Speed(commands::speed::SpeedArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -90,6 +93,7 @@ fn main() -> std::process::ExitCode {
             Command::Storyboard(args) => commands::storyboard::storyboard(args).await,
             Command::Drift(args) => commands::storyboard::drift_command(args).await,
             Command::Eval(args) => commands::eval::run(args).await,
+            Command::Speed(args) => commands::speed::run(args).await,
         }
     });
     match result {

@@ -85,6 +85,9 @@ pub struct Storyboard {
     pub steps: Option<u32>,
     pub guidance: Option<f32>,
     pub priority: Option<String>,
+    /// Step caching of every turn: `none`, `regular` or `high`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceleration: Option<String>,
     /// The exact frame each turn should produce, relative to this file (one per turn, the
     /// text-to-image turn included): `kontext drift --storyboard` compares against them.
     pub references: Option<Vec<PathBuf>>,
@@ -208,6 +211,7 @@ impl Storyboard {
             guidance: self.guidance,
             priority: self.priority.clone(),
             webhook_url: None,
+            acceleration: self.acceleration.clone(),
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct EngineRequest {
     pub initial_latents: Option<Vec<f32>>,
     /// Also return the packed output latent (chains with `carry: latent`).
     pub want_latent: bool,
+    /// Step caching (`flux::step_cache`); `StepCaching::Off` runs every step in full.
+    pub caching: flux::StepCaching,
 }
 
 /// The context of an edit.
@@ -79,6 +81,8 @@ pub struct EngineOutput {
     pub packed_latent: Option<Vec<f32>>,
     pub seed: u64,
     pub timings: StageTimings,
+    /// Full transformer evaluations (the steps, unless step caching skipped some).
+    pub full_evaluations: u32,
 }
 
 /// Wall time per pipeline stage.

@@ -392,6 +392,7 @@ impl Engine for KontextEngine {
             seed: 0,
             initial_latents: None,
             want_latent: false,
+            caching: crate::flux::StepCaching::Off,
         };
         self.generate(&req, &mut |_, _| StepControl::Continue)
             .map(|_| ())
@@ -460,7 +461,14 @@ impl Engine for KontextEngine {
             last = Instant::now();
             on_step(done, total)
         };
-        let x = sampling::denoise_flux(&self.flux, &cond, x, &timesteps, &mut timed_step)?;
+        let (x, full_evaluations) = sampling::denoise_flux_cached(
+            &self.flux,
+            &cond,
+            x,
+            &timesteps,
+            req.caching,
+            &mut timed_step,
+        )?;
         timings.denoise = started.elapsed();
         timings.steps = step_times;
 
@@ -478,6 +486,7 @@ impl Engine for KontextEngine {
             packed_latent,
             seed: req.seed,
             timings,
+            full_evaluations,
         })
     }
 }

@@ -285,6 +285,7 @@ mod tests {
                 packed_latent: None,
                 seed: req.seed,
                 timings: Default::default(),
+                full_evaluations: req.steps,
             })
         }
     }
@@ -300,6 +301,7 @@ mod tests {
             seed: 3,
             initial_latents: None,
             want_latent: false,
+            caching: crate::flux::StepCaching::Off,
         }
     }
 

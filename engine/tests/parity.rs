@@ -416,6 +416,7 @@ fn engine_end_to_end_matches_in(fx: &Fixture) -> Result<()> {
                         .to_vec1::<f32>()?,
                 ),
                 want_latent: true,
+                caching: kontext_engine::flux::StepCaching::Off,
             };
             let out = engine.generate(&req, &mut |_, _| StepControl::Continue)?;
             let lat = out.packed_latent.context("want_latent")?;

@@ -55,6 +55,7 @@ fn request(seed: u64, with_context: bool) -> EngineRequest {
         seed,
         initial_latents: None,
         want_latent: true,
+        caching: kontext_engine::flux::StepCaching::Off,
     }
 }
 

@@ -203,6 +203,32 @@ pub struct ValidJobSpec {
     /// Store the packed output latent beside the image (chains with `carry: latent`).
     #[serde(default)]
     pub keep_latent: bool,
+    /// Step caching level.
+    #[serde(default)]
+    pub acceleration: Acceleration,
+}
+
+/// How many denoising steps skip the transformer (fal's `acceleration` levels): `none` runs every
+/// step in full; `regular` reuses the late blocks when the first block's output barely changed
+/// (First-Block-Cache); `high` extrapolates every other step (docs/engine.md §Step caching).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Acceleration {
+    #[default]
+    None,
+    Regular,
+    High,
+}
+
+impl Acceleration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Regular => "regular",
+            Self::High => "high",
+        }
+    }
 }
 
 /// What a worker reports when it commits a job.
@@ -220,6 +246,9 @@ pub struct JobResult {
     /// Engine time in milliseconds (for metrics and the overhead benchmark).
     #[serde(default)]
     pub engine_ms: u64,
+    /// Full transformer evaluations the engine ran (fewer than the steps with `acceleration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_evaluations: Option<u32>,
 }
 
 /// Reference from a job to the chain turn it runs (docs/chains.md).

@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{InputImage, JobKind, OutputFormat, Priority, ValidJobSpec};
+use crate::job::{Acceleration, InputImage, JobKind, OutputFormat, Priority, ValidJobSpec};
 use crate::resolution::{self, ResizeMode};
 pub use crate::validate_fields::WebhookUrl;
 use crate::validate_fields::{self as fields, Report, TurnFieldNames};
@@ -91,6 +91,11 @@ pub struct JobRequest {
     /// `png` (default) or `jpeg` (`jpg` is taken as `jpeg`).
     #[cfg_attr(feature = "openapi", schema(pattern = "^(png|jpeg|jpg)$"))]
     pub output_format: Option<String>,
+    /// Step caching: `none` (default, every step in full), `regular` (First-Block-Cache: skips
+    /// steps whose first block barely changed) or `high` (every other step extrapolated; about
+    /// half the transformer evaluations). docs/engine.md §Step caching has the measured cost.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(none|regular|high)$"))]
+    pub acceleration: Option<String>,
     /// `high`, `standard` (default) or `bulk` (keys may be limited to some).
     #[cfg_attr(feature = "openapi", schema(pattern = "^(high|standard|bulk)$"))]
     pub priority: Option<String>,
@@ -225,6 +230,7 @@ pub struct ValidJobFields {
     webhook_url: Option<WebhookUrl>,
     /// Store the output latent beside the image (chain turns with `carry: latent`).
     pub(crate) keep_latent: bool,
+    pub(crate) acceleration: Acceleration,
 }
 
 /// Checks every field of `req` that does not depend on the input image.
@@ -295,6 +301,7 @@ pub(crate) fn check_job_fields(
         .webhook_url
         .as_deref()
         .and_then(|url| fields::webhook_url(&mut r, url, limits.max_webhook_url_chars));
+    let acceleration = fields::acceleration(&mut r, req.acceleration.as_deref());
     r.finish(ValidJobFields {
         prompt,
         input_image: req.input_image.clone(),
@@ -307,6 +314,7 @@ pub(crate) fn check_job_fields(
         priority,
         webhook_url,
         keep_latent: false,
+        acceleration,
     })
 }
 
@@ -393,6 +401,7 @@ impl ValidJobFields {
             webhook_url: self.webhook_url.map(|url| url.as_str().to_owned()),
             initial_latents_key: None,
             keep_latent: self.keep_latent,
+            acceleration: self.acceleration,
         })
     }
 }

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{FailurePolicy, turn_seed};
-use crate::job::{Carry, InputImage, JobKind, OutputFormat, Priority, ValidJobSpec};
+use crate::job::{Acceleration, Carry, InputImage, JobKind, OutputFormat, Priority, ValidJobSpec};
 use crate::resolution::ResizeMode;
 use crate::validate::{
     DEFAULT_GUIDANCE, DEFAULT_STEPS, JobRequest, Limits, ValidJobFields, ValidationErrors,
@@ -125,6 +125,9 @@ pub struct ChainRequest {
     pub steps: Option<u32>,
     #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 20.0))]
     pub guidance: Option<f32>,
+    /// Step caching of every turn, as a job's `acceleration`.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(none|regular|high)$"))]
+    pub acceleration: Option<String>,
     /// `high`, `standard` (default) or `bulk`, for every turn.
     #[cfg_attr(feature = "openapi", schema(pattern = "^(high|standard|bulk)$"))]
     pub priority: Option<String>,
@@ -168,6 +171,7 @@ pub struct TurnSettings {
     pub priority: Priority,
     pub webhook_url: Option<String>,
     pub keep_latent: bool,
+    pub acceleration: Acceleration,
 }
 
 impl TurnSettings {
@@ -178,6 +182,7 @@ impl TurnSettings {
             priority: spec.priority,
             webhook_url: spec.webhook_url.clone(),
             keep_latent: carry == Carry::Latent,
+            acceleration: spec.acceleration,
         }
     }
 }
@@ -207,6 +212,7 @@ impl TurnTemplate {
             webhook_url: settings.webhook_url.clone(),
             initial_latents_key: None,
             keep_latent: settings.keep_latent,
+            acceleration: settings.acceleration,
         }
     }
 }
@@ -331,6 +337,7 @@ pub fn check_chain(
         output_format: None,
         priority: req.priority.clone(),
         webhook_url: req.webhook_url.clone(),
+        acceleration: req.acceleration.clone(),
     };
     let mut errors = Vec::new();
     let mut first_seed = Report::default();

@@ -94,6 +94,24 @@ pub(crate) fn steps(r: &mut Report, names: TurnFieldNames<'_>, steps: u32, limit
     }
 }
 
+/// `none` (default), `regular` or `high`.
+pub(crate) fn acceleration(r: &mut Report, value: Option<&str>) -> crate::job::Acceleration {
+    use crate::job::Acceleration;
+    match value {
+        None | Some("none") => Acceleration::None,
+        Some("regular") => Acceleration::Regular,
+        Some("high") => Acceleration::High,
+        Some(other) => {
+            r.push(
+                "acceleration",
+                format!("acceleration must be \"none\", \"regular\" or \"high\" (got {other:?})"),
+                Some("none|regular|high".into()),
+            );
+            Acceleration::None
+        }
+    }
+}
+
 /// Largest seed a client may give: 2^53 - 1, so that every seed reads back exactly in
 /// JavaScript (server-picked seeds stay below it too).
 pub const MAX_SEED: u64 = (1 << 53) - 1;

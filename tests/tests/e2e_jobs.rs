@@ -437,3 +437,56 @@ async fn bfl_flow_with_a_plain_http_client() {
     // aspect_ratio 1:1 over the test coordinator's 128² area.
     assert_png(&bytes, 128, 128, "BFL sample");
 }
+
+/// `acceleration` reaches the worker's sampler: the same request with `high` runs fewer full
+/// transformer evaluations (reported on the result) and gives a different image than `none`;
+/// an unknown level is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acceleration_reaches_the_sampler_and_is_reported() {
+    let client = http(KEY_GAMMA);
+    let body = |level: &str| {
+        json!({"prompt": "a red circle", "width": 64, "height": 64, "steps": 8, "seed": 21,
+               "acceleration": level})
+    };
+    let none = submit(&client, body("none")).await;
+    let high = submit(&client, body("high")).await;
+    let none = wait_terminal(&client, &none).await;
+    let high = wait_terminal(&client, &high).await;
+    assert_eq!(
+        (none["status"].as_str(), high["status"].as_str()),
+        (Some("succeeded"), Some("succeeded"))
+    );
+    assert_eq!(none["acceleration"], "none");
+    assert_eq!(high["acceleration"], "high");
+    assert_eq!(none["result"]["full_evaluations"], 8);
+    // Steps 0, 1, 2, 4, 6 and the last in full; 3 and 5 extrapolated.
+    assert_eq!(high["result"]["full_evaluations"], 6, "{high}");
+    let bytes = |v: &Value| {
+        let url = v["result"]["url"].as_str().expect("url").to_owned();
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("GET")
+                .bytes()
+                .await
+                .expect("bytes")
+        }
+    };
+    assert_ne!(
+        bytes(&none).await,
+        bytes(&high).await,
+        "extrapolated steps change the image"
+    );
+    let resp = client
+        .post(format!("{}/v1/jobs", fleet().url))
+        .json(&body("ludicrous"))
+        .send()
+        .await
+        .expect("POST");
+    let (status, value) = json_of(resp).await;
+    assert_eq!(
+        (status, value["error"]["field"].as_str()),
+        (422, Some("acceleration")),
+        "{value}"
+    );
+}

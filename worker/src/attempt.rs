@@ -194,6 +194,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
             seed: out.seed,
             latent_key: outputs.latent_key(),
             engine_ms: kontext_proto::policy::millis(engine_time),
+            full_evaluations: Some(out.full_evaluations),
         };
         Ok(Stored {
             outputs,

@@ -118,5 +118,17 @@ pub async fn engine_request<S: BlobStore>(
         seed: spec.seed,
         initial_latents,
         want_latent: spec.keep_latent,
+        caching: step_caching(spec.acceleration),
     })
+}
+
+/// The engine's step caching for a job's `acceleration` (the engine does not know proto's types).
+pub fn step_caching(level: kontext_proto::Acceleration) -> kontext_engine::flux::StepCaching {
+    use kontext_engine::flux::Acceleration as Engine;
+    let level = match level {
+        kontext_proto::Acceleration::None => Engine::None,
+        kontext_proto::Acceleration::Regular => Engine::Regular,
+        kontext_proto::Acceleration::High => Engine::High,
+    };
+    level.caching()
 }

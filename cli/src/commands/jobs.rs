@@ -57,6 +57,9 @@ pub struct JobOptions {
     /// high, standard or bulk.
     #[arg(long, env = "KONTEXT_PRIORITY")]
     pub priority: Option<String>,
+    /// Step caching: none (default), regular or high (fewer transformer evaluations).
+    #[arg(long, env = "KONTEXT_ACCELERATION")]
+    pub acceleration: Option<String>,
     /// Makes a repeated submit return the original job.
     #[arg(long, env = "KONTEXT_IDEMPOTENCY_KEY")]
     pub idempotency_key: Option<String>,
@@ -87,6 +90,7 @@ impl JobOptions {
             seed: self.seed,
             output_format: self.output_format.clone(),
             priority: self.priority.clone(),
+            acceleration: self.acceleration.clone(),
             webhook_url: None,
         }
     }

@@ -4,5 +4,6 @@
 pub mod demo;
 pub mod eval;
 pub mod jobs;
+pub mod speed;
 pub mod storyboard;
 pub mod up;

@@ -53,6 +53,8 @@ pub struct JobView {
     pub guidance: f32,
     pub output_format: String,
     pub priority: String,
+    /// Step caching level: none, regular or high.
+    pub acceleration: String,
     /// Object key of the stored context image (edits).
     pub input_image: Option<String>,
     /// RFC 3339, UTC.
@@ -73,6 +75,8 @@ pub struct ResultView {
     pub width: u32,
     pub height: u32,
     pub format: String,
+    /// Full transformer evaluations the engine ran: the steps, or fewer with `acceleration`.
+    pub full_evaluations: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -136,6 +140,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
             kontext_proto::Priority::Bulk => "bulk",
         }
         .to_owned(),
+        acceleration: spec.acceleration.as_str().to_owned(),
         input_image: spec.input.as_ref().map(|i| i.key.to_string()),
         created_at: rfc3339(job.created_at),
         started_at: job.started_at.map(rfc3339),
@@ -151,6 +156,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
                 width: r.width,
                 height: r.height,
                 format: r.format.extension().to_owned(),
+                full_evaluations: r.full_evaluations,
             }),
         error: job.error.as_ref().map(|e| JobErrorView {
             kind: error_kind(e.kind).to_owned(),

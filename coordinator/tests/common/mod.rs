@@ -230,6 +230,7 @@ impl Server {
             seed: 7,
             latent_key: None,
             engine_ms: 1,
+            full_evaluations: None,
         };
         self.queue
             .complete(lease, result, now())

@@ -285,6 +285,7 @@ pub fn tiny_pipeline(
         seed: 7,
         initial_latents: None,
         want_latent: true,
+        caching: crate::flux::StepCaching::Off,
     };
     let mut go = |_: u32, _: u32| StepControl::Continue;
     let want = reference.generate(&req, &mut go)?;

@@ -467,6 +467,7 @@ fn timed_edit(
         seed: 42,
         initial_latents: None,
         want_latent: true,
+        caching: crate::flux::StepCaching::Off,
     };
     let variant = variant(dev, engine);
     report::reset_pool_peak(dev);

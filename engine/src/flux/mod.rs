@@ -3,7 +3,8 @@
 //!
 //! - `model`: the transformer (BFL key names) and its inputs;
 //! - `blocks`, `embed`, `ops` (with its CPU and CUDA kernels), `attention`, `rope`: its parts;
-//! - `sampling`: schedule, 2×2 packing, position ids, the Kontext denoising loop.
+//! - `sampling`: schedule, 2×2 packing, position ids, the Kontext denoising loop;
+//! - `step_cache`: fewer full evaluations per image (First-Block-Cache, fixed schedule).
 //!
 //! Everything takes the compute dtype from the weights; position ids, RoPE tables and softmax
 //! statistics are f32 whatever that dtype is.
@@ -16,5 +17,7 @@ pub mod ops;
 pub mod profile;
 pub mod rope;
 pub mod sampling;
+pub mod step_cache;
 
 pub use model::{Flux, FluxInputs};
+pub use step_cache::{Acceleration, StepCaching};

@@ -28,6 +28,17 @@ pub struct FluxInputs<'a> {
     pub guidance: Option<&'a Tensor>,
 }
 
+/// The two token streams and the modulation vector after the input embeddings.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    /// `(b, n_img, h)`.
+    pub img: Tensor,
+    /// `(b, n_txt, h)`.
+    pub txt: Tensor,
+    /// `(b, h)`.
+    pub vec: Tensor,
+}
+
 /// The flow transformer. Compute dtype = the VarBuilder's dtype.
 #[derive(Debug, Clone)]
 pub struct Flux {
@@ -119,6 +130,14 @@ impl Flux {
 
     /// [`Flux::forward`] with precomputed RoPE tables (`inp.*_ids` are then not read).
     pub fn forward_with_rope(&self, inp: &FluxInputs<'_>, pe: &RopeTable) -> Result<Tensor> {
+        let streams = self.embed(inp, pe)?;
+        let (img, txt) = self.first_block(&streams, pe)?;
+        let img = self.remaining_blocks(&img, &txt, &streams.vec, pe)?;
+        self.head(&img, &streams.vec)
+    }
+
+    /// The input embeddings: image and text streams and the modulation vector.
+    pub fn embed(&self, inp: &FluxInputs<'_>, pe: &RopeTable) -> Result<Streams> {
         if inp.img.rank() != 3 || inp.txt.rank() != 3 {
             candle_core::bail!(
                 "img and txt must be (b, n, features), got {:?} and {:?}",
@@ -150,17 +169,40 @@ impl Flux {
                 )?)?;
         }
         let vec = (vec + self.vector_in.forward(&inp.y.to_dtype(self.dtype)?)?)?;
-        let mut txt = inp.txt.to_dtype(self.dtype)?.apply(&self.txt_in)?;
+        let txt = inp.txt.to_dtype(self.dtype)?.apply(&self.txt_in)?;
+        Ok(Streams { img, txt, vec })
+    }
 
-        let mut img = img;
-        for block in &self.double_blocks {
-            (img, txt) = block.forward(&img, &txt, &vec, pe)?;
+    /// The first double block: `(img, txt)` after it (the input of step caching's comparison).
+    pub fn first_block(&self, s: &Streams, pe: &RopeTable) -> Result<(Tensor, Tensor)> {
+        match self.double_blocks.first() {
+            Some(block) => block.forward(&s.img, &s.txt, &s.vec, pe),
+            None => Ok((s.img.clone(), s.txt.clone())),
         }
+    }
+
+    /// Every block after the first; returns the image tokens' hidden states `(b, n_img, h)`.
+    pub fn remaining_blocks(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        vec: &Tensor,
+        pe: &RopeTable,
+    ) -> Result<Tensor> {
+        let (mut img, mut txt) = (img.clone(), txt.clone());
+        for block in self.double_blocks.iter().skip(1) {
+            (img, txt) = block.forward(&img, &txt, vec, pe)?;
+        }
+        let n_txt = txt.dim(1)?;
         let mut x = Tensor::cat(&[&txt, &img], 1)?; // (b, n_txt + n_img, h)
         for block in &self.single_blocks {
-            x = block.forward(&x, &vec, pe)?;
+            x = block.forward(&x, vec, pe)?;
         }
-        let img = x.narrow(1, n_txt, x.dim(1)? - n_txt)?;
-        self.final_layer.forward(&img, &vec)
+        x.narrow(1, n_txt, x.dim(1)? - n_txt) // (b, n_img, h)
+    }
+
+    /// The final layer: image hidden states → `(b, n_img, in_channels)` predictions.
+    pub fn head(&self, img: &Tensor, vec: &Tensor) -> Result<Tensor> {
+        self.final_layer.forward(img, vec)
     }
 }

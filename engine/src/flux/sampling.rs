@@ -5,6 +5,7 @@
 use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::model::{Flux, FluxInputs};
+use super::step_cache::{StepCache, StepCaching};
 use crate::{EngineError, StepControl};
 
 /// BFL `get_lin_function(x1=256, y1=0.5, x2=4096, y2=1.15)` (sampling.py:283-287): the schedule
@@ -174,6 +175,19 @@ pub fn denoise_flux(
     timesteps: &[f32],
     on_step: &mut dyn FnMut(u32, u32) -> StepControl,
 ) -> std::result::Result<Tensor, EngineError> {
+    denoise_flux_cached(model, cond, x, timesteps, StepCaching::Off, on_step).map(|(x, _)| x)
+}
+
+/// [`denoise_flux`] with step caching (`step_cache`); also returns the number of full
+/// transformer evaluations. `StepCaching::Off` is the plain sampler, bit for bit.
+pub fn denoise_flux_cached(
+    model: &Flux,
+    cond: &Conditioning,
+    x: Tensor,
+    timesteps: &[f32],
+    caching: StepCaching,
+    on_step: &mut dyn FnMut(u32, u32) -> StepControl,
+) -> std::result::Result<(Tensor, u32), EngineError> {
     let dev = x.device().clone();
     let b_sz = x.dim(0)?;
     let txt_ids = text_ids(b_sz, cond.txt.dim(1)?, &dev)?;
@@ -183,7 +197,9 @@ pub fn denoise_flux(
     };
     let pe = model.rope(&txt_ids, &img_ids)?;
     let guidance = Tensor::full(cond.guidance, b_sz, &dev)?;
+    let mut cache = StepCache::new(caching, timesteps.len().saturating_sub(1));
     let mut velocity = |img: &Tensor, t: f32| -> Result<Tensor> {
+        let t_value = t;
         let t = Tensor::full(t, b_sz, &dev)?;
         let inp = FluxInputs {
             img,
@@ -194,10 +210,11 @@ pub fn denoise_flux(
             y: &cond.y,
             guidance: Some(&guidance),
         };
-        model.forward_with_rope(&inp, &pe)
+        cache.velocity(model, &inp, t_value, &pe)
     };
     let context = cond.context.as_ref().map(|c| &c.tokens);
-    denoise(x, context, timesteps, &mut velocity, on_step)
+    let x = denoise(x, context, timesteps, &mut velocity, on_step)?;
+    Ok((x, cache.full))
 }
 
 /// Relative L2 distance `‖a − b‖ / ‖b‖` in f32 (parity and test metric).

@@ -87,6 +87,7 @@ pub fn spec(priority: Priority, prompt: &str) -> ValidJobSpec {
         webhook_url: None,
         initial_latents_key: None,
         keep_latent: false,
+        acceleration: Default::default(),
     }
 }
 
@@ -159,6 +160,7 @@ pub fn result_for(lease: &Lease) -> JobResult {
         seed: 42,
         latent_key: None,
         engine_ms: 5,
+        full_evaluations: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn spec(priority: Priority) -> ValidJobSpec {
         webhook_url: None,
         initial_latents_key: None,
         keep_latent: false,
+        acceleration: Default::default(),
     }
 }
 

@@ -241,6 +241,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         seed,
         initial_latents: None,
         want_latent: false,
+        caching: kontext_engine::flux::StepCaching::Off,
     };
     let mut denoise_started: Option<Instant> = None;
     let out = engine

@@ -145,6 +145,7 @@ impl Engine for ScriptedEngine {
             packed_latent,
             seed: req.seed,
             timings: Default::default(),
+            full_evaluations: req.steps,
         })
     }
 }
@@ -241,6 +242,7 @@ pub fn spec(prompt: &str, width: u32, height: u32, steps: u32) -> ValidJobSpec {
         webhook_url: None,
         initial_latents_key: None,
         keep_latent: false,
+        acceleration: Default::default(),
     }
 }
 

@@ -1,0 +1,132 @@
+//! `kontext speed`: step caching side by side, in one run. Every `acceleration` level renders the
+//! same cases of the shapes world (held-out split) with the same seeds; the table gives, per
+//! level, the wall time and its ratio to `none`, full transformer evaluations per image, the
+//! judge's object accuracy, and the PSNR of its outputs against `none`'s (how far caching moves
+//! the image, whether or not the answer was right).
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use image::RgbImage;
+use kontext_engine::StepControl;
+use kontext_engine::flux::Acceleration;
+use kontext_shapes::scorecard::Scorecard;
+use kontext_shapes::{Split, Task, case, judge, render};
+use kontext_worker::config::{ModelArgs, load_engine};
+
+use super::eval::request;
+
+#[derive(Debug, Args)]
+pub struct SpeedArgs {
+    /// Cases per task (every task of the shapes world).
+    #[arg(long, env = "KONTEXT_SPEED_CASES", default_value_t = 5)]
+    pub cases: u64,
+    /// Denoising steps (default: the model's own, else 28).
+    #[arg(long, env = "KONTEXT_SPEED_STEPS")]
+    pub steps: Option<u32>,
+    /// Seed of the case generator.
+    #[arg(long, env = "KONTEXT_SPEED_SEED", default_value_t = 1000)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+const LEVELS: [(&str, Acceleration); 3] = [
+    ("none", Acceleration::None),
+    ("regular", Acceleration::Regular),
+    ("high", Acceleration::High),
+];
+
+pub async fn run(args: SpeedArgs) -> anyhow::Result<ExitCode> {
+    tokio::task::spawn_blocking(move || run_blocking(&args))
+        .await
+        .context("the benchmark thread panicked")?
+}
+
+fn run_blocking(args: &SpeedArgs) -> anyhow::Result<ExitCode> {
+    if args.cases == 0 {
+        bail!("--cases must be at least 1");
+    }
+    let mut engine = load_engine(&args.model).context("loading the model")?;
+    let info = engine.info();
+    let Some((size, _)) = info.settings.native_resolution else {
+        bail!(
+            "--model {}: no native resolution (kontext_model.json); `kontext speed` judges the \
+             shapes world and needs the shapes model (--model shapes)",
+            args.model.model
+        );
+    };
+    let steps = args.steps.or(info.settings.default_steps).unwrap_or(28);
+    let cases: Vec<_> = Task::ALL
+        .iter()
+        .flat_map(|&t| (0..args.cases).map(move |i| (t, i)))
+        .map(|(t, i)| {
+            (
+                case(args.seed, Split::HeldOut, t, i),
+                args.seed.wrapping_add(i),
+            )
+        })
+        .collect();
+    eprintln!(
+        "kontext speed: model {} ({size}x{size}, {steps} steps) on {}, {} cases per level",
+        info.model,
+        info.device,
+        cases.len()
+    );
+    // Warm the caches (text encoder, context latents) so that no level pays for them alone.
+    for (c, seed) in &cases {
+        let mut req = request(c, size, 1, *seed);
+        req.caching = Acceleration::None.caching();
+        engine.generate(&req, &mut |_, _| StepControl::Continue)?;
+    }
+    let mut baseline: Vec<RgbImage> = Vec::new();
+    let mut none_time = Duration::ZERO;
+    println!(
+        "{:<8} {:<34} {:>8} {:>9} {:>11} {:>9} {:>13}",
+        "level", "mechanism", "wall s", "vs none", "full evals", "objects", "PSNR vs none"
+    );
+    for (name, level) in LEVELS {
+        let caching = level.caching();
+        let mut card = Scorecard::default();
+        let mut full = 0u64;
+        let mut psnr_sum = 0.0;
+        let started = Instant::now();
+        let mut outputs = Vec::with_capacity(cases.len());
+        for (c, seed) in &cases {
+            let mut req = request(c, size, steps, *seed);
+            req.caching = caching;
+            let out = engine
+                .generate(&req, &mut |_, _| StepControl::Continue)
+                .with_context(|| format!("{name}: {:?}", c.prompt))?;
+            full += u64::from(out.full_evaluations);
+            let input = c.input.as_ref().map(|s| render(s, size, size));
+            card.add(&judge(c, &out.image, input.as_ref()));
+            outputs.push(out.image);
+        }
+        let wall = started.elapsed();
+        if level == Acceleration::None {
+            none_time = wall;
+            baseline = outputs.clone();
+        }
+        for (out, reference) in outputs.iter().zip(&baseline) {
+            psnr_sum += kontext_shapes::judge::psnr(out, reference, None).min(99.0);
+        }
+        let (objects, total) = card.tasks.values().fold((0, 0), |(c, t), s| {
+            (c + s.objects_correct, t + s.objects_total)
+        });
+        println!(
+            "{:<8} {:<34} {:>8.1} {:>8.2}x {:>11.1} {:>8.1}% {:>10.1} dB",
+            name,
+            format!("{caching:?}"),
+            wall.as_secs_f64(),
+            none_time.as_secs_f64() / wall.as_secs_f64().max(1e-9),
+            full as f64 / cases.len() as f64,
+            100.0 * objects as f64 / total.max(1) as f64,
+            psnr_sum / cases.len() as f64,
+        );
+    }
+    println!("(PSNR vs none is capped at 99 dB for identical images; `none` is the reference.)");
+    Ok(ExitCode::SUCCESS)
+}
