@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use e2e_support::{
-    DEADLINE, Fleet, FleetOptions, KEY_ALPHA, KEY_BETA, KEY_GAMMA, MAX_BODY_BYTES, assert_png,
-    http, png, png_header_only, read_sse,
+    DEADLINE, Fleet, FleetOptions, KEY_ALPHA, KEY_BETA, KEY_DELTA, KEY_GAMMA, MAX_BODY_BYTES,
+    assert_png, http, png, png_header_only, read_sse,
 };
 use kontext_proto::{JobId, JobQueue, JobStatus};
 use kontext_storage::{BlobStore, ObjectKey};
@@ -443,7 +443,7 @@ async fn bfl_flow_with_a_plain_http_client() {
 /// an unknown level is refused naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acceleration_reaches_the_sampler_and_is_reported() {
-    let client = http(KEY_GAMMA);
+    let client = http(KEY_DELTA);
     let body = |level: &str| {
         json!({"prompt": "a red circle", "width": 64, "height": 64, "steps": 8, "seed": 21,
                "acceleration": level})

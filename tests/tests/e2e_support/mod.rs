@@ -27,6 +27,8 @@ use kontext_storage::{BlobStore, S3Store, StorageConfig};
 pub const KEY_ALPHA: &str = "key-alpha-0123456789abcdef";
 pub const KEY_BETA: &str = "key-beta-0123456789abcdef";
 pub const KEY_GAMMA: &str = "key-gamma-0123456789abcdef";
+/// A tenant of its own for tests that must not show up in another test's job list.
+pub const KEY_DELTA: &str = "key-delta-0123456789abcdef";
 
 /// Longest wait of any test step (workers start, the tiny model loads, jobs run on 2 shared cores).
 pub const DEADLINE: Duration = Duration::from_secs(180);
@@ -202,7 +204,7 @@ fn coordinator_config(
     };
     config.storage = StorageConfig::S3(s3.config(bucket));
     config.auth = Auth::from_arg(
-        &format!("{KEY_ALPHA}:alpha,{KEY_BETA}:beta,{KEY_GAMMA}:gamma"),
+        &format!("{KEY_ALPHA}:alpha,{KEY_BETA}:beta,{KEY_GAMMA}:gamma,{KEY_DELTA}:delta"),
         0,
     )?;
     config.reap_interval = Duration::from_millis(100);
