@@ -109,6 +109,8 @@ pub struct EngineInfo {
     pub model: String,
     pub device: String,
     pub dtype: String,
+    /// `native` or `fp8`: how the transformer blocks' linear weights are stored.
+    pub linear_precision: String,
     /// Largest target area the engine accepts, in pixels.
     pub max_pixels: u64,
     /// How the model wants to be driven (text length, native and preferred sizes).

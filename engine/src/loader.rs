@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
+use crate::flux::LinearPrecision;
 use crate::pipeline::{EngineOptions, KontextEngine};
 use crate::weights::ModelDir;
 use crate::{DeviceError, Engine, EngineError, WeightsError, tiny};
@@ -24,6 +25,8 @@ pub struct LoadOptions {
     pub tiny_seed: u64,
     /// Largest target or context area accepted, in pixels.
     pub max_pixels: u64,
+    /// `Fp8` stores the transformer blocks' linear weights in E4M3 (half of bf16's memory).
+    pub linear_precision: LinearPrecision,
 }
 
 /// `cpu`, `cuda` or `cuda:N`.
@@ -90,6 +93,7 @@ pub fn load_engine(opts: &LoadOptions) -> Result<Box<dyn Engine>, EngineError> {
         vae_dtype: DType::F32,
         device,
         max_pixels: opts.max_pixels,
+        linear_precision: opts.linear_precision,
     };
     let engine = KontextEngine::load(&model_dir, &opts.model, engine_opts)?;
     tracing::info!(model = %opts.model, dir = %dir.display(), elapsed = ?started.elapsed(), "model loaded");

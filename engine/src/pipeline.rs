@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::cache::{self, ByteLru};
 use super::config::{FluxConfig, VaeConfig};
-use super::flux::Flux;
 use super::flux::sampling::{self, Conditioning, ContextTokens};
+use super::flux::{Flux, LinearPrecision};
 use super::model_settings::ModelSettings;
 use super::noise::packed_noise;
 use super::text::TextEncoders;
@@ -43,6 +43,8 @@ pub struct EngineOptions {
     pub device: Device,
     /// Largest target or context area accepted, in pixels.
     pub max_pixels: u64,
+    /// Storage and arithmetic of the transformer blocks' linear layers (flux/linear.rs).
+    pub linear_precision: LinearPrecision,
 }
 
 impl EngineOptions {
@@ -52,6 +54,7 @@ impl EngineOptions {
             vae_dtype: DType::F32,
             device: Device::Cpu,
             max_pixels: DEFAULT_MAX_PIXELS,
+            linear_precision: LinearPrecision::Native,
         }
     }
 }
@@ -121,7 +124,11 @@ impl KontextEngine {
             }
             .into());
         }
-        let flux = Flux::new(&flux_cfg, dir.transformer_vb(opts.dtype, &opts.device))?;
+        let flux = Flux::with_linear_precision(
+            &flux_cfg,
+            dir.transformer_vb(opts.dtype, &opts.device),
+            opts.linear_precision,
+        )?;
         let vae = AutoEncoder::new(&vae_cfg, dir.vae_vb(opts.vae_dtype, &opts.device))?;
         // Text encoders in f32 on the CPU whatever the compute dtype: candle's CPU softmax
         // accumulates in the tensor's dtype, and T5's 512-wide bf16 softmax then drifts ~0.3
@@ -370,6 +377,7 @@ impl Engine for KontextEngine {
             model: self.model.clone(),
             device: device_name(&self.opts.device),
             dtype: dtype_name(self.opts.dtype).into(),
+            linear_precision: self.opts.linear_precision.as_str().into(),
             max_pixels: self.opts.max_pixels,
             settings: self.settings.clone(),
         }

@@ -249,6 +249,7 @@ mod tests {
     impl Engine for ScriptedEngine {
         fn info(&self) -> EngineInfo {
             EngineInfo {
+                linear_precision: "native".into(),
                 model: "scripted".into(),
                 device: "cpu".into(),
                 dtype: "f32".into(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use candle_core::DType;
 use clap::Args;
 use clap::builder::BoolishValueParser;
+use kontext_engine::flux::LinearPrecision;
 use kontext_engine::loader::LoadOptions;
 use kontext_engine::{Engine, EngineError};
 use kontext_proto::clock::{format_duration, parse_duration};
@@ -24,6 +25,25 @@ use crate::settings::WorkerSettings;
 pub enum DtypeArg {
     F32,
     Bf16,
+}
+
+/// How the transformer blocks' linear weights are stored (docs/engine.md §FP8 linears).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LinearPrecisionArg {
+    /// The compute dtype.
+    #[default]
+    Native,
+    /// FP8 E4M3 weights with per-channel scales, activations quantized per token.
+    Fp8,
+}
+
+impl From<LinearPrecisionArg> for LinearPrecision {
+    fn from(arg: LinearPrecisionArg) -> Self {
+        match arg {
+            LinearPrecisionArg::Native => Self::Native,
+            LinearPrecisionArg::Fp8 => Self::Fp8,
+        }
+    }
 }
 
 /// Which model runs, where.
@@ -43,6 +63,12 @@ pub struct ModelArgs {
     /// Compute dtype; default f32 on CPU, bf16 on CUDA.
     #[arg(long, env = "KONTEXT_DTYPE", value_enum)]
     pub dtype: Option<DtypeArg>,
+
+    /// `fp8` stores the transformer blocks' linear weights in FP8 E4M3 (per-channel scales,
+    /// activations quantized per token): about half the transformer memory of bf16, at an
+    /// output error docs/engine.md §FP8 linears reports.
+    #[arg(long, env = "KONTEXT_LINEAR_PRECISION", value_enum, default_value_t)]
+    pub linear_precision: LinearPrecisionArg,
 
     /// Weights seed of `--model tiny`.
     #[arg(long, env = "KONTEXT_TINY_SEED", default_value_t = 0)]
@@ -66,6 +92,7 @@ impl ModelArgs {
             }),
             tiny_seed: self.tiny_seed,
             max_pixels: self.engine_max_pixels,
+            linear_precision: self.linear_precision.into(),
         }
     }
 }
@@ -82,6 +109,7 @@ impl Default for ModelArgs {
             model: "tiny".into(),
             device: "cpu".into(),
             dtype: None,
+            linear_precision: LinearPrecisionArg::Native,
             tiny_seed: 0,
             engine_max_pixels: DEFAULT_MAX_PIXELS,
         }

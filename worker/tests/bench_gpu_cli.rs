@@ -26,7 +26,7 @@ fn bench_gpu_runs_on_cpu_with_the_tiny_model() -> Result<()> {
         ])
         .args([
             "--steps",
-            "3",
+            "6",
             "--warmup-steps",
             "1",
             "--dtype",
@@ -48,8 +48,9 @@ fn bench_gpu_runs_on_cpu_with_the_tiny_model() -> Result<()> {
     let runs = report["runs"].as_array().context("runs")?;
     assert_eq!(runs.len(), 2, "{report:#}");
     for r in runs {
-        assert_eq!(r["steps"], 3);
-        assert_eq!(r["step_s"].as_array().context("step_s")?.len(), 3);
+        assert_eq!(r["steps"], 6);
+        assert_eq!(r["full_evaluations"], 6);
+        assert_eq!(r["step_s"].as_array().context("step_s")?.len(), 6);
         assert!(r["total_s"].as_f64().context("total_s")? > 0.0);
         assert_eq!(r["output_finite"], true);
     }
@@ -57,6 +58,45 @@ fn bench_gpu_runs_on_cpu_with_the_tiny_model() -> Result<()> {
     // attention ×2, hd128 transformer ×2, tiny pipeline ×2, parity ×2.
     assert_eq!(checks.len(), 8, "{report:#}");
     assert!(checks.iter().all(|c| c["passed"] == true), "{report:#}");
+
+    // The reference (`none`) at both sizes, then each mode at both sizes: the native engine's,
+    // then the FP8 engine's; each against the reference of its size.
+    let modes = report["modes"].as_array().context("modes")?;
+    let names: Vec<&str> = modes.iter().filter_map(|m| m["mode"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "none",
+            "none",
+            "regular",
+            "high",
+            "regular",
+            "high",
+            "fp8",
+            "fp8+regular",
+            "fp8+high",
+            "fp8",
+            "fp8+regular",
+            "fp8+high",
+        ],
+        "{report:#}"
+    );
+    for m in modes {
+        let err = m["rel_err_vs_none"].as_f64().context("rel_err_vs_none")?;
+        let evals = m["full_evaluations"].as_u64().context("full_evaluations")?;
+        assert_eq!(m["output_finite"], true, "{m}");
+        assert!(err < 0.5, "{m}");
+        match m["mode"].as_str() {
+            Some("none") => assert!(evals == 6 && err == 0.0, "{m}"),
+            // 6 steps, every 2nd in full after the first two, the last in full: 0, 1, 2, 4, 5.
+            Some("high" | "fp8+high") => assert!(evals == 5 && err > 0.0, "{m}"),
+            Some("fp8" | "fp8+regular") => assert!(evals <= 6 && err > 0.0, "{m}"),
+            // The first-block cache skips nothing on random weights: then it is `none` exactly.
+            Some("regular") => assert!(evals < 6 || err == 0.0, "{m}"),
+            other => panic!("unexpected mode {other:?}"),
+        }
+    }
+    assert!(stdout.contains("err vs none"), "no modes table:\n{stdout}");
     Ok(())
 }
 

@@ -1,8 +1,10 @@
-//! `kontext speed`: step caching side by side, in one run. Every `acceleration` level renders the
-//! same cases of the shapes world (held-out split) with the same seeds; the table gives, per
-//! level, the wall time and its ratio to `none`, full transformer evaluations per image, the
-//! judge's object accuracy, and the PSNR of its outputs against `none`'s (how far caching moves
-//! the image, whether or not the answer was right).
+//! `kontext speed`: the speed modes side by side, in one run: every `acceleration` level, and FP8
+//! linears alone and with `high`. Every mode renders the same cases of the shapes world (held-out
+//! split) with the same seeds; the table gives, per mode, the wall time and its ratio to `none`,
+//! full transformer evaluations per image, the judge's object accuracy, and the PSNR of its
+//! outputs against `none`'s (how far the mode moves the image, whether or not the answer was
+//! right). On the CPU, FP8 is the emulation (flux/linear.rs): its numbers are its quality, and its
+//! wall time is the cost of dequantizing weights on every call, not an FP8 GEMM's speed.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -10,11 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use image::RgbImage;
+use kontext_engine::Engine;
 use kontext_engine::StepControl;
 use kontext_engine::flux::Acceleration;
 use kontext_shapes::scorecard::Scorecard;
 use kontext_shapes::{Split, Task, case, judge, render};
-use kontext_worker::config::{ModelArgs, load_engine};
+use kontext_worker::config::{LinearPrecisionArg, ModelArgs, load_engine};
 
 use super::eval::request;
 
@@ -33,10 +36,13 @@ pub struct SpeedArgs {
     pub model: ModelArgs,
 }
 
-const LEVELS: [(&str, Acceleration); 3] = [
-    ("none", Acceleration::None),
-    ("regular", Acceleration::Regular),
-    ("high", Acceleration::High),
+/// (name, step caching, FP8 linears); the first is the reference.
+const MODES: [(&str, Acceleration, bool); 5] = [
+    ("none", Acceleration::None, false),
+    ("regular", Acceleration::Regular, false),
+    ("high", Acceleration::High, false),
+    ("fp8", Acceleration::None, true),
+    ("fp8+high", Acceleration::High, true),
 ];
 
 pub async fn run(args: SpeedArgs) -> anyhow::Result<ExitCode> {
@@ -49,8 +55,13 @@ fn run_blocking(args: &SpeedArgs) -> anyhow::Result<ExitCode> {
     if args.cases == 0 {
         bail!("--cases must be at least 1");
     }
-    let mut engine = load_engine(&args.model).context("loading the model")?;
-    let info = engine.info();
+    let mut native = load_engine(&args.model).context("loading the model")?;
+    let mut fp8 = load_engine(&ModelArgs {
+        linear_precision: LinearPrecisionArg::Fp8,
+        ..args.model.clone()
+    })
+    .context("loading the model with FP8 linears")?;
+    let info = native.info();
     let Some((size, _)) = info.settings.native_resolution else {
         bail!(
             "--model {}: no native resolution (kontext_model.json); `kontext speed` judges the \
@@ -76,19 +87,22 @@ fn run_blocking(args: &SpeedArgs) -> anyhow::Result<ExitCode> {
         cases.len()
     );
     // Warm the caches (text encoder, context latents) so that no level pays for them alone.
-    for (c, seed) in &cases {
-        let mut req = request(c, size, 1, *seed);
-        req.caching = Acceleration::None.caching();
-        engine.generate(&req, &mut |_, _| StepControl::Continue)?;
+    for engine in [&mut native, &mut fp8] {
+        for (c, seed) in &cases {
+            let mut req = request(c, size, 1, *seed);
+            req.caching = Acceleration::None.caching();
+            engine.generate(&req, &mut |_, _| StepControl::Continue)?;
+        }
     }
     let mut baseline: Vec<RgbImage> = Vec::new();
     let mut none_time = Duration::ZERO;
     println!(
         "{:<8} {:<34} {:>8} {:>9} {:>11} {:>9} {:>13}",
-        "level", "mechanism", "wall s", "vs none", "full evals", "objects", "PSNR vs none"
+        "mode", "step caching", "wall s", "vs none", "full evals", "objects", "PSNR vs none"
     );
-    for (name, level) in LEVELS {
+    for (name, level, with_fp8) in MODES {
         let caching = level.caching();
+        let engine: &mut Box<dyn Engine> = if with_fp8 { &mut fp8 } else { &mut native };
         let mut card = Scorecard::default();
         let mut full = 0u64;
         let mut psnr_sum = 0.0;
@@ -106,7 +120,7 @@ fn run_blocking(args: &SpeedArgs) -> anyhow::Result<ExitCode> {
             outputs.push(out.image);
         }
         let wall = started.elapsed();
-        if level == Acceleration::None {
+        if name == MODES[0].0 {
             none_time = wall;
             baseline = outputs.clone();
         }

@@ -10,6 +10,10 @@
 //!    seconds per image end to end, peak GPU memory (the allocation pool's high-water mark, text
 //!    encoders resident), MFU against the compute floor (`bench::flops`). Then a few steps
 //!    with flash-attention off, and with the fused kernels off, for comparison (`--ab-steps`).
+//! 3. Speed modes (`speed_modes`, `--modes`): the same edits with step caching `regular` and
+//!    `high`, then, on an engine rebuilt with FP8 linears, `fp8` alone and with each caching
+//!    level; per mode the seconds per image, images per hour, peak memory, utilisation against
+//!    the bf16 and FP8 floors and the final latents' relative error against the reference run.
 //!
 //! Prints one table at the end and writes every number to `<out-dir>/bench-gpu.json`.
 //! `--device cpu --model-size tiny` runs the same code on the CPU (how it is tested without a GPU).
@@ -23,8 +27,9 @@ use serde::Serialize;
 use super::checks::{self, CheckOutcome};
 use super::flops::{ForwardFlops, H100_BF16_PEAK_TFLOPS, edit_tokens};
 use super::random_weights::{self, RandomEngineSpec};
-use super::report;
-use crate::flux::{attention, ops};
+use super::report::{self, Report, SizeRun};
+use super::speed_modes;
+use crate::flux::{LinearPrecision, StepCaching, attention, ops};
 use crate::loader::parse_device;
 use crate::pipeline::{EngineOptions, KontextEngine};
 use crate::text::tokenize::PromptTokenizers;
@@ -54,6 +59,8 @@ pub enum BenchError {
         what: String,
         source: Box<BenchError>,
     },
+    #[error("{0}")]
+    Modes(String),
     #[error("the engine never reported a step")]
     NoStepReported,
     #[error(
@@ -112,6 +119,15 @@ pub struct BenchGpuArgs {
     /// dtype of the VAE (the worker's default is f32, like BFL's encode).
     #[arg(long, env = "KONTEXT_BENCH_VAE_DTYPE", value_enum, default_value_t = BenchDtype::F32)]
     vae_dtype: BenchDtype,
+    /// Speed modes run after the reference at every size: `all`, `none`, or a list of
+    /// regular, high, fp8, fp8+regular, fp8+high.
+    #[arg(
+        long,
+        env = "KONTEXT_BENCH_MODES",
+        value_delimiter = ',',
+        default_value = "all"
+    )]
+    modes: Vec<String>,
     /// Skip the correctness checks.
     #[arg(long, env = "KONTEXT_BENCH_SKIP_CHECKS")]
     skip_checks: bool,
@@ -145,53 +161,6 @@ impl BenchDtype {
     }
 }
 
-/// One timed edit.
-#[derive(Debug, Clone, Serialize)]
-pub struct SizeRun {
-    pub size: u32,
-    pub steps: u32,
-    pub tokens: usize,
-    /// Which kernels ran: "flash+fused", "no flash-attn", "no fused", ...
-    pub variant: String,
-    /// Text encoders + context VAE encode (until the first step starts, synchronised).
-    pub pre_denoise_s: f64,
-    pub step_s: Vec<f64>,
-    pub step_median_s: f64,
-    pub denoise_s: f64,
-    /// Unpack + VAE decode + RGB conversion.
-    pub decode_s: f64,
-    pub total_s: f64,
-    /// Allocation-pool high-water mark during the edit (weights included), bytes.
-    pub peak_pool_bytes: Option<u64>,
-    /// Device memory in use by everything (cuMemGetInfo) at the end, bytes.
-    pub device_used_bytes: Option<u64>,
-    pub tflop_per_step: f64,
-    pub floor_step_s: f64,
-    pub mfu: f64,
-    pub output_finite: bool,
-}
-
-/// Everything the command measured.
-#[derive(Debug, Default, Serialize)]
-pub struct Report {
-    pub device: String,
-    pub device_name: Option<String>,
-    pub device_total_bytes: Option<u64>,
-    pub flash_attn_compiled: bool,
-    pub fused_compiled: bool,
-    pub model_size: Option<ModelSize>,
-    pub parameters: Option<(usize, usize, usize, usize)>,
-    pub build_s: Option<f64>,
-    pub resident_pool_bytes: Option<u64>,
-    pub checks: Vec<report::CheckRow>,
-    pub check_errors: Vec<String>,
-    pub runs: Vec<SizeRun>,
-    /// The A/B runs (a kernel switched off).
-    pub ab: Vec<SizeRun>,
-    pub errors: Vec<String>,
-    pub peak_tflops: f64,
-}
-
 /// Runs the benchmark; `Err(Failed)` when a check is out of tolerance or a phase failed.
 pub fn run(args: BenchGpuArgs) -> Result<(), BenchError> {
     if let Some(&s) = args.sizes.iter().find(|s| **s == 0 || **s % 16 != 0) {
@@ -200,6 +169,7 @@ pub fn run(args: BenchGpuArgs) -> Result<(), BenchError> {
     if args.steps == 0 {
         return Err(BenchError::NoSteps);
     }
+    speed_modes::select(&args.modes).map_err(BenchError::Modes)?;
     let out_dir = args
         .out_dir
         .clone()
@@ -315,11 +285,13 @@ fn build_engine(
     dev: &Device,
     out_dir: &std::path::Path,
     rep: &mut Report,
+    linear_precision: LinearPrecision,
 ) -> Result<KontextEngine, BenchError> {
     let opts = EngineOptions {
         dtype: args.dtype.dtype(),
         vae_dtype: args.vae_dtype.dtype(),
         device: dev.clone(),
+        linear_precision,
         ..EngineOptions::cpu()
     };
     let tiny_dir = tiny::ensure_cached_in(out_dir, 0)?;
@@ -341,8 +313,9 @@ fn build_engine(
     rep.build_s = Some(started.elapsed().as_secs_f64());
     rep.resident_pool_bytes = report::pool_used(dev);
     eprintln!(
-        "engine {:?} built in {:.1}s, resident {}",
+        "engine {:?} ({} linears) built in {:.1}s, resident {}",
         args.model_size,
+        linear_precision.as_str(),
         started.elapsed().as_secs_f64(),
         report::gib(rep.resident_pool_bytes)
     );
@@ -359,8 +332,11 @@ fn run_speed(
     json: &std::path::Path,
     rep: &mut Report,
 ) -> Result<(), BenchError> {
-    let mut engine = build_engine(args, dev, out_dir, rep)?;
+    let modes = speed_modes::select(&args.modes).map_err(BenchError::Modes)?;
+    let mut engine = build_engine(args, dev, out_dir, rep, LinearPrecision::Native)?;
     let cfg = engine.flux_config().clone();
+    // The reference latents per size, for the modes' error.
+    let mut reference: Vec<(u32, Vec<f32>)> = Vec::new();
     for &size in &args.sizes {
         if args.warmup_steps > 0 {
             timed_edit(
@@ -370,11 +346,29 @@ fn run_speed(
                 args.warmup_steps,
                 &cfg,
                 args.peak_tflops,
+                StepCaching::Off,
             )
             .map_err(|e| during(format!("warm-up at {size}x{size}"), e))?;
         }
-        let run = timed_edit(&mut engine, dev, size, args.steps, &cfg, args.peak_tflops)
-            .map_err(|e| during(format!("edit at {size}x{size}"), e))?;
+        let (run, latents) = timed_edit(
+            &mut engine,
+            dev,
+            size,
+            args.steps,
+            &cfg,
+            args.peak_tflops,
+            StepCaching::Off,
+        )
+        .map_err(|e| during(format!("edit at {size}x{size}"), e))?;
+        rep.modes.push(speed_modes::mode_run(
+            "none",
+            &run,
+            &latents,
+            &latents,
+            &cfg,
+            args.peak_tflops,
+        ));
+        reference.push((size, latents));
         eprintln!(
             "  {size}x{size}: {:.3} s/step (median of {}), {:.2} s/image, peak {}, MFU {:.1}%",
             run.step_median_s,
@@ -385,50 +379,117 @@ fn run_speed(
         );
         rep.runs.push(run);
         save(json, rep)?;
-        if args.ab_steps == 0 || !dev.is_cuda() {
+        if args.ab_steps > 0 && dev.is_cuda() {
+            run_ab(args, &mut engine, dev, size, &cfg, json, rep)?;
+        }
+    }
+    let run_modes = |engine: &mut KontextEngine, precision: LinearPrecision, rep: &mut Report| {
+        for (size, latents) in &reference {
+            for mode in modes.iter().filter(|m| m.linear_precision == precision) {
+                let r = speed_modes::run_mode(
+                    engine,
+                    dev,
+                    *size,
+                    (args.steps, args.peak_tflops),
+                    *mode,
+                    latents,
+                    &cfg,
+                );
+                match r {
+                    Ok(r) => {
+                        eprintln!(
+                            "  {size}x{size} {}: {} evals, {:.2} s/image, err vs none {:.3e}",
+                            r.mode, r.full_evaluations, r.total_s, r.rel_err_vs_none
+                        );
+                        rep.modes.push(r);
+                    }
+                    Err(e) => rep
+                        .errors
+                        .push(format!("{size}x{size} mode {}: {e}", mode.name)),
+                }
+                save(json, rep)?;
+            }
+        }
+        Ok::<(), BenchError>(())
+    };
+    run_modes(&mut engine, LinearPrecision::Native, rep)?;
+    if modes
+        .iter()
+        .any(|m| m.linear_precision == LinearPrecision::Fp8)
+    {
+        // Never two engines resident at once: the FP8 one is built after the native one is gone.
+        drop(engine);
+        let mut fp8 = build_engine(args, dev, out_dir, rep, LinearPrecision::Fp8)?;
+        for &size in &args.sizes {
+            if args.warmup_steps > 0 {
+                timed_edit(
+                    &mut fp8,
+                    dev,
+                    size,
+                    args.warmup_steps,
+                    &cfg,
+                    args.peak_tflops,
+                    StepCaching::Off,
+                )
+                .map_err(|e| during(format!("FP8 warm-up at {size}x{size}"), e))?;
+            }
+        }
+        run_modes(&mut fp8, LinearPrecision::Fp8, rep)?;
+    }
+    Ok(())
+}
+
+/// A few steps at `size` with each of our kernel families switched off in turn.
+fn run_ab(
+    args: &BenchGpuArgs,
+    engine: &mut KontextEngine,
+    dev: &Device,
+    size: u32,
+    cfg: &crate::config::FluxConfig,
+    json: &std::path::Path,
+    rep: &mut Report,
+) -> Result<(), BenchError> {
+    let switches: [KernelSwitch; 2] = [
+        (
+            kontext_cuda::HAS_FLASH_ATTN,
+            attention::set_flash_attn,
+            "flash-attn",
+        ),
+        (
+            kontext_cuda::HAS_FUSED,
+            ops::cuda::set_enabled,
+            "fused kernels",
+        ),
+    ];
+    for (compiled, switch, name) in switches {
+        if !compiled {
             continue;
         }
-        let switches: [KernelSwitch; 2] = [
-            (
-                kontext_cuda::HAS_FLASH_ATTN,
-                attention::set_flash_attn,
-                "flash-attn",
-            ),
-            (
-                kontext_cuda::HAS_FUSED,
-                ops::cuda::set_enabled,
-                "fused kernels",
-            ),
-        ];
-        for (compiled, switch, name) in switches {
-            if !compiled {
-                continue;
+        switch(false);
+        let ab = timed_edit(
+            engine,
+            dev,
+            size,
+            args.ab_steps,
+            cfg,
+            args.peak_tflops,
+            StepCaching::Off,
+        );
+        switch(true);
+        match ab {
+            Ok((r, _)) => {
+                eprintln!(
+                    "  {size}x{size} without {name}: {:.3} s/step, peak {}",
+                    r.step_median_s,
+                    report::gib(r.peak_pool_bytes)
+                );
+                rep.ab.push(r);
             }
-            switch(false);
-            let ab = timed_edit(
-                &mut engine,
-                dev,
-                size,
-                args.ab_steps,
-                &cfg,
-                args.peak_tflops,
-            );
-            switch(true);
-            match ab {
-                Ok(r) => {
-                    eprintln!(
-                        "  {size}x{size} without {name}: {:.3} s/step, peak {}",
-                        r.step_median_s,
-                        report::gib(r.peak_pool_bytes)
-                    );
-                    rep.ab.push(r);
-                }
-                Err(e) => rep
-                    .errors
-                    .push(format!("{size}x{size} without {name}: {e}")),
-            }
-            save(json, rep)?;
+            Err(e) => rep
+                .errors
+                .push(format!("{size}x{size} without {name}: {e}")),
         }
+        save(json, rep)?;
     }
     Ok(())
 }
@@ -441,14 +502,15 @@ fn during(what: String, e: BenchError) -> BenchError {
 }
 
 /// One edit of a `size`² image (context of the same size) with per-step synchronisation.
-fn timed_edit(
+pub(super) fn timed_edit(
     engine: &mut KontextEngine,
     dev: &Device,
     size: u32,
     steps: u32,
     cfg: &crate::config::FluxConfig,
     peak_tflops: f64,
-) -> Result<SizeRun, BenchError> {
+    caching: StepCaching,
+) -> Result<(SizeRun, Vec<f32>), BenchError> {
     let image = image::RgbImage::from_fn(size, size, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 256) as u8])
     });
@@ -467,7 +529,7 @@ fn timed_edit(
         seed: 42,
         initial_latents: None,
         want_latent: true,
-        caching: crate::flux::StepCaching::Off,
+        caching,
     };
     let variant = variant(dev, engine);
     report::reset_pool_peak(dev);
@@ -499,14 +561,13 @@ fn timed_edit(
     let step_median_s = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
     let tokens = edit_tokens(512, size, size, Some((size, size)));
     let flops = ForwardFlops::new(cfg, tokens);
-    let output_finite = out
-        .packed_latent
-        .as_ref()
-        .is_some_and(|l| l.iter().all(|v| v.is_finite()));
-    Ok(SizeRun {
+    let latents = out.packed_latent.unwrap_or_default();
+    let output_finite = !latents.is_empty() && latents.iter().all(|v| v.is_finite());
+    let run = SizeRun {
         size,
         steps,
         tokens,
+        full_evaluations: out.full_evaluations,
         variant,
         pre_denoise_s: secs(first - started),
         step_median_s,
@@ -520,7 +581,8 @@ fn timed_edit(
         floor_step_s: flops.floor_seconds(peak_tflops),
         mfu: flops.mfu(step_median_s, peak_tflops),
         output_finite,
-    })
+    };
+    Ok((run, latents))
 }
 
 /// Which of our kernels the transformer uses now: "flash+fused", "flash", "fused" or "candle".

@@ -190,7 +190,11 @@ pub fn build_engine(
     opts: EngineOptions,
 ) -> std::result::Result<KontextEngine, EngineError> {
     let dev = opts.device.clone();
-    let flux = Flux::new(&spec.flux, random_vb(opts.dtype, &dev))?;
+    let flux = Flux::with_linear_precision(
+        &spec.flux,
+        random_vb(opts.dtype, &dev),
+        opts.linear_precision,
+    )?;
     let vae = AutoEncoder::new(&spec.vae, random_vb(opts.vae_dtype, &dev))?;
     let text = TextEncoders::from_parts(
         tokenizers,

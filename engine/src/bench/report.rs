@@ -1,10 +1,9 @@
-//! The benchmark's device statistics and its final table.
+//! The benchmark's report (every number it measured, saved as JSON), the device statistics and
+//! the final table.
 
 use super::checks::CheckOutcome;
 use candle_core::Device;
 use serde::Serialize;
-
-use super::gpu_run::Report;
 
 /// One check in the report.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +23,57 @@ impl From<&CheckOutcome> for CheckRow {
             passed: o.passed(),
         }
     }
+}
+
+/// One timed edit.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeRun {
+    pub size: u32,
+    pub steps: u32,
+    pub tokens: usize,
+    /// Full transformer evaluations (the steps, fewer under step caching).
+    pub full_evaluations: u32,
+    /// Which kernels ran: "flash+fused", "no flash-attn", "no fused", ...
+    pub variant: String,
+    /// Text encoders + context VAE encode (until the first step starts, synchronised).
+    pub pre_denoise_s: f64,
+    pub step_s: Vec<f64>,
+    pub step_median_s: f64,
+    pub denoise_s: f64,
+    /// Unpack + VAE decode + RGB conversion.
+    pub decode_s: f64,
+    pub total_s: f64,
+    /// Allocation-pool high-water mark during the edit (weights included), bytes.
+    pub peak_pool_bytes: Option<u64>,
+    /// Device memory in use by everything (cuMemGetInfo) at the end, bytes.
+    pub device_used_bytes: Option<u64>,
+    pub tflop_per_step: f64,
+    pub floor_step_s: f64,
+    pub mfu: f64,
+    pub output_finite: bool,
+}
+
+/// Everything the command measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub device: String,
+    pub device_name: Option<String>,
+    pub device_total_bytes: Option<u64>,
+    pub flash_attn_compiled: bool,
+    pub fused_compiled: bool,
+    pub model_size: Option<super::gpu_run::ModelSize>,
+    pub parameters: Option<(usize, usize, usize, usize)>,
+    pub build_s: Option<f64>,
+    pub resident_pool_bytes: Option<u64>,
+    pub checks: Vec<CheckRow>,
+    pub check_errors: Vec<String>,
+    pub runs: Vec<SizeRun>,
+    /// The A/B runs (a kernel switched off).
+    pub ab: Vec<SizeRun>,
+    /// The speed modes against the reference runs.
+    pub modes: Vec<super::speed_modes::ModeRun>,
+    pub errors: Vec<String>,
+    pub peak_tflops: f64,
 }
 
 pub fn gib(bytes: Option<u64>) -> String {
@@ -214,6 +264,9 @@ pub fn table(rep: &Report) -> String {
                 rep.peak_tflops
             ),
         );
+    }
+    for l in super::speed_modes::table_lines(&rep.modes, gib) {
+        line(&mut s, l);
     }
     for e in &rep.errors {
         line(&mut s, format!("ERROR: {e}"));

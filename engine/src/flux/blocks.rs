@@ -5,6 +5,7 @@
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use super::linear::{BlockLinear, LinearPrecision, Operand};
 use super::ops::{self, ModulationOut, QkvStream, linear};
 use super::rope::RopeTable;
 use crate::config::FluxConfig;
@@ -12,15 +13,15 @@ use crate::config::FluxConfig;
 /// BFL `Modulation` (layers.py:112-128): `lin(silu(vec))[:, None, :].chunk(k)`, k = 3 or 6.
 #[derive(Debug, Clone)]
 struct Modulation {
-    lin: Linear,
+    lin: BlockLinear,
     double: bool,
 }
 
 impl Modulation {
-    fn new(dim: usize, double: bool, vb: VarBuilder<'_>) -> Result<Self> {
+    fn new(dim: usize, double: bool, vb: VarBuilder<'_>, p: LinearPrecision) -> Result<Self> {
         let mult = if double { 6 } else { 3 };
         Ok(Self {
-            lin: candle_nn::linear(dim, mult * dim, vb.pp("lin"))?,
+            lin: BlockLinear::load(dim, mult * dim, true, vb.pp("lin"), p, Operand::Vector)?,
             double,
         })
     }
@@ -60,9 +61,9 @@ impl QkNorm {
 /// BFL `SelfAttention` weights: `qkv`, `norm`, `proj`.
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    qkv: Linear,
+    qkv: BlockLinear,
     norm: QkNorm,
-    proj: Linear,
+    proj: BlockLinear,
 }
 
 impl SelfAttention {
@@ -74,12 +75,13 @@ impl SelfAttention {
         }
     }
 
-    fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+    fn new(cfg: &FluxConfig, vb: VarBuilder<'_>, p: LinearPrecision) -> Result<Self> {
         let h = cfg.hidden_size;
+        let tokens = Operand::Tokens;
         Ok(Self {
-            qkv: candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
+            qkv: BlockLinear::load(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"), p, tokens)?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
-            proj: candle_nn::linear(h, h, vb.pp("proj"))?,
+            proj: BlockLinear::load(h, h, true, vb.pp("proj"), p, tokens)?,
         })
     }
 }
@@ -87,22 +89,23 @@ impl SelfAttention {
 /// BFL MLP `Sequential(Linear, GELU(tanh), Linear)`, keys `.0` and `.2`.
 #[derive(Debug, Clone)]
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: BlockLinear,
+    fc2: BlockLinear,
 }
 
 impl Mlp {
-    fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+    fn new(cfg: &FluxConfig, vb: VarBuilder<'_>, p: LinearPrecision) -> Result<Self> {
+        let (h, m, tokens) = (cfg.hidden_size, cfg.mlp_hidden(), Operand::Tokens);
         Ok(Self {
-            fc1: candle_nn::linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("0"))?,
-            fc2: candle_nn::linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("2"))?,
+            fc1: BlockLinear::load(h, m, true, vb.pp("0"), p, tokens)?,
+            fc2: BlockLinear::load(m, h, true, vb.pp("2"), p, tokens)?,
         })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        linear(&ops::gelu_tanh(linear(xs, &self.fc1)?)?, &self.fc2)
+        self.fc2.forward(&ops::gelu_tanh(self.fc1.forward(xs)?)?)
     }
 }
 
@@ -115,11 +118,17 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(cfg: &FluxConfig, vb: &VarBuilder<'_>, prefix: &str) -> Result<Self> {
+    fn new(
+        cfg: &FluxConfig,
+        vb: &VarBuilder<'_>,
+        prefix: &str,
+        p: LinearPrecision,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
         Ok(Self {
-            modulation: Modulation::new(cfg.hidden_size, true, vb.pp(format!("{prefix}_mod")))?,
-            attn: SelfAttention::new(cfg, vb.pp(format!("{prefix}_attn")))?,
-            mlp: Mlp::new(cfg, vb.pp(format!("{prefix}_mlp")))?,
+            modulation: Modulation::new(h, true, vb.pp(format!("{prefix}_mod")), p)?,
+            attn: SelfAttention::new(cfg, vb.pp(format!("{prefix}_attn")), p)?,
+            mlp: Mlp::new(cfg, vb.pp(format!("{prefix}_mlp")), p)?,
         })
     }
 }
@@ -133,12 +142,28 @@ pub struct DoubleStreamBlock {
 }
 
 impl DoubleStreamBlock {
-    pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>, p: LinearPrecision) -> Result<Self> {
         Ok(Self {
-            img: Stream::new(cfg, &vb, "img")?,
-            txt: Stream::new(cfg, &vb, "txt")?,
+            img: Stream::new(cfg, &vb, "img", p)?,
+            txt: Stream::new(cfg, &vb, "txt", p)?,
             num_heads: cfg.num_heads,
         })
+    }
+
+    /// The block's linear layers (for memory accounting).
+    pub fn linears(&self) -> Vec<&BlockLinear> {
+        [&self.img, &self.txt]
+            .into_iter()
+            .flat_map(|s| {
+                [
+                    &s.modulation.lin,
+                    &s.attn.qkv,
+                    &s.attn.proj,
+                    &s.mlp.fc1,
+                    &s.mlp.fc2,
+                ]
+            })
+            .collect()
     }
 
     /// `img (b, L_img, h)`, `txt (b, L_txt, h)`, `vec (b, h)`; `pe` covers txt then img.
@@ -156,8 +181,8 @@ impl DoubleStreamBlock {
             txt_mod2.expect("double modulation yields two triples; this is a bug"),
         );
 
-        let img_qkv = linear(&modulate(img, &img_mod1)?, &self.img.attn.qkv)?; // (b, L_img, 3h)
-        let txt_qkv = linear(&modulate(txt, &txt_mod1)?, &self.txt.attn.qkv)?; // (b, L_txt, 3h)
+        let img_qkv = self.img.attn.qkv.forward(&modulate(img, &img_mod1)?)?; // (b, L_img, 3h)
+        let txt_qkv = self.txt.attn.qkv.forward(&modulate(txt, &txt_mod1)?)?; // (b, L_txt, 3h)
         // Joint sequence, txt first (layers.py:175-177): (b, H, L_txt + L_img, D).
         let (q, k, v) = ops::attention_inputs(
             &[
@@ -172,13 +197,11 @@ impl DoubleStreamBlock {
         let txt_attn = attn.narrow(1, 0, n_txt)?;
         let img_attn = attn.narrow(1, n_txt, img.dim(1)?)?;
 
-        let img =
-            ops::gated_residual(img, &img_mod1.gate, linear(&img_attn, &self.img.attn.proj)?)?;
+        let img = ops::gated_residual(img, &img_mod1.gate, self.img.attn.proj.forward(&img_attn)?)?;
         let img_mlp = self.img.mlp.forward(&modulate(&img, &img_mod2)?)?;
         let img = ops::gated_residual(&img, &img_mod2.gate, img_mlp)?;
 
-        let txt =
-            ops::gated_residual(txt, &txt_mod1.gate, linear(&txt_attn, &self.txt.attn.proj)?)?;
+        let txt = ops::gated_residual(txt, &txt_mod1.gate, self.txt.attn.proj.forward(&txt_attn)?)?;
         let txt_mlp = self.txt.mlp.forward(&modulate(&txt, &txt_mod2)?)?;
         let txt = ops::gated_residual(&txt, &txt_mod2.gate, txt_mlp)?;
         Ok((img, txt))
@@ -194,8 +217,8 @@ fn modulate(x: &Tensor, m: &ModulationOut) -> Result<Tensor> {
 /// `cat(attn, gelu(mlp))`.
 #[derive(Debug, Clone)]
 pub struct SingleStreamBlock {
-    linear1: Linear,
-    linear2: Linear,
+    linear1: BlockLinear,
+    linear2: BlockLinear,
     norm: QkNorm,
     modulation: Modulation,
     hidden: usize,
@@ -204,23 +227,28 @@ pub struct SingleStreamBlock {
 }
 
 impl SingleStreamBlock {
-    pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
-        let (h, m) = (cfg.hidden_size, cfg.mlp_hidden());
+    pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>, p: LinearPrecision) -> Result<Self> {
+        let (h, m, tokens) = (cfg.hidden_size, cfg.mlp_hidden(), Operand::Tokens);
         Ok(Self {
-            linear1: candle_nn::linear(h, 3 * h + m, vb.pp("linear1"))?,
-            linear2: candle_nn::linear(h + m, h, vb.pp("linear2"))?,
+            linear1: BlockLinear::load(h, 3 * h + m, true, vb.pp("linear1"), p, tokens)?,
+            linear2: BlockLinear::load(h + m, h, true, vb.pp("linear2"), p, tokens)?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
-            modulation: Modulation::new(h, false, vb.pp("modulation"))?,
+            modulation: Modulation::new(h, false, vb.pp("modulation"), p)?,
             hidden: h,
             mlp_hidden: m,
             num_heads: cfg.num_heads,
         })
     }
 
+    /// The block's linear layers (for memory accounting).
+    pub fn linears(&self) -> Vec<&BlockLinear> {
+        vec![&self.linear1, &self.linear2, &self.modulation.lin]
+    }
+
     /// `x (b, L, h)` is the joint txt+img sequence.
     pub fn forward(&self, x: &Tensor, vec: &Tensor, pe: &RopeTable) -> Result<Tensor> {
         let (m, _) = self.modulation.forward(vec)?;
-        let lin1 = linear(&modulate(x, &m)?, &self.linear1)?; // (b, L, 3h + mlp)
+        let lin1 = self.linear1.forward(&modulate(x, &m)?)?; // (b, L, 3h + mlp)
         let qkv = lin1.narrow(D::Minus1, 0, 3 * self.hidden)?; // (b, L, 3h)
         let mlp = lin1.narrow(D::Minus1, 3 * self.hidden, self.mlp_hidden)?; // (b, L, mlp)
         let stream = QkvStream {
@@ -231,7 +259,7 @@ impl SingleStreamBlock {
         let (q, k, v) = ops::attention_inputs(&[stream], self.num_heads, pe)?;
         let attn = ops::attention(&q, &k, &v)?; // (b, L, h)
         let hidden = ops::cat_gelu(&attn, &mlp)?; // (b, L, h + mlp)
-        ops::gated_residual(x, &m.gate, linear(&hidden, &self.linear2)?)
+        ops::gated_residual(x, &m.gate, self.linear2.forward(&hidden)?)
     }
 }
 

@@ -2,6 +2,7 @@
 //! (black-forest-labs/flux @ 802fb47, `src/flux/`; docs/engine.md).
 //!
 //! - `model`: the transformer (BFL key names) and its inputs;
+//! - `linear`: the blocks' linear layers, in the compute dtype or FP8 E4M3;
 //! - `blocks`, `embed`, `ops` (with its CPU and CUDA kernels), `attention`, `rope`: its parts;
 //! - `sampling`: schedule, 2×2 packing, position ids, the Kontext denoising loop;
 //! - `step_cache`: fewer full evaluations per image (First-Block-Cache, fixed schedule).
@@ -12,6 +13,7 @@
 pub mod attention;
 pub mod blocks;
 pub mod embed;
+pub mod linear;
 pub mod model;
 pub mod ops;
 pub mod profile;
@@ -19,5 +21,6 @@ pub mod rope;
 pub mod sampling;
 pub mod step_cache;
 
+pub use linear::LinearPrecision;
 pub use model::{Flux, FluxInputs};
 pub use step_cache::{Acceleration, StepCaching};

@@ -6,6 +6,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::blocks::{DoubleStreamBlock, LastLayer, SingleStreamBlock};
 use super::embed::{MlpEmbedder, timestep_embedding};
+use super::linear::{BlockLinear, LinearPrecision};
 use super::rope::RopeTable;
 use crate::config::FluxConfig;
 
@@ -43,6 +44,7 @@ pub struct Streams {
 #[derive(Debug, Clone)]
 pub struct Flux {
     cfg: FluxConfig,
+    linear_precision: LinearPrecision,
     dtype: DType,
     /// dtype in which `1000·t` and `1000·guidance` are rounded before the sinusoid (embed.rs):
     /// the compute dtype, as in BFL and diffusers. Correctness checks that compare a bf16 run
@@ -59,8 +61,18 @@ pub struct Flux {
 }
 
 impl Flux {
-    /// Builds the model from BFL-named weights (model.py:29-78).
+    /// Builds the model from BFL-named weights (model.py:29-78), all in the compute dtype.
     pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
+        Self::with_linear_precision(cfg, vb, LinearPrecision::Native)
+    }
+
+    /// Builds the model with the blocks' linear weights in `precision` (linear.rs); under `Fp8`
+    /// each weight is quantized as it is read, so the full-precision copy never exists whole.
+    pub fn with_linear_precision(
+        cfg: &FluxConfig,
+        vb: VarBuilder<'_>,
+        precision: LinearPrecision,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         if !h.is_multiple_of(cfg.num_heads) {
             candle_core::bail!(
@@ -77,10 +89,10 @@ impl Flux {
             );
         }
         let double_blocks = (0..cfg.depth)
-            .map(|i| DoubleStreamBlock::new(cfg, vb.pp("double_blocks").pp(i)))
+            .map(|i| DoubleStreamBlock::new(cfg, vb.pp("double_blocks").pp(i), precision))
             .collect::<Result<Vec<_>>>()?;
         let single_blocks = (0..cfg.depth_single_blocks)
-            .map(|i| SingleStreamBlock::new(cfg, vb.pp("single_blocks").pp(i)))
+            .map(|i| SingleStreamBlock::new(cfg, vb.pp("single_blocks").pp(i), precision))
             .collect::<Result<Vec<_>>>()?;
         let guidance_in = if cfg.guidance_embed {
             Some(MlpEmbedder::new(256, h, vb.pp("guidance_in"))?)
@@ -89,6 +101,7 @@ impl Flux {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            linear_precision: precision,
             dtype: vb.dtype(),
             conditioning_dtype: vb.dtype(),
             img_in: candle_nn::linear(cfg.in_channels, h, vb.pp("img_in"))?,
@@ -108,6 +121,18 @@ impl Flux {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    pub fn linear_precision(&self) -> LinearPrecision {
+        self.linear_precision
+    }
+
+    /// Bytes of the blocks' linear weights, scales and biases (the share `Fp8` shrinks: ~95 % of
+    /// the transformer's parameters at the 12B configuration).
+    pub fn block_linear_bytes(&self) -> usize {
+        let double = self.double_blocks.iter().flat_map(|b| b.linears());
+        let single = self.single_blocks.iter().flat_map(|b| b.linears());
+        double.chain(single).map(BlockLinear::resident_bytes).sum()
     }
 
     /// Round the timestep and guidance scalars in `dtype` instead of the compute dtype.

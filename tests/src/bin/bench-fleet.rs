@@ -7,7 +7,12 @@
 //! 1. **Per-job overhead**: `--jobs` jobs one after another, each timed from the client's
 //!    `POST /v1/jobs` until it has the job's final view from the SSE stream and the result bytes
 //!    from the presigned S3 URL. Overhead = that time − the engine's time for the job (measured by
-//!    the worker around its engine call). Reports p50/p99 and the worker's stage breakdown.
+//!    the worker around its engine call). Reports p50/p99 and the worker's stage breakdown, plus
+//!    two stages outside the worker: **pickup** (the job's `created_at` → its `started_at`, i.e.
+//!    submit → claim, both written by the queue scripts with the callers' clocks) and
+//!    **notification** (the job's `finished_at`, written by the commit, → the moment the client
+//!    has the final view from the event stream). Both use the shared wall clock of this process
+//!    in whole milliseconds, so each carries up to 1 ms of rounding.
 //! 2. **Submit throughput**: with the worker stopped, `--clients` concurrent HTTP clients submit
 //!    `--submits` jobs; reports submits/s and the submit latency p50/p99.
 //!
@@ -16,7 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -25,9 +30,9 @@ use kontext_coordinator::auth::Auth;
 use kontext_coordinator::config::{Config, QueueSource};
 use kontext_e2e::redis_server::{RedisServer, fresh_namespace};
 use kontext_e2e::s3_server::{S3Server, unique_bucket_name};
-use kontext_proto::JobStatus;
 use kontext_proto::redis::{RedisConfig, RedisQueue};
 use kontext_proto::validate::JobRequest;
+use kontext_proto::{JobId, JobQueue, JobStatus};
 use kontext_storage::{AnyBlobStore, StorageConfig};
 use kontext_worker::config::ModelArgs;
 use kontext_worker::metrics::{Stage, WorkerStatus};
@@ -54,6 +59,13 @@ struct Args {
     /// Concurrent submitting clients.
     #[arg(long, env = "KONTEXT_BENCH_CLIENTS", default_value_t = 64)]
     clients: usize,
+}
+
+/// Wall clock in milliseconds (fractional), comparable with the queue's `Millis`.
+fn wall_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -118,6 +130,8 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
 
     // The worker: its own queue connection and store client, like a separate process.
     let queue = RedisQueue::connect(&redis_url, &namespace, RedisConfig::default()).await?;
+    // The bench's own connection, to read each job's record after it is done.
+    let records = RedisQueue::connect(&redis_url, &namespace, RedisConfig::default()).await?;
     let store = AnyBlobStore::open(StorageConfig::S3(s3_config)).await?;
     let mut settings = WorkerSettings::new("bench-worker");
     settings.claim_wait = Duration::from_millis(500);
@@ -154,7 +168,9 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
     let http = reqwest::Client::new();
     let (mut total, mut engine_ms, mut overhead) = (Vec::new(), Vec::new(), Vec::new());
     let mut stages: Vec<(Stage, Vec<f64>)> = Stage::ALL.iter().map(|s| (*s, Vec::new())).collect();
-    let mut post_ms = Vec::new();
+    let (mut post_ms, mut pickup_ms, mut notify_ms, mut result_get_ms) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rest_ms = Vec::new();
     for i in 0..args.warmup + args.jobs {
         let before: Vec<Duration> = Stage::ALL
             .iter()
@@ -164,6 +180,8 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
         let accepted = client.submit(&job, None).await?;
         let t_submit = t0.elapsed();
         let view = client.follow(&accepted.id, |_| {}).await?;
+        let seen_at = wall_ms();
+        let t_seen = t0.elapsed();
         if view.status != JobStatus::Succeeded {
             bail!("job {} ended {:?}: {:?}", view.id, view.status, view.error);
         }
@@ -182,19 +200,38 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
         if i < args.warmup {
             continue;
         }
+        let id: JobId = view.id.parse()?;
+        let record = records.get(id).await?.context("the job's record")?;
+        let started_at = record.started_at.context("started_at")?;
+        let finished_at = record.finished_at.context("finished_at")?;
+        pickup_ms.push(started_at.saturating_sub(record.created_at) as f64);
+        notify_ms.push(seen_at - finished_at as f64);
         let after: Vec<Duration> = Stage::ALL
             .iter()
             .map(|s| status.metrics.stage_total(*s))
             .collect();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        for ((_, v), (b, a)) in stages.iter_mut().zip(before.iter().zip(&after)) {
-            v.push(ms(a.saturating_sub(*b)));
+        let mut worker_stages_ms = 0.0;
+        for ((stage, v), (b, a)) in stages.iter_mut().zip(before.iter().zip(&after)) {
+            let d = ms(a.saturating_sub(*b));
+            if *stage != Stage::Engine {
+                worker_stages_ms += d;
+            }
+            v.push(d);
         }
         let engine = after[1].saturating_sub(before[1]);
+        let job_overhead = ms(elapsed.saturating_sub(engine));
         total.push(ms(elapsed));
         engine_ms.push(ms(engine));
-        overhead.push(ms(elapsed.saturating_sub(engine)));
+        overhead.push(job_overhead);
         post_ms.push(ms(t_submit));
+        result_get_ms.push(ms(elapsed.saturating_sub(t_seen)));
+        let named = ms(t_submit)
+            + pickup_ms.last().copied().unwrap_or(0.0)
+            + notify_ms.last().copied().unwrap_or(0.0)
+            + ms(elapsed.saturating_sub(t_seen))
+            + worker_stages_ms;
+        rest_ms.push(job_overhead - named);
     }
     println!(
         "per-job overhead: {} sequential {}x{} jobs, {} steps, tiny model on CPU; Redis + S3 (s3s-fs) + HTTP on loopback",
@@ -204,11 +241,15 @@ async fn run(args: Args, redis_url: String, s3: &S3Server) -> anyhow::Result<()>
     summary("engine (worker-measured)", &mut engine_ms);
     summary("overhead = total - engine", &mut overhead);
     summary("  of which POST /v1/jobs", &mut post_ms);
+    summary("  pickup (submit -> claim)", &mut pickup_ms);
+    summary("  notification (commit -> SSE)", &mut notify_ms);
+    summary("  GET result (S3)", &mut result_get_ms);
     for (stage, v) in &mut stages {
         if *stage != Stage::Engine {
             summary(&format!("  worker {}", stage.as_str()), v);
         }
     }
+    summary("  rest (claim -> engine, gaps)", &mut rest_ms);
 
     // 2. Submit throughput, with the worker stopped so only the coordinator and Redis work.
     let _ = stop_worker.send(());

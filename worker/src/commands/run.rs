@@ -19,6 +19,8 @@ use kontext_engine::weights::ModelDir;
 use kontext_engine::{Context, Engine, EngineRequest, StageTimings, StepControl, tiny};
 use kontext_proto::resolution::{self, SIDE_MULTIPLE};
 
+use kontext_worker::config::LinearPrecisionArg;
+
 /// Area cap of the tiny model's default sizes.
 const TINY_DEFAULT_PIXELS: u64 = 256 * 256;
 
@@ -73,6 +75,9 @@ pub struct RunArgs {
     /// Compute dtype; default f32 on CPU, bf16 on CUDA.
     #[arg(long, env = "KONTEXT_DTYPE", value_enum)]
     dtype: Option<DtypeArg>,
+    /// `fp8`: the transformer blocks' linear weights in FP8 E4M3 (docs/engine.md §FP8 linears).
+    #[arg(long, env = "KONTEXT_LINEAR_PRECISION", value_enum, default_value_t)]
+    linear_precision: LinearPrecisionArg,
     /// Largest target/context area in pixels.
     #[arg(long, env = "KONTEXT_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -222,6 +227,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         vae_dtype: DType::F32,
         device,
         max_pixels: args.max_pixels,
+        linear_precision: args.linear_precision.into(),
     };
     let mut engine = KontextEngine::load(&dir, &args.model, opts).context("loading the model")?;
     let load = started.elapsed();

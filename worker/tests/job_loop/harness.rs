@@ -83,6 +83,7 @@ struct ScriptedEngine {
 impl Engine for ScriptedEngine {
     fn info(&self) -> EngineInfo {
         EngineInfo {
+            linear_precision: "native".into(),
             model: "scripted".into(),
             device: "cpu".into(),
             dtype: "f32".into(),

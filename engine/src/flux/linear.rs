@@ -1,0 +1,263 @@
+//! The transformer blocks' linear layers, in the compute dtype or with FP8 (E4M3) weights.
+//!
+//! FP8 here is the numerics of an FP8 GEMM with row-wise scaling — the recipe of torchao's
+//! `Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())` that flux-fast uses, and of
+//! cuBLASLt/CUTLASS FP8 GEMMs with a per-row/per-column scale epilogue:
+//!
+//! - weights are quantized once, at load: per output channel `s_w[o] = max|W[o,:]| / 448`,
+//!   `W8 = e4m3(W / s_w)` (round to nearest even, saturating; 448 is E4M3's largest finite value);
+//! - activations are quantized dynamically per token: `s_x[t] = max|x[t,:]| / 448`,
+//!   `x8 = e4m3(x / s_x)`;
+//! - `y = (x8 · W8ᵀ) ⊙ (s_x s_wᵀ) + b`, accumulated in f32, returned in the compute dtype.
+//!
+//! The modulation linears multiply one vector per image (M = batch), where an FP8 GEMM gains
+//! nothing and activation rounding would touch every token's shift/scale/gate: they keep FP8
+//! weights (the memory saving) with activations in the compute dtype. The input embeddings and
+//! the final layer stay in the compute dtype, as in flux-fast (small, and first/last in the chain).
+//!
+//! `forward` here is the portable path: it dequantizes (`e4m3 → f32 × scale`) and multiplies in
+//! the compute dtype, which gives the FP8 GEMM's result up to accumulation order. It runs on the
+//! CPU (the reference the tests bound) and on CUDA (weights resident in FP8, half of bf16's
+//! memory). docs/engine.md §FP8 linears says what a Hopper FP8 GEMM kernel would change (speed,
+//! not numerics) and what is measured.
+
+use candle_core::{D, DType, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::ops;
+
+/// Largest finite E4M3 value (OCP 8-bit floating point spec, E4M3: S.1111.110 = 448).
+pub const E4M3_MAX: f64 = 448.0;
+/// Floor of a scale, so an all-zero row quantizes to zeros instead of dividing by zero.
+const MIN_SCALE: f64 = 1e-12;
+
+/// How the transformer blocks store their linear weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinearPrecision {
+    /// The compute dtype (bf16 on CUDA, f32 on the CPU).
+    #[default]
+    Native,
+    /// FP8 E4M3 weights with per-output-channel scales; token activations quantized per token.
+    Fp8,
+}
+
+impl LinearPrecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Fp8 => "fp8",
+        }
+    }
+}
+
+/// What a layer multiplies: token sequences (FP8 activations under `Fp8`) or the one modulation
+/// vector per image (activations stay in the compute dtype).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operand {
+    Tokens,
+    Vector,
+}
+
+/// A block's linear layer.
+#[derive(Debug, Clone)]
+pub enum BlockLinear {
+    Native(Linear),
+    Fp8(Fp8Linear),
+}
+
+impl BlockLinear {
+    /// Loads `weight` `(out, in)` and, when `bias`, `bias` `(out)` from `vb`, quantizing the
+    /// weight under `Fp8` (the full-precision copy is dropped here, layer by layer).
+    pub fn load(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder<'_>,
+        precision: LinearPrecision,
+        operand: Operand,
+    ) -> Result<Self> {
+        let linear = candle_nn::linear_b(in_dim, out_dim, bias, vb)?;
+        Ok(match precision {
+            LinearPrecision::Native => Self::Native(linear),
+            LinearPrecision::Fp8 => Self::Fp8(Fp8Linear::quantize(&linear, operand)?),
+        })
+    }
+
+    /// Bytes the weights (and bias) hold on their device.
+    pub fn resident_bytes(&self) -> usize {
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            Self::Native(l) => bytes(l.weight()) + l.bias().map_or(0, bytes),
+            Self::Fp8(f) => bytes(&f.weight) + bytes(&f.scale) + f.bias.as_ref().map_or(0, bytes),
+        }
+    }
+}
+
+impl Module for BlockLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Native(l) => ops::linear(x, l),
+            Self::Fp8(f) => f.forward(x),
+        }
+    }
+}
+
+/// FP8 weights `(out, in)` E4M3, their per-row scales `(out, 1)` f32, the bias in the compute
+/// dtype.
+#[derive(Debug, Clone)]
+pub struct Fp8Linear {
+    weight: Tensor,
+    scale: Tensor,
+    bias: Option<Tensor>,
+    dtype: DType,
+    operand: Operand,
+}
+
+impl Fp8Linear {
+    pub fn quantize(linear: &Linear, operand: Operand) -> Result<Self> {
+        let (weight, scale) = quantize_rows(linear.weight())?;
+        Ok(Self {
+            weight,
+            scale,
+            bias: linear.bias().cloned(),
+            dtype: linear.weight().dtype(),
+            operand,
+        })
+    }
+
+    /// `x (…, in)` → `(…, out)` in the compute dtype.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match self.operand {
+            Operand::Tokens => fake_quantize_rows(x)?,
+            Operand::Vector => x.clone(),
+        };
+        let weight = dequantize(&self.weight, &self.scale, self.dtype)?; // (out, in)
+        ops::linear(&x, &Linear::new(weight, self.bias.clone()))
+    }
+}
+
+/// Row-wise E4M3 quantization of a 2-D tensor: `(q (rows, cols) E4M3, scale (rows, 1) f32)`.
+pub fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
+    let w = w.to_dtype(DType::F32)?;
+    let scale = (w.abs()?.max_keepdim(D::Minus1)? / E4M3_MAX)?.clamp(MIN_SCALE, f64::MAX)?; // (rows, 1)
+    let q = w.broadcast_div(&scale)?.to_dtype(DType::F8E4M3)?;
+    Ok((q, scale))
+}
+
+/// `q × scale` in `dtype`.
+pub fn dequantize(q: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tensor> {
+    q.to_dtype(DType::F32)?
+        .broadcast_mul(scale)?
+        .to_dtype(dtype)
+}
+
+/// Quantize → dequantize along the last axis (one scale per token), in `x`'s dtype: what an
+/// FP8 GEMM sees of the activations.
+pub fn fake_quantize_rows(x: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let cols = *dims.last().unwrap_or(&1);
+    let rows = x.elem_count() / cols.max(1);
+    let flat = x.reshape((rows, cols))?; // (…, in) → (rows, in)
+    let (q, scale) = quantize_rows(&flat)?;
+    dequantize(&q, &scale, x.dtype())?.reshape(dims) // (rows, in) → (…, in)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn e4m3_round_trip(values: &[f32]) -> Vec<f32> {
+        Tensor::new(values, &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F8E4M3))
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1())
+            .expect("cast")
+    }
+
+    #[test]
+    fn e4m3_rounds_to_nearest_even_and_saturates_at_448() {
+        // Between 1 and 2 the step is 1/8; halfway cases go to the even mantissa.
+        assert_eq!(
+            e4m3_round_trip(&[1.0, 1.0625, 1.1875, 1.2, 447.0, 460.0, 1e6, -1e6]),
+            vec![1.0, 1.0, 1.25, 1.25, 448.0, 448.0, 448.0, -448.0]
+        );
+        // Subnormals: steps of 2^-9 below 2^-6.
+        let tiny = 2f32.powi(-9);
+        assert_eq!(
+            e4m3_round_trip(&[tiny, 3.0 * tiny, 0.4 * tiny]),
+            vec![tiny, 3.0 * tiny, 0.0]
+        );
+    }
+
+    #[test]
+    fn row_scales_map_each_rows_largest_magnitude_to_448() -> Result<()> {
+        let w = Tensor::new(
+            &[[0.5f32, -2.0, 1.0], [0.0, 0.0, 0.0], [3.0, 1e-3, -0.25]],
+            &Device::Cpu,
+        )?;
+        let (q, scale) = quantize_rows(&w)?;
+        assert_eq!(q.dtype(), DType::F8E4M3);
+        let scale: Vec<f32> = scale.flatten_all()?.to_vec1()?;
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * b.abs();
+        assert!(
+            close(scale[0], 2.0 / 448.0) && close(scale[2], 3.0 / 448.0),
+            "{scale:?}"
+        );
+        let back: Vec<Vec<f32>> = dequantize(
+            &q,
+            &Tensor::new(scale.as_slice(), &Device::Cpu)?.unsqueeze(1)?,
+            DType::F32,
+        )?
+        .to_vec2()?;
+        assert_eq!(back[1], vec![0.0; 3], "a zero row stays zero");
+        // The largest element of each row is exact; the rest are within E4M3's relative step.
+        assert!(
+            close(back[0][1], -2.0) && close(back[2][0], 3.0),
+            "{back:?}"
+        );
+        for (row, orig) in back
+            .iter()
+            .zip([[0.5f32, -2.0, 1.0], [0.0; 3], [3.0, 1e-3, -0.25]])
+        {
+            for (b, o) in row.iter().zip(orig) {
+                assert!(
+                    (b - o).abs() <= o.abs() / 16.0 + 3.0 / 448.0 * 2f32.powi(-9),
+                    "{b} vs {o}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_fp8_linear_is_close_to_the_f32_one_and_a_quarter_of_its_size() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.05, (96, 64), &dev)?;
+        let b = Tensor::randn(0f32, 0.1, 96, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 10, 64), &dev)?;
+        let dense = Linear::new(w, Some(b));
+        let reference = dense.forward(&x)?;
+        for operand in [Operand::Tokens, Operand::Vector] {
+            let fp8 = BlockLinear::Fp8(Fp8Linear::quantize(&dense, operand)?);
+            let y = fp8.forward(&x)?;
+            let rel = ((&y - &reference)?
+                .sqr()?
+                .sum_all()?
+                .sqrt()?
+                .to_scalar::<f32>()?)
+                / reference.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+            // E4M3 has 3 mantissa bits: ~2-4 % relative error per rounded operand.
+            assert!(
+                rel > 1e-3 && rel < 0.06,
+                "{operand:?}: relative error {rel}"
+            );
+            let native = BlockLinear::Native(dense.clone()).resident_bytes();
+            // (96·64 bytes + 96 f32 scales + 96 f32 biases) against 96·64·4 + 96·4.
+            assert_eq!(fp8.resident_bytes(), 96 * 64 + 96 * 4 + 96 * 4);
+            assert_eq!(native, 96 * 64 * 4 + 96 * 4);
+        }
+        Ok(())
+    }
+}
