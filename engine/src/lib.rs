@@ -135,6 +135,11 @@ pub enum EngineError {
     Canceled,
     #[error("weights: {0}")]
     Weights(#[from] WeightsError),
+    /// The model directory failed `check-weights` (the whole report, every problem in it).
+    #[error(
+        "the model directory failed its check (run `kontext-worker check-weights` on it):\n{0}"
+    )]
+    WeightsCheck(Box<weights::check::CheckReport>),
     #[error("tiny model: {0}")]
     Tiny(#[from] TinyError),
     #[error("--device {spec}: {source}")]

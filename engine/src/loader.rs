@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 use crate::flux::LinearPrecision;
 use crate::pipeline::{EngineOptions, KontextEngine};
 use crate::weights::ModelDir;
+use crate::weights::check::check_dir;
 use crate::{DeviceError, Engine, EngineError, WeightsError, tiny};
 
 /// What to load and where.
@@ -86,7 +87,14 @@ pub fn load_engine(opts: &LoadOptions) -> Result<Box<dyn Engine>, EngineError> {
         DType::BF16
     });
     let dir = model_dir(opts)?;
+    // Headers only, in well under a second even for the 24 GB files: a bad directory fails here
+    // with every problem named, not minutes into loading.
     let started = std::time::Instant::now();
+    let report = check_dir(&dir);
+    if !report.is_ok() {
+        return Err(EngineError::WeightsCheck(Box::new(report)));
+    }
+    tracing::info!(dir = %dir.display(), elapsed = ?started.elapsed(), "model directory checked");
     let model_dir = ModelDir::open(&dir)?;
     let engine_opts = EngineOptions {
         dtype,

@@ -41,6 +41,7 @@ pub fn engine_error_kind(e: &EngineError) -> JobErrorKind {
         EngineError::Canceled => JobErrorKind::Canceled,
         EngineError::OutOfMemory(_) | EngineError::Stopped => JobErrorKind::Transient,
         EngineError::Weights(_)
+        | EngineError::WeightsCheck(_)
         | EngineError::Tiny(_)
         | EngineError::Device { .. }
         | EngineError::Candle(_)

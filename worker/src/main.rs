@@ -26,9 +26,12 @@ enum Command {
     /// GPU benchmark and correctness check: 12B random weights on the device, 1024²/512² edits,
     /// bf16 vs CPU f32 (docs/gpu.md; scripts/gpu-bench.sh).
     BenchGpu(Box<commands::bench_gpu::BenchGpuArgs>),
+    /// Validate a model directory from its file headers (names, shapes, dtypes, shards) in a
+    /// second, without reading the weights; prints the memory it would take.
+    CheckWeights(commands::check_weights::CheckWeightsArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -44,10 +47,12 @@ fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
     }
+    let done = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
     match cli.command {
-        Command::Run(args) => commands::run::run(args),
-        Command::Tiny(args) => commands::tiny::run(args),
-        Command::Serve(args) => commands::serve::run(*args),
-        Command::BenchGpu(args) => commands::bench_gpu::run(*args),
+        Command::Run(args) => done(commands::run::run(args)),
+        Command::Tiny(args) => done(commands::tiny::run(args)),
+        Command::Serve(args) => done(commands::serve::run(*args)),
+        Command::BenchGpu(args) => done(commands::bench_gpu::run(*args)),
+        Command::CheckWeights(args) => commands::check_weights::run(args),
     }
 }

@@ -51,7 +51,24 @@ fn clip_eps() -> f64 {
     1e-5
 }
 
-fn clip_config(text: &str, file: &str) -> Result<ClipTextConfig, WeightsError> {
+/// `text_encoder_2/config.json` (HF `T5Config`).
+pub(crate) fn t5_config(text: &str, file: &str) -> Result<t5::Config, WeightsError> {
+    serde_json::from_str(text).map_err(|e| WeightsError::Config {
+        file: file.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The CLIP text model from HF names, with or without the `text_model.` prefix.
+pub(crate) fn clip_model(
+    vb: VarBuilder<'_>,
+    cfg: &ClipTextConfig,
+) -> candle_core::Result<ClipTextTransformer> {
+    ClipTextTransformer::new(clip_root(vb), cfg)
+}
+
+/// `text_encoder/config.json` (HF `CLIPTextConfig`; CLIP-L only).
+pub(crate) fn clip_config(text: &str, file: &str) -> Result<ClipTextConfig, WeightsError> {
     let bad = |reason: String| WeightsError::Config {
         file: file.into(),
         reason,
@@ -110,11 +127,7 @@ impl TextEncoders {
             .join("text_encoder_2/config.json")
             .display()
             .to_string();
-        let t5_cfg: t5::Config =
-            serde_json::from_str(&t5_text).map_err(|e| WeightsError::Config {
-                file: t5_file,
-                reason: e.to_string(),
-            })?;
+        let t5_cfg = t5_config(&t5_text, &t5_file)?;
         let t5_vb = VarBuilder::from_backend(
             Box::new(CanonicalBackend::new(
                 t5_files,
@@ -144,7 +157,7 @@ impl TextEncoders {
             dtype,
             device.clone(),
         );
-        let clip = ClipTextTransformer::new(clip_root(clip_vb), &clip_cfg)?;
+        let clip = clip_model(clip_vb, &clip_cfg)?;
         Ok(Self {
             tokenizers,
             t5,

@@ -105,6 +105,20 @@ impl CanonicalBackend {
         })
     }
 
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// The stored key(s) a canonical tensor is read from.
+    pub fn stored_keys(&self, canonical: &str) -> Result<Vec<String>, WeightsError> {
+        Ok(self
+            .source(canonical)?
+            .keys()
+            .into_iter()
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// The stored key(s) of a canonical tensor, for messages.
     pub fn stored_as(&self, canonical: &str) -> String {
         self.source(canonical)

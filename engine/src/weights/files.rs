@@ -121,6 +121,22 @@ impl TensorFiles {
         self.keys.keys().map(String::as_str)
     }
 
+    /// The stored dtype as safetensors names it (`BF16`, `F32`, `F8_E4M3`, …), from the header.
+    pub fn dtype(&self, key: &str) -> Option<String> {
+        let (_, st) = &self.files[*self.keys.get(key)?];
+        st.get(key).ok().map(|v| format!("{:?}", v.dtype()))
+    }
+
+    /// The file that holds `key`.
+    pub fn path_of(&self, key: &str) -> Option<&Path> {
+        Some(self.files[*self.keys.get(key)?].0.as_path())
+    }
+
+    /// The files read, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+
     pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
         let (_, st) = &self.files[*self.keys.get(key)?];
         st.get(key).ok().map(|v| v.shape().to_vec())

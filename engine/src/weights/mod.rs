@@ -16,6 +16,8 @@
 //! is built, with the file, the key and the shapes named. Nothing here touches the network.
 
 pub mod backend;
+pub mod check;
+pub mod check_report;
 pub mod configs;
 pub mod files;
 mod infer;
@@ -87,6 +89,12 @@ pub enum WeightsError {
         key: String,
         file: PathBuf,
         source: Box<candle_core::Error>,
+    },
+    #[error("tensor `{key}` in {} is stored as {dtype}; the loader reads F32, F16 and BF16", file.display())]
+    UnsupportedDtype {
+        key: String,
+        dtype: String,
+        file: PathBuf,
     },
     #[error("assembling `{canonical}`: {source}")]
     Candle {
