@@ -29,7 +29,7 @@ fn dtype_size(dtype: &str) -> Result<u64> {
     Ok(match dtype {
         "F32" => 4,
         "F16" | "BF16" => 2,
-        "F8_E4M3" | "U8" => 1,
+        "F8_E4M3" | "F8_E5M2" | "U8" => 1,
         other => bail!("dtype {other} in the lists"),
     })
 }
@@ -75,6 +75,15 @@ fn write_sparse(path: &Path, tensors: &[Value], prefix: &str) -> Result<Vec<(Str
 /// encoders and tokenizers as HF folders in both. Tokenizer files are placeholders: the check
 /// looks for their presence only.
 fn full_size_dir(layout: Layout, prefix: &str) -> Result<tempfile::TempDir> {
+    full_size_dir_with(layout, prefix, |_, t| t.clone())
+}
+
+/// The same, with each file's tensor list passed through `edit(file, tensors)`.
+fn full_size_dir_with(
+    layout: Layout,
+    prefix: &str,
+    edit: impl Fn(&str, &Value) -> Value,
+) -> Result<tempfile::TempDir> {
     let lists = lists()?;
     let dir = tempfile::tempdir()?;
     let root = dir.path();
@@ -108,6 +117,7 @@ fn full_size_dir(layout: Layout, prefix: &str) -> Result<tempfile::TempDir> {
     }
     for (file, tensors, p) in files {
         let path = root.join(file);
+        let tensors = edit(file, tensors);
         let written = write_sparse(&path, tensors.as_array().context("tensors")?, p)?;
         let name = path
             .file_name()
@@ -284,6 +294,37 @@ fn full_size_bfl_single_files_pass_with_and_without_the_comfyui_prefix() -> Resu
 }
 
 #[test]
+fn a_full_size_scaled_fp8_single_file_passes_at_half_the_bytes() -> Result<()> {
+    // Comfy-Org's `*_fp8_scaled` layout: block linear weights E4M3 with an f32 `scale_weight`
+    // each, the rest BF16, the `scaled_fp8` marker; keys under `model.diffusion_model.`.
+    let dir = full_size_dir_with(Layout::Bfl, "model.diffusion_model.", |file, tensors| {
+        if file != "flux1-kontext-dev.safetensors" {
+            return tensors.clone();
+        }
+        let mut out = Vec::new();
+        for t in tensors.as_array().into_iter().flatten() {
+            let name = t[0].as_str().unwrap_or_default();
+            if kontext_engine::weights::check::is_block_linear_weight(name) {
+                out.push(json!([name, "F8_E4M3", t[2]]));
+                let stem = name.trim_end_matches(".weight");
+                out.push(json!([format!("{stem}.scale_weight"), "F32", [1]]));
+            } else {
+                out.push(t.clone());
+            }
+        }
+        Value::Array(out)
+    })?;
+    let report = check_dir(dir.path());
+    println!("{report}");
+    assert_full_size_ok(&report);
+    let t = report.component("transformer").context("transformer")?;
+    let gb = t.stored_bytes as f64 / 1e9;
+    println!("FP8 scaled transformer: {gb:.2} GB stored");
+    assert!((11.5..12.5).contains(&gb), "{gb}");
+    Ok(())
+}
+
+#[test]
 fn resident_memory_follows_the_parameter_counts() -> Result<()> {
     let dir = full_size_dir(Layout::Diffusers, "")?;
     let report = check_dir(dir.path());
@@ -425,14 +466,14 @@ fn a_dtype_the_loader_cannot_read_is_named() -> Result<()> {
     let (report, text) = broken(|root| {
         edit_shard(root, shard, |ts| {
             if let Some(t) = ts.first_mut() {
-                t[1] = json!("F8_E4M3");
+                t[1] = json!("F8_E5M2");
             }
         })
     })?;
     let problems: Vec<&WeightsError> = report.problems().map(|(_, p)| p).collect();
     assert!(
         matches!(problems.as_slice(), [WeightsError::UnsupportedDtype { dtype, file, .. }]
-            if dtype == "F8_E4M3" && file.ends_with(shard)),
+            if dtype == "F8_E5M2" && file.ends_with(shard)),
         "{text}"
     );
     Ok(())

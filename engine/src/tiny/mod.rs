@@ -14,6 +14,7 @@
 //! every norm weight/scale 1 + 0.1·N(0,1) and norm bias 0.1·N(0,1), so a loader that swaps
 //! `query_norm`/`key_norm` or drops a norm changes the outputs.
 
+pub mod fp8_files;
 pub mod rng;
 pub mod text_models;
 pub mod tokenizer_files;

@@ -140,7 +140,7 @@ impl CanonicalBackend {
         dev: &Device,
     ) -> Result<Tensor, WeightsError> {
         let source = self.source(canonical)?;
-        let load = |k: &str| self.files.load(k, canonical, dtype, dev);
+        let load = |k: &str| self.load_stored(k, canonical, dtype, dev);
         let candle = |source| WeightsError::Candle {
             canonical: canonical.to_string(),
             source: Box::new(source),
@@ -182,6 +182,53 @@ impl CanonicalBackend {
         }
     }
 
+    /// Loads one stored tensor in `dtype`. A weight with a `<stem>.scale_weight` beside it (the
+    /// "scaled FP8" single files ComfyUI publishes: E4M3 weights, one f32 scale per tensor or
+    /// per output row) is dequantized `weight × scale` in f32 first; plain E4M3 files (no scale)
+    /// are upcast as they are.
+    fn load_stored(
+        &self,
+        key: &str,
+        canonical: &str,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor, WeightsError> {
+        let Some(scale_key) = scale_key_of(key).filter(|s| self.files.contains(s)) else {
+            return self.files.load(key, canonical, dtype, dev);
+        };
+        let candle = |source| WeightsError::Candle {
+            canonical: canonical.to_string(),
+            source: Box::new(source),
+        };
+        let weight = self.files.load(key, canonical, DType::F32, dev)?;
+        let scale = self.files.load(&scale_key, canonical, DType::F32, dev)?;
+        let rows = weight.dims().first().copied().unwrap_or(1);
+        let scale = match scale.elem_count() {
+            1 => scale.reshape(()).map_err(candle)?,
+            // (rows) or (rows, 1) → (rows, 1, …) to broadcast over the rest of the weight.
+            n if n == rows => {
+                let mut shape = vec![1; weight.rank().max(1)];
+                shape[0] = rows;
+                scale.reshape(shape).map_err(candle)?
+            }
+            _ => {
+                return Err(WeightsError::shape(
+                    canonical,
+                    &scale_key,
+                    self.files
+                        .path_of(&scale_key)
+                        .unwrap_or(self.files.origin()),
+                    format!("one scale, or one per row of `{key}` ({rows})"),
+                    format!("{:?}", scale.dims()),
+                ));
+            }
+        };
+        weight
+            .broadcast_mul(&scale)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(candle)
+    }
+
     /// Loads a canonical tensor and checks its shape.
     pub fn load_checked(
         &self,
@@ -202,6 +249,12 @@ impl CanonicalBackend {
         }
         Ok(t)
     }
+}
+
+/// `<stem>.scale_weight` for `<stem>.weight` (ComfyUI's scaled-FP8 layout).
+pub fn scale_key_of(key: &str) -> Option<String> {
+    key.strip_suffix(".weight")
+        .map(|stem| format!("{stem}.scale_weight"))
 }
 
 impl SimpleBackend for CanonicalBackend {

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
-use super::backend::{CanonicalBackend, Mapping};
+use super::backend::{CanonicalBackend, Mapping, scale_key_of};
 use super::files::TensorFiles;
 use super::{
     HF_INDEX, HF_WEIGHTS, Layout, WeightsError, infer, keys, open_transformer, open_vae,
@@ -23,8 +23,12 @@ use super::{
 use crate::config::{FluxConfig, VaeConfig};
 use crate::text;
 
-/// dtypes the loader converts from (safetensors' names).
-pub const SUPPORTED_DTYPES: [&str; 3] = ["F32", "F16", "BF16"];
+/// dtypes the loader converts from (safetensors' names). E4M3 weights are upcast, after their
+/// `scale_weight` is applied when the file has one (backend.rs `load_stored`).
+pub const SUPPORTED_DTYPES: [&str; 4] = ["F32", "F16", "BF16", "F8_E4M3"];
+
+/// The marker tensor of ComfyUI's scaled-FP8 files (empty; nothing to read).
+const SCALED_FP8_MARKER: &str = "scaled_fp8";
 
 /// What was found for one component.
 #[derive(Debug)]
@@ -38,6 +42,8 @@ pub struct ComponentCheck {
     pub required: Vec<(String, Vec<usize>)>,
     /// Stored dtypes and how many tensors have each.
     pub dtypes: BTreeMap<String, usize>,
+    /// Bytes of the stored tensors the engine reads (the files' data, from their headers).
+    pub stored_bytes: u64,
     pub problems: Vec<WeightsError>,
     /// Stored tensors the engine never reads.
     pub unexpected: Vec<String>,
@@ -51,6 +57,7 @@ impl ComponentCheck {
             files: Vec::new(),
             required: Vec::new(),
             dtypes: BTreeMap::new(),
+            stored_bytes: 0,
             problems: Vec::new(),
             unexpected: Vec::new(),
         }
@@ -217,6 +224,7 @@ fn check_canonical(
                 });
             } else {
                 check_dtype(c, files, key);
+                check_fp8_scale(c, files, key, &mut read);
             }
         }
         if !present {
@@ -239,14 +247,57 @@ fn check_canonical(
     }
     c.unexpected = files
         .keys()
-        .filter(|k| !read.contains(*k))
+        .filter(|k| !read.contains(*k) && !k.ends_with(SCALED_FP8_MARKER))
         .map(str::to_owned)
         .collect();
     c.unexpected.sort();
 }
 
+/// A scaled-FP8 weight's `scale_weight` is read with it and must be one value or one per row;
+/// its `scale_input` (ComfyUI's static activation scale for FP8 matmuls) is accepted and unused:
+/// our FP8 path scales activations per token at run time (flux/linear.rs).
+fn check_fp8_scale(
+    c: &mut ComponentCheck,
+    files: &TensorFiles,
+    key: &str,
+    read: &mut BTreeSet<String>,
+) {
+    let Some(scale) = scale_key_of(key).filter(|s| files.contains(s)) else {
+        return;
+    };
+    if let Some(input) = key
+        .strip_suffix(".weight")
+        .map(|s| format!("{s}.scale_input"))
+        && files.contains(&input)
+    {
+        read.insert(input);
+    }
+    let rows = files
+        .shape(key)
+        .and_then(|s| s.first().copied())
+        .unwrap_or(1) as u64;
+    let n = files.shape(&scale).map_or(0, |s| elements(&s));
+    if n != 1 && n != rows {
+        c.problems.push(WeightsError::shape(
+            key,
+            &scale,
+            files.path_of(&scale).unwrap_or(files.origin()),
+            format!("one scale, or one per row ({rows})"),
+            format!("{:?}", files.shape(&scale).unwrap_or_default()),
+        ));
+    }
+    check_dtype(c, files, &scale);
+    read.insert(scale);
+}
+
 fn check_dtype(c: &mut ComponentCheck, files: &TensorFiles, key: &str) {
     let dtype = files.dtype(key).unwrap_or_else(|| "?".into());
+    let size = match dtype.as_str() {
+        "F32" => 4,
+        "F16" | "BF16" => 2,
+        _ => 1,
+    };
+    c.stored_bytes += size * files.shape(key).map_or(0, |s| elements(&s));
     if !SUPPORTED_DTYPES.contains(&dtype.as_str()) {
         c.problems.push(WeightsError::UnsupportedDtype {
             key: key.to_string(),

@@ -90,19 +90,20 @@ impl fmt::Display for CheckReport {
         )?;
         writeln!(
             f,
-            "{:<12} {:<44} {:>5} {:>7} {:>10}  stored dtypes",
-            "component", "layout", "files", "tensors", "params"
+            "{:<12} {:<44} {:>5} {:>7} {:>10} {:>10}  stored dtypes",
+            "component", "layout", "files", "tensors", "params", "stored"
         )?;
         for c in &self.components {
             let dtypes: Vec<String> = c.dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
             writeln!(
                 f,
-                "{:<12} {:<44} {:>5} {:>7} {:>10}  {}",
+                "{:<12} {:<44} {:>5} {:>7} {:>10} {:>10}  {}",
                 c.name,
                 c.layout,
                 c.files.len(),
                 c.required.len(),
                 count(c.parameters()),
+                gib(c.stored_bytes),
                 dtypes.join(", ")
             )?;
         }

@@ -75,6 +75,8 @@ pub enum WeightsError {
     },
     #[error("{0}")]
     Shape(Box<ShapeMismatch>),
+    #[error("{}: {reason}", file.display())]
+    UnsupportedFormat { file: PathBuf, reason: String },
     #[error("cannot tell the layout of {}: {reason}", file.display())]
     UnknownLayout { file: PathBuf, reason: String },
     #[error("config {file}: {reason}")]
@@ -90,7 +92,7 @@ pub enum WeightsError {
         file: PathBuf,
         source: Box<candle_core::Error>,
     },
-    #[error("tensor `{key}` in {} is stored as {dtype}; the loader reads F32, F16 and BF16", file.display())]
+    #[error("tensor `{key}` in {} is stored as {dtype}; the loader reads F32, F16, BF16 and F8_E4M3", file.display())]
     UnsupportedDtype {
         key: String,
         dtype: String,
@@ -317,6 +319,18 @@ fn read_config(dir: &Path) -> Result<(String, String), WeightsError> {
     Ok((text, path.display().to_string()))
 }
 
+/// A `*.gguf` file at the root, if any (to name it in the error).
+fn gguf_file(root: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(root)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+        })
+}
+
 fn open_transformer(root: &Path) -> Result<(CanonicalBackend, Layout), WeightsError> {
     let single = root.join(BFL_TRANSFORMER_FILE);
     let dir = root.join("transformer");
@@ -324,6 +338,13 @@ fn open_transformer(root: &Path) -> Result<(CanonicalBackend, Layout), WeightsEr
         TensorFiles::open_file(&single)?
     } else if dir.is_dir() {
         TensorFiles::open_dir(&dir, DIFFUSERS_WEIGHTS, DIFFUSERS_INDEX)?
+    } else if let Some(gguf) = gguf_file(root) {
+        return Err(WeightsError::UnsupportedFormat {
+            file: gguf,
+            reason: "GGUF transformers are not read yet; use the BF16 or FP8 safetensors \
+                     (flux1-kontext-dev.safetensors) or the diffusers transformer/ folder"
+                .into(),
+        });
     } else {
         return Err(WeightsError::NoComponent {
             what: "transformer",
