@@ -37,8 +37,8 @@ pub use weights::WeightsError;
 #[derive(Debug, Clone)]
 pub struct EngineRequest {
     pub prompt: String,
-    /// Edit context; `None` = text-to-image.
-    pub context: Option<Context>,
+    /// The reference images of an edit; none = text-to-image.
+    pub references: References,
     /// Target size in pixels.
     pub width: u32,
     pub height: u32,
@@ -52,6 +52,52 @@ pub struct EngineRequest {
     pub want_latent: bool,
     /// Step caching (`flux::step_cache`); `StepCaching::Off` runs every step in full.
     pub caching: flux::StepCaching,
+}
+
+/// Most reference images one request may carry (BFL's `input_image` … `input_image_4`).
+pub const MAX_REFERENCES: usize = 4;
+
+/// The reference images of an edit and how their tokens are placed (`flux::sampling::
+/// reference_layout`). One reference is the plain Kontext edit, whatever `positions` says.
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    pub contexts: Vec<Context>,
+    pub positions: ReferencePositions,
+}
+
+impl References {
+    /// Text-to-image.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// One reference: the Kontext edit.
+    pub fn one(context: Context) -> Self {
+        Self {
+            contexts: vec![context],
+            positions: ReferencePositions::default(),
+        }
+    }
+
+    pub fn from_option(context: Option<Context>) -> Self {
+        context.map_or_else(Self::none, Self::one)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.contexts.is_empty()
+    }
+}
+
+/// How several references get RoPE positions; ComfyUI's two methods for Kontext
+/// (`reference_latents_method`). With one reference both give index 1 and no offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReferencePositions {
+    /// Every reference at index 1, each placed to the right of or below the ones before it
+    /// (row/column offsets), as if the references were one collage.
+    #[default]
+    Offset,
+    /// Reference k (1-based) at index k, all at row and column 0.
+    Index,
 }
 
 /// The context of an edit.

@@ -21,8 +21,8 @@ use super::text::TextEncoders;
 use super::vae::AutoEncoder;
 use super::weights::{ModelDir, WeightsError};
 use super::{
-    Context, Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, StageTimings,
-    StepControl, image_ops,
+    Context, Engine, EngineError, EngineInfo, EngineOutput, EngineRequest, MAX_REFERENCES,
+    References, StageTimings, StepControl, image_ops,
 };
 
 /// Largest step count a request may ask for.
@@ -245,39 +245,90 @@ impl KontextEngine {
                 )));
             }
         }
-        match &req.context {
-            None => {}
-            Some(Context::Image {
-                image,
-                width,
-                height,
-                ..
-            }) => {
-                self.check_size("context", *width, *height)?;
-                if image.width() == 0 || image.height() == 0 {
-                    return Err(invalid("context image is empty (0 pixels)"));
+        let refs = &req.references.contexts;
+        if refs.len() > MAX_REFERENCES {
+            return Err(invalid(format!(
+                "{} reference images; at most {MAX_REFERENCES}",
+                refs.len()
+            )));
+        }
+        let mut area = 0u64;
+        for ctx in refs {
+            match ctx {
+                Context::Image {
+                    image,
+                    width,
+                    height,
+                    ..
+                } => {
+                    self.check_size("context", *width, *height)?;
+                    if image.width() == 0 || image.height() == 0 {
+                        return Err(invalid("context image is empty (0 pixels)"));
+                    }
+                    area += u64::from(*width) * u64::from(*height);
+                }
+                Context::PackedLatent {
+                    data,
+                    width,
+                    height,
+                } => {
+                    self.check_size("context", *width, *height)?;
+                    let want = sampling_tokens(*width, *height) * features;
+                    if data.len() != want {
+                        return Err(invalid(format!(
+                            "context latent has {} values; a {width}x{height} context needs {want}",
+                            data.len()
+                        )));
+                    }
+                    area += u64::from(*width) * u64::from(*height);
                 }
             }
-            Some(Context::PackedLatent {
-                data,
-                width,
-                height,
-            }) => {
-                self.check_size("context", *width, *height)?;
-                let want = sampling_tokens(*width, *height) * features;
-                if data.len() != want {
-                    return Err(invalid(format!(
-                        "context latent has {} values; a {width}x{height} context needs {want}",
-                        data.len()
-                    )));
-                }
-            }
+        }
+        // Several references share one budget: their tokens all join every attention call.
+        if area > self.opts.max_pixels {
+            return Err(invalid(format!(
+                "the reference images total {area} pixels; at most {} together (resize them)",
+                self.opts.max_pixels
+            )));
         }
         Ok(())
     }
 
-    /// Packed context tokens `(1, n_c, 64)` in the compute dtype, from the cache when possible.
-    fn context_tokens(&mut self, ctx: &Context) -> Result<ContextTokens, EngineError> {
+    /// Every reference's tokens concatenated in order, `(1, Σ n_k, 64)`, with their position ids
+    /// placed by `sampling::reference_layout`; `None` for text-to-image.
+    fn reference_tokens(
+        &mut self,
+        refs: &References,
+    ) -> Result<Option<ContextTokens>, EngineError> {
+        if refs.is_empty() {
+            return Ok(None);
+        }
+        let encoded = refs
+            .contexts
+            .iter()
+            .map(|ctx| self.context_tokens(ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sizes: Vec<(usize, usize)> = encoded
+            .iter()
+            .map(|(_, rows, cols)| (*rows, *cols))
+            .collect();
+        let placements = sampling::reference_layout(&sizes, refs.positions);
+        let dev = self.opts.device.clone();
+        let mut tokens = Vec::with_capacity(encoded.len());
+        let mut ids = Vec::with_capacity(encoded.len());
+        for ((t, rows, cols), at) in encoded.into_iter().zip(placements) {
+            tokens.push(t);
+            ids.push(sampling::offset_position_ids(1, rows, cols, at, &dev)?);
+        }
+        Ok(Some(ContextTokens {
+            tokens: Tensor::cat(&tokens, 1)?, // (1, Σ n_k, 64)
+            ids: Tensor::cat(&ids, 1)?,       // (1, Σ n_k, 3)
+        }))
+    }
+
+    /// One reference's packed tokens `(1, n_c, 64)` in the compute dtype (from the cache when
+    /// possible) and its token grid (rows, cols).
+    fn context_tokens(&mut self, ctx: &Context) -> Result<(Tensor, usize, usize), EngineError> {
         let dev = self.opts.device.clone();
         let (tokens, width, height) = match ctx {
             Context::PackedLatent {
@@ -312,9 +363,7 @@ impl KontextEngine {
                 (tokens, *width, *height)
             }
         };
-        let ids =
-            sampling::position_ids(1, (height / 16) as usize, (width / 16) as usize, 1.0, &dev)?;
-        Ok(ContextTokens { tokens, ids })
+        Ok((tokens, (height / 16) as usize, (width / 16) as usize))
     }
 
     /// BFL `prepare_kontext` (sampling.py:229-254): resize with PIL-exact Lanczos, x/127.5 − 1,
@@ -387,7 +436,7 @@ impl Engine for KontextEngine {
         // One small edit exercises every component (text, encode, denoise, decode).
         let req = EngineRequest {
             prompt: "warm-up".into(),
-            context: Some(Context::Image {
+            references: References::one(Context::Image {
                 image: image::RgbImage::from_pixel(64, 64, image::Rgb([128, 64, 32])),
                 width: 64,
                 height: 64,
@@ -431,10 +480,7 @@ impl Engine for KontextEngine {
         timings.text = started.elapsed();
 
         let started = Instant::now();
-        let context = match &req.context {
-            Some(ctx) => Some(self.context_tokens(ctx)?),
-            None => None,
-        };
+        let context = self.reference_tokens(&req.references)?;
         timings.context_encode = started.elapsed();
 
         let (rows, cols) = ((req.height / 16) as usize, (req.width / 16) as usize);

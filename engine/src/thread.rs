@@ -237,6 +237,7 @@ mod tests {
     //! Thread plumbing only, with a scripted engine; the real tiny engine is exercised in
     //! `engine/tests/pipeline.rs`.
     use super::*;
+    use crate::References;
     use std::time::Duration;
 
     /// Steps `req.steps` times; panics on the prompt "panic"; blocks each step on a channel when
@@ -294,7 +295,7 @@ mod tests {
     fn request(prompt: &str, steps: u32) -> EngineRequest {
         EngineRequest {
             prompt: prompt.into(),
-            context: None,
+            references: References::none(),
             width: 16,
             height: 16,
             steps,
@@ -380,7 +381,13 @@ mod tests {
         while let Ok(p) = prx.try_recv() {
             max_done = max_done.max(p.done);
         }
-        assert_eq!(max_done, 3, "stopped right after the step in flight");
+        // The flag is read right after each progress event: the engine may still be between
+        // sending step 2 and reading the flag when it is set (then it stops at 2), or already
+        // waiting for step 3 (then it stops after 3). Never later.
+        assert!(
+            (2..=3).contains(&max_done),
+            "stopped at the step boundary after the cancel: {max_done}"
+        );
         drop(gate_tx);
         drop(h);
         t.join();

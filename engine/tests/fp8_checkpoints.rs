@@ -11,7 +11,7 @@ use kontext_engine::pipeline::{EngineOptions, KontextEngine};
 use kontext_engine::tiny::fp8_files::{Fp8Style, write_fp8};
 use kontext_engine::weights::check::check_dir;
 use kontext_engine::weights::{Layout, ModelDir};
-use kontext_engine::{Context, Engine, EngineRequest, StepControl, tiny};
+use kontext_engine::{Context, Engine, EngineRequest, References, StepControl, tiny};
 
 fn edit(dir: &std::path::Path, precision: LinearPrecision) -> Result<Vec<f32>> {
     let opts = EngineOptions {
@@ -21,7 +21,7 @@ fn edit(dir: &std::path::Path, precision: LinearPrecision) -> Result<Vec<f32>> {
     let mut e = KontextEngine::load(&ModelDir::open(dir)?, "tiny", opts)?;
     let req = EngineRequest {
         prompt: "make the cat red".into(),
-        context: Some(Context::Image {
+        references: References::one(Context::Image {
             image: image::RgbImage::from_fn(64, 48, |x, y| {
                 image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) % 2 * 255) as u8])
             }),

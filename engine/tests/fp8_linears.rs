@@ -11,12 +11,12 @@ use anyhow::Result;
 use kontext_engine::flux::{LinearPrecision, StepCaching};
 use kontext_engine::pipeline::{EngineOptions, KontextEngine};
 use kontext_engine::weights::{Layout, ModelDir};
-use kontext_engine::{Context, Engine, EngineOutput, EngineRequest, StepControl};
+use kontext_engine::{Context, Engine, EngineOutput, EngineRequest, References, StepControl};
 
 fn edit(e: &mut KontextEngine, side: u32, prompt: &str, steps: u32) -> Result<EngineOutput> {
     let req = EngineRequest {
         prompt: prompt.into(),
-        context: Some(Context::Image {
+        references: References::one(Context::Image {
             image: image::RgbImage::from_fn(side, side, |x, y| {
                 let inside = (x as i64 - i64::from(side) / 2).pow(2)
                     + (y as i64 - i64::from(side) / 2).pow(2)

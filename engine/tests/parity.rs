@@ -18,7 +18,7 @@ use kontext_engine::flux::sampling::{
 };
 use kontext_engine::flux::{Flux, FluxInputs};
 use kontext_engine::weights::{Layout, ModelDir};
-use kontext_engine::{StepControl, tiny};
+use kontext_engine::{References, StepControl, tiny};
 use sha2::{Digest, Sha256};
 
 const TOL: f32 = 1e-4;
@@ -404,7 +404,7 @@ fn engine_end_to_end_matches_in(fx: &Fixture) -> Result<()> {
                     .as_str()
                     .context("meta.json prompt")?
                     .to_string(),
-                context,
+                references: References::from_option(context),
                 width: w as u32,
                 height: h as u32,
                 steps: u32::try_from(fx.steps()?)?,

@@ -11,7 +11,7 @@ use kontext_engine::noise::packed_noise;
 use kontext_engine::pipeline::{EngineOptions, KontextEngine};
 use kontext_engine::thread::{EngineThread, Health};
 use kontext_engine::weights::{Layout, ModelDir};
-use kontext_engine::{Context, Engine, EngineError, EngineRequest, StepControl, tiny};
+use kontext_engine::{Context, Engine, EngineError, EngineRequest, References, StepControl, tiny};
 
 /// One tiny model directory for the whole test binary.
 fn model_dir() -> &'static std::path::Path {
@@ -42,12 +42,12 @@ fn context_image() -> image::RgbImage {
 fn request(seed: u64, with_context: bool) -> EngineRequest {
     EngineRequest {
         prompt: "make the cat red".into(),
-        context: with_context.then(|| Context::Image {
+        references: References::from_option(with_context.then(|| Context::Image {
             image: context_image(),
             width: 64,
             height: 48,
             cache_key: None,
-        }),
+        })),
         width: 64,
         height: 48,
         steps: 3,
@@ -126,7 +126,7 @@ fn packed_context_latent_equals_the_encoded_image() -> Result<()> {
     let tokens = e.encode_context(&context_image(), 64, 48)?;
     let mut req = request(5, true);
     let from_image = go(&mut e, &req)?;
-    req.context = Some(Context::PackedLatent {
+    req.references = References::one(Context::PackedLatent {
         data: tokens.flatten_all()?.to_vec1::<f32>()?,
         width: 64,
         height: 48,

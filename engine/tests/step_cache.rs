@@ -9,7 +9,7 @@ use anyhow::Result;
 use kontext_engine::flux::{Acceleration, StepCaching};
 use kontext_engine::pipeline::{EngineOptions, KontextEngine};
 use kontext_engine::weights::{Layout, ModelDir};
-use kontext_engine::{Context, Engine, EngineOutput, EngineRequest, StepControl, tiny};
+use kontext_engine::{Context, Engine, EngineOutput, EngineRequest, References, StepControl, tiny};
 
 fn model_dir() -> &'static std::path::Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
@@ -26,7 +26,7 @@ const STEPS: u32 = 12;
 fn run(e: &mut KontextEngine, caching: StepCaching) -> Result<EngineOutput> {
     let req = EngineRequest {
         prompt: "make the cat red".into(),
-        context: Some(Context::Image {
+        references: References::one(Context::Image {
             image: image::RgbImage::from_fn(64, 48, |x, y| {
                 image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) % 2 * 255) as u8])
             }),

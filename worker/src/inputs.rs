@@ -10,7 +10,7 @@ use kontext_proto::{JobError, JobErrorKind, ValidJobSpec};
 use kontext_storage::{BlobStore, ObjectKey, StorageError};
 
 use crate::latents;
-use kontext_engine::{Context, EngineRequest};
+use kontext_engine::{Context, EngineRequest, References};
 
 /// Context area used when an old record lacks a resolved context size (`keep` mode only).
 const FALLBACK_CONTEXT_PIXELS: u64 = 1024 * 1024;
@@ -110,7 +110,7 @@ pub async fn engine_request<S: BlobStore>(
     };
     Ok(EngineRequest {
         prompt: spec.prompt.clone(),
-        context,
+        references: References::from_option(context),
         width: spec.width,
         height: spec.height,
         steps: spec.steps,

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use image::RgbImage;
 use kontext::contact_sheet::contact_sheet;
-use kontext_engine::{Context, EngineRequest, StepControl};
+use kontext_engine::{Context, EngineRequest, References, StepControl};
 use kontext_shapes::scorecard::Scorecard;
 use kontext_shapes::{Split, Task, case, judge, render};
 use kontext_worker::config::{ModelArgs, load_engine};
@@ -77,12 +77,12 @@ fn tasks(names: &[String]) -> anyhow::Result<Vec<Task>> {
 pub fn request(c: &kontext_shapes::Case, size: u32, steps: u32, seed: u64) -> EngineRequest {
     EngineRequest {
         prompt: c.prompt.clone(),
-        context: c.input.as_ref().map(|scene| Context::Image {
+        references: References::from_option(c.input.as_ref().map(|scene| Context::Image {
             image: render(scene, size, size),
             width: size,
             height: size,
             cache_key: None,
-        }),
+        })),
         width: size,
         height: size,
         steps,

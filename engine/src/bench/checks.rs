@@ -30,7 +30,7 @@ use crate::flux::{Flux, FluxInputs, attention};
 use crate::noise::SplitMix64;
 use crate::pipeline::{EngineOptions, KontextEngine};
 use crate::weights::{Layout, ModelDir};
-use crate::{Context, Engine, EngineError, EngineRequest, StepControl, tiny};
+use crate::{Context, Engine, EngineError, EngineRequest, References, StepControl, tiny};
 
 /// The bound for bf16 on the GPU against f32 on the CPU (docs/engine.md §Parity).
 pub const BF16_TOLERANCE: f32 = 1e-2;
@@ -272,7 +272,7 @@ pub fn tiny_pipeline(
     });
     let req = EngineRequest {
         prompt: "make the cat red".into(),
-        context: Some(Context::Image {
+        references: References::one(Context::Image {
             image,
             width: 128,
             height: 96,

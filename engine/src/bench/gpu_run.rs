@@ -34,7 +34,7 @@ use crate::loader::parse_device;
 use crate::pipeline::{EngineOptions, KontextEngine};
 use crate::text::tokenize::PromptTokenizers;
 use crate::weights::ModelDir;
-use crate::{Context, Engine, EngineError, EngineRequest, StepControl, tiny};
+use crate::{Context, Engine, EngineError, EngineRequest, References, StepControl, tiny};
 
 /// Why the benchmark stopped or failed.
 #[derive(Debug, thiserror::Error)]
@@ -516,7 +516,7 @@ pub(super) fn timed_edit(
     });
     let req = EngineRequest {
         prompt: "make the sky purple and add a small red boat".into(),
-        context: Some(Context::Image {
+        references: References::one(Context::Image {
             image,
             width: size,
             height: size,

@@ -6,7 +6,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 
 use super::model::{Flux, FluxInputs};
 use super::step_cache::{StepCache, StepCaching};
-use crate::{EngineError, StepControl};
+use crate::{EngineError, ReferencePositions, StepControl};
 
 /// BFL `get_lin_function(x1=256, y1=0.5, x2=4096, y2=1.15)` (sampling.py:283-287): the schedule
 /// shift μ for `tokens` target tokens.
@@ -88,13 +88,74 @@ pub fn position_ids(
     index: f32,
     dev: &Device,
 ) -> Result<Tensor> {
+    offset_position_ids(
+        b_sz,
+        rows,
+        cols,
+        Placement {
+            index,
+            row: 0,
+            col: 0,
+        },
+        dev,
+    )
+}
+
+/// Where one reference's tokens sit in RoPE space: the first axis, and the offset of its top-left
+/// token on the row and column axes (in tokens).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub index: f32,
+    pub row: usize,
+    pub col: usize,
+}
+
+/// [`position_ids`] of a block placed at `at`: `(index, at.row + r, at.col + c)`.
+pub fn offset_position_ids(
+    b_sz: usize,
+    rows: usize,
+    cols: usize,
+    at: Placement,
+    dev: &Device,
+) -> Result<Tensor> {
     let mut ids = Vec::with_capacity(rows * cols * 3);
     for r in 0..rows {
         for c in 0..cols {
-            ids.extend_from_slice(&[index, r as f32, c as f32]);
+            ids.extend_from_slice(&[at.index, (at.row + r) as f32, (at.col + c) as f32]);
         }
     }
     Tensor::from_vec(ids, (1, rows * cols, 3), dev)?.repeat((b_sz, 1, 1))
+}
+
+/// Placements of references of `(rows, cols)` tokens each. `Index`: reference k at index k
+/// (1-based), no offsets. `Offset` (ComfyUI's default for several Kontext references): all at
+/// index 1; with (h, w) the extent covered so far, a reference goes to the right of it (column
+/// offset w) when it is taller than wide relative to that extent (rows + h > cols + w), else
+/// below it (row offset h), so the references tile one growing canvas without overlapping.
+/// The first reference is at (1, 0, 0) either way: one reference is the plain Kontext edit.
+pub fn reference_layout(sizes: &[(usize, usize)], positions: ReferencePositions) -> Vec<Placement> {
+    let (mut h, mut w) = (0usize, 0usize);
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &(rows, cols))| match positions {
+            ReferencePositions::Index => Placement {
+                index: (k + 1) as f32,
+                row: 0,
+                col: 0,
+            },
+            ReferencePositions::Offset => {
+                let (row, col) = if rows + h > cols + w { (0, w) } else { (h, 0) };
+                h = h.max(rows + row);
+                w = w.max(cols + col);
+                Placement {
+                    index: 1.0,
+                    row,
+                    col,
+                }
+            }
+        })
+        .collect()
 }
 
 /// Text position ids: zeros `(b, n_txt, 3)` f32 (sampling.py:55).
@@ -224,6 +285,83 @@ pub fn relative_l2(a: &Tensor, b: &Tensor) -> Result<f32> {
     let num = (&a - &b)?.sqr()?.sum(D::Minus1)?.to_scalar::<f32>()?.sqrt();
     let den = b.sqr()?.sum(D::Minus1)?.to_scalar::<f32>()?.sqrt();
     Ok(if den == 0.0 { num } else { num / den })
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    fn at(index: f32, row: usize, col: usize) -> Placement {
+        Placement { index, row, col }
+    }
+
+    #[test]
+    fn one_reference_is_the_plain_kontext_context_in_both_methods() {
+        for p in [ReferencePositions::Offset, ReferencePositions::Index] {
+            assert_eq!(reference_layout(&[(64, 48)], p), vec![at(1.0, 0, 0)]);
+        }
+    }
+
+    #[test]
+    fn index_numbers_the_references_from_one() {
+        let sizes = [(64, 64), (32, 48), (16, 16), (64, 32)];
+        let got = reference_layout(&sizes, ReferencePositions::Index);
+        assert_eq!(
+            got,
+            vec![at(1.0, 0, 0), at(2.0, 0, 0), at(3.0, 0, 0), at(4.0, 0, 0)]
+        );
+    }
+
+    #[test]
+    fn offset_tiles_references_on_one_canvas_without_overlap() {
+        // Two squares: the second goes below (64 + 64 > 64 + 0 is false? rows + h = 128,
+        // cols + w = 128: not greater, so below).
+        assert_eq!(
+            reference_layout(&[(64, 64), (64, 64)], ReferencePositions::Offset),
+            vec![at(1.0, 0, 0), at(1.0, 64, 0)]
+        );
+        // After a wide first one (32×96), a tall second one goes below it; then the canvas is
+        // 96 tall and 96 wide, and a third square goes below again; a tall fourth goes right.
+        let got = reference_layout(
+            &[(32, 96), (64, 32), (16, 16), (96, 16)],
+            ReferencePositions::Offset,
+        );
+        assert_eq!(
+            got,
+            vec![
+                at(1.0, 0, 0),
+                at(1.0, 32, 0),
+                at(1.0, 96, 0),
+                at(1.0, 0, 96)
+            ]
+        );
+        // No two references share a (row, col) position.
+        let sizes = [(32, 96), (64, 32), (16, 16), (96, 16)];
+        let mut seen = std::collections::HashSet::new();
+        for (p, (rows, cols)) in got.iter().zip(sizes) {
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert!(seen.insert((p.row + r, p.col + c)), "overlap at {r},{c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn offset_ids_shift_rows_and_columns() -> Result<()> {
+        let ids = offset_position_ids(1, 2, 2, at(1.0, 3, 5), &Device::Cpu)?;
+        let v: Vec<Vec<f32>> = ids.squeeze(0)?.to_vec2()?;
+        assert_eq!(
+            v,
+            vec![
+                vec![1.0, 3.0, 5.0],
+                vec![1.0, 3.0, 6.0],
+                vec![1.0, 4.0, 5.0],
+                vec![1.0, 4.0, 6.0]
+            ]
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use candle_core::{DType, Device};
 use kontext_engine::pipeline::{DEFAULT_MAX_PIXELS, EngineOptions, KontextEngine, MAX_STEPS};
 use kontext_engine::weights::ModelDir;
-use kontext_engine::{Context, Engine, EngineRequest, StageTimings, StepControl, tiny};
+use kontext_engine::{Context, Engine, EngineRequest, References, StageTimings, StepControl, tiny};
 use kontext_proto::resolution::{self, SIDE_MULTIPLE};
 
 use kontext_worker::config::LinearPrecisionArg;
@@ -239,7 +239,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let req = EngineRequest {
         prompt: args.prompt.clone(),
-        context,
+        references: References::from_option(context),
         width,
         height,
         steps: args.steps,

@@ -99,7 +99,7 @@ impl Engine for ScriptedEngine {
         req: &EngineRequest,
         on_step: &mut dyn FnMut(u32, u32) -> StepControl,
     ) -> Result<EngineOutput, EngineError> {
-        let context = req.context.as_ref().map(|c| match c {
+        let context = req.references.contexts.first().map(|c| match c {
             Context::Image {
                 image,
                 width,
