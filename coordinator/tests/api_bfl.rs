@@ -118,7 +118,7 @@ async fn bfl_status_words_and_errors() {
         ),
         (
             json!({"prompt": "x", "input_image_2": "abc"}),
-            "input_image_2",
+            "input_image",
         ),
         (
             json!({"prompt": "x", "webhook_secret": "s"}),

@@ -25,6 +25,9 @@ use super::{
     References, StageTimings, StepControl, image_ops,
 };
 
+/// The references of one request may hold this many times `max_pixels` together.
+pub const REFERENCE_BUDGET_FACTOR: u64 = 2;
+
 /// Largest step count a request may ask for.
 pub const MAX_STEPS: u32 = 200;
 /// Default largest target (and context) area, 2 MP. The engine depends on no crate of ours, so
@@ -284,11 +287,12 @@ impl KontextEngine {
                 }
             }
         }
-        // Several references share one budget: their tokens all join every attention call.
-        if area > self.opts.max_pixels {
+        // Several references share one budget, twice one context's (four ~1 MP references at
+        // the 2 MP default): their tokens all join every attention call.
+        let budget = REFERENCE_BUDGET_FACTOR * self.opts.max_pixels;
+        if area > budget {
             return Err(invalid(format!(
-                "the reference images total {area} pixels; at most {} together (resize them)",
-                self.opts.max_pixels
+                "the reference images total {area} pixels; at most {budget} together (resize them)"
             )));
         }
         Ok(())

@@ -92,14 +92,14 @@ fn too_many_or_too_large_references_are_refused_by_limit() -> Result<()> {
     );
     let big = |k: u32| Context::Image {
         image: image::RgbImage::new(16, 16),
-        width: 1024,
-        height: 768,
+        width: 1152,
+        height: 1024,
         cache_key: Some(format!("in/test/big-{k}.png")),
     };
-    // Each 1024x768 fits the default 2 MP alone; three together (2.36 MP) do not.
-    let err = edit((0..3).map(big).collect(), ReferencePositions::Offset).expect_err("too big");
+    // Each 1152x1024 fits the default 2 MP alone; four together (4.7 MP) exceed twice that.
+    let err = edit((0..4).map(big).collect(), ReferencePositions::Offset).expect_err("too big");
     assert!(
-        matches!(&err, EngineError::InvalidInput(m) if m.contains("2359296") && m.contains("at most")),
+        matches!(&err, EngineError::InvalidInput(m) if m.contains("4718592") && m.contains("at most 4194304")),
         "{err}"
     );
     Ok(())

@@ -156,6 +156,25 @@ pub struct InputImage {
     pub height: u32,
 }
 
+/// One more reference image of a multi-reference edit, with the size it is resized to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceImage {
+    pub image: InputImage,
+    /// Multiples of 16.
+    pub context_width: u32,
+    pub context_height: u32,
+}
+
+/// How several reference images get their positions (the engine's `ReferencePositions`):
+/// `offset` tiles them on one canvas at index 1, `index` gives reference k index k.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferencePositions {
+    #[default]
+    Offset,
+    Index,
+}
+
 /// What a turn of a chain carries into the next turn (docs/chains.md); plain jobs carry nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -206,6 +225,11 @@ pub struct ValidJobSpec {
     /// Step caching level.
     #[serde(default)]
     pub acceleration: Acceleration,
+    /// References after `input` (multi-reference edits), each with its context size.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_references: Vec<ReferenceImage>,
+    #[serde(default)]
+    pub reference_positions: ReferencePositions,
 }
 
 /// How many denoising steps skip the transformer (fal's `acceleration` levels): `none` runs every

@@ -32,6 +32,7 @@ pub mod model_profile;
 pub mod object_key;
 pub mod policy;
 pub mod queue;
+pub mod references;
 pub mod resolution;
 pub mod validate;
 pub mod validate_chain;

@@ -16,7 +16,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Acceleration, InputImage, JobKind, OutputFormat, Priority, ValidJobSpec};
+use crate::job::{
+    Acceleration, InputImage, JobKind, OutputFormat, Priority, ReferencePositions, ValidJobSpec,
+};
+use crate::references;
 use crate::resolution::{self, ResizeMode};
 pub use crate::validate_fields::WebhookUrl;
 use crate::validate_fields::{self as fields, Report, TurnFieldNames};
@@ -51,6 +54,18 @@ pub struct JobRequest {
     /// http(s) URL. Absent: a text-to-image job. Its sides must be 16 to 8,192 pixels.
     #[cfg_attr(feature = "openapi", schema(format = "kontext-image", min_length = 1))]
     pub input_image: Option<String>,
+    /// Several reference images for one edit (1 to 4; not with `input_image`), each given as
+    /// `input_image` is. The first sizes the output like a single-image edit; all of them
+    /// together are resized to fit 4,194,304 pixels.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<Vec<ImageRef>>, min_items = 1, max_items = 4)
+    )]
+    pub input_images: Option<Vec<String>>,
+    /// How several references are placed: `offset` (default; tiled on one canvas) or `index`
+    /// (each its own index). docs/engine.md §Multi-reference edits.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(offset|index)$"))]
+    pub reference_positions: Option<String>,
     /// Output width: a multiple of 16 from 256 to 2,048, with width x height at most 2,097,152
     /// pixels; give height too. Default: the snapped input size, or 1024 for generate.
     #[cfg_attr(
@@ -74,7 +89,7 @@ pub struct JobRequest {
     )]
     pub aspect_ratio: Option<String>,
     /// How an edit's input is sized: `snap` (Kontext's preferred resolutions, default) or `keep`.
-    /// Only with `input_image`.
+    /// Only with `input_image` or `input_images`.
     #[cfg_attr(feature = "openapi", schema(pattern = "^(snap|keep)$"))]
     pub resize: Option<String>,
     /// Denoising steps, 1 to 100 (default 28).
@@ -108,6 +123,26 @@ pub struct JobRequest {
     pub webhook_url: Option<String>,
 }
 
+/// One image as the API takes it (the schema of `input_images` entries): an upload id, an object
+/// key of the caller, base64 or a data: URL, or an http(s) URL.
+#[cfg(feature = "openapi")]
+pub struct ImageRef;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ImageRef {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::Custom("kontext-image".into())))
+            .min_length(Some(1))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ImageRef {}
+
 /// Bounds a deployment enforces. The defaults suit the 12B model on one GPU; tests of the tiny
 /// model lower the sizes.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +157,8 @@ pub struct Limits {
     pub max_guidance: f32,
     /// Bound on width × height of the input image as uploaded.
     pub max_input_pixels: u64,
+    /// Context area all the references of one edit share (multi-reference edits).
+    pub max_reference_pixels: u64,
     pub max_input_side: u32,
     /// Context area of the `keep` resize mode (diffusers' `max_area`).
     pub context_max_pixels: u64,
@@ -148,6 +185,8 @@ impl Default for Limits {
             min_guidance: 0.0,
             max_guidance: 20.0,
             max_input_pixels: 4_096 * 4_096,
+            // Four ~1 MP references; the worker's engine accepts twice its --engine-max-pixels.
+            max_reference_pixels: 2 * crate::resolution::DEFAULT_MAX_PIXELS,
             max_input_side: 8_192,
             context_max_pixels: 1_024 * 1_024,
             default_generate_size: (1_024, 1_024),
@@ -218,7 +257,9 @@ impl ValidationErrors {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidJobFields {
     prompt: String,
-    input_image: Option<String>,
+    /// The references as requested, in order (`input_image`, or `input_images`).
+    references: Vec<String>,
+    reference_positions: ReferencePositions,
     resize: ResizeMode,
     /// `None`: an edit without a size, which gets its context's size.
     size: Option<(u32, u32)>,
@@ -258,7 +299,10 @@ pub(crate) fn check_job_fields(
             ResizeMode::Snap
         }
     };
-    if req.resize.is_some() && req.input_image.is_none() {
+    let references =
+        references::requested(&mut r, req.input_image.as_ref(), req.input_images.as_ref());
+    let reference_positions = references::positions(&mut r, req.reference_positions.as_deref());
+    if req.resize.is_some() && references.is_empty() {
         r.push(
             "resize",
             "resize applies only to edits (with input_image)".into(),
@@ -304,7 +348,8 @@ pub(crate) fn check_job_fields(
     let acceleration = fields::acceleration(&mut r, req.acceleration.as_deref());
     r.finish(ValidJobFields {
         prompt,
-        input_image: req.input_image.clone(),
+        references,
+        reference_positions,
         resize,
         size,
         steps,
@@ -319,9 +364,15 @@ pub(crate) fn check_job_fields(
 }
 
 impl ValidJobFields {
-    /// The request's `input_image`, for the coordinator to resolve into a stored image.
+    /// The request's `input_image` (or first of `input_images`), for the coordinator to resolve
+    /// into a stored image.
     pub fn input_image(&self) -> Option<&str> {
-        self.input_image.as_deref()
+        self.references.first().map(String::as_str)
+    }
+
+    /// The references after the first (`input_images[1..]`), to resolve in order.
+    pub fn more_input_images(&self) -> &[String] {
+        self.references.get(1..).unwrap_or_default()
     }
 
     pub fn webhook_url(&self) -> Option<&WebhookUrl> {
@@ -342,8 +393,34 @@ impl ValidJobFields {
         limits: &Limits,
         pick_seed: impl FnOnce() -> u64,
     ) -> Result<ValidJobSpec, ValidationErrors> {
+        self.resolve_references(input, Vec::new(), limits, pick_seed)
+    }
+
+    /// [`Self::resolve`] for a multi-reference edit: `more` are the stored references after
+    /// the first, in the order of `more_input_images`.
+    pub fn resolve_references(
+        self,
+        input: Option<InputImage>,
+        more: Vec<InputImage>,
+        limits: &Limits,
+        pick_seed: impl FnOnce() -> u64,
+    ) -> Result<ValidJobSpec, ValidationErrors> {
         let mut r = Report::default();
-        match (&self.input_image, &input) {
+        if more.len() != self.more_input_images().len() {
+            r.push(
+                "input_images",
+                format!(
+                    "{} more references were requested, {} resolved",
+                    self.more_input_images().len(),
+                    more.len()
+                ),
+                None,
+            );
+        }
+        for img in &more {
+            fields::input_image(&mut r, img, limits);
+        }
+        match (self.input_image(), &input) {
             (Some(_), None) => r.push(
                 "input_image",
                 "input_image was given but not resolved to a stored image".into(),
@@ -377,6 +454,10 @@ impl ValidJobFields {
             // Only with the "not resolved" error above.
             (None, None) => limits.default_generate_size,
         };
+        let more_references = match context {
+            Some(first) => references::sized(&mut r, first, more, self.resize, limits),
+            None => Vec::new(),
+        };
         let kind = if input.is_some() {
             JobKind::Edit
         } else {
@@ -402,6 +483,8 @@ impl ValidJobFields {
             initial_latents_key: None,
             keep_latent: self.keep_latent,
             acceleration: self.acceleration,
+            more_references,
+            reference_positions: self.reference_positions,
         })
     }
 }

@@ -213,6 +213,8 @@ impl TurnTemplate {
             initial_latents_key: None,
             keep_latent: settings.keep_latent,
             acceleration: settings.acceleration,
+            more_references: Vec::new(),
+            reference_positions: Default::default(),
         }
     }
 }
@@ -327,6 +329,8 @@ pub fn check_chain(
     let first_req = JobRequest {
         prompt: first.prompt.clone(),
         input_image: req.input_image.clone(),
+        input_images: None,
+        reference_positions: None,
         width: req.width,
         height: req.height,
         aspect_ratio: req.aspect_ratio.clone(),

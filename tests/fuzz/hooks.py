@@ -9,7 +9,8 @@ supplies exactly those two things and nothing else:
 * filters that drop generated bodies breaking a cross-field rule the schema states in prose
   (in the fields' descriptions): width x height above the pixel bound, width without height
   (or the reverse), `aspect_ratio` together with `width`/`height`, an aspect ratio wider than
-  21:9, `resize` without an `input_image`, and a chain's `prompt` with an `input_image` or past
+  21:9, `resize` without an `input_image` (or `input_images`), `input_image` with `input_images`,
+  BFL's `input_image_2..4` without `input_image`, and a chain's `prompt` with an `input_image` or past
   100 turns;
 * a fresh Idempotency-Key per generated case.
 
@@ -88,7 +89,18 @@ def _breaks_cross_field_rules(body) -> bool:
             return True
     if (width is None) != (height is None):
         return True
-    if body.get("resize") is not None and body.get("input_image") is None:
+    if body.get("resize") is not None and body.get("input_image") is None and body.get("input_images") is None:
+        return True
+    if body.get("input_image") is not None and body.get("input_images") is not None:
+        return True
+
+    def blank(v):
+        return v is None or (isinstance(v, str) and not v.strip())
+
+    # BFL: input_image_2..4 are further references; they need an input_image.
+    if blank(body.get("input_image")) and any(
+        not blank(body.get(f"input_image_{k}")) for k in (2, 3, 4)
+    ):
         return True
     turns = body.get("turns")
     if isinstance(turns, list):

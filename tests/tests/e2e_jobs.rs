@@ -490,3 +490,62 @@ async fn acceleration_reaches_the_sampler_and_is_reported() {
         "{value}"
     );
 }
+
+/// A multi-reference edit through the whole fleet: two uploaded images as `input_images`, the
+/// job records both keys and the position method, and the worker renders it; more than four
+/// references, or `input_image` with `input_images`, are refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reference_images_make_one_edit() {
+    let client = http(KEY_DELTA);
+    let mut ids = Vec::new();
+    for (w, h) in [(128, 96), (96, 128)] {
+        let (status, uploaded) = upload(&client, png(w, h), "image/png").await;
+        assert_eq!(status, 201, "{uploaded}");
+        ids.push(uploaded["id"].as_str().expect("upload id").to_owned());
+    }
+    let id = submit(
+        &client,
+        json!({"prompt": "put the object of the second image into the first", "steps": 3,
+               "width": 64, "height": 64, "input_images": ids, "reference_positions": "index"}),
+    )
+    .await;
+    let job = wait_terminal(&client, &id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["kind"], "edit", "{job}");
+    assert_eq!(job["reference_positions"], "index", "{job}");
+    let keys = job["input_images"].as_array().expect("input_images");
+    assert_eq!(keys.len(), 2, "{job}");
+    assert_eq!(keys[0], job["input_image"], "{job}");
+    let url = job["result"]["url"].as_str().expect("url");
+    let bytes = reqwest::get(url)
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_png(&bytes, 64, 64, "the multi-reference result");
+
+    for (body, field) in [
+        (
+            json!({"prompt": "x", "input_images": [ids[0], ids[1], ids[0], ids[1], ids[0]]}),
+            "input_images",
+        ),
+        (
+            json!({"prompt": "x", "input_image": ids[0], "input_images": [ids[1]]}),
+            "input_images",
+        ),
+    ] {
+        let resp = client
+            .post(format!("{}/v1/jobs", fleet().url))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let (status, value) = json_of(resp).await;
+        assert_eq!(
+            (status, value["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{body} -> {value}"
+        );
+    }
+}

@@ -10,7 +10,7 @@ use kontext_proto::{JobError, JobErrorKind, ValidJobSpec};
 use kontext_storage::{BlobStore, ObjectKey, StorageError};
 
 use crate::latents;
-use kontext_engine::{Context, EngineRequest, References};
+use kontext_engine::{Context, EngineRequest, ReferencePositions, References};
 
 /// Context area used when an old record lacks a resolved context size (`keep` mode only).
 const FALLBACK_CONTEXT_PIXELS: u64 = 1024 * 1024;
@@ -101,6 +101,19 @@ pub async fn engine_request<S: BlobStore>(
         }
         (None, None) => None,
     };
+    let mut contexts: Vec<Context> = context.into_iter().collect();
+    for (i, reference) in spec.more_references.iter().enumerate() {
+        let what = format!("input_images[{}] {}", i + 1, reference.image.key);
+        let bytes = fetch(store, &reference.image.key, "input_images").await?;
+        let image = decode_image(bytes, what).await?;
+        contexts.push(Context::Image {
+            image,
+            width: reference.context_width,
+            height: reference.context_height,
+            // Each reference has its own cache entry: content-addressed keys again.
+            cache_key: Some(reference.image.key.as_str().to_owned()),
+        });
+    }
     let initial_latents = match &spec.initial_latents_key {
         Some(key) => {
             let bytes = fetch(store, key, "initial_latents").await?;
@@ -110,7 +123,13 @@ pub async fn engine_request<S: BlobStore>(
     };
     Ok(EngineRequest {
         prompt: spec.prompt.clone(),
-        references: References::from_option(context),
+        references: References {
+            contexts,
+            positions: match spec.reference_positions {
+                kontext_proto::job::ReferencePositions::Offset => ReferencePositions::Offset,
+                kontext_proto::job::ReferencePositions::Index => ReferencePositions::Index,
+            },
+        },
         width: spec.width,
         height: spec.height,
         steps: spec.steps,

@@ -92,6 +92,8 @@ impl JobOptions {
             priority: self.priority.clone(),
             acceleration: self.acceleration.clone(),
             webhook_url: None,
+            input_images: None,
+            reference_positions: None,
         }
     }
 }
@@ -117,6 +119,13 @@ pub struct EditArgs {
     /// How the input is sized: snap (Kontext's preferred resolutions) or keep (its own aspect).
     #[arg(long, env = "KONTEXT_RESIZE")]
     pub resize: Option<String>,
+    /// More reference images (up to 3, repeat the flag), given like IMAGE: a multi-reference
+    /// edit ("put the hat from the second image on the cat").
+    #[arg(long = "reference", env = "KONTEXT_REFERENCES", value_delimiter = ',')]
+    pub references: Vec<String>,
+    /// How several references are placed: offset (default) or index.
+    #[arg(long, env = "KONTEXT_REFERENCE_POSITIONS")]
+    pub reference_positions: Option<String>,
     #[command(flatten)]
     pub job: JobOptions,
 }
@@ -280,28 +289,42 @@ fn sniff_content_type(bytes: &[u8]) -> &'static str {
 
 pub async fn edit(args: EditArgs) -> anyhow::Result<ExitCode> {
     let client = args.server.client()?;
-    let path = Path::new(&args.image);
-    let input = if path.is_file() {
+    let input = image_value(&client, &args.image).await?;
+    let mut submit = args
+        .job
+        .submit(args.prompt.clone(), Some(input), args.resize.clone());
+    if !args.references.is_empty() {
+        let mut all = vec![submit.input_image.take().unwrap_or_default()];
+        for reference in &args.references {
+            all.push(
+                image_value(&client, reference)
+                    .await
+                    .context("--reference")?,
+            );
+        }
+        submit.input_images = Some(all);
+    }
+    submit.reference_positions = args.reference_positions.clone();
+    submit_and_follow(&client, "edit", submit, &args.job).await
+}
+
+/// An image argument as the API takes it: a file is uploaded first (its upload id); an upload
+/// id, object key or URL is passed on for the server to resolve.
+async fn image_value(client: &Client, image: &str) -> anyhow::Result<String> {
+    let path = Path::new(image);
+    if path.is_file() {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let content_type = sniff_content_type(&bytes);
         let upload = client
             .upload(bytes, content_type)
             .await
             .with_context(|| format!("uploading {}", path.display()))?;
-        upload.id
-    } else if args.image.contains('/') || args.image.contains('.') {
-        // An object key, upload id or URL: the server resolves it.
-        args.image.clone()
+        Ok(upload.id)
+    } else if image.contains('/') || image.contains('.') {
+        Ok(image.to_owned())
     } else {
-        bail!(
-            "{}: no such file (nor an upload id, object key or URL)",
-            args.image
-        );
-    };
-    let submit = args
-        .job
-        .submit(args.prompt.clone(), Some(input), args.resize.clone());
-    submit_and_follow(&client, "edit", submit, &args.job).await
+        bail!("{image}: no such file (nor an upload id, object key or URL)");
+    }
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {

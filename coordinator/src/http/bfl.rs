@@ -39,13 +39,14 @@ pub struct BflRequest {
     /// no image, as BFL's clients send it.
     #[schema(format = "kontext-image")]
     pub input_image: Option<String>,
-    /// BFL's experimental multi-reference inputs: not supported yet (422 unless absent, null or
-    /// empty).
-    #[schema(max_length = 0)]
+    /// BFL's multi-reference inputs: more reference images, given as `input_image` is (empty:
+    /// none); they need `input_image`. With any of them the edit uses all of them in order
+    /// (docs/engine.md §Multi-reference edits).
+    #[schema(format = "kontext-image")]
     pub input_image_2: Option<String>,
-    #[schema(max_length = 0)]
+    #[schema(format = "kontext-image")]
     pub input_image_3: Option<String>,
-    #[schema(max_length = 0)]
+    #[schema(format = "kontext-image")]
     pub input_image_4: Option<String>,
     #[serde(deserialize_with = "kontext_proto::json_int::opt_u64")]
     #[schema(maximum = 9007199254740991_u64)]
@@ -142,20 +143,18 @@ pub async fn create_task(
     body: Body,
 ) -> Result<Json<BflSubmitted>, ApiError> {
     let (req, body_hash) = read_json::<BflRequest>(&state, &headers, body).await?;
-    for (field, value) in [
-        ("input_image_2", &req.input_image_2),
-        ("input_image_3", &req.input_image_3),
-        ("input_image_4", &req.input_image_4),
-    ] {
-        // An empty string is "no image", as BFL's clients send it.
-        if value.as_deref().is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::invalid(
-                field,
-                format!(
-                    "{field}: multi-reference inputs are not supported yet; send input_image only"
-                ),
-            ));
-        }
+    // An empty string is "no image", as BFL's clients send it.
+    let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    let more: Vec<String> = [&req.input_image_2, &req.input_image_3, &req.input_image_4]
+        .into_iter()
+        .filter_map(given)
+        .collect();
+    let first = given(&req.input_image);
+    if first.is_none() && !more.is_empty() {
+        return Err(ApiError::invalid(
+            "input_image",
+            "input_image_2..4 are further references: give input_image too",
+        ));
     }
     if let Some(t) = req.safety_tolerance.filter(|t| *t > 6) {
         return Err(ApiError::invalid(
@@ -172,9 +171,14 @@ pub async fn create_task(
              webhook-signature)",
         ));
     }
+    let (input_image, input_images) = match first {
+        Some(first) if !more.is_empty() => (None, Some([vec![first], more].concat())),
+        first => (first, None),
+    };
     let job = JobRequest {
         prompt: req.prompt,
-        input_image: req.input_image.filter(|s| !s.trim().is_empty()),
+        input_image,
+        input_images,
         aspect_ratio: req.aspect_ratio,
         steps: req.steps,
         guidance: req.guidance,

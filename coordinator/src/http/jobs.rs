@@ -48,11 +48,23 @@ pub async fn submit_job(
     check_priority(tenant, fields.priority())?;
     check_webhook(state, fields.webhook_url())?;
     let input = match fields.input_image() {
-        Some(raw) => Some(resolve_input(state, tenant, raw).await?),
+        Some(raw) => Some(
+            resolve_input(state, tenant, raw)
+                .await
+                .map_err(|e| reference_error(e, 0, !fields.more_input_images().is_empty()))?,
+        ),
         None => None,
     };
+    let mut more = Vec::with_capacity(fields.more_input_images().len());
+    for (i, raw) in fields.more_input_images().iter().enumerate() {
+        more.push(
+            resolve_input(state, tenant, raw)
+                .await
+                .map_err(|e| reference_error(e, i + 1, true))?,
+        );
+    }
     // Server-picked seeds stay below 2^53 so JavaScript clients read them exactly.
-    let spec = fields.resolve(input, limits, || rand::random::<u64>() >> 11)?;
+    let spec = fields.resolve_references(input, more, limits, || rand::random::<u64>() >> 11)?;
     let priority = spec.priority;
     let outcome = state
         .queue
@@ -74,6 +86,17 @@ pub async fn submit_job(
     }
     tracing::debug!(job_id = %outcome.id, tenant = %tenant.id, created = outcome.created, "job submitted");
     Ok((outcome.id, outcome.created))
+}
+
+/// An error about reference `index` of `input_images` names that entry (`input_images[1]`)
+/// instead of `input_image`.
+fn reference_error(mut e: ApiError, index: usize, from_list: bool) -> ApiError {
+    if from_list && e.detail.field.as_deref() == Some("input_image") {
+        let field = format!("input_images[{index}]");
+        e.detail.message = format!("{field}: {}", e.detail.message);
+        e.detail.field = Some(field);
+    }
+    e
 }
 
 /// Refuses a priority class the caller's key may not use (422 naming the allowed ones).

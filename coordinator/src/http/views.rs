@@ -57,6 +57,13 @@ pub struct JobView {
     pub acceleration: String,
     /// Object key of the stored context image (edits).
     pub input_image: Option<String>,
+    /// Object keys of every reference image of a multi-reference edit, in order (the first is
+    /// `input_image`); absent for single-image edits and generations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_images: Option<Vec<String>>,
+    /// How those references were placed: offset or index (multi-reference edits only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_positions: Option<String>,
     /// RFC 3339, UTC.
     pub created_at: String,
     pub started_at: Option<String>,
@@ -142,6 +149,20 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
         .to_owned(),
         acceleration: spec.acceleration.as_str().to_owned(),
         input_image: spec.input.as_ref().map(|i| i.key.to_string()),
+        input_images: (!spec.more_references.is_empty()).then(|| {
+            spec.input
+                .iter()
+                .chain(spec.more_references.iter().map(|r| &r.image))
+                .map(|i| i.key.to_string())
+                .collect()
+        }),
+        reference_positions: (!spec.more_references.is_empty()).then(|| {
+            match spec.reference_positions {
+                kontext_proto::job::ReferencePositions::Offset => "offset",
+                kontext_proto::job::ReferencePositions::Index => "index",
+            }
+            .to_owned()
+        }),
         created_at: rfc3339(job.created_at),
         started_at: job.started_at.map(rfc3339),
         finished_at: job.finished_at.map(rfc3339),

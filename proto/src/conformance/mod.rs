@@ -88,6 +88,8 @@ pub fn spec(priority: Priority, prompt: &str) -> ValidJobSpec {
         initial_latents_key: None,
         keep_latent: false,
         acceleration: Default::default(),
+        more_references: Vec::new(),
+        reference_positions: Default::default(),
     }
 }
 

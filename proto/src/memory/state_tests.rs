@@ -34,6 +34,8 @@ fn spec(priority: Priority) -> ValidJobSpec {
         initial_latents_key: None,
         keep_latent: false,
         acceleration: Default::default(),
+        more_references: Vec::new(),
+        reference_positions: Default::default(),
     }
 }
 

@@ -244,6 +244,8 @@ pub fn spec(prompt: &str, width: u32, height: u32, steps: u32) -> ValidJobSpec {
         initial_latents_key: None,
         keep_latent: false,
         acceleration: Default::default(),
+        more_references: Vec::new(),
+        reference_positions: Default::default(),
     }
 }
 
