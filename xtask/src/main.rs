@@ -1,8 +1,9 @@
 //! Project commands, run as `cargo xtask <command>` (alias in .cargo/config.toml).
 //!
 //! `test` is the one command CI runs: it installs what the tests need on a fresh Debian machine
-//! (redis-server from apt; schemathesis from PyPI into target/schemathesis-venv, with python3
-//! from apt when missing; the S3 server is embedded in the test crate), checks formatting, then
+//! (redis-server from apt; promtool from apt's prometheus package, for the alerting-rule tests;
+//! schemathesis from PyPI into target/schemathesis-venv, with python3 from apt when missing; the
+//! S3 server is embedded in the test crate), checks formatting, then
 //! runs the whole test suite. The tests themselves start Redis and the S3 server on free loopback
 //! ports in temporary directories and stop them when the test process exits.
 
@@ -14,7 +15,7 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test      install missing test services (redis-server, schemathesis), check formatting, lints
+  test      install missing test tools (redis-server, promtool, schemathesis), check formatting, lints
             (clippy) and docs (rustdoc) with warnings denied, run every test
   services  only install the test services
 ";
@@ -23,7 +24,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
-        Some("services") => ensure_redis_server().and_then(|_| ensure_schemathesis()),
+        Some("services") => ensure_redis_server()
+            .and_then(|_| ensure_promtool())
+            .and_then(|_| ensure_schemathesis()),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
@@ -48,6 +51,7 @@ fn workspace_root() -> PathBuf {
 fn test(extra: &[String]) -> Result<()> {
     let root = workspace_root();
     ensure_redis_server()?;
+    ensure_promtool()?;
     ensure_schemathesis()?;
     step("formatting");
     if cargo_has("fmt") {
@@ -124,6 +128,19 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend_from_slice(packages);
     run(&mut apt(&args))
+}
+
+/// `promtool` (tests/tests/deploy_monitoring.rs runs it on deploy/prometheus), from Debian's
+/// `prometheus` package when it is missing; only the package's files are used, no server runs.
+fn ensure_promtool() -> Result<()> {
+    if find_on_path("promtool").is_some() {
+        return Ok(());
+    }
+    step("installing promtool (apt: prometheus)");
+    apt_install(&["prometheus"])?;
+    find_on_path("promtool")
+        .map(|_| ())
+        .context("promtool is still missing after apt-get install prometheus")
 }
 
 /// Path of a usable `redis-server`, installing Debian's package when it is missing.
