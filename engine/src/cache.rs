@@ -68,25 +68,30 @@ impl CacheCounters {
 pub static TEXT: CacheCounters = CacheCounters::new();
 /// Context-latent cache counters of this process.
 pub static CONTEXT: CacheCounters = CacheCounters::new();
+/// The LoRA cache's counters.
+pub static LORA: CacheCounters = CacheCounters::new();
 
 /// Both caches' counters, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub text: CacheSnapshot,
     pub context: CacheSnapshot,
+    /// Parsed LoRA files on the device (`crate::lora::LoraCache`).
+    pub lora: CacheSnapshot,
 }
 
 pub fn stats() -> CacheStats {
     CacheStats {
         text: TEXT.snapshot(),
         context: CONTEXT.snapshot(),
+        lora: LORA.snapshot(),
     }
 }
 
 /// The caches' counters as Prometheus metrics, read from the process-wide counters at each
 /// scrape (register it in the worker's registry): `kontext_worker_cache_{hits,misses}_total`,
 /// `kontext_worker_cache_{entries,bytes}` and `kontext_worker_cache_hit_ratio`, each labelled
-/// `cache="text"|"context"`.
+/// `cache="text"|"context"|"lora"`.
 #[derive(Debug, Clone)]
 pub struct CacheCollector {
     /// The metric definitions; `collect` fills fresh copies, so a scrape never races another.
@@ -188,7 +193,7 @@ impl Collector for CacheCollector {
     fn collect(&self) -> Vec<MetricFamily> {
         let f = CacheFamilies::new();
         let s = stats();
-        for (label, snap) in [("text", s.text), ("context", s.context)] {
+        for (label, snap) in [("text", s.text), ("context", s.context), ("lora", s.lora)] {
             f.hits.with_label_values(&[label]).inc_by(snap.hits);
             f.misses.with_label_values(&[label]).inc_by(snap.misses);
             f.entries

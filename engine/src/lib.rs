@@ -19,6 +19,7 @@ pub mod config;
 pub mod flux;
 pub mod image_ops;
 pub mod loader;
+pub mod lora;
 pub mod model_settings;
 pub mod noise;
 pub mod pipeline;
@@ -52,6 +53,8 @@ pub struct EngineRequest {
     pub want_latent: bool,
     /// Step caching (`flux::step_cache`); `StepCaching::Off` runs every step in full.
     pub caching: flux::StepCaching,
+    /// LoRAs to apply for this request (`lora`), at most `lora::MAX_LORAS`.
+    pub loras: Vec<lora::LoraInput>,
 }
 
 /// Most reference images one request may carry (BFL's `input_image` … `input_image_4`).
@@ -129,11 +132,15 @@ pub struct EngineOutput {
     pub timings: StageTimings,
     /// Full transformer evaluations (the steps, unless step caching skipped some).
     pub full_evaluations: u32,
+    /// The LoRAs the request applied, in its order.
+    pub loras: Vec<lora::AppliedLora>,
 }
 
 /// Wall time per pipeline stage.
 #[derive(Debug, Clone, Default)]
 pub struct StageTimings {
+    /// Parsing (on a cache miss) and applying the request's LoRAs.
+    pub lora: Duration,
     pub text: Duration,
     pub context_encode: Duration,
     pub denoise: Duration,
@@ -177,6 +184,13 @@ pub enum EngineError {
     /// The request cannot be run as given (too large, bad image); never worth a retry.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// `loras[index]` cannot be applied (a malformed or mismatched file, a bad scale).
+    #[error("loras[{index}]: {source}")]
+    Lora {
+        index: usize,
+        #[source]
+        source: lora::LoraError,
+    },
     #[error("canceled")]
     Canceled,
     #[error("weights: {0}")]

@@ -15,6 +15,7 @@ use super::cache::{self, ByteLru};
 use super::config::{FluxConfig, VaeConfig};
 use super::flux::sampling::{self, Conditioning, ContextTokens};
 use super::flux::{Flux, LinearPrecision};
+use super::lora::{LORA_CACHE_BYTES, LoraState};
 use super::model_settings::ModelSettings;
 use super::noise::packed_noise;
 use super::text::TextEncoders;
@@ -88,6 +89,8 @@ pub struct KontextEngine {
     context_cache: ByteLru<Tensor>,
     /// `kontext_model.json` of the directory (defaults for engines built from parts).
     settings: ModelSettings,
+    /// Parsed LoRA files and the set applied to `flux` now.
+    loras: LoraState,
 }
 
 fn dtype_name(dtype: DType) -> &'static str {
@@ -144,6 +147,7 @@ impl KontextEngine {
             opts.dtype
         };
         let text = TextEncoders::load(dir, text_dtype, &opts.device)?;
+        let loras = LoraState::new(&flux_cfg, opts.device.clone(), LORA_CACHE_BYTES);
         Ok(Self {
             model: model.to_string(),
             flux,
@@ -155,6 +159,7 @@ impl KontextEngine {
             text_cache: ByteLru::new(TEXT_CACHE_BYTES, &cache::TEXT),
             context_cache: ByteLru::new(CONTEXT_CACHE_BYTES, &cache::CONTEXT),
             settings: dir.settings().clone(),
+            loras,
         })
     }
 
@@ -185,6 +190,7 @@ impl KontextEngine {
             }
             .into());
         }
+        let loras = LoraState::new(&flux_cfg, opts.device.clone(), LORA_CACHE_BYTES);
         Ok(Self {
             model: model.to_string(),
             flux,
@@ -196,6 +202,7 @@ impl KontextEngine {
             text_cache: ByteLru::new(TEXT_CACHE_BYTES, &cache::TEXT),
             context_cache: ByteLru::new(CONTEXT_CACHE_BYTES, &cache::CONTEXT),
             settings: ModelSettings::default(),
+            loras,
         })
     }
 
@@ -454,6 +461,7 @@ impl Engine for KontextEngine {
             initial_latents: None,
             want_latent: false,
             caching: crate::flux::StepCaching::Off,
+            loras: Vec::new(),
         };
         self.generate(&req, &mut |_, _| StepControl::Continue)
             .map(|_| ())
@@ -468,6 +476,13 @@ impl Engine for KontextEngine {
         let dev = self.opts.device.clone();
         let dtype = self.opts.dtype;
         let mut timings = StageTimings::default();
+
+        let started = Instant::now();
+        let loras = self
+            .loras
+            .apply(&mut self.flux, &req.loras)
+            .map_err(|(index, source)| EngineError::Lora { index, source })?;
+        timings.lora = started.elapsed();
 
         let started = Instant::now();
         let key = cache::prompt_key(&req.prompt);
@@ -545,6 +560,7 @@ impl Engine for KontextEngine {
             seed: req.seed,
             timings,
             full_evaluations,
+            loras,
         })
     }
 }

@@ -288,6 +288,7 @@ mod tests {
                 seed: req.seed,
                 timings: Default::default(),
                 full_evaluations: req.steps,
+                loras: Vec::new(),
             })
         }
     }
@@ -304,6 +305,7 @@ mod tests {
             initial_latents: None,
             want_latent: false,
             caching: crate::flux::StepCaching::Off,
+            loras: Vec::new(),
         }
     }
 

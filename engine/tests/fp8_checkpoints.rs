@@ -37,6 +37,7 @@ fn edit(dir: &std::path::Path, precision: LinearPrecision) -> Result<Vec<f32>> {
         initial_latents: None,
         want_latent: true,
         caching: StepCaching::Off,
+        loras: Vec::new(),
     };
     let out = e.generate(&req, &mut |_, _| StepControl::Continue)?;
     Ok(out.packed_latent.unwrap_or_default())

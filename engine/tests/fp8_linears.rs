@@ -39,6 +39,7 @@ fn edit(e: &mut KontextEngine, side: u32, prompt: &str, steps: u32) -> Result<En
         initial_latents: None,
         want_latent: true,
         caching: StepCaching::Off,
+        loras: Vec::new(),
     };
     Ok(e.generate(&req, &mut |_, _| StepControl::Continue)?)
 }

@@ -54,6 +54,7 @@ fn edit(contexts: Vec<Context>, positions: ReferencePositions) -> Result<Vec<f32
         initial_latents: None,
         want_latent: true,
         caching: kontext_engine::flux::StepCaching::Off,
+        loras: Vec::new(),
     };
     let out = e.generate(&req, &mut |_, _| StepControl::Continue)?;
     Ok(out.packed_latent.unwrap_or_default())

@@ -417,6 +417,7 @@ fn engine_end_to_end_matches_in(fx: &Fixture) -> Result<()> {
                 ),
                 want_latent: true,
                 caching: kontext_engine::flux::StepCaching::Off,
+                loras: Vec::new(),
             };
             let out = engine.generate(&req, &mut |_, _| StepControl::Continue)?;
             let lat = out.packed_latent.context("want_latent")?;

@@ -56,6 +56,7 @@ fn request(seed: u64, with_context: bool) -> EngineRequest {
         initial_latents: None,
         want_latent: true,
         caching: kontext_engine::flux::StepCaching::Off,
+        loras: Vec::new(),
     }
 }
 
@@ -235,5 +236,48 @@ async fn engine_thread_runs_the_real_engine_with_progress_and_cancel() -> Result
     );
     drop(h);
     thread.join();
+    Ok(())
+}
+
+/// A LoRA per request (the committed kohya parity file, made for this seed-0 tiny model):
+/// it changes the image, the output records it, a request without it gets the plain model's
+/// image bit for bit, and a bad file is an input error naming the LoRA's index.
+#[test]
+fn loras_apply_per_request_and_leave_the_next_request_plain() -> Result<()> {
+    let mut e = engine()?;
+    let plain = go(&mut e, &request(7, true))?;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/parity/fixtures/lora/kohya.safetensors");
+    let lora = kontext_engine::lora::LoraInput {
+        id: "in/t/lora-kohya".into(),
+        bytes: Arc::from(std::fs::read(path)?),
+        scale: 0.8,
+    };
+    let mut req = request(7, true);
+    req.loras = vec![lora.clone()];
+    let styled = go(&mut e, &req)?;
+    assert_ne!(styled.image, plain.image, "the LoRA must change the image");
+    assert_eq!(styled.loras.len(), 1);
+    assert_eq!(styled.loras[0].id, "in/t/lora-kohya");
+    assert_eq!(styled.loras[0].format.as_str(), "kohya");
+    assert_eq!(
+        go(&mut e, &req)?.image,
+        styled.image,
+        "deterministic with a LoRA"
+    );
+    assert_eq!(go(&mut e, &request(7, true))?.image, plain.image);
+    req.loras = vec![
+        lora,
+        kontext_engine::lora::LoraInput {
+            id: "in/t/garbage".into(),
+            bytes: Arc::from(&b"garbage"[..]),
+            scale: 1.0,
+        },
+    ];
+    match go(&mut e, &req) {
+        Err(EngineError::Lora { index: 1, .. }) => {}
+        other => panic!("a bad second LoRA must be EngineError::Lora at index 1, got {other:?}"),
+    }
+    assert_eq!(go(&mut e, &request(7, true))?.image, plain.image);
     Ok(())
 }

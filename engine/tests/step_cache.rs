@@ -42,6 +42,7 @@ fn run(e: &mut KontextEngine, caching: StepCaching) -> Result<EngineOutput> {
         initial_latents: None,
         want_latent: true,
         caching,
+        loras: Vec::new(),
     };
     Ok(e.generate(&req, &mut |_, _| StepControl::Continue)?)
 }

@@ -37,7 +37,7 @@ const COMMIT_RETRY: Duration = Duration::from_millis(100);
 /// the engine (weights, kernels, a caught panic) fails the job.
 pub fn engine_error_kind(e: &EngineError) -> JobErrorKind {
     match e {
-        EngineError::InvalidInput(_) => JobErrorKind::InvalidInput,
+        EngineError::InvalidInput(_) | EngineError::Lora { .. } => JobErrorKind::InvalidInput,
         EngineError::Canceled => JobErrorKind::Canceled,
         EngineError::OutOfMemory(_) | EngineError::Stopped => JobErrorKind::Transient,
         EngineError::Weights(_)

@@ -138,6 +138,7 @@ pub async fn engine_request<S: BlobStore>(
         initial_latents,
         want_latent: spec.keep_latent,
         caching: step_caching(spec.acceleration),
+        loras: Vec::new(), // LORAS-TODO
     })
 }
 

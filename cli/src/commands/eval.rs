@@ -91,6 +91,7 @@ pub fn request(c: &kontext_shapes::Case, size: u32, steps: u32, seed: u64) -> En
         initial_latents: None,
         want_latent: false,
         caching: kontext_engine::flux::StepCaching::Off,
+        loras: Vec::new(),
     }
 }
 

@@ -286,6 +286,7 @@ pub fn tiny_pipeline(
         initial_latents: None,
         want_latent: true,
         caching: crate::flux::StepCaching::Off,
+        loras: Vec::new(),
     };
     let mut go = |_: u32, _: u32| StepControl::Continue;
     let want = reference.generate(&req, &mut go)?;

@@ -530,6 +530,7 @@ pub(super) fn timed_edit(
         initial_latents: None,
         want_latent: true,
         caching,
+        loras: Vec::new(),
     };
     let variant = variant(dev, engine);
     report::reset_pool_peak(dev);

@@ -3,10 +3,15 @@
 //! final layer. Math per docs/engine.md §Transformer blocks.
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::linear::{BlockLinear, LinearPrecision, Operand};
-use super::ops::{self, ModulationOut, QkvStream, linear};
+use super::ops::{self, ModulationOut, QkvStream};
+
+/// The layers outside the blocks keep the compute dtype whatever the blocks' precision.
+const NATIVE: LinearPrecision = LinearPrecision::Native;
+const TOKENS: Operand = Operand::Tokens;
+const VECTOR: Operand = Operand::Vector;
 use super::rope::RopeTable;
 use crate::config::FluxConfig;
 
@@ -166,6 +171,20 @@ impl DoubleStreamBlock {
             .collect()
     }
 
+    /// The block's linear layers by canonical name under `prefix` (`double_blocks.N`).
+    pub fn named_linears_mut(&mut self, prefix: &str) -> Vec<(String, &mut BlockLinear)> {
+        let mut out = Vec::new();
+        for (name, s) in [("img", &mut self.img), ("txt", &mut self.txt)] {
+            let p = format!("{prefix}.{name}");
+            out.push((format!("{p}_mod.lin"), &mut s.modulation.lin));
+            out.push((format!("{p}_attn.qkv"), &mut s.attn.qkv));
+            out.push((format!("{p}_attn.proj"), &mut s.attn.proj));
+            out.push((format!("{p}_mlp.0"), &mut s.mlp.fc1));
+            out.push((format!("{p}_mlp.2"), &mut s.mlp.fc2));
+        }
+        out
+    }
+
     /// `img (b, L_img, h)`, `txt (b, L_txt, h)`, `vec (b, h)`; `pe` covers txt then img.
     pub fn forward(
         &self,
@@ -245,6 +264,15 @@ impl SingleStreamBlock {
         vec![&self.linear1, &self.linear2, &self.modulation.lin]
     }
 
+    /// The block's linear layers by canonical name under `prefix` (`single_blocks.N`).
+    pub fn named_linears_mut(&mut self, prefix: &str) -> Vec<(String, &mut BlockLinear)> {
+        vec![
+            (format!("{prefix}.linear1"), &mut self.linear1),
+            (format!("{prefix}.linear2"), &mut self.linear2),
+            (format!("{prefix}.modulation.lin"), &mut self.modulation.lin),
+        ]
+    }
+
     /// `x (b, L, h)` is the joint txt+img sequence.
     pub fn forward(&self, x: &Tensor, vec: &Tensor, pe: &RopeTable) -> Result<Tensor> {
         let (m, _) = self.modulation.forward(vec)?;
@@ -267,24 +295,35 @@ impl SingleStreamBlock {
 /// then `linear`.
 #[derive(Debug, Clone)]
 pub struct LastLayer {
-    linear: Linear,
-    ada_ln: Linear,
+    linear: BlockLinear,
+    ada_ln: BlockLinear,
 }
 
 impl LastLayer {
     pub fn new(cfg: &FluxConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            linear: candle_nn::linear(h, cfg.in_channels, vb.pp("linear"))?,
-            ada_ln: candle_nn::linear(h, 2 * h, vb.pp("adaLN_modulation.1"))?,
+            linear: BlockLinear::load(h, cfg.in_channels, true, vb.pp("linear"), NATIVE, TOKENS)?,
+            ada_ln: BlockLinear::load(h, 2 * h, true, vb.pp("adaLN_modulation.1"), NATIVE, VECTOR)?,
         })
     }
 
+    /// Its linear layers by canonical name (`final_layer.*`).
+    pub fn named_linears_mut(&mut self) -> Vec<(String, &mut BlockLinear)> {
+        vec![
+            ("final_layer.linear".into(), &mut self.linear),
+            ("final_layer.adaLN_modulation.1".into(), &mut self.ada_ln),
+        ]
+    }
+
     pub fn forward(&self, x: &Tensor, vec: &Tensor) -> Result<Tensor> {
-        let chunks = linear(&vec.silu()?, &self.ada_ln)?
+        let chunks = self
+            .ada_ln
+            .forward(&vec.silu()?)?
             .unsqueeze(1)?
             .chunk(2, D::Minus1)?; // 2 × (b, 1, h)
         let (shift, scale) = (&chunks[0], &chunks[1]);
-        linear(&ops::modulated_layer_norm(x, shift, scale)?, &self.linear)
+        self.linear
+            .forward(&ops::modulated_layer_norm(x, shift, scale)?)
     }
 }

@@ -2,7 +2,9 @@
 //! the pooled CLIP vector, into the modulation vector `vec`.
 
 use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::linear::{BlockLinear, LinearPrecision, Operand};
 
 /// BFL `layers.py:28-49` `timestep_embedding(t, dim, max_period=10000, time_factor=1000)`.
 ///
@@ -29,19 +31,39 @@ pub fn timestep_embedding(t: &Tensor, dim: usize, dtype: DType) -> Result<Tensor
     Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(dtype) // (b, dim)
 }
 
+/// An input-embedding linear layer: always in the compute dtype (it multiplies one vector).
+pub fn embed_linear(in_dim: usize, out_dim: usize, vb: VarBuilder<'_>) -> Result<BlockLinear> {
+    BlockLinear::load(
+        in_dim,
+        out_dim,
+        true,
+        vb,
+        LinearPrecision::Native,
+        Operand::Vector,
+    )
+}
+
 /// BFL `MLPEmbedder`: `out_layer(silu(in_layer(x)))` (layers.py:52-60).
 #[derive(Debug, Clone)]
 pub struct MlpEmbedder {
-    in_layer: Linear,
-    out_layer: Linear,
+    in_layer: BlockLinear,
+    out_layer: BlockLinear,
 }
 
 impl MlpEmbedder {
     pub fn new(in_dim: usize, hidden: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
-            in_layer: candle_nn::linear(in_dim, hidden, vb.pp("in_layer"))?,
-            out_layer: candle_nn::linear(hidden, hidden, vb.pp("out_layer"))?,
+            in_layer: embed_linear(in_dim, hidden, vb.pp("in_layer"))?,
+            out_layer: embed_linear(hidden, hidden, vb.pp("out_layer"))?,
         })
+    }
+
+    /// Its two linear layers by canonical name under `prefix` (`time_in`, ...).
+    pub fn named_linears_mut(&mut self, prefix: &str) -> Vec<(String, &mut BlockLinear)> {
+        vec![
+            (format!("{prefix}.in_layer"), &mut self.in_layer),
+            (format!("{prefix}.out_layer"), &mut self.out_layer),
+        ]
     }
 }
 

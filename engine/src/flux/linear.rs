@@ -58,11 +58,47 @@ pub enum Operand {
     Vector,
 }
 
-/// A block's linear layer.
+/// A transformer linear layer: its weights (compute dtype or FP8) and, while a job's LoRAs are
+/// applied, their low-rank addition (`crate::lora`).
 #[derive(Debug, Clone)]
-pub enum BlockLinear {
+pub struct BlockLinear {
+    weights: LinearWeights,
+    adapter: Option<LowRank>,
+}
+
+/// How a [`BlockLinear`] stores its weights.
+#[derive(Debug, Clone)]
+pub enum LinearWeights {
     Native(Linear),
     Fp8(Fp8Linear),
+}
+
+/// A runtime low-rank addition `y += (x · downᵀ) · upᵀ`: `down` `(R, in)`, `up` `(out, R)` in the
+/// compute dtype, every LoRA of the job (and its scale) concatenated along `R`.
+#[derive(Debug, Clone)]
+pub struct LowRank {
+    down: Linear,
+    up: Linear,
+}
+
+impl LowRank {
+    /// `down` `(R, in)`, `up` `(out, R)`.
+    pub fn new(down: Tensor, up: Tensor) -> Self {
+        Self {
+            down: Linear::new(down, None),
+            up: Linear::new(up, None),
+        }
+    }
+
+    /// The rank `R` (all parts together).
+    pub fn rank(&self) -> usize {
+        self.down.weight().dims().first().copied().unwrap_or(0)
+    }
+
+    /// `x (…, in)` → `(…, out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear(&ops::linear(x, &self.down)?, &self.up) // (…, R) → (…, out)
+    }
 }
 
 impl BlockLinear {
@@ -78,26 +114,60 @@ impl BlockLinear {
     ) -> Result<Self> {
         let linear = candle_nn::linear_b(in_dim, out_dim, bias, vb)?;
         Ok(match precision {
-            LinearPrecision::Native => Self::Native(linear),
-            LinearPrecision::Fp8 => Self::Fp8(Fp8Linear::quantize(&linear, operand)?),
+            LinearPrecision::Native => Self::native(linear),
+            LinearPrecision::Fp8 => Self::fp8(Fp8Linear::quantize(&linear, operand)?),
         })
     }
 
-    /// Bytes the weights (and bias) hold on their device.
+    pub fn native(linear: Linear) -> Self {
+        Self {
+            weights: LinearWeights::Native(linear),
+            adapter: None,
+        }
+    }
+
+    pub fn fp8(linear: Fp8Linear) -> Self {
+        Self {
+            weights: LinearWeights::Fp8(linear),
+            adapter: None,
+        }
+    }
+
+    pub fn weights(&self) -> &LinearWeights {
+        &self.weights
+    }
+
+    /// Sets (or, with `None`, removes) the low-rank addition; the weights are never touched, so
+    /// removing it restores the layer exactly.
+    pub fn set_adapter(&mut self, adapter: Option<LowRank>) {
+        self.adapter = adapter;
+    }
+
+    pub fn adapter(&self) -> Option<&LowRank> {
+        self.adapter.as_ref()
+    }
+
+    /// Bytes the weights (and bias) hold on their device (an applied adapter not included).
     pub fn resident_bytes(&self) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        match self {
-            Self::Native(l) => bytes(l.weight()) + l.bias().map_or(0, bytes),
-            Self::Fp8(f) => bytes(&f.weight) + bytes(&f.scale) + f.bias.as_ref().map_or(0, bytes),
+        match &self.weights {
+            LinearWeights::Native(l) => bytes(l.weight()) + l.bias().map_or(0, bytes),
+            LinearWeights::Fp8(f) => {
+                bytes(&f.weight) + bytes(&f.scale) + f.bias.as_ref().map_or(0, bytes)
+            }
         }
     }
 }
 
 impl Module for BlockLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Native(l) => ops::linear(x, l),
-            Self::Fp8(f) => f.forward(x),
+        let y = match &self.weights {
+            LinearWeights::Native(l) => ops::linear(x, l)?,
+            LinearWeights::Fp8(f) => f.forward(x)?,
+        };
+        match &self.adapter {
+            None => Ok(y),
+            Some(a) => y + a.forward(x)?,
         }
     }
 }
@@ -240,7 +310,7 @@ mod tests {
         let dense = Linear::new(w, Some(b));
         let reference = dense.forward(&x)?;
         for operand in [Operand::Tokens, Operand::Vector] {
-            let fp8 = BlockLinear::Fp8(Fp8Linear::quantize(&dense, operand)?);
+            let fp8 = BlockLinear::fp8(Fp8Linear::quantize(&dense, operand)?);
             let y = fp8.forward(&x)?;
             let rel = ((&y - &reference)?
                 .sqr()?
@@ -253,7 +323,7 @@ mod tests {
                 rel > 1e-3 && rel < 0.06,
                 "{operand:?}: relative error {rel}"
             );
-            let native = BlockLinear::Native(dense.clone()).resident_bytes();
+            let native = BlockLinear::native(dense.clone()).resident_bytes();
             // (96·64 bytes + 96 f32 scales + 96 f32 biases) against 96·64·4 + 96·4.
             assert_eq!(fp8.resident_bytes(), 96 * 64 + 96 * 4 + 96 * 4);
             assert_eq!(native, 96 * 64 * 4 + 96 * 4);

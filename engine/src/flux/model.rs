@@ -2,11 +2,11 @@
 //! (or the diffusers one, renamed by `weights`) loads as is.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::blocks::{DoubleStreamBlock, LastLayer, SingleStreamBlock};
 use super::embed::{MlpEmbedder, timestep_embedding};
-use super::linear::{BlockLinear, LinearPrecision};
+use super::linear::{BlockLinear, LinearPrecision, Operand};
 use super::rope::RopeTable;
 use crate::config::FluxConfig;
 
@@ -50,8 +50,8 @@ pub struct Flux {
     /// the compute dtype, as in BFL and diffusers. Correctness checks that compare a bf16 run
     /// against f32 set both sides to the same value, so they measure kernels, not this rounding.
     conditioning_dtype: DType,
-    img_in: Linear,
-    txt_in: Linear,
+    img_in: BlockLinear,
+    txt_in: BlockLinear,
     time_in: MlpEmbedder,
     vector_in: MlpEmbedder,
     guidance_in: Option<MlpEmbedder>,
@@ -104,8 +104,22 @@ impl Flux {
             linear_precision: precision,
             dtype: vb.dtype(),
             conditioning_dtype: vb.dtype(),
-            img_in: candle_nn::linear(cfg.in_channels, h, vb.pp("img_in"))?,
-            txt_in: candle_nn::linear(cfg.context_in_dim, h, vb.pp("txt_in"))?,
+            img_in: BlockLinear::load(
+                cfg.in_channels,
+                h,
+                true,
+                vb.pp("img_in"),
+                LinearPrecision::Native,
+                Operand::Tokens,
+            )?,
+            txt_in: BlockLinear::load(
+                cfg.context_in_dim,
+                h,
+                true,
+                vb.pp("txt_in"),
+                LinearPrecision::Native,
+                Operand::Tokens,
+            )?,
             time_in: MlpEmbedder::new(256, h, vb.pp("time_in"))?,
             vector_in: MlpEmbedder::new(cfg.vec_in_dim, h, vb.pp("vector_in"))?,
             guidance_in,
@@ -136,6 +150,28 @@ impl Flux {
     }
 
     /// Round the timestep and guidance scalars in `dtype` instead of the compute dtype.
+    /// Every linear layer by its canonical (BFL) name, `img_in` … `final_layer.linear`: where a
+    /// job's LoRAs are applied (`crate::lora`).
+    pub fn named_linears_mut(&mut self) -> Vec<(String, &mut BlockLinear)> {
+        let mut out = vec![
+            ("img_in".to_string(), &mut self.img_in),
+            ("txt_in".to_string(), &mut self.txt_in),
+        ];
+        out.extend(self.time_in.named_linears_mut("time_in"));
+        out.extend(self.vector_in.named_linears_mut("vector_in"));
+        if let Some(g) = &mut self.guidance_in {
+            out.extend(g.named_linears_mut("guidance_in"));
+        }
+        for (i, b) in self.double_blocks.iter_mut().enumerate() {
+            out.extend(b.named_linears_mut(&format!("double_blocks.{i}")));
+        }
+        for (i, b) in self.single_blocks.iter_mut().enumerate() {
+            out.extend(b.named_linears_mut(&format!("single_blocks.{i}")));
+        }
+        out.extend(self.final_layer.named_linears_mut());
+        out
+    }
+
     pub fn set_conditioning_dtype(&mut self, dtype: DType) {
         self.conditioning_dtype = dtype;
     }

@@ -248,6 +248,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         initial_latents: None,
         want_latent: false,
         caching: kontext_engine::flux::StepCaching::Off,
+        loras: Vec::new(),
     };
     let mut denoise_started: Option<Instant> = None;
     let out = engine

@@ -147,6 +147,7 @@ impl Engine for ScriptedEngine {
             seed: req.seed,
             timings: Default::default(),
             full_evaluations: req.steps,
+            loras: Vec::new(),
         })
     }
 }
