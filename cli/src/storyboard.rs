@@ -212,6 +212,7 @@ impl Storyboard {
             priority: self.priority.clone(),
             webhook_url: None,
             acceleration: self.acceleration.clone(),
+            loras: None,
         }
     }
 }

@@ -47,6 +47,27 @@ fn healthy(addr: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// `POST /v1/loras` of `file` (a LoRA for the tiny model): the id that `loras[].path` values
+/// of the fuzzed requests use.
+fn upload_lora(addr: &str, file: &Path) -> String {
+    let body = std::fs::read(file).expect("the committed LoRA fixture");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let head = format!(
+        "POST /v1/loras HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/x-safetensors\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(&body).expect("write");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).expect("read");
+    assert!(reply.starts_with("HTTP/1.1 201"), "POST /v1/loras: {reply}");
+    let json = reply.split("\r\n\r\n").nth(1).expect("a body");
+    let v: serde_json::Value = serde_json::from_str(json).expect("JSON");
+    v["id"].as_str().expect("id").to_owned()
+}
+
 #[test]
 fn the_api_keeps_to_its_openapi_document_under_fuzzing() {
     let root = workspace_root();
@@ -106,6 +127,10 @@ fn the_api_keeps_to_its_openapi_document_under_fuzzing() {
         // Another process starting up: nothing to wait on but time.
         std::thread::sleep(Duration::from_millis(50));
     }
+    let lora = upload_lora(
+        &addr,
+        &root.join("tests/parity/fixtures/lora/kohya.safetensors"),
+    );
     let mut st_cmd = Command::new(&st);
     st_cmd.arg("run");
     if seed != "random" {
@@ -126,6 +151,7 @@ fn the_api_keeps_to_its_openapi_document_under_fuzzing() {
         .args(["--request-timeout", "70"])
         .args(["--no-color"])
         .env("SCHEMATHESIS_HOOKS", "hooks")
+        .env("KONTEXT_FUZZ_LORA", &lora)
         .env("PYTHONPATH", root.join("tests/fuzz"))
         .current_dir(data.path())
         .output()

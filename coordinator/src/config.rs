@@ -97,6 +97,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_MAX_IMAGE_BYTES", default_value = "20MiB", value_parser = parse_bytes)]
     pub max_image_bytes: u64,
 
+    /// Largest LoRA file (POST /v1/loras or a loras[].path URL), e.g. 512MiB. At most two are
+    /// received or fetched at once.
+    #[arg(long, env = "KONTEXT_MAX_LORA_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
+    pub max_lora_bytes: u64,
+
     /// Most pixels (width x height) of an input image; checked from the header before decoding.
     #[arg(long, env = "KONTEXT_MAX_INPUT_PIXELS", default_value_t = 4096 * 4096)]
     pub max_input_pixels: u64,
@@ -200,6 +205,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_JOB_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub job_retention: Duration,
 
+    /// How long a job with LoRAs waits for the worker that holds its LoRA set (warm caches,
+    /// weights already merged) before any worker may take it; 0s turns LoRA affinity off.
+    #[arg(long, env = "KONTEXT_LORA_AFFINITY_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub lora_affinity_delay: Duration,
+
     /// How long an Idempotency-Key is remembered.
     #[arg(long, env = "KONTEXT_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
@@ -250,6 +260,8 @@ pub struct RequestLimits {
     /// Longest time to receive a request body.
     pub body_read_timeout: Duration,
     pub max_image_bytes: u64,
+    /// Largest LoRA file.
+    pub max_lora_bytes: u64,
     /// Job fields: prompt, sizes, steps, input pixels...
     pub job: Limits,
     /// What each tenant may hold in the queue over the retention period.
@@ -403,6 +415,7 @@ impl Config {
         let queue_config = QueueConfig {
             retention: args.job_retention,
             idempotency_ttl: args.idempotency_ttl,
+            lora_affinity_delay: args.lora_affinity_delay,
             ..QueueConfig::default()
         };
         Ok(Self {
@@ -416,6 +429,7 @@ impl Config {
                 max_body_bytes: args.max_body_bytes,
                 body_read_timeout: args.body_read_timeout,
                 max_image_bytes: args.max_image_bytes,
+                max_lora_bytes: args.max_lora_bytes,
                 job,
                 retained: RetainedLimits {
                     jobs: args.max_retained_jobs,
@@ -461,6 +475,7 @@ impl Config {
                 max_body_bytes: 32 << 20,
                 body_read_timeout: Duration::from_secs(60),
                 max_image_bytes: 20 << 20,
+                max_lora_bytes: 512 << 20,
                 job: Limits::default(),
                 retained: RetainedLimits {
                     jobs: 100_000,

@@ -19,6 +19,7 @@ pub mod http;
 pub mod http_server;
 pub mod image_limits;
 pub mod input;
+pub mod lora_input;
 pub mod metrics;
 pub mod reaper;
 pub mod signing;

@@ -33,6 +33,8 @@ pub struct Inner {
     /// Bounds concurrent image decodes (each may hold up to `max_input_pixels` × 16 bytes), so a
     /// burst of uploads cannot exhaust memory; one permit per CPU.
     pub decode_permits: tokio::sync::Semaphore,
+    /// LoRA files received or fetched at once (`lora_input`).
+    pub lora_permits: tokio::sync::Semaphore,
     /// Failed authentications per client.
     pub auth_failures: AuthFailures,
     /// Base of every URL we hand out, without a trailing slash.
@@ -78,6 +80,7 @@ impl AppState {
             decode_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),
+            lora_permits: tokio::sync::Semaphore::new(crate::lora_input::LORA_FETCH_PERMITS),
             public_url,
             shutdown_tx,
             extra_metrics: std::sync::OnceLock::new(),

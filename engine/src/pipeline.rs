@@ -130,11 +130,7 @@ impl KontextEngine {
             }
             .into());
         }
-        let flux = Flux::with_linear_precision(
-            &flux_cfg,
-            dir.transformer_vb(opts.dtype, &opts.device),
-            opts.linear_precision,
-        )?;
+        let flux = dir.flux(opts.dtype, &opts.device, opts.linear_precision)?;
         let vae = AutoEncoder::new(&vae_cfg, dir.vae_vb(opts.vae_dtype, &opts.device))?;
         // Text encoders in f32 on the CPU whatever the compute dtype: candle's CPU softmax
         // accumulates in the tensor's dtype, and T5's 512-wide bf16 softmax then drifts ~0.3
@@ -481,7 +477,10 @@ impl Engine for KontextEngine {
         let loras = self
             .loras
             .apply(&mut self.flux, &req.loras)
-            .map_err(|(index, source)| EngineError::Lora { index, source })?;
+            .map_err(|(index, source)| match source {
+                super::lora::LoraError::Weights { source } => EngineError::Candle(source),
+                source => EngineError::Lora { index, source },
+            })?;
         timings.lora = started.elapsed();
 
         let started = Instant::now();

@@ -12,7 +12,9 @@ use candle_nn::VarBuilder;
 use kontext_engine::config::FluxConfig;
 use kontext_engine::flux::sampling::relative_l2;
 use kontext_engine::flux::{Flux, FluxInputs};
-use kontext_engine::lora::{LORA_CACHE_BYTES, LoraError, LoraInput, LoraState, MAX_LORAS};
+use kontext_engine::lora::{
+    LORA_CACHE_BYTES, LoraError, LoraInput, LoraState, MAX_LORAS, adapters,
+};
 
 fn tiny_weights(seed: u64) -> Result<HashMap<String, Tensor>> {
     let dir = tempfile::tempdir()?;
@@ -90,7 +92,8 @@ fn apply_err(state: &mut LoraState, f: &mut Flux, loras: &[LoraInput]) -> (usize
 }
 
 #[test]
-fn runtime_lora_equals_merged_weights_including_kohya_embedders() -> Result<()> {
+fn merge_and_runtime_addition_equal_weights_merged_by_hand_including_kohya_embedders() -> Result<()>
+{
     let weights = tiny_weights(3)?;
     let mut f = flux(&weights)?;
     let mut state = LoraState::new(f.config(), Device::Cpu, LORA_CACHE_BYTES);
@@ -143,15 +146,40 @@ fn runtime_lora_equals_merged_weights_including_kohya_embedders() -> Result<()> 
         .map_err(|(_, e)| e)?;
     assert_eq!(applied[0].layers, 4);
     assert_eq!(applied[0].skipped_text_encoder_modules, 1);
+    let merged_layers = f
+        .named_linears_mut()
+        .into_iter()
+        .filter(|(_, l)| l.is_merged())
+        .count();
+    assert_eq!(merged_layers, 4, "f32 weights get the LoRA merged");
     let with_lora = forward(&f)?;
     let want = forward(&flux(&merged)?)?;
     let err = relative_l2(&with_lora, &want)?;
-    assert!(err < 1e-5, "runtime LoRA vs merged weights: {err:.3e}");
+    assert!(
+        err < 1e-5,
+        "engine's merge vs weights merged by hand: {err:.3e}"
+    );
     assert!(
         relative_l2(&plain, &want)? > 1e-2,
         "the LoRA must move the output"
     );
-    state.clear(&mut f);
+    state.clear(&mut f)?;
+    assert_eq!(
+        forward(&f)?.to_vec3::<f32>()?,
+        plain.to_vec3::<f32>()?,
+        "the restore is exact"
+    );
+    // The runtime addition (what FP8 weights get) computes the same.
+    let file = state.file(&input("k", file(&named, None)?, scale))?;
+    let mut layers = adapters(&[(file.as_ref(), scale)], DType::F32)?;
+    for (name, linear) in f.named_linears_mut() {
+        linear.set_adapter(layers.remove(&name));
+    }
+    let err = relative_l2(&forward(&f)?, &want)?;
+    assert!(err < 1e-5, "runtime addition vs merged weights: {err:.3e}");
+    for (_, linear) in f.named_linears_mut() {
+        linear.set_adapter(None);
+    }
     assert_eq!(forward(&f)?.to_vec3::<f32>()?, plain.to_vec3::<f32>()?);
     Ok(())
 }

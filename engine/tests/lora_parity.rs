@@ -1,4 +1,4 @@
-//! LoRA parity with diffusers (docs/engine.md §LoRA): the committed files in
+//! LoRA parity with diffusers (docs/loras.md): the committed files in
 //! `tests/parity/fixtures/lora/` (PEFT with `lora_adapter_metadata`, kohya with `.alpha`, XLabs;
 //! written by `tests/parity/make_lora_fixtures.py`) applied to the default fixture's tiny model
 //! must give diffusers' transformer output (`load_lora_weights` + `set_adapters`) within relative

@@ -230,6 +230,9 @@ pub struct ValidJobSpec {
     pub more_references: Vec<ReferenceImage>,
     #[serde(default)]
     pub reference_positions: ReferencePositions,
+    /// LoRAs to apply (docs/loras.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<crate::loras::LoraSpec>,
 }
 
 /// How many denoising steps skip the transformer (fal's `acceleration` levels): `none` runs every
@@ -273,6 +276,9 @@ pub struct JobResult {
     /// Full transformer evaluations the engine ran (fewer than the steps with `acceleration`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_evaluations: Option<u32>,
+    /// The LoRAs the engine applied, as it read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<crate::loras::AppliedLora>,
 }
 
 /// Reference from a job to the chain turn it runs (docs/chains.md).

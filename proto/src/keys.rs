@@ -19,8 +19,11 @@
 //! kontext:{<ns>}:notify:attempts          HASH    jid -> times taken
 //! kontext:{<ns>}:chain:<cid>              HASH    chain record: settings, `t:<i>` turn templates,
 //!                                                 `j:<i>` planned job ids (fields: prelude.lua)
-//! kontext:{<ns>}:q:w:<worker>             STREAM  per-worker affinity offers (chain turns), no
-//!                                                 group: the worker XDELs what it reads
+//! kontext:{<ns>}:q:w:<worker>             STREAM  per-worker affinity offers (chain turns and
+//!                                                 LoRA jobs), no group: the worker XDELs what it reads
+//! kontext:{<ns>}:lora:<set>               STRING  worker that last completed a job with this LoRA
+//!                                                 set (`loras::lora_set_id`), EX 900
+//! kontext:{<ns>}:w:<worker>:lora          STRING  the LoRA set that worker's engine holds, EX 900
 //! ```
 //!
 //! The Lua scripts derive per-job and per-tenant keys from `prefix()` (they discover job ids at run
@@ -126,6 +129,16 @@ impl KeySpace {
         format!("{}q:w:{worker}", self.prefix)
     }
 
+    /// The worker that last completed a job with LoRA set `set` (`loras::lora_set_id`).
+    pub fn lora_owner(&self, set: &str) -> String {
+        format!("{}lora:{set}", self.prefix)
+    }
+
+    /// The LoRA set `worker`'s engine holds applied.
+    pub fn worker_lora(&self, worker: &str) -> String {
+        format!("{}w:{worker}:lora", self.prefix)
+    }
+
     /// How many times each pending notification was taken.
     pub fn notify_attempts(&self) -> String {
         format!("{}notify:attempts", self.prefix)
@@ -180,6 +193,8 @@ mod tests {
             k.notify_attempts(),
             k.chain(ChainId(id.0)),
             k.affinity_stream("host-1-abc"),
+            k.lora_owner("0123abcd"),
+            k.worker_lora("host-1-abc"),
         ];
         for key in &all {
             assert!(key.starts_with("kontext:{kx}:"), "{key}");

@@ -28,6 +28,7 @@ pub mod ids;
 pub mod job;
 pub mod json_int;
 pub mod keys;
+pub mod loras;
 pub mod model_profile;
 pub mod object_key;
 pub mod policy;

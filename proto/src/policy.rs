@@ -138,6 +138,9 @@ pub struct QueueConfig {
     /// A chain's next turn is offered only to the worker that ran the previous turn (warm
     /// caches) for this long, then to every worker.
     pub affinity_delay: Duration,
+    /// A job with LoRAs is offered only to the worker holding its LoRA set for this long, then
+    /// to every worker (docs/queue-protocol.md §LoRA affinity).
+    pub lora_affinity_delay: Duration,
 }
 
 impl Default for QueueConfig {
@@ -150,6 +153,7 @@ impl Default for QueueConfig {
             reap_batch: 100,
             jitter_seed: None,
             affinity_delay: Duration::from_secs(2),
+            lora_affinity_delay: Duration::from_secs(2),
         }
     }
 }

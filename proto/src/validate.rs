@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::job::{
     Acceleration, InputImage, JobKind, OutputFormat, Priority, ReferencePositions, ValidJobSpec,
 };
+use crate::loras::{self, LoraRequest, LoraSpec};
 use crate::references;
 use crate::resolution::{self, ResizeMode};
 pub use crate::validate_fields::WebhookUrl;
@@ -121,6 +122,9 @@ pub struct JobRequest {
         schema(format = "uri", pattern = "^https?://[!-~]+$", max_length = 2048)
     )]
     pub webhook_url: Option<String>,
+    /// LoRAs to apply, 1 to 4, each `{"path", "scale"}` (docs/loras.md).
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 4))]
+    pub loras: Option<Vec<LoraRequest>>,
 }
 
 /// One image as the API takes it (the schema of `input_images` entries): an upload id, an object
@@ -272,6 +276,10 @@ pub struct ValidJobFields {
     /// Store the output latent beside the image (chain turns with `carry: latent`).
     pub(crate) keep_latent: bool,
     pub(crate) acceleration: Acceleration,
+    /// `(path, scale)` as requested.
+    loras: Vec<(String, f64)>,
+    /// The stored files of `loras`, once the coordinator resolved them.
+    resolved_loras: Vec<LoraSpec>,
 }
 
 /// Checks every field of `req` that does not depend on the input image.
@@ -346,6 +354,7 @@ pub(crate) fn check_job_fields(
         .as_deref()
         .and_then(|url| fields::webhook_url(&mut r, url, limits.max_webhook_url_chars));
     let acceleration = fields::acceleration(&mut r, req.acceleration.as_deref());
+    let loras = loras::check(&mut r, req.loras.as_ref());
     r.finish(ValidJobFields {
         prompt,
         references,
@@ -360,6 +369,8 @@ pub(crate) fn check_job_fields(
         webhook_url,
         keep_latent: false,
         acceleration,
+        loras,
+        resolved_loras: Vec::new(),
     })
 }
 
@@ -377,6 +388,16 @@ impl ValidJobFields {
 
     pub fn webhook_url(&self) -> Option<&WebhookUrl> {
         self.webhook_url.as_ref()
+    }
+
+    /// `(path, scale)` of the requested LoRAs, for the coordinator to resolve in order.
+    pub fn requested_loras(&self) -> &[(String, f64)] {
+        &self.loras
+    }
+
+    /// The stored LoRA files, one per requested LoRA in order (checked by `resolve`).
+    pub fn set_resolved_loras(&mut self, loras: Vec<LoraSpec>) {
+        self.resolved_loras = loras;
     }
 
     /// The priority class asked for (standard when the request names none).
@@ -406,6 +427,17 @@ impl ValidJobFields {
         pick_seed: impl FnOnce() -> u64,
     ) -> Result<ValidJobSpec, ValidationErrors> {
         let mut r = Report::default();
+        if self.resolved_loras.len() != self.loras.len() {
+            r.push(
+                "loras",
+                format!(
+                    "{} LoRAs were requested, {} resolved",
+                    self.loras.len(),
+                    self.resolved_loras.len()
+                ),
+                None,
+            );
+        }
         if more.len() != self.more_input_images().len() {
             r.push(
                 "input_images",
@@ -485,6 +517,7 @@ impl ValidJobFields {
             acceleration: self.acceleration,
             more_references,
             reference_positions: self.reference_positions,
+            loras: self.resolved_loras,
         })
     }
 }

@@ -131,6 +131,10 @@ pub struct ChainRequest {
     /// `high`, `standard` (default) or `bulk`, for every turn.
     #[cfg_attr(feature = "openapi", schema(pattern = "^(high|standard|bulk)$"))]
     pub priority: Option<String>,
+    /// LoRAs applied to every turn (a character or style kept through the storyboard), as a
+    /// job's `loras`.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 4))]
+    pub loras: Option<Vec<crate::loras::LoraRequest>>,
     /// Called (Standard Webhooks signature) when each turn finishes.
     // The payload names the job; its chain is in `GET /v1/jobs/{id}`'s record.
     #[cfg_attr(
@@ -172,6 +176,7 @@ pub struct TurnSettings {
     pub webhook_url: Option<String>,
     pub keep_latent: bool,
     pub acceleration: Acceleration,
+    pub loras: Vec<crate::loras::LoraSpec>,
 }
 
 impl TurnSettings {
@@ -183,6 +188,7 @@ impl TurnSettings {
             webhook_url: spec.webhook_url.clone(),
             keep_latent: carry == Carry::Latent,
             acceleration: spec.acceleration,
+            loras: spec.loras.clone(),
         }
     }
 }
@@ -215,6 +221,7 @@ impl TurnTemplate {
             acceleration: settings.acceleration,
             more_references: Vec::new(),
             reference_positions: Default::default(),
+            loras: settings.loras.clone(),
         }
     }
 }
@@ -342,6 +349,7 @@ pub fn check_chain(
         priority: req.priority.clone(),
         webhook_url: req.webhook_url.clone(),
         acceleration: req.acceleration.clone(),
+        loras: req.loras.clone(),
     };
     let mut errors = Vec::new();
     let mut first_seed = Report::default();
@@ -388,6 +396,16 @@ impl ValidChainFields {
 
     pub fn webhook_url(&self) -> Option<&WebhookUrl> {
         self.first.webhook_url()
+    }
+
+    /// `(path, scale)` of the chain's LoRAs (every turn's), for the coordinator to resolve.
+    pub fn requested_loras(&self) -> &[(String, f64)] {
+        self.first.requested_loras()
+    }
+
+    /// The stored LoRA files, in the order of `requested_loras`.
+    pub fn set_resolved_loras(&mut self, loras: Vec<crate::loras::LoraSpec>) {
+        self.first.set_resolved_loras(loras);
     }
 
     /// The priority class of every turn.

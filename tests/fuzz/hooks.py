@@ -6,6 +6,9 @@ supplies exactly those two things and nothing else:
 * values for the custom string format `kontext-image` (`input_image`): base64 PNGs of sizes the
   API accepts — also as the source of an output size derived from them — and bodies of
   `POST /v1/uploads` (image/png, image/jpeg, image/webp);
+* values for the custom string format `kontext-lora` (`loras[].path`): the id of a LoRA file the
+  test uploaded before fuzzing (`KONTEXT_FUZZ_LORA`), and bodies of `POST /v1/loras`
+  (application/x-safetensors): small LoRA files written by hand;
 * filters that drop generated bodies breaking a cross-field rule the schema states in prose
   (in the fields' descriptions): width x height above the pixel bound, width without height
   (or the reverse), `aspect_ratio` together with `width`/`height`, an aspect ratio wider than
@@ -19,6 +22,8 @@ Every other constraint lives in docs/openapi.json itself.
 
 import base64
 import io
+import json
+import os
 import struct
 import uuid
 import zlib
@@ -59,6 +64,32 @@ schemathesis.openapi.format(
 )
 for media in ("image/png", "image/jpeg", "image/webp", "application/octet-stream"):
     schemathesis.openapi.media_type(media, PNG_BYTES)
+
+
+def _lora(names, rank: int) -> bytes:
+    """A safetensors LoRA file of F32 zeros, written by hand: `<name>.lora_A.weight` (rank, 32)
+    and `<name>.lora_B.weight` (32, rank) per module name."""
+    header, offset = {}, 0
+    for name in names:
+        for part, shape in (("lora_A", [rank, 32]), ("lora_B", [32, rank])):
+            size = shape[0] * shape[1] * 4
+            header[f"{name}.{part}.weight"] = {"dtype": "F32", "shape": shape,
+                                               "data_offsets": [offset, offset + size]}
+            offset += size
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + b"\x00" * offset
+
+
+LORA_BYTES = st.builds(
+    _lora,
+    st.lists(st.sampled_from(["x_embedder", "proj_out", "transformer_blocks.0.attn.to_q",
+                              "double_blocks.0.img_attn.proj"]), min_size=1, max_size=3, unique=True),
+    st.integers(min_value=1, max_value=8),
+)
+schemathesis.openapi.media_type("application/x-safetensors", LORA_BYTES)
+# Set by cli/tests/api_fuzz.rs after it uploaded one LoRA for the tiny model; a missing value
+# fails loudly rather than fuzzing `loras` with paths that cannot exist.
+schemathesis.openapi.format("kontext-lora", st.just(os.environ["KONTEXT_FUZZ_LORA"]))
 
 
 def _ratio(text):

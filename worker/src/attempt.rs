@@ -196,6 +196,19 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
             latent_key: outputs.latent_key(),
             engine_ms: kontext_proto::policy::millis(engine_time),
             full_evaluations: Some(out.full_evaluations),
+            // The engine reports in request order, which is the spec's order.
+            loras: spec
+                .loras
+                .iter()
+                .zip(&out.loras)
+                .map(|(requested, applied)| kontext_proto::loras::AppliedLora {
+                    key: requested.key.clone(),
+                    scale: applied.scale,
+                    format: applied.format.as_str().to_owned(),
+                    layers: applied.layers,
+                    skipped_text_encoder_modules: applied.skipped_text_encoder_modules,
+                })
+                .collect(),
         };
         Ok(Stored {
             outputs,

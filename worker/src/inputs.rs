@@ -4,13 +4,58 @@
 //! undecodable input is the job's fault (`InvalidInput`, never retried); any other storage failure
 //! is the environment's (`Transient`, retried with backoff, possibly on another worker).
 
+use std::sync::{Arc, LazyLock, Mutex};
+
 use bytes::Bytes;
+use kontext_engine::cache::{ByteLru, CacheCounters};
+use kontext_engine::lora::LoraInput;
 use kontext_proto::resolution::{PREFERRED_KONTEXT_RESOLUTIONS, context_size};
 use kontext_proto::{JobError, JobErrorKind, ValidJobSpec};
 use kontext_storage::{BlobStore, ObjectKey, StorageError};
 
 use crate::latents;
 use kontext_engine::{Context, EngineRequest, ReferencePositions, References};
+
+/// Bytes of LoRA files kept between jobs, so a LoRA many jobs use is read from storage once.
+const LORA_FILE_CACHE_BYTES: usize = 1 << 30;
+
+static LORA_FILE_COUNTERS: CacheCounters = CacheCounters::new();
+
+/// LoRA files by object key. The keys are content-addressed, so an entry is never stale.
+static LORA_FILES: LazyLock<Mutex<ByteLru<Arc<[u8]>>>> =
+    LazyLock::new(|| Mutex::new(ByteLru::new(LORA_FILE_CACHE_BYTES, &LORA_FILE_COUNTERS)));
+
+/// The job's LoRA files, from the cache or the store.
+async fn lora_inputs<S: BlobStore>(
+    store: &S,
+    spec: &ValidJobSpec,
+) -> Result<Vec<LoraInput>, JobError> {
+    let mut out = Vec::with_capacity(spec.loras.len());
+    for (i, lora) in spec.loras.iter().enumerate() {
+        let id = lora.key.as_str().to_owned();
+        let cached = LORA_FILES
+            .lock()
+            .map_err(|_| JobError::new(JobErrorKind::Fatal, "LoRA file cache poisoned"))?
+            .get(&id);
+        let bytes = match cached {
+            Some(bytes) => bytes,
+            None => {
+                let fetched = fetch(store, &lora.key, &format!("loras[{i}]")).await?;
+                let bytes: Arc<[u8]> = Arc::from(fetched.as_ref());
+                if let Ok(mut files) = LORA_FILES.lock() {
+                    files.insert(id.clone(), bytes.clone(), bytes.len());
+                }
+                bytes
+            }
+        };
+        out.push(LoraInput {
+            id,
+            bytes,
+            scale: lora.scale,
+        });
+    }
+    Ok(out)
+}
 
 /// Context area used when an old record lacks a resolved context size (`keep` mode only).
 const FALLBACK_CONTEXT_PIXELS: u64 = 1024 * 1024;
@@ -138,7 +183,7 @@ pub async fn engine_request<S: BlobStore>(
         initial_latents,
         want_latent: spec.keep_latent,
         caching: step_caching(spec.acceleration),
-        loras: Vec::new(), // LORAS-TODO
+        loras: lora_inputs(store, spec).await?,
     })
 }
 

@@ -94,6 +94,7 @@ impl JobOptions {
             webhook_url: None,
             input_images: None,
             reference_positions: None,
+            loras: None,
         }
     }
 }

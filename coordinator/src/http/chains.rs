@@ -114,13 +114,15 @@ pub async fn create_chain(
     let limits = &state.config.limits.job;
     // Every field of every turn is checked before the input image is fetched or stored, as for
     // jobs.
-    let fields = check_chain(&req, limits)?;
+    let mut fields = check_chain(&req, limits)?;
     super::jobs::check_priority(&tenant, fields.priority())?;
     check_webhook(&state, fields.webhook_url())?;
     let input = match fields.input_image() {
         Some(raw) => Some(resolve_input(&state, &tenant, raw).await?),
         None => None,
     };
+    let loras = crate::lora_input::resolve_loras(&state, &tenant, fields.requested_loras()).await?;
+    fields.set_resolved_loras(loras);
     // Server-picked seeds stay below 2^53 so JavaScript clients read them exactly.
     let valid = fields.resolve(input, limits, || rand::random::<u64>() >> 11)?;
     let id = ChainId::new();

@@ -22,6 +22,7 @@ use super::views::{CancelReply, JobAccepted, JobList, JobView};
 use crate::auth::Tenant;
 use crate::fetch::check_address;
 use crate::input::resolve_input;
+use crate::lora_input::resolve_loras;
 use crate::state::{AppState, now_ms};
 
 /// Longest `Prefer: wait=N` honoured, in seconds (Replicate's default and cap).
@@ -44,7 +45,7 @@ pub async fn submit_job(
     let limits = &state.config.limits.job;
     // Every field is checked before the input image is fetched or stored, so a bad request
     // stores nothing.
-    let fields = check_job(&req, limits)?;
+    let mut fields = check_job(&req, limits)?;
     check_priority(tenant, fields.priority())?;
     check_webhook(state, fields.webhook_url())?;
     let input = match fields.input_image() {
@@ -63,6 +64,8 @@ pub async fn submit_job(
                 .map_err(|e| reference_error(e, i + 1, true))?,
         );
     }
+    let loras = resolve_loras(state, tenant, fields.requested_loras()).await?;
+    fields.set_resolved_loras(loras);
     // Server-picked seeds stay below 2^53 so JavaScript clients read them exactly.
     let spec = fields.resolve_references(input, more, limits, || rand::random::<u64>() >> 11)?;
     let priority = spec.priority;

@@ -50,6 +50,7 @@ use common_responses::CommonResponses;
         jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::cancel_job,
         events::job_events, results::job_result, results::signed_blob,
         uploads::upload,
+        uploads::upload_lora,
         chains::create_chain, chains::get_chain, chains::append_turn, chains::fork_chain,
         chains::cancel_chain,
         webhook_secret::webhook_secret,
@@ -59,7 +60,8 @@ use common_responses::CommonResponses;
     components(schemas(
         JobRequest, views::JobAccepted, views::JobView, views::JobList, views::ResultView,
         views::JobErrorView, JobStatus, JobKind, views::CancelReply, CancelOutcome,
-        views::UploadReply, error::ErrorBody, error::ErrorDetail, error::ErrorType,
+        views::UploadReply, views::LoraUploadReply, kontext_proto::loras::LoraRequest,
+        kontext_proto::loras::LoraSpec, kontext_proto::loras::AppliedLora, error::ErrorBody, error::ErrorDetail, error::ErrorType,
         bfl::BflRequest, bfl::BflSubmitted, bfl::BflResult, bfl::BflSample,
         ChainRequest, TurnRequest, chain_views::ForkChain,
         chain_views::ChainAccepted, chain_views::TurnAccepted, chain_views::ChainView,
@@ -114,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/result", get(results::job_result))
         .route("/v1/blobs/{*key}", get(results::signed_blob))
         .route("/v1/uploads", post(uploads::upload))
+        .route("/v1/loras", post(uploads::upload_lora))
         .route("/v1/chains", post(chains::create_chain))
         .route("/v1/chains/{id}", get(chains::get_chain))
         .route("/v1/chains/{id}/turns", post(chains::append_turn))

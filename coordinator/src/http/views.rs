@@ -64,6 +64,9 @@ pub struct JobView {
     /// How those references were placed: offset or index (multi-reference edits only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_positions: Option<String>,
+    /// The job's LoRAs (stored keys and scales).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<kontext_proto::loras::LoraSpec>,
     /// RFC 3339, UTC.
     pub created_at: String,
     pub started_at: Option<String>,
@@ -84,6 +87,9 @@ pub struct ResultView {
     pub format: String,
     /// Full transformer evaluations the engine ran: the steps, or fewer with `acceleration`.
     pub full_evaluations: Option<u32>,
+    /// The LoRAs the engine applied (format, layers changed, text-encoder parts skipped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<kontext_proto::loras::AppliedLora>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -126,6 +132,17 @@ pub struct UploadReply {
     pub content_type: String,
 }
 
+/// Reply of `POST /v1/loras`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LoraUploadReply {
+    /// Use as `loras[].path`.
+    pub id: String,
+    pub key: String,
+    pub bytes: u64,
+    /// Tensors in the file.
+    pub tensors: usize,
+}
+
 /// Builds a `JobView`; `result_url` is the signed URL of the result, when there is one.
 pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
     let spec = &job.spec;
@@ -163,6 +180,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
             }
             .to_owned()
         }),
+        loras: spec.loras.clone(),
         created_at: rfc3339(job.created_at),
         started_at: job.started_at.map(rfc3339),
         finished_at: job.finished_at.map(rfc3339),
@@ -178,6 +196,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
                 height: r.height,
                 format: r.format.extension().to_owned(),
                 full_evaluations: r.full_evaluations,
+                loras: r.loras.clone(),
             }),
         error: job.error.as_ref().map(|e| JobErrorView {
             kind: error_kind(e.kind).to_owned(),

@@ -231,6 +231,7 @@ impl Server {
             latent_key: None,
             engine_ms: 1,
             full_evaluations: None,
+            loras: Vec::new(),
         };
         self.queue
             .complete(lease, result, now())

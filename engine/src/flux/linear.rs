@@ -21,7 +21,8 @@
 //! memory). docs/engine.md §FP8 linears says what a Hopper FP8 GEMM kernel would change (speed,
 //! not numerics) and what is measured.
 
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::ops;
@@ -59,11 +60,15 @@ pub enum Operand {
 }
 
 /// A transformer linear layer: its weights (compute dtype or FP8) and, while a job's LoRAs are
-/// applied, their low-rank addition (`crate::lora`).
+/// applied (`crate::lora`), either the weights they were merged into (compute dtype) or their
+/// low-rank addition (FP8).
 #[derive(Debug, Clone)]
 pub struct BlockLinear {
     weights: LinearWeights,
     adapter: Option<LowRank>,
+    /// The weights from before a merge (on the host when they live on a GPU), put back exactly
+    /// by the next `set_lora`.
+    original: Option<Linear>,
 }
 
 /// How a [`BlockLinear`] stores its weights.
@@ -71,6 +76,8 @@ pub struct BlockLinear {
 pub enum LinearWeights {
     Native(Linear),
     Fp8(Fp8Linear),
+    /// A ggml block format from a GGUF checkpoint (`weights::gguf`).
+    Gguf(GgufLinear),
 }
 
 /// A runtime low-rank addition `y += (x · downᵀ) · upᵀ`: `down` `(R, in)`, `up` `(out, R)` in the
@@ -99,6 +106,12 @@ impl LowRank {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::linear(&ops::linear(x, &self.down)?, &self.up) // (…, R) → (…, out)
     }
+
+    /// `up · down` `(out, in)` in f32: what merging adds to the weight.
+    pub fn delta(&self) -> Result<Tensor> {
+        let up = self.up.weight().to_dtype(DType::F32)?; // (out, R)
+        up.matmul(&self.down.weight().to_dtype(DType::F32)?) // (out, in)
+    }
 }
 
 impl BlockLinear {
@@ -123,6 +136,7 @@ impl BlockLinear {
         Self {
             weights: LinearWeights::Native(linear),
             adapter: None,
+            original: None,
         }
     }
 
@@ -130,6 +144,7 @@ impl BlockLinear {
         Self {
             weights: LinearWeights::Fp8(linear),
             adapter: None,
+            original: None,
         }
     }
 
@@ -137,14 +152,75 @@ impl BlockLinear {
         &self.weights
     }
 
-    /// Sets (or, with `None`, removes) the low-rank addition; the weights are never touched, so
-    /// removing it restores the layer exactly.
+    /// Swaps in other weights, returning the old ones (`bench-lora` merges by hand with it).
+    pub fn replace_weights(&mut self, weights: LinearWeights) -> LinearWeights {
+        std::mem::replace(&mut self.weights, weights)
+    }
+
+    /// Applies `lora` to the layer (`None`: none), after putting back what a previous one changed.
+    /// Weights in the compute dtype get it merged, `W' = W + up·down` computed in f32 (diffusers'
+    /// `fuse_lora`), the originals kept (copied to the host from a GPU, as ComfyUI's
+    /// `ModelPatcher` backs weights up) so the restore is exact; FP8 weights get the runtime
+    /// addition instead, since re-quantizing `W'` would round small LoRA deltas away. Why merge:
+    /// docs/loras.md §Merge or runtime addition. On an error the layer is left as it was before
+    /// the call, or, when the restore itself failed, still merged with its backup kept.
+    pub fn set_lora(&mut self, lora: Option<LowRank>) -> Result<()> {
+        self.restore()?;
+        let Some(lora) = lora else { return Ok(()) };
+        match &self.weights {
+            LinearWeights::Native(l) => {
+                let w = l.weight();
+                let merged = (w.to_dtype(DType::F32)? + lora.delta()?)?.to_dtype(w.dtype())?;
+                let backup = if w.device().is_cpu() {
+                    l.clone()
+                } else {
+                    Linear::new(w.to_device(&Device::Cpu)?, l.bias().cloned())
+                };
+                self.weights = LinearWeights::Native(Linear::new(merged, l.bias().cloned()));
+                self.original = Some(backup);
+            }
+            LinearWeights::Fp8(_) | LinearWeights::Gguf(_) => self.adapter = Some(lora),
+        }
+        Ok(())
+    }
+
+    /// Replaces the weight with `weight` as stored in a GGUF file, kept in its block format; the
+    /// bias and the compute dtype stay those loaded.
+    pub fn set_gguf_weight(&mut self, weight: QTensor) -> Result<()> {
+        let (bias, dtype) = match &self.weights {
+            LinearWeights::Native(l) => (l.bias().cloned(), l.weight().dtype()),
+            LinearWeights::Fp8(f) => (f.bias.clone(), f.dtype),
+            LinearWeights::Gguf(g) => (g.bias.clone(), g.dtype),
+        };
+        self.weights = LinearWeights::Gguf(GgufLinear::new(weight, bias, dtype)?);
+        Ok(())
+    }
+
+    /// Puts back the weights from before a merge and drops any runtime addition.
+    fn restore(&mut self) -> Result<()> {
+        self.adapter = None;
+        if let (Some(original), LinearWeights::Native(now)) = (&self.original, &self.weights) {
+            let weight = original.weight().to_device(now.weight().device())?;
+            self.weights = LinearWeights::Native(Linear::new(weight, original.bias().cloned()));
+            self.original = None;
+        }
+        Ok(())
+    }
+
+    /// Sets (or, with `None`, removes) a runtime addition whatever the weights, which stay
+    /// untouched (`bench-lora` measures it on weights `set_lora` would merge into).
     pub fn set_adapter(&mut self, adapter: Option<LowRank>) {
         self.adapter = adapter;
     }
 
+    /// The runtime addition applied now (FP8 weights with a LoRA).
     pub fn adapter(&self) -> Option<&LowRank> {
         self.adapter.as_ref()
+    }
+
+    /// Whether a LoRA is merged into the weights now.
+    pub fn is_merged(&self) -> bool {
+        self.original.is_some()
     }
 
     /// Bytes the weights (and bias) hold on their device (an applied adapter not included).
@@ -155,6 +231,7 @@ impl BlockLinear {
             LinearWeights::Fp8(f) => {
                 bytes(&f.weight) + bytes(&f.scale) + f.bias.as_ref().map_or(0, bytes)
             }
+            LinearWeights::Gguf(g) => g.weight_bytes + g.bias.as_ref().map_or(0, bytes),
         }
     }
 }
@@ -164,6 +241,7 @@ impl Module for BlockLinear {
         let y = match &self.weights {
             LinearWeights::Native(l) => ops::linear(x, l)?,
             LinearWeights::Fp8(f) => f.forward(x)?,
+            LinearWeights::Gguf(g) => g.forward(x)?,
         };
         match &self.adapter {
             None => Ok(y),
@@ -203,6 +281,40 @@ impl Fp8Linear {
         };
         let weight = dequantize(&self.weight, &self.scale, self.dtype)?; // (out, in)
         ops::linear(&x, &Linear::new(weight, self.bias.clone()))
+    }
+}
+
+/// A linear layer whose weight stays in a ggml block format (Q8_0, Q4_K, …) and is multiplied by
+/// candle's quantized matmul (`QMatMul`: CPU kernels, and CUDA ones in a CUDA build) with f32
+/// activations, as llama.cpp and ComfyUI-GGUF run these files; the output is cast back to the
+/// compute dtype.
+#[derive(Debug, Clone)]
+pub struct GgufLinear {
+    matmul: QMatMul,
+    bias: Option<Tensor>,
+    dtype: DType,
+    weight_bytes: usize,
+}
+
+impl GgufLinear {
+    pub fn new(weight: QTensor, bias: Option<Tensor>, dtype: DType) -> Result<Self> {
+        let weight_bytes = weight.storage_size_in_bytes();
+        Ok(Self {
+            matmul: QMatMul::from_qtensor(weight)?,
+            bias,
+            dtype,
+            weight_bytes,
+        })
+    }
+
+    /// `x (…, in)` → `(…, out)` in the compute dtype.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let y = self.matmul.forward(&x)?.to_dtype(self.dtype)?; // (…, out)
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 }
 

@@ -1,17 +1,20 @@
-//! LoRAs per request, applied as a runtime low-rank addition to the transformer's linear layers.
+//! LoRAs per request, merged into the transformer's linear weights (or, on FP8 weights, added at
+//! runtime as a low-rank term).
 //!
 //! Each request names its LoRA files (bytes and an id) with a scale. A file is parsed once into
 //! low-rank parts of the canonical layers (`parse`, key layouts in `names`) and kept on the
 //! device in an LRU by id. For a request, every layer some LoRA touches gets one [`LowRank`]:
 //! the parts' `down` matrices stacked along the rank, their `up` matrices (scaled, placed at the
 //! rows of a fused layer, half-swapped for `norm_out`) side by side, so the layer computes
-//! `W·x + b + Σ_k s_k (alpha_k / r_k) · up_k (down_k · x)` in two extra thin GEMMs.
+//! `W·x + b + Σ_k s_k (alpha_k / r_k) · up_k (down_k · x)`.
 //!
-//! Why a runtime addition and not merging into the weights (docs/engine.md §LoRA): the resident
-//! weights are never written, so removing a LoRA restores the model exactly without a second
-//! copy of the weights, it works unchanged on FP8 weights (merging would re-quantize them), and
-//! switching LoRAs between jobs costs microseconds. The price is the two thin GEMMs per layer and
-//! step (rank r against the layer's width: under 1% of the layer's FLOPs at r = 32 on the 12B).
+//! How (`BlockLinear::set_lora`, docs/loras.md §Merge or runtime addition): weights in the compute
+//! dtype get `up·down` merged in, their originals kept (on the host, from a GPU) and put back
+//! exactly when the set changes; the set stays merged between jobs that use it, which is what
+//! LoRA-aware routing sends to the same worker. `bench-lora` measured the runtime addition at
+//! +18% per step on `bench_mid` (rank 32; thin GEMMs run far below the big ones' rate), more
+//! than a whole merge (restore + merge 0.77 s) within the first step. FP8 weights get the runtime addition: re-quantizing a merged
+//! weight would round a LoRA's small deltas away.
 
 pub mod names;
 pub mod parse;
@@ -35,7 +38,7 @@ pub const MAX_LORA_SCALE: f64 = 8.0;
 /// Device bytes of parsed LoRA files kept between jobs.
 pub const LORA_CACHE_BYTES: usize = 2 << 30;
 
-/// Why a LoRA file cannot be applied. Always the file's fault, never worth a retry.
+/// Why a LoRA file cannot be applied: the file's fault, never worth a retry — except `Weights`.
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
     #[error("not a safetensors file: {source}")]
@@ -75,6 +78,12 @@ pub enum LoraError {
     TooMany { count: usize },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// Merging into or restoring the resident weights failed (a device error, not the file's).
+    #[error("changing the resident weights failed: {source}")]
+    Weights {
+        #[source]
+        source: candle_core::Error,
+    },
 }
 
 /// One LoRA of a request.
@@ -184,7 +193,9 @@ impl LoraState {
     ) -> Result<Vec<AppliedLora>, (usize, LoraError)> {
         let result = self.try_apply(flux, loras);
         if result.is_err() {
-            self.clear(flux);
+            // A failed restore outranks the error that led here: the weights are not the plain
+            // model's, and the engine must say so (the next request retries the restore).
+            self.clear(flux).map_err(|e| (0, e))?;
         }
         result
     }
@@ -219,28 +230,38 @@ impl LoraState {
         if wanted == self.applied {
             return Ok(report);
         }
-        self.clear(flux);
+        self.clear(flux).map_err(|e| (0, e))?;
         let pairs: Vec<(&LoraFile, f64)> = files
             .iter()
             .map(|f| f.as_ref())
             .zip(wanted.iter().map(|w| w.1))
             .collect();
         let mut layers = adapters(&pairs, flux.dtype()).map_err(|e| (0, e))?;
-        for (name, linear) in flux.named_linears_mut() {
-            linear.set_adapter(layers.remove(&name));
-        }
+        // Marked applied before the layers change, so a failure half-way is cleared.
         self.applied = wanted;
+        for (name, linear) in flux.named_linears_mut() {
+            if let Some(layer) = layers.remove(&name) {
+                linear
+                    .set_lora(Some(layer))
+                    .map_err(|source| (0, LoraError::Weights { source }))?;
+            }
+        }
         Ok(report)
     }
 
-    /// Removes every LoRA from `flux`.
-    pub fn clear(&mut self, flux: &mut Flux) {
+    /// Removes every LoRA from `flux`, restoring its weights exactly. Fails only when a weight
+    /// cannot be copied back to its device; the state then stays "applied" so the next call
+    /// tries again.
+    pub fn clear(&mut self, flux: &mut Flux) -> Result<(), LoraError> {
         if self.applied.is_empty() {
-            return;
+            return Ok(());
         }
         for (_, linear) in flux.named_linears_mut() {
-            linear.set_adapter(None);
+            linear
+                .set_lora(None)
+                .map_err(|source| LoraError::Weights { source })?;
         }
         self.applied.clear();
+        Ok(())
     }
 }

@@ -28,11 +28,35 @@ pub enum Mapping {
 pub struct CanonicalBackend {
     files: Arc<TensorFiles>,
     mapping: Mapping,
+    /// GGUF block-format tensors load as a placeholder of their shape (one NaN, broadcast: no
+    /// memory), for `ModelDir::flux` to replace with the quantized weight itself.
+    defer_quantized: bool,
 }
 
 impl CanonicalBackend {
     pub fn new(files: Arc<TensorFiles>, mapping: Mapping) -> Self {
-        Self { files, mapping }
+        Self {
+            files,
+            mapping,
+            defer_quantized: false,
+        }
+    }
+
+    /// This backend with block-format GGUF tensors deferred (see `defer_quantized`).
+    pub fn deferring_quantized(&self) -> Self {
+        Self {
+            defer_quantized: true,
+            ..self.clone()
+        }
+    }
+
+    /// The stored key of a canonical tensor that is held in a GGUF block format, if it is.
+    pub fn quantized_key(&self, canonical: &str) -> Option<String> {
+        let gguf = self.files.gguf()?;
+        match self.source(canonical).ok()? {
+            Source::Renamed(k) if gguf.is_quantized(&k) => Some(k),
+            _ => None,
+        }
     }
 
     pub fn files(&self) -> &TensorFiles {
@@ -139,6 +163,19 @@ impl CanonicalBackend {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor, WeightsError> {
+        if self.defer_quantized
+            && let Some(key) = self.quantized_key(canonical)
+        {
+            let shape = self.files.shape(&key).unwrap_or_default();
+            // A stand-in that costs no memory and poisons any output it reaches.
+            return Tensor::new(f32::NAN, dev)
+                .and_then(|t| t.to_dtype(dtype))
+                .and_then(|t| t.broadcast_as(shape))
+                .map_err(|source| WeightsError::Candle {
+                    canonical: canonical.to_string(),
+                    source: Box::new(source),
+                });
+        }
         let source = self.source(canonical)?;
         let load = |k: &str| self.load_stored(k, canonical, dtype, dev);
         let candle = |source| WeightsError::Candle {

@@ -291,6 +291,15 @@ fn check_fp8_scale(
 }
 
 fn check_dtype(c: &mut ComponentCheck, files: &TensorFiles, key: &str) {
+    if let Some(g) = files.gguf() {
+        // Every type candle reads is supported (the header read refused the others).
+        if let Some(t) = g.ggml_dtype(key) {
+            let n = files.shape(key).map_or(0, |s| elements(&s));
+            c.stored_bytes += super::gguf::bytes_for(t, n);
+            *c.dtypes.entry(format!("{t:?}")).or_default() += 1;
+        }
+        return;
+    }
     let dtype = files.dtype(key).unwrap_or_else(|| "?".into());
     let size = match dtype.as_str() {
         "F32" => 4,

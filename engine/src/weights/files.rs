@@ -1,6 +1,7 @@
 //! A set of safetensors files read as one: a single file, or the shards an HF
-//! `*.safetensors.index.json` names. Files are memory-mapped, so opening reads only the headers;
-//! tensor data is read when a tensor is loaded, converted to the requested dtype on load.
+//! `*.safetensors.index.json` names; or one GGUF file (`gguf`). Safetensors files are
+//! memory-mapped, so opening reads only the headers; tensor data is read when a tensor is
+//! loaded, converted to the requested dtype on load.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -10,13 +11,17 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::WeightsError;
+use super::gguf::GgufFile;
 
-/// One or more safetensors files with a name → file routing built from their headers.
+/// One or more safetensors files with a name → file routing built from their headers, or one
+/// GGUF file.
 pub struct TensorFiles {
     /// What a user should look at when a key is missing: the file or the index.
     origin: PathBuf,
     files: Vec<(PathBuf, MmapedSafetensors)>,
     keys: HashMap<String, usize>,
+    /// Set for a GGUF file (then `files` is empty).
+    gguf: Option<GgufFile>,
 }
 
 impl std::fmt::Debug for TensorFiles {
@@ -45,9 +50,25 @@ impl TensorFiles {
             origin: path.to_path_buf(),
             files: Vec::new(),
             keys: HashMap::new(),
+            gguf: None,
         };
         out.push(path.to_path_buf(), st);
         Ok(out)
+    }
+
+    /// Opens one GGUF file (its header).
+    pub fn open_gguf(path: &Path) -> Result<Self, WeightsError> {
+        Ok(Self {
+            origin: path.to_path_buf(),
+            files: Vec::new(),
+            keys: HashMap::new(),
+            gguf: Some(GgufFile::open(path)?),
+        })
+    }
+
+    /// The GGUF file, when that is what was opened.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.gguf.as_ref()
     }
 
     /// Opens a component directory: `index_name` (sharded) if present, else `single_name`.
@@ -76,6 +97,7 @@ impl TensorFiles {
             origin: index_path.clone(),
             files: Vec::new(),
             keys: HashMap::new(),
+            gguf: None,
         };
         for shard in shards {
             let path = dir.join(shard);
@@ -114,30 +136,49 @@ impl TensorFiles {
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.keys.contains_key(key)
+        match &self.gguf {
+            Some(g) => g.contains(key),
+            None => self.keys.contains_key(key),
+        }
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.keys.keys().map(String::as_str)
+    pub fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.gguf {
+            Some(g) => Box::new(g.keys()),
+            None => Box::new(self.keys.keys().map(String::as_str)),
+        }
     }
 
-    /// The stored dtype as safetensors names it (`BF16`, `F32`, `F8_E4M3`, …), from the header.
+    /// The stored dtype as safetensors names it (`BF16`, `F32`, `F8_E4M3`, …) or, in a GGUF
+    /// file, as candle names the ggml type (`Q8_0`, `Q4K`, `F16`, …), from the header.
     pub fn dtype(&self, key: &str) -> Option<String> {
+        if let Some(g) = &self.gguf {
+            return g.ggml_dtype(key).map(|t| format!("{t:?}"));
+        }
         let (_, st) = &self.files[*self.keys.get(key)?];
         st.get(key).ok().map(|v| format!("{:?}", v.dtype()))
     }
 
     /// The file that holds `key`.
     pub fn path_of(&self, key: &str) -> Option<&Path> {
+        if let Some(g) = &self.gguf {
+            return g.contains(key).then(|| g.path());
+        }
         Some(self.files[*self.keys.get(key)?].0.as_path())
     }
 
     /// The files read, in order.
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        self.files.iter().map(|(p, _)| p.as_path())
+    pub fn paths(&self) -> Box<dyn Iterator<Item = &Path> + '_> {
+        match &self.gguf {
+            Some(g) => Box::new(std::iter::once(g.path())),
+            None => Box::new(self.files.iter().map(|(p, _)| p.as_path())),
+        }
     }
 
     pub fn shape(&self, key: &str) -> Option<Vec<usize>> {
+        if let Some(g) = &self.gguf {
+            return g.shape(key);
+        }
         let (_, st) = &self.files[*self.keys.get(key)?];
         st.get(key).ok().map(|v| v.shape().to_vec())
     }
@@ -151,6 +192,9 @@ impl TensorFiles {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor, WeightsError> {
+        if let Some(g) = self.gguf.as_ref().filter(|g| g.contains(key)) {
+            return g.load(key, dtype, dev);
+        }
         let Some(&i) = self.keys.get(key) else {
             return Err(WeightsError::MissingKey {
                 key: key.to_string(),

@@ -4,7 +4,8 @@
 //! - transformer: `flux1-kontext-dev.safetensors` at the root (BFL layout, detected by
 //!   `double_blocks.0.img_attn.qkv.weight`, with or without ComfyUI's `model.diffusion_model.`
 //!   prefix), else `transformer/` (diffusers layout, `transformer_blocks.0.attn.to_q.weight`,
-//!   single file or shards with `diffusion_pytorch_model.safetensors.index.json`);
+//!   single file or shards with `diffusion_pytorch_model.safetensors.index.json`), else one
+//!   `*.gguf` at the root (BFL names; `gguf`);
 //! - autoencoder: `ae.safetensors` at the root (BFL), else `vae/` (diffusers);
 //! - text encoders and tokenizers: `text_encoder/`, `text_encoder_2/`, `tokenizer/`,
 //!   `tokenizer_2/` (HF layout in both cases; opened by `text`).
@@ -20,6 +21,7 @@ pub mod check;
 pub mod check_report;
 pub mod configs;
 pub mod files;
+pub mod gguf;
 mod infer;
 pub mod keys;
 
@@ -34,6 +36,7 @@ use self::configs::{SIDECAR, Sidecar};
 use self::files::TensorFiles;
 use crate::EngineError;
 use crate::config::{FluxConfig, VaeConfig};
+use crate::flux::{Flux, LinearPrecision};
 use crate::model_settings::ModelSettings;
 
 /// BFL's single-file transformer name (in `black-forest-labs/FLUX.1-Kontext-dev`).
@@ -248,6 +251,62 @@ impl ModelDir {
         VarBuilder::from_backend(Box::new(self.transformer.clone()), dtype, device.clone())
     }
 
+    /// Builds the transformer with its blocks' linear weights in `precision`. A GGUF
+    /// checkpoint's block-format linear weights stay in their format (`GgufLinear`, candle's
+    /// quantized matmul), never materialised in `dtype`; everything else loads in `dtype`.
+    pub fn flux(
+        &self,
+        dtype: DType,
+        dev: &Device,
+        precision: LinearPrecision,
+    ) -> Result<Flux, EngineError> {
+        let cfg = &self.flux_config;
+        let Some(gguf) = self.transformer.files().gguf() else {
+            let vb = self.transformer_vb(dtype, dev);
+            return Ok(Flux::with_linear_precision(cfg, vb, precision)?);
+        };
+        if precision != LinearPrecision::Native {
+            return Err(WeightsError::UnsupportedFormat {
+                file: gguf.path().to_path_buf(),
+                reason: format!(
+                    "--linear-precision {} with a GGUF transformer: a GGUF file brings its own \
+                     quantization; drop the flag",
+                    precision.as_str()
+                ),
+            }
+            .into());
+        }
+        let backend = self.transformer.deferring_quantized();
+        let vb = VarBuilder::from_backend(Box::new(backend), dtype, dev.clone());
+        let mut flux = Flux::with_linear_precision(cfg, vb, LinearPrecision::Native)?;
+        let mut attached = std::collections::HashSet::new();
+        for (name, linear) in flux.named_linears_mut() {
+            let canonical = format!("{name}.weight");
+            if let Some(key) = self.transformer.quantized_key(&canonical) {
+                linear.set_gguf_weight(gguf.qtensor(&key, dev)?)?;
+                attached.insert(canonical);
+            }
+        }
+        // Any other block-format tensor would still be its placeholder.
+        for (canonical, _) in keys::transformer_tensors(cfg) {
+            if let Some(key) = self.transformer.quantized_key(&canonical)
+                && !attached.contains(&canonical)
+            {
+                let t = gguf.ggml_dtype(&key).map(|t| format!("{t:?}"));
+                return Err(WeightsError::UnsupportedFormat {
+                    file: gguf.path().to_path_buf(),
+                    reason: format!(
+                        "`{key}` is stored as {}; only the linear layers' weights may be in a \
+                         block format (keep it in F32, F16 or BF16)",
+                        t.unwrap_or_default()
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(flux)
+    }
+
     /// The autoencoder under BFL names (`encoder.down.0.block.0.conv1.weight`, …).
     pub fn vae_vb(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         VarBuilder::from_backend(Box::new(self.vae.clone()), dtype, device.clone())
@@ -319,16 +378,32 @@ fn read_config(dir: &Path) -> Result<(String, String), WeightsError> {
     Ok((text, path.display().to_string()))
 }
 
-/// A `*.gguf` file at the root, if any (to name it in the error).
-fn gguf_file(root: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(root)
-        .ok()?
+/// The one `*.gguf` file at the root, if any (two are ambiguous: an error naming both).
+fn gguf_file(root: &Path) -> Result<Option<PathBuf>, WeightsError> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(None);
+    };
+    let mut found: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| {
+        .filter(|p| {
             p.extension()
                 .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
         })
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        [first, second, ..] => Err(WeightsError::UnknownLayout {
+            file: root.to_path_buf(),
+            reason: format!(
+                "several GGUF transformers ({} and {}); keep one",
+                first.display(),
+                second.display()
+            ),
+        }),
+    }
 }
 
 fn open_transformer(root: &Path) -> Result<(CanonicalBackend, Layout), WeightsError> {
@@ -338,13 +413,8 @@ fn open_transformer(root: &Path) -> Result<(CanonicalBackend, Layout), WeightsEr
         TensorFiles::open_file(&single)?
     } else if dir.is_dir() {
         TensorFiles::open_dir(&dir, DIFFUSERS_WEIGHTS, DIFFUSERS_INDEX)?
-    } else if let Some(gguf) = gguf_file(root) {
-        return Err(WeightsError::UnsupportedFormat {
-            file: gguf,
-            reason: "GGUF transformers are not read yet; use the BF16 or FP8 safetensors \
-                     (flux1-kontext-dev.safetensors) or the diffusers transformer/ folder"
-                .into(),
-        });
+    } else if let Some(gguf) = gguf_file(root)? {
+        TensorFiles::open_gguf(&gguf)?
     } else {
         return Err(WeightsError::NoComponent {
             what: "transformer",
@@ -380,6 +450,14 @@ fn open_transformer(root: &Path) -> Result<(CanonicalBackend, Layout), WeightsEr
             ),
         });
     };
+    if layout == Layout::Diffusers && files.gguf().is_some() {
+        return Err(WeightsError::UnknownLayout {
+            file: files.origin().to_path_buf(),
+            reason: "diffusers-layout keys in a GGUF file; GGUF transformers use BFL names \
+                     (`double_blocks.0.img_attn.qkv.weight`), as ComfyUI-GGUF conversions do"
+                .into(),
+        });
+    }
     if layout == Layout::Diffusers && files.origin() == single {
         return Err(WeightsError::UnknownLayout {
             file: single,

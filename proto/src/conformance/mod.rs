@@ -11,6 +11,7 @@ mod chains;
 mod failures;
 mod forks;
 mod lifecycle;
+mod loras;
 mod notifications;
 mod retention;
 
@@ -29,6 +30,7 @@ pub use chains::*;
 pub use failures::*;
 pub use forks::*;
 pub use lifecycle::*;
+pub use loras::*;
 pub use notifications::*;
 pub use retention::*;
 
@@ -90,6 +92,7 @@ pub fn spec(priority: Priority, prompt: &str) -> ValidJobSpec {
         acceleration: Default::default(),
         more_references: Vec::new(),
         reference_positions: Default::default(),
+        loras: Vec::new(),
     }
 }
 
@@ -163,6 +166,7 @@ pub fn result_for(lease: &Lease) -> JobResult {
         latent_key: None,
         engine_ms: 5,
         full_evaluations: None,
+        loras: Vec::new(),
     }
 }
 
@@ -227,6 +231,7 @@ macro_rules! queue_conformance_tests {
             fork_with_turns_runs_them_and_is_all_or_nothing,
             canceled_chain_creates_no_more_turns,
             text_to_image_chain_and_creation_checks,
+            lora_jobs_prefer_the_worker_holding_their_set,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,
         );

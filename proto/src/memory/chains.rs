@@ -436,7 +436,6 @@ impl State {
         now: Millis,
         offer_to: OfferTo,
     ) {
-        let affinity = policy::millis(self.cfg.affinity_delay);
         let c = self.chain_mut(id);
         c.current = turn;
         let jid = c.turns[turn as usize - 1].job_id;
@@ -473,6 +472,7 @@ impl State {
             expires_at: None,
             events: VecDeque::new(),
             next_event: 0,
+            lora_set: None,
         };
         self.jobs.insert(jid, job);
         self.tenant_jobs
@@ -482,23 +482,7 @@ impl State {
         *self.inflight.entry(tenant).or_default() += 1;
         self.emit_state(jid, JobStatus::Queued, now);
         match offer_to {
-            Some(worker) => {
-                self.next_seq += 1;
-                let seq = self.next_seq;
-                let at = now.saturating_add(affinity);
-                let job = self
-                    .jobs
-                    .get_mut(&jid)
-                    .expect("just inserted; this is a bug");
-                job.entry = Some(seq);
-                job.delayed_until = Some(at);
-                self.delay.insert((at, jid));
-                self.affinity.entry(worker).or_default().push_back(Entry {
-                    seq,
-                    job: jid,
-                    at: now,
-                });
-            }
+            Some(worker) => self.offer_to_worker(jid, worker, now, self.cfg.affinity_delay),
             None => self.dispatch(jid, now),
         }
     }

@@ -37,6 +37,8 @@ struct MemJob {
     expires_at: Option<Millis>,
     events: VecDeque<(u64, JobEvent)>,
     next_event: u64,
+    /// `loras::lora_set_id` of a submitted job's LoRAs (chain turns get none, as in Redis).
+    lora_set: Option<String>,
 }
 
 #[derive(Debug)]
@@ -71,8 +73,9 @@ pub(crate) struct State {
     job_expiry: BTreeSet<(Millis, JobId)>,
     idem_expiry: BTreeSet<(Millis, (TenantId, String))>,
     chain_expiry: BTreeSet<(Millis, ChainId)>,
-    /// Chain turns offered to the worker that ran the turn before (see `chains`).
+    /// Chain turns and LoRA jobs offered to one worker first (see `chains`, `lora_affinity`).
     affinity: HashMap<String, VecDeque<Entry>>,
+    lora: lora_affinity::LoraAffinity,
 }
 
 pub(super) fn class_index(p: Priority) -> usize {
@@ -104,6 +107,7 @@ impl State {
             idem_expiry: BTreeSet::new(),
             chain_expiry: BTreeSet::new(),
             affinity: HashMap::new(),
+            lora: Default::default(),
         }
     }
 
@@ -168,6 +172,12 @@ impl State {
         }
         let held = self.retained_jobs(&sub.tenant, now);
         sub.retained.check(RetainedKind::Jobs, held, 1)?;
+        let lora_set = crate::loras::lora_set_id(&sub.spec.loras);
+        let holder = if self.cfg.lora_affinity_delay.is_zero() {
+            None
+        } else {
+            self.lora_holder(lora_set.as_deref(), now)
+        };
         let record = JobRecord {
             id,
             tenant: sub.tenant.clone(),
@@ -196,6 +206,7 @@ impl State {
                 expires_at: None,
                 events: VecDeque::new(),
                 next_event: 0,
+                lora_set,
             },
         );
         if let Some(key) = idem_key {
@@ -213,7 +224,10 @@ impl State {
             .or_default()
             .insert(list_member(now, id));
         *self.inflight.entry(sub.tenant).or_default() += 1;
-        self.dispatch(id, now);
+        match holder {
+            Some(worker) => self.offer_to_worker(id, worker, now, self.cfg.lora_affinity_delay),
+            None => self.dispatch(id, now),
+        }
         self.emit_state(id, JobStatus::Queued, now);
         Ok(SubmitOutcome { id, created: true })
     }
@@ -398,6 +412,12 @@ impl State {
         self.current(lease)?;
         let job = self
             .jobs
+            .get(&id)
+            .expect("checked by `current`; this is a bug");
+        let (worker, set) = (job.record.worker.clone(), job.lora_set.clone());
+        self.record_lora_set(worker.as_deref(), set.as_deref(), now);
+        let job = self
+            .jobs
             .get_mut(&id)
             .expect("checked by `current`; this is a bug");
         job.record.result = Some(result);
@@ -419,6 +439,8 @@ impl State {
         let job = self.current(lease)?;
         job.record.error = Some(error);
         let cancel = job.record.cancel_requested;
+        let worker = job.record.worker.clone();
+        self.record_lora_set(worker.as_deref(), None, now);
         self.drop_lease(id);
         match decision {
             RetryDecision::Retry { at } if !cancel => {
@@ -566,6 +588,10 @@ mod chains;
 // Events and stats.
 #[path = "reads.rs"]
 mod reads;
+
+// LoRA affinity (mirrors prelude.lua's lora_holder / record_lora_set).
+#[path = "lora_affinity.rs"]
+mod lora_affinity;
 
 // Retained-state quotas and expiry.
 #[path = "retention.rs"]

@@ -36,6 +36,7 @@ fn spec(priority: Priority) -> ValidJobSpec {
         acceleration: Default::default(),
         more_references: Vec::new(),
         reference_positions: Default::default(),
+        loras: Vec::new(),
     }
 }
 

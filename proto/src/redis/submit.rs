@@ -55,7 +55,9 @@ impl RedisQueue {
             .arg(list_member(now, id))
             .arg(list_member_cutoff(self.cutoff(now)))
             .arg(self.maxlen())
-            .arg(sub.retained.jobs);
+            .arg(sub.retained.jobs)
+            .arg(crate::loras::lora_set_id(&sub.spec.loras).unwrap_or_default())
+            .arg(policy::millis(self.cfg.queue.lora_affinity_delay));
         let reply = if self.cfg.wait_replicas == 0 {
             self.run(&inv).await?
         } else {

@@ -247,6 +247,7 @@ pub fn spec(prompt: &str, width: u32, height: u32, steps: u32) -> ValidJobSpec {
         acceleration: Default::default(),
         more_references: Vec::new(),
         reference_positions: Default::default(),
+        loras: Vec::new(),
     }
 }
 

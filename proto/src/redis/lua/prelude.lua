@@ -54,6 +54,43 @@ local function affinity_key(prefix, worker) return prefix .. 'q:w:' .. worker en
 -- Offers to a worker that went away are covered by the delay fallback; its stream then expires.
 local AFFINITY_STREAM_TTL_S = 3600
 
+-- LoRA affinity (docs/queue-protocol.md §LoRA affinity): which worker last completed a job with a
+-- LoRA set, and which set each worker's engine holds. Both expire: a routing hint, never a rule.
+local function lora_owner_key(prefix, set) return prefix .. 'lora:' .. set end
+local function worker_lora_key(prefix, worker) return prefix .. 'w:' .. worker .. ':lora' end
+local LORA_OWNER_TTL_S = 900
+
+-- The worker to offer a job with LoRA set `set` first: the set's last owner, if its engine still
+-- holds that set; nil otherwise.
+local function lora_holder(prefix, set)
+  if not set or set == '' then return nil end
+  local w = redis.call('GET', lora_owner_key(prefix, set))
+  if w and redis.call('GET', worker_lora_key(prefix, w)) == set then return w end
+  return nil
+end
+
+-- Offer job `jid` on `worker`'s affinity stream and, from now + delay_ms, to everyone (the delay
+-- ZSET; claim skips whichever offer comes second). Returns the offer's entry id.
+local function offer_to_worker(prefix, jid, worker, now, delay_ms)
+  local stream = affinity_key(prefix, worker)
+  local entry = redis.call('XADD', stream, '*', 'jid', jid, 'at', now)
+  redis.call('EXPIRE', stream, AFFINITY_STREAM_TTL_S)
+  redis.call('ZADD', prefix .. 'delay', tonumber(now) + tonumber(delay_ms), jid)
+  return entry
+end
+
+-- After `worker` committed a job with LoRA set `set` ('' or nil: none): its engine now holds
+-- exactly that set.
+local function record_lora_set(prefix, worker, set)
+  if not worker or worker == '' then return end
+  if set and set ~= '' then
+    redis.call('SET', lora_owner_key(prefix, set), worker, 'EX', LORA_OWNER_TTL_S)
+    redis.call('SET', worker_lora_key(prefix, worker), set, 'EX', LORA_OWNER_TTL_S)
+  else
+    redis.call('DEL', worker_lora_key(prefix, worker))
+  end
+end
+
 -- keys.rs list_member: `<created_at, 20 digits>:<jid>`.
 local function list_member(now, jid) return string.rep('0', 20 - #now) .. now .. ':' .. jid end
 
@@ -151,11 +188,7 @@ local function create_turn_job(prefix, ckey, turn, spec, now, maxlen, worker, af
   redis.call('INCR', inflight_key(prefix, c[3]))
   emit_state(prefix, jid, 'queued', now, maxlen)
   if worker and worker ~= '' and affinity_ms then
-    local stream = affinity_key(prefix, worker)
-    local entry = redis.call('XADD', stream, '*', 'jid', jid, 'at', now)
-    redis.call('EXPIRE', stream, AFFINITY_STREAM_TTL_S)
-    redis.call('HSET', job, 'entry', entry)
-    redis.call('ZADD', prefix .. 'delay', tonumber(now) + tonumber(affinity_ms), jid)
+    redis.call('HSET', job, 'entry', offer_to_worker(prefix, jid, worker, now, affinity_ms))
   else
     dispatch(prefix, jid, now)
   end

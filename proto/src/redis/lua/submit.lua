@@ -6,6 +6,9 @@
 -- ARGV[9] class (hi|std|bulk)   ARGV[10] chain JSON or ''   ARGV[11] list member
 -- ARGV[12] list cutoff (members below it are past retention)   ARGV[13] events maxlen
 -- ARGV[14] most jobs the tenant may hold in the retention period (0 = no limit)
+-- ARGV[15] LoRA set id ('' = no LoRAs)   ARGV[16] affinity delay (ms): a job whose LoRA set a
+--          worker holds is offered to that worker alone that long (prelude `lora_holder`);
+--          0 = no LoRA affinity
 -- Returns {'created', jid} | {'replay', jid} | {'conflict'} | {'too_many', in_flight}
 --       | {'too_many_retained', 'jobs', held, adding}
 local idem_ttl = tonumber(ARGV[7])
@@ -27,12 +30,20 @@ local held = retained_jobs(ARGV[1], ARGV[3], ARGV[12])
 if over_limit(held, 1, ARGV[14]) then return {'too_many_retained', 'jobs', held, 1} end
 
 local now = ARGV[6]
--- No MAXLEN on work streams: trimming happens in reap, below everything still pending.
-local entry = redis.call('XADD', KEYS[2], '*', 'jid', ARGV[2], 'at', now)
+local holder = nil
+if tonumber(ARGV[16]) > 0 then holder = lora_holder(ARGV[1], ARGV[15]) end
+local entry
+if holder then
+  entry = offer_to_worker(ARGV[1], ARGV[2], holder, now, ARGV[16])
+else
+  -- No MAXLEN on work streams: trimming happens in reap, below everything still pending.
+  entry = redis.call('XADD', KEYS[2], '*', 'jid', ARGV[2], 'at', now)
+end
 redis.call('HSET', KEYS[1], 'id', ARGV[2], 'tenant', ARGV[3], 'state', 'queued', 'spec', ARGV[4],
   'prio', ARGV[9], 'progress', '0', 'attempts', '0', 'crashes', '0', 'epoch', '0', 'cancel', '0',
   'created_at', now, 'entry', entry)
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'chain', ARGV[10]) end
+if ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'loraset', ARGV[15]) end
 if idem_ttl > 0 then
   redis.call('SET', KEYS[3], ARGV[2] .. '|' .. ARGV[5], 'EX', idem_ttl)
 end
