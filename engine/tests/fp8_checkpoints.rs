@@ -110,20 +110,3 @@ fn a_scale_of_the_wrong_size_is_refused_by_name() -> Result<()> {
     );
     Ok(())
 }
-
-#[test]
-fn a_gguf_transformer_is_refused_by_name() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    tiny::write(dir.path(), 0, Layout::Bfl)?;
-    let bfl = dir
-        .path()
-        .join(kontext_engine::weights::BFL_TRANSFORMER_FILE);
-    std::fs::rename(&bfl, dir.path().join("flux1-kontext-dev-Q8_0.gguf"))?;
-    let text = check_dir(dir.path()).to_string();
-    assert!(
-        text.contains("flux1-kontext-dev-Q8_0.gguf")
-            && text.contains("GGUF transformers are not read yet"),
-        "{text}"
-    );
-    Ok(())
-}

@@ -29,6 +29,9 @@ enum Command {
     /// Validate a model directory from its file headers (names, shapes, dtypes, shards) in a
     /// second, without reading the weights; prints the memory it would take.
     CheckWeights(commands::check_weights::CheckWeightsArgs),
+    /// Convert a model directory's transformer to a GGUF file (Q8_0 … Q4_K, BFL names), linking
+    /// the other components.
+    WriteGguf(commands::write_gguf::WriteGgufArgs),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -54,5 +57,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Serve(args) => done(commands::serve::run(*args)),
         Command::BenchGpu(args) => done(commands::bench_gpu::run(*args)),
         Command::CheckWeights(args) => commands::check_weights::run(args),
+        Command::WriteGguf(args) => done(commands::write_gguf::run(args)),
     }
 }

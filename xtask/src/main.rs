@@ -2,7 +2,7 @@
 //!
 //! `test` is the one command CI runs: it installs what the tests need on a fresh Debian machine
 //! (redis-server from apt; promtool from apt's prometheus package, for the alerting-rule tests;
-//! schemathesis from PyPI into target/schemathesis-venv, with python3 from apt when missing; the
+//! schemathesis and gguf from PyPI into target/schemathesis-venv, with python3 from apt when missing; the
 //! S3 server is embedded in the test crate), checks formatting, then
 //! runs the whole test suite. The tests themselves start Redis and the S3 server on free loopback
 //! ports in temporary directories and stop them when the test process exits.
@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test      install missing test tools (redis-server, promtool, schemathesis), check formatting, lints
+  test      install missing test tools (redis-server, promtool, schemathesis, gguf), check formatting, lints
             (clippy) and docs (rustdoc) with warnings denied, run every test
   services  only install the test services
 ";
@@ -112,6 +112,8 @@ fn incremental() -> String {
 
 /// The API fuzzer of cli/tests/api_fuzz.rs, pinned.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+/// llama.cpp's GGUF reader, which cross-checks our GGUF writer (engine/tests/gguf_checkpoints.rs).
+const GGUF: &str = "gguf==0.19.0";
 
 /// `apt-get install` of `packages` (with sudo unless root).
 fn apt_install(packages: &[&str]) -> Result<()> {
@@ -155,26 +157,26 @@ fn ensure_redis_server() -> Result<PathBuf> {
         .context("redis-server is still missing after apt-get install redis-server")
 }
 
-/// schemathesis in target/schemathesis-venv at the pinned version (python3 and its venv module
-/// from apt when missing).
+/// The suite's Python tools (schemathesis, gguf) in target/schemathesis-venv at their pinned
+/// versions (python3 and its venv module from apt when missing).
 fn ensure_schemathesis() -> Result<()> {
     let venv = workspace_root().join("target/schemathesis-venv");
     let pip = venv.join("bin/pip");
-    let installed = Command::new(&pip)
-        .args(["show", "schemathesis"])
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout).contains(&format!(
-                    "Version: {}",
-                    SCHEMATHESIS.trim_start_matches("schemathesis==")
-                ))
-        });
-    if installed {
+    let has = |pin: &str| {
+        let (name, version) = pin.split_once("==").unwrap_or((pin, ""));
+        Command::new(&pip)
+            .args(["show", name])
+            .output()
+            .is_ok_and(|o| {
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).contains(&format!("Version: {version}"))
+            })
+    };
+    if has(SCHEMATHESIS) && has(GGUF) {
         return Ok(());
     }
     step(&format!(
-        "installing {SCHEMATHESIS} (PyPI) into {}",
+        "installing {SCHEMATHESIS} and {GGUF} (PyPI) into {}",
         venv.display()
     ));
     let has_venv = |python: &Path| {
@@ -192,9 +194,17 @@ fn ensure_schemathesis() -> Result<()> {
                 .context("python3 with its venv module is still missing after apt-get install")?
         }
     };
-    run(Command::new(&python).arg("-m").arg("venv").arg(&venv))?;
-    run(Command::new(&pip).args(["install", "-q", "--disable-pip-version-check", SCHEMATHESIS]))
-        .context("pip install schemathesis")
+    if !pip.is_file() {
+        run(Command::new(&python).arg("-m").arg("venv").arg(&venv))?;
+    }
+    run(Command::new(&pip).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        SCHEMATHESIS,
+        GGUF,
+    ]))
+    .context("pip install schemathesis gguf")
 }
 
 fn is_root() -> bool {

@@ -21,7 +21,7 @@
 //! memory). docs/engine.md §FP8 linears says what a Hopper FP8 GEMM kernel would change (speed,
 //! not numerics) and what is measured.
 
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -184,7 +184,8 @@ impl BlockLinear {
         Ok(())
     }
 
-    /// Replaces the weight with `weight` as stored in a GGUF file, kept in its block format; the
+    /// Replaces the weight with `weight` as stored in a GGUF file, kept in its block format
+    /// where candle's kernels take that row width (else dequantized to the compute dtype); the
     /// bias and the compute dtype stay those loaded.
     pub fn set_gguf_weight(&mut self, weight: QTensor) -> Result<()> {
         let (bias, dtype) = match &self.weights {
@@ -192,7 +193,13 @@ impl BlockLinear {
             LinearWeights::Fp8(f) => (f.bias.clone(), f.dtype),
             LinearWeights::Gguf(g) => (g.bias.clone(), g.dtype),
         };
-        self.weights = LinearWeights::Gguf(GgufLinear::new(weight, bias, dtype)?);
+        let in_dim = weight.shape().dims().last().copied().unwrap_or(0);
+        self.weights = if gguf_kernel_fits(weight.dtype(), in_dim) {
+            LinearWeights::Gguf(GgufLinear::new(weight, bias, dtype)?)
+        } else {
+            let w = weight.dequantize(&weight.device())?.to_dtype(dtype)?;
+            LinearWeights::Native(Linear::new(w, bias))
+        };
         Ok(())
     }
 
@@ -315,6 +322,18 @@ impl GgufLinear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// Whether candle's quantized matmul takes rows of `in_dim` weights in `t`: its CPU dot
+/// products for Q4_1, Q5_0 and Q5_1 (`k_quants.rs`, `vec_dot`) unroll two blocks at a time and
+/// assert an even number of blocks per row. Every FLUX.1 width fits; the tiny model's 32-wide
+/// rows do not.
+pub fn gguf_kernel_fits(t: GgmlDType, in_dim: usize) -> bool {
+    let blocks = in_dim / t.block_size();
+    match t {
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => blocks.is_multiple_of(2),
+        _ => true,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct ComponentCheck {
     pub problems: Vec<WeightsError>,
     /// Stored tensors the engine never reads.
     pub unexpected: Vec<String>,
+    /// GGUF tensors in a block format: `(elements, bytes)`; they stay in it when resident.
+    pub block_format: (u64, u64),
 }
 
 impl ComponentCheck {
@@ -60,6 +62,7 @@ impl ComponentCheck {
             stored_bytes: 0,
             problems: Vec::new(),
             unexpected: Vec::new(),
+            block_format: (0, 0),
         }
     }
 
@@ -295,7 +298,12 @@ fn check_dtype(c: &mut ComponentCheck, files: &TensorFiles, key: &str) {
         // Every type candle reads is supported (the header read refused the others).
         if let Some(t) = g.ggml_dtype(key) {
             let n = files.shape(key).map_or(0, |s| elements(&s));
-            c.stored_bytes += super::gguf::bytes_for(t, n);
+            let bytes = super::gguf::bytes_for(t, n);
+            c.stored_bytes += bytes;
+            if super::gguf::is_block_format(t) {
+                c.block_format.0 += n;
+                c.block_format.1 += bytes;
+            }
             *c.dtypes.entry(format!("{t:?}")).or_default() += 1;
         }
         return;

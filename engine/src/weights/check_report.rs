@@ -24,7 +24,8 @@ impl Resident {
 impl CheckReport {
     /// Weight memory per device and dtype, from the parameter counts: bf16 on CUDA (the
     /// autoencoder in f32, the worker's default), the same with FP8 block linears (one byte per
-    /// weight plus an f32 scale per output row), and f32 on the CPU (text encoders included).
+    /// weight plus an f32 scale per output row), and f32 on the CPU (text encoders included); for
+    /// a GGUF transformer, its block-format tensors at their stored size instead.
     pub fn resident(&self) -> Vec<Resident> {
         let params = |name: &str| self.component(name).map_or(0, ComponentCheck::parameters);
         let (t, t5, clip, vae) = (
@@ -36,6 +37,22 @@ impl CheckReport {
         let (block, rows) = self
             .component("transformer")
             .map_or((0, 0), ComponentCheck::block_linear_elements);
+        // A GGUF transformer's block-format tensors stay in their format (`GgufLinear`).
+        let (q_elems, q_bytes) = self
+            .component("transformer")
+            .map_or((0, 0), |c| c.block_format);
+        if q_elems > 0 {
+            return vec![
+                Resident {
+                    label: "cuda, bf16 + gguf linears",
+                    bytes: [2 * (t - q_elems) + q_bytes, 2 * t5, 2 * clip, 4 * vae],
+                },
+                Resident {
+                    label: "cpu, f32 + gguf linears",
+                    bytes: [4 * (t - q_elems) + q_bytes, 4 * t5, 4 * clip, 4 * vae],
+                },
+            ];
+        }
         vec![
             Resident {
                 label: "cuda, bf16",

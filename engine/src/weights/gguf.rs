@@ -9,16 +9,18 @@
 //! (`ModelDir::flux`). `write_gguf` writes the same layout from canonical tensors (our test files
 //! and `kontext-worker write-gguf`).
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::WeightsError;
+use super::configs::{SIDECAR, Sidecar};
+use super::{BFL_TRANSFORMER_FILE, ModelDir, WeightsError, keys};
+use crate::EngineError;
+use crate::config::FluxConfig;
 
 /// ggml type ids candle cannot read, by name, so the error says which format it is
 /// (ggml.h `enum ggml_type`).
@@ -137,12 +139,11 @@ pub fn is_block_format(t: GgmlDType) -> bool {
 
 /// candle's header error, with the ggml type named when it is one candle cannot read.
 fn header_error(e: &candle_core::Error) -> String {
-    let text = e.to_string();
+    // The first line: candle appends a backtrace when RUST_BACKTRACE is set.
+    let text = e.to_string().lines().next().unwrap_or_default().to_owned();
     let unknown = text
-        .rsplit("unknown dtype for tensor ")
-        .next()
-        .filter(|_| text.contains("unknown dtype for tensor"))
-        .and_then(|n| n.trim().parse::<u32>().ok());
+        .split_once("unknown dtype for tensor ")
+        .and_then(|(_, n)| n.trim().parse::<u32>().ok());
     match unknown {
         Some(id) => {
             let name = UNSUPPORTED_TYPES
@@ -159,24 +160,24 @@ fn header_error(e: &candle_core::Error) -> String {
     }
 }
 
-/// Writes canonical transformer tensors as a GGUF file in the community layout: every 2-D
-/// `.weight` whose rows fit `quant`'s block size and that has at least `MIN_QUANTIZED_ELEMS`
-/// elements in `quant`, everything else in F32 (as `convert.py` keeps small and 1-D tensors at
-/// full precision).
+/// Writes transformer tensors as a GGUF file in the community layout: every 2-D `.weight` whose
+/// rows fit `quant`'s block size and that has at least `MIN_QUANTIZED_ELEMS` elements in
+/// `quant`, everything else in F32 (as `convert.py` keeps small and 1-D tensors at full
+/// precision). `load` gives one tensor at a time, so only the quantized file is ever whole in
+/// memory.
 pub fn write_gguf(
     path: &Path,
-    tensors: &HashMap<String, Tensor>,
+    names: &[String],
+    load: impl Fn(&str) -> Result<Tensor, WeightsError>,
     quant: GgmlDType,
 ) -> Result<(), WeightsError> {
     let candle = |canonical: &str, source| WeightsError::Candle {
         canonical: canonical.to_string(),
         source: Box::new(source),
     };
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
     let mut stored = Vec::with_capacity(names.len());
     for name in names {
-        let t = &tensors[name];
+        let t = load(name)?;
         let kind = if quantizable(name, t.dims(), quant) {
             quant
         } else {
@@ -197,8 +198,49 @@ pub fn write_gguf(
     };
     let mut file = std::io::BufWriter::new(File::create(path).map_err(io)?);
     gguf_file::write(&mut file, &metadata, &refs).map_err(|e| candle("<gguf file>", e))?;
-    use std::io::Write;
     file.flush().map_err(io)
+}
+
+/// Writes the model in `src` to `out` with its transformer as `flux1-kontext-dev-<quant>.gguf`
+/// (BFL names) and the `flux_config.json` sidecar it needs; every other component of `src` is
+/// linked, not copied. Returns the GGUF file's path.
+pub fn convert_dir(src: &ModelDir, out: &Path, quant: GgmlDType) -> Result<PathBuf, EngineError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WeightsError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let names: Vec<String> = keys::transformer_tensors(src.flux_config())
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let file = out.join(format!("flux1-kontext-dev-{quant:?}.gguf"));
+    write_gguf(
+        &file,
+        &names,
+        |n| src.transformer.load(n, DType::F32, &Device::Cpu),
+        quant,
+    )?;
+    let sidecar = Sidecar::for_configs(src.flux_config(), src.vae_config());
+    let sidecar_path = out.join(SIDECAR);
+    std::fs::write(&sidecar_path, sidecar.to_string()).map_err(io(&sidecar_path))?;
+    let entries = std::fs::read_dir(src.root()).map_err(io(src.root()))?;
+    for entry in entries {
+        let entry = entry.map_err(io(src.root()))?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        let transformer = name_str == "transformer"
+            || name_str == BFL_TRANSFORMER_FILE
+            || name_str == SIDECAR
+            || name_str.to_ascii_lowercase().ends_with(".gguf");
+        let target = out.join(&name);
+        if transformer || target.exists() {
+            continue;
+        }
+        let source = std::fs::canonicalize(entry.path()).map_err(io(&entry.path()))?;
+        std::os::unix::fs::symlink(&source, &target).map_err(io(&target))?;
+    }
+    Ok(file)
 }
 
 /// Smallest matrix `write_gguf` quantizes (convert.py's threshold for "small" tensors).
@@ -214,4 +256,21 @@ fn quantizable(name: &str, dims: &[usize], quant: GgmlDType) -> bool {
 /// `type_size` bytes).
 pub fn bytes_for(t: GgmlDType, n: u64) -> u64 {
     n / t.block_size() as u64 * t.type_size() as u64
+}
+
+/// Bytes of a transformer of `cfg` converted by `write_gguf` to `quant`: `(file, resident)`,
+/// resident with the tensors left in F32 held in `compute` (what `ModelDir::flux` loads).
+pub fn transformer_bytes(cfg: &FluxConfig, quant: GgmlDType, compute: DType) -> (u64, u64) {
+    let (mut file, mut resident) = (0u64, 0u64);
+    for (name, shape) in keys::transformer_tensors(cfg) {
+        let n: u64 = shape.iter().map(|&d| d as u64).product();
+        if quantizable(&name, &shape, quant) {
+            file += bytes_for(quant, n);
+            resident += bytes_for(quant, n);
+        } else {
+            file += 4 * n;
+            resident += compute.size_in_bytes() as u64 * n;
+        }
+    }
+    (file, resident)
 }

@@ -5,3 +5,4 @@ pub mod check_weights;
 pub mod run;
 pub mod serve;
 pub mod tiny;
+pub mod write_gguf;
