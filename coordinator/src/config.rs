@@ -17,6 +17,7 @@ use kontext_proto::policy::QueueConfig;
 use kontext_proto::validate::Limits;
 use kontext_storage::{StorageArgs, StorageConfig, StorageError};
 
+use crate::admin_auth::{AdminAuth, AdminAuthError};
 use crate::auth::{Auth, AuthConfigError};
 use crate::auth_failures::AuthFailureLimits;
 use crate::http_server::ServerLimits;
@@ -83,6 +84,11 @@ pub struct ServeArgs {
     /// allowed only on a loopback --listen address.
     #[arg(long, env = "KONTEXT_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
+
+    /// Keys of the admin API (/v1/admin/*): a file with one key per line, or `key1,key2`; at
+    /// least 16 characters each. Absent: open in open loopback mode, off when --api-keys is set.
+    #[arg(long, env = "KONTEXT_ADMIN_KEYS", hide_env_values = true)]
+    pub admin_keys: Option<String>,
 
     /// Non-terminal jobs a tenant may have at once, unless its key line says otherwise
     /// (0 = no limit). Over it, submits get 429.
@@ -294,6 +300,7 @@ pub struct Config {
     pub queue_config: QueueConfig,
     pub storage: StorageConfig,
     pub auth: Auth,
+    pub admin: AdminAuth,
     pub limits: RequestLimits,
     pub allow_private_urls: bool,
     pub url_fetch_timeout: Duration,
@@ -312,6 +319,8 @@ pub struct Config {
 pub enum ConfigError {
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
+    #[error(transparent)]
+    AdminAuth(#[from] AdminAuthError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("--{flag}: {reason}")]
@@ -424,6 +433,7 @@ impl Config {
             queue,
             queue_config,
             storage: args.storage.into_config()?,
+            admin: AdminAuth::from_arg(args.admin_keys.as_deref(), auth.is_open())?,
             auth,
             limits: RequestLimits {
                 max_body_bytes: args.max_body_bytes,
@@ -471,6 +481,7 @@ impl Config {
                 root: data_dir.into(),
             },
             auth: Auth::Open { max_in_flight: 24 },
+            admin: AdminAuth::Open,
             limits: RequestLimits {
                 max_body_bytes: 32 << 20,
                 body_read_timeout: Duration::from_secs(60),

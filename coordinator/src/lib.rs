@@ -11,6 +11,7 @@
 //! Embedding (tests, `kontext up`): build an `AppState` from a `Config`, a queue and a store, then
 //! `serve` it on a bound listener; or call `run`, which opens queue and store from the config.
 
+pub mod admin_auth;
 pub mod auth;
 pub mod auth_failures;
 pub mod config;

@@ -161,6 +161,8 @@ pub struct EngineInfo {
     /// `tiny` or the weights directory.
     pub model: String,
     pub device: String,
+    /// The GPU's name (CUDA builds on a CUDA device), for the worker registry.
+    pub gpu_name: Option<String>,
     pub dtype: String,
     /// `native` or `fp8`: how the transformer blocks' linear weights are stored.
     pub linear_precision: String,

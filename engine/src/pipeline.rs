@@ -110,6 +110,16 @@ fn device_name(device: &Device) -> String {
     }
 }
 
+/// The CUDA device's name (`NVIDIA H100 80GB HBM3`), when there is one.
+fn gpu_name(device: &Device) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return kontext_cuda::memory::summary(d).ok().map(|s| s.name);
+    }
+    let _ = device;
+    None
+}
+
 fn invalid(msg: impl Into<String>) -> EngineError {
     EngineError::InvalidInput(msg.into())
 }
@@ -432,6 +442,7 @@ impl Engine for KontextEngine {
         EngineInfo {
             model: self.model.clone(),
             device: device_name(&self.opts.device),
+            gpu_name: gpu_name(&self.opts.device),
             dtype: dtype_name(self.opts.dtype).into(),
             linear_precision: self.opts.linear_precision.as_str().into(),
             max_pixels: self.opts.max_pixels,

@@ -253,6 +253,7 @@ mod tests {
                 linear_precision: "native".into(),
                 model: "scripted".into(),
                 device: "cpu".into(),
+                gpu_name: None,
                 dtype: "f32".into(),
                 max_pixels: 64 * 64,
                 settings: Default::default(),

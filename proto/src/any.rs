@@ -17,6 +17,7 @@ use crate::queue::{
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 use crate::redis::RedisQueue;
+use crate::workers::WorkerInfo;
 
 /// One of the queue implementations. Cloning is cheap (an `Arc`).
 #[derive(Debug, Clone)]
@@ -146,6 +147,19 @@ impl JobQueue for AnyQueue {
 
     async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
         dispatch!(self, q => q.stats(now).await)
+    }
+
+    async fn register_worker(
+        &self,
+        info: &WorkerInfo,
+        ttl: Duration,
+        now: Millis,
+    ) -> Result<(), QueueError> {
+        dispatch!(self, q => q.register_worker(info, ttl, now).await)
+    }
+
+    async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {
+        dispatch!(self, q => q.workers(now).await)
     }
 
     async fn take_notifications(

@@ -24,6 +24,8 @@
 //! kontext:{<ns>}:lora:<set>               STRING  worker that last completed a job with this LoRA
 //!                                                 set (`loras::lora_set_id`), EX 900
 //! kontext:{<ns>}:w:<worker>:lora          STRING  the LoRA set that worker's engine holds, EX 900
+//! kontext:{<ns>}:w:<worker>:info          STRING  the worker's registry record (JSON), PX its TTL
+//! kontext:{<ns>}:workers                  ZSET    worker id -> record expiry (ms)
 //! ```
 //!
 //! The Lua scripts derive per-job and per-tenant keys from `prefix()` (they discover job ids at run
@@ -139,6 +141,16 @@ impl KeySpace {
         format!("{}w:{worker}:lora", self.prefix)
     }
 
+    /// A worker's registry record (`workers::WorkerInfo`, JSON).
+    pub fn worker_info(&self, worker: &str) -> String {
+        format!("{}w:{worker}:info", self.prefix)
+    }
+
+    /// The registry index: worker id → when its record expires.
+    pub fn workers(&self) -> String {
+        format!("{}workers", self.prefix)
+    }
+
     /// How many times each pending notification was taken.
     pub fn notify_attempts(&self) -> String {
         format!("{}notify:attempts", self.prefix)
@@ -195,6 +207,8 @@ mod tests {
             k.affinity_stream("host-1-abc"),
             k.lora_owner("0123abcd"),
             k.worker_lora("host-1-abc"),
+            k.worker_info("host-1-abc"),
+            k.workers(),
         ];
         for key in &all {
             assert!(key.starts_with("kontext:{kx}:"), "{key}");

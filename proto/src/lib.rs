@@ -38,6 +38,7 @@ pub mod resolution;
 pub mod validate;
 pub mod validate_chain;
 mod validate_fields;
+pub mod workers;
 
 #[cfg(feature = "memory")]
 pub mod memory;

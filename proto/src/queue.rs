@@ -27,6 +27,7 @@ use crate::error::{JobError, QueueError};
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
 };
+use crate::workers::WorkerInfo;
 
 /// Stable name of a worker process (host, pid, boot nonce), used as the stream consumer name.
 pub type WorkerId = String;
@@ -433,4 +434,18 @@ pub trait JobQueue: Send + Sync + 'static {
         id: ChainId,
         now: Millis,
     ) -> impl Future<Output = Result<CancelOutcome, QueueError>> + Send;
+
+    /// Record `info` in the worker registry (replacing that worker's record) until `now + ttl`.
+    fn register_worker(
+        &self,
+        info: &WorkerInfo,
+        ttl: Duration,
+        now: Millis,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The registry records that have not expired at `now`, by worker id.
+    fn workers(
+        &self,
+        now: Millis,
+    ) -> impl Future<Output = Result<Vec<WorkerInfo>, QueueError>> + Send;
 }

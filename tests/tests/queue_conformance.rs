@@ -125,6 +125,11 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
     })
     .await;
 
+    let me = conformance::worker_info("w", NOW);
+    within("register_worker", q.register_worker(&me, TTL, NOW))
+        .await
+        .expect("register_worker");
+
     let mut con = raw(&redis_url()).await;
     let found = keys_of(&mut con, &ns).await;
     let prefix = format!("kontext:{{{ns}}}:");
@@ -147,6 +152,8 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
         k.leases(),
         k.notify(),
         k.notify_attempts(),
+        k.workers(),
+        k.worker_info("w"),
     ]
     .into_iter()
     .collect();

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::attempt::{Attempt, AttemptReport};
 use crate::drain::{DrainDecision, StepClock, drain_decision};
 use crate::job_context::{JobContext, StopReason};
-use crate::metrics::WorkerStatus;
+use crate::metrics::{Outcome, WorkerStatus};
 use crate::settings::WorkerSettings;
 
 /// Longest pause after a failed claim (the queue is unreachable); doubles from 100 ms.
@@ -196,6 +196,11 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
         self.status.metrics.claims.inc();
         let span = job_span(&claim);
         let Claim { lease, job } = claim;
+        let lora_set = kontext_proto::loras::lora_set_id(&job.spec.loras);
+        self.status.update_activity(|a| {
+            a.current_job = Some(job.id);
+            a.progress = Some(0.0);
+        });
         let context = Arc::new(JobContext::new(
             Arc::clone(&self.queue),
             lease,
@@ -245,6 +250,16 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
         }
         let elapsed = started.elapsed();
         self.status.metrics.job_finished(report.outcome, elapsed);
+        // The queue records the same (complete.lua / fail.lua `record_lora_set`).
+        let held = match report.outcome {
+            Outcome::Succeeded => lora_set,
+            _ => None,
+        };
+        self.status.update_activity(|a| {
+            a.current_job = None;
+            a.progress = None;
+            a.lora_set = held;
+        });
         span.in_scope(|| {
             tracing::info!(
                 outcome = report.outcome.as_str(),

@@ -23,5 +23,6 @@ pub mod lease;
 pub mod metrics;
 pub mod output;
 pub mod progress;
+pub mod registry;
 pub mod service;
 pub mod settings;

@@ -266,10 +266,22 @@ impl WorkerMetrics {
     }
 }
 
+/// The job a worker runs and what its engine holds, as the registry reports them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    pub current_job: Option<kontext_proto::JobId>,
+    /// Steps done / total of the current job.
+    pub progress: Option<f32>,
+    /// The LoRA set of the last job this worker committed (`loras::lora_set_id`).
+    pub lora_set: Option<String>,
+}
+
 /// Readiness, liveness and metrics of one worker, shared by the job loop and the health server.
 #[derive(Debug)]
 pub struct WorkerStatus {
     pub worker_id: String,
+    /// What the job loop does now, for the worker registry (`registry`).
+    activity: Mutex<Activity>,
     /// Engine loaded, warm-up ran, and the job loop is claiming (false while draining).
     ready: AtomicBool,
     draining: AtomicBool,
@@ -282,11 +294,25 @@ impl WorkerStatus {
     pub fn new(worker_id: impl Into<String>) -> Self {
         Self {
             worker_id: worker_id.into(),
+            activity: Mutex::new(Activity::default()),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             fatal: Mutex::new(None),
             metrics: WorkerMetrics::default(),
         }
+    }
+
+    /// What the job loop does now.
+    pub fn activity(&self) -> Activity {
+        self.activity
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the activity record (the job loop and the progress publisher call this).
+    pub fn update_activity(&self, f: impl FnOnce(&mut Activity)) {
+        f(&mut self.activity.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     pub fn is_ready(&self) -> bool {

@@ -112,6 +112,9 @@ async fn publish_step<Q: JobQueue>(job: &JobContext<Q>, p: StepProgress) {
         )
         .await;
     job.status.metrics.progress_events.inc();
+    job.status.update_activity(|a| {
+        a.progress = Some(p.done as f32 / p.total.max(1) as f32);
+    });
     if let Err(e) = &reply {
         tracing::warn!(error = %e, step = p.done, "publishing progress failed");
     }

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::config::{ConfigError, ModelArgs, ServeArgs};
 use crate::job_loop::{Worker, WorkerError};
 use crate::metrics::WorkerStatus;
+use crate::registry;
 use crate::settings::WorkerSettings;
 
 /// Why a worker could not start.
@@ -64,6 +65,8 @@ pub struct SpawnedWorker {
     status: Arc<WorkerStatus>,
     engine: EngineThread,
     task: Option<JoinHandle<Result<(), WorkerError>>>,
+    /// The worker-registry heartbeat (`registry::beat`), stopped when the job loop ends.
+    registry: AbortOnDrop,
     /// The job loop's result once `ended` saw the task finish.
     ended: Option<Result<(), WorkerError>>,
 }
@@ -87,6 +90,13 @@ where
         .await
         .map_err(SpawnError::LoadTask)??;
     let engine = EngineThread::spawn(engine, true).map_err(SpawnError::EngineThread)?;
+    let identity = registry::Identity::new(engine.handle().info().clone());
+    let registry = AbortOnDrop(tokio::spawn(registry::beat(
+        Arc::clone(&queue),
+        Arc::clone(&status),
+        identity,
+        settings.lease_ttl,
+    )));
     let worker =
         Worker::new(queue, store, engine.handle(), settings).with_status(Arc::clone(&status));
     let task = tokio::spawn(worker.run(shutdown));
@@ -94,8 +104,18 @@ where
         status,
         engine,
         task: Some(task),
+        registry,
         ended: None,
     })
+}
+
+/// A task aborted when its handle is dropped (the registry heartbeat outlives nothing).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl SpawnedWorker {
@@ -119,6 +139,7 @@ impl SpawnedWorker {
     pub async fn ended(&mut self) {
         if let Some(task) = &mut self.task {
             let result = task.await.map_err(WorkerError::Task).and_then(|r| r);
+            self.registry.0.abort();
             self.ended = Some(result);
             self.task = None;
         }

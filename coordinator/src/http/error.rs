@@ -157,6 +157,15 @@ impl ApiError {
         Self::new(ErrorType::BadRequest, Some(field), message)
     }
 
+    /// 401 on an admin route (`http::admin`).
+    pub fn admin_unauthorized() -> Self {
+        Self::new(
+            ErrorType::Unauthorized,
+            Some("Authorization"),
+            "missing or unknown admin key: send \"Authorization: Bearer <admin key>\"",
+        )
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(
             ErrorType::Unauthorized,

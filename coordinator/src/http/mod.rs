@@ -6,6 +6,7 @@
 //! BFL-compatible routes (`bfl`), and operations (`health`). Every error answers through
 //! `error::ApiError`.
 
+pub mod admin;
 pub mod bfl;
 pub mod chain_views;
 pub mod chains;
@@ -54,6 +55,7 @@ use common_responses::CommonResponses;
         chains::create_chain, chains::get_chain, chains::append_turn, chains::fork_chain,
         chains::cancel_chain,
         webhook_secret::webhook_secret,
+        admin::list_workers,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -67,6 +69,7 @@ use common_responses::CommonResponses;
         chain_views::ChainAccepted, chain_views::TurnAccepted, chain_views::ChainView,
         chain_views::TurnView, ChainStatus, TurnState,
         chain_views::ForkedFrom, chain_views::ChainCancelReply, webhook_secret::WebhookSecret,
+        admin::WorkerList, kontext_proto::workers::WorkerInfo,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
     tags(
@@ -75,6 +78,8 @@ use common_responses::CommonResponses;
         (name = "chains", description = "Storyboards: chains of edit turns that carry state"),
         (name = "bfl", description = "BFL-compatible routes: change a BFL client's base URL"),
         (name = "operations", description = "Health and metrics (no API key)"),
+        (name = "admin", description = "Operators' views across tenants, with an admin key \
+            (--admin-keys; open in open loopback mode)"),
     )
 )]
 pub struct ApiDoc;
@@ -123,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chains/{id}/fork", post(chains::fork_chain))
         .route("/v1/chains/{id}/cancel", post(chains::cancel_chain))
         .route("/v1/webhook_secret", get(webhook_secret::webhook_secret))
+        .route("/v1/admin/workers", get(admin::list_workers))
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

@@ -62,7 +62,7 @@ impl FromRequestParts<AppState> for Caller {
 /// The presented key: `Authorization: Bearer <key>` or `x-key: <key>`. When both are sent they
 /// must name the same key; two different keys are refused (ambiguous credentials), so a wrong key
 /// in one header is never hidden by a right one in the other.
-fn api_key(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn api_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -14,6 +14,7 @@ mod lifecycle;
 mod loras;
 mod notifications;
 mod retention;
+mod workers;
 
 use std::future::Future;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use lifecycle::*;
 pub use loras::*;
 pub use notifications::*;
 pub use retention::*;
+pub use workers::*;
 
 /// Injected start time of every rule (ms since the epoch).
 pub const NOW: Millis = 1_700_000_000_000;
@@ -232,6 +234,7 @@ macro_rules! queue_conformance_tests {
             canceled_chain_creates_no_more_turns,
             text_to_image_chain_and_creation_checks,
             lora_jobs_prefer_the_worker_holding_their_set,
+            registered_workers_are_listed_until_their_ttl_passes,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,
         );

@@ -5,6 +5,7 @@
 
 mod state;
 
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::workers::WorkerInfo;
 
 use state::State;
 
@@ -29,6 +31,8 @@ const EVENTS_PER_CALL: usize = 100;
 #[derive(Debug)]
 pub struct MemoryQueue {
     state: Mutex<State>,
+    /// The worker registry: id → (record, expiry). Apart from `state`: no transition reads it.
+    workers: Mutex<BTreeMap<String, (WorkerInfo, Millis)>>,
     /// Signalled after every change; waiters re-check their condition.
     changed: Notify,
     jitter: Jitter,
@@ -39,6 +43,7 @@ impl MemoryQueue {
         let jitter = Jitter::new(config.jitter_seed);
         Self {
             state: Mutex::new(State::new(config)),
+            workers: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             jitter,
         }
@@ -196,6 +201,28 @@ impl JobQueue for MemoryQueue {
 
     async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
         Ok(self.lock().stats(now))
+    }
+
+    async fn register_worker(
+        &self,
+        info: &WorkerInfo,
+        ttl: Duration,
+        now: Millis,
+    ) -> Result<(), QueueError> {
+        let until = now.saturating_add(policy::millis(ttl).max(1));
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers.retain(|_, (_, expiry)| *expiry > now);
+        workers.insert(info.id.clone(), (info.clone(), until));
+        Ok(())
+    }
+
+    async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {
+        let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(workers
+            .values()
+            .filter(|(_, expiry)| *expiry > now)
+            .map(|(info, _)| info.clone())
+            .collect())
     }
 
     async fn take_notifications(

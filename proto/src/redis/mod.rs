@@ -19,6 +19,7 @@ mod reply;
 mod scripts;
 mod sentinel;
 mod submit;
+mod workers;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -43,6 +44,7 @@ use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::workers::WorkerInfo;
 
 /// Entries of canceled jobs one claim call may skip before handing control back.
 const SKIP_BUDGET: u32 = 64;
@@ -562,6 +564,19 @@ impl JobQueue for RedisQueue {
 
     async fn stats(&self, now: Millis) -> Result<QueueStats, QueueError> {
         self.read_stats(now).await
+    }
+
+    async fn register_worker(
+        &self,
+        info: &WorkerInfo,
+        ttl: Duration,
+        now: Millis,
+    ) -> Result<(), QueueError> {
+        self.register_worker_impl(info, ttl, now).await
+    }
+
+    async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {
+        self.workers_impl(now).await
     }
 
     async fn take_notifications(

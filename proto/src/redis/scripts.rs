@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 19] = [
+pub(crate) const SOURCES: [(&str, &str); 21] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -31,6 +31,8 @@ pub(crate) const SOURCES: [(&str, &str); 19] = [
     ("chain_append", include_str!("lua/chain_append.lua")),
     ("chain_fork", include_str!("lua/chain_fork.lua")),
     ("chain_cancel", include_str!("lua/chain_cancel.lua")),
+    ("worker_beat", include_str!("lua/worker_beat.lua")),
+    ("worker_list", include_str!("lua/worker_list.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -53,6 +55,8 @@ pub(crate) struct Scripts {
     pub chain_append: Script,
     pub chain_fork: Script,
     pub chain_cancel: Script,
+    pub worker_beat: Script,
+    pub worker_list: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -84,10 +88,12 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     chain_append: with_prelude("chain_append"),
     chain_fork: with_prelude("chain_fork"),
     chain_cancel: with_prelude("chain_cancel"),
+    worker_beat: with_prelude("worker_beat"),
+    worker_list: with_prelude("worker_list"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 19] {
+    fn all(&self) -> [&Script; 21] {
         [
             &self.submit,
             &self.claim,
@@ -108,6 +114,8 @@ impl Scripts {
             &self.chain_append,
             &self.chain_fork,
             &self.chain_cancel,
+            &self.worker_beat,
+            &self.worker_list,
         ]
     }
 

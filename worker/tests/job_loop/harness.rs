@@ -86,6 +86,7 @@ impl Engine for ScriptedEngine {
             linear_precision: "native".into(),
             model: "scripted".into(),
             device: "cpu".into(),
+            gpu_name: None,
             dtype: "f32".into(),
             max_pixels: 1 << 22,
             settings: Default::default(),

@@ -59,6 +59,8 @@ local AFFINITY_STREAM_TTL_S = 3600
 local function lora_owner_key(prefix, set) return prefix .. 'lora:' .. set end
 local function worker_lora_key(prefix, worker) return prefix .. 'w:' .. worker .. ':lora' end
 local LORA_OWNER_TTL_S = 900
+-- keys.rs worker_info: a worker's registry record.
+local function worker_info_key(prefix, worker) return prefix .. 'w:' .. worker .. ':info' end
 
 -- The worker to offer a job with LoRA set `set` first: the set's last owner, if its engine still
 -- holds that set; nil otherwise.

@@ -1,0 +1,51 @@
+//! The worker registry: every worker heartbeats a record of itself into the queue with a TTL
+//! (`JobQueue::register_worker`), and the coordinator lists the live ones for operators
+//! (`GET /v1/admin/workers`). A worker that stops heartbeating drops out when its TTL passes;
+//! nothing has to clean up after it. docs/queue-protocol.md §Worker registry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::{JobId, Millis};
+
+/// Longest worker id the registry stores (ids are host names plus a suffix).
+pub const MAX_WORKER_ID_CHARS: usize = 200;
+
+/// What a worker says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerInfo {
+    /// The worker's id (`--worker-id`), as leases and events name it.
+    pub id: String,
+    pub host: String,
+    /// `cpu`, `cuda:0`, …
+    pub device: String,
+    /// The GPU's name, when the device is one and the driver tells.
+    pub gpu_name: Option<String>,
+    /// `shapes`, `tiny` or the model directory.
+    pub model: String,
+    /// Compute dtype (`f32`, `bf16`).
+    pub dtype: String,
+    /// The linear layers' storage (`native`, `fp8`).
+    pub linear_precision: String,
+    /// `kontext-worker`'s version.
+    pub version: String,
+    /// When the worker started (ms since the epoch).
+    pub started_at: Millis,
+    /// When this record was written (ms since the epoch).
+    pub seen_at: Millis,
+    /// The job the engine runs now, and how far (0–1).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub current_job: Option<JobId>,
+    pub progress: Option<f32>,
+    /// Jobs this worker committed, and jobs it ended as failed (retried or not), since it started.
+    pub jobs_succeeded: u64,
+    pub jobs_failed: u64,
+    /// Hit ratio per engine cache (`text`, `context`, `lora`), where it had lookups.
+    pub cache_hit_ratio: BTreeMap<String, f64>,
+    /// The LoRA set its engine holds (`loras::lora_set_id`), if any.
+    pub lora_set: Option<String>,
+    /// True once it was told to stop: it finishes (or releases) its job and claims no more.
+    pub draining: bool,
+}

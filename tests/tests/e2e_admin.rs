@@ -1,0 +1,104 @@
+//! The admin API end to end (docs/security.md §Admin API): two `e2e-worker` processes on real
+//! Redis heartbeat into the worker registry; `GET /v1/admin/workers` lists them with an admin
+//! key only (tenant keys get 401), shows the job counts move after a job, and drops a worker
+//! that was SIGKILLed once its TTL (the lease TTL) has passed.
+
+mod e2e_support;
+
+use std::time::{Duration, Instant};
+
+use e2e_support::{DEADLINE, Fleet, FleetOptions, KEY_ALPHA, http};
+use kontext_coordinator::admin_auth::AdminAuth;
+use kontext_proto::JobId;
+use serde_json::{Value, json};
+
+const ADMIN_KEY: &str = "admin-key-of-the-e2e-test-0123";
+
+async fn workers(fleet: &Fleet, key: &str) -> (u16, Value) {
+    let resp = http(key)
+        .get(format!("{}/v1/admin/workers", fleet.url))
+        .send()
+        .await
+        .expect("GET /v1/admin/workers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON"))
+}
+
+/// Polls the registry (a state nothing signals) until `done` holds, within the deadline.
+async fn workers_until(fleet: &Fleet, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let (status, v) = workers(fleet, ADMIN_KEY).await;
+        assert_eq!(status, 200, "{v}");
+        let list = v["workers"].as_array().cloned().unwrap_or_default();
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            Instant::now() < until,
+            "{what}: still {list:#?}\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ids(list: &[Value]) -> Vec<&str> {
+    list.iter().filter_map(|w| w["id"].as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_registry_lists_live_workers_to_admins_only() {
+    let fleet = Fleet::start_with(FleetOptions::default(), |c| {
+        c.admin = AdminAuth::from_arg(Some(ADMIN_KEY), false).expect("admin key");
+    })
+    .expect("fleet");
+
+    for key in [KEY_ALPHA, ""] {
+        let (status, v) = workers(&fleet, key).await;
+        assert_eq!(
+            (status, v["error"]["field"].as_str()),
+            (401, Some("Authorization")),
+            "{v}"
+        );
+    }
+
+    let list = workers_until(&fleet, "both workers registered", |l| l.len() == 2).await;
+    assert_eq!(ids(&list), ["w0", "w1"]);
+    for w in &list {
+        assert_eq!(w["device"], "cpu", "{w}");
+        assert_eq!(w["draining"], false, "{w}");
+        assert!(w["version"].as_str().is_some_and(|v| !v.is_empty()), "{w}");
+        assert!(w["host"].as_str().is_some_and(|v| !v.is_empty()), "{w}");
+    }
+
+    // One job: whichever worker ran it counts it at its next heartbeat.
+    let v = fleet
+        .post_accepted(
+            "/v1/jobs",
+            json!({"prompt": "a red circle", "width": 64, "height": 64, "steps": 2, "seed": 1}),
+        )
+        .await;
+    let id: JobId = v["id"].as_str().expect("id").parse().expect("uuid");
+    let queue = fleet.queue().await.expect("queue");
+    let job = fleet
+        .wait_record(&queue, id, "terminal", |j| j.status.is_terminal())
+        .await
+        .expect("terminal");
+    let ran_on = job.worker.clone().expect("worker");
+    let list = workers_until(&fleet, "the job counted", |l| {
+        l.iter()
+            .any(|w| w["id"] == ran_on.as_str() && w["jobs_succeeded"] == 1)
+    })
+    .await;
+    let w = list
+        .iter()
+        .find(|w| w["id"] == ran_on.as_str())
+        .expect("listed");
+    assert!(w["current_job"].is_null(), "{w}");
+
+    // A worker that dies stops heartbeating and drops out after its TTL.
+    fleet.with_worker("w1", |w| w.kill());
+    let list = workers_until(&fleet, "w1 gone", |l| l.len() == 1).await;
+    assert_eq!(ids(&list), ["w0"]);
+}
