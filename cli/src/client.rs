@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use kontext_coordinator::http::admin::{UsageReport, WorkerList};
 use kontext_coordinator::http::error::ErrorBody;
 use kontext_coordinator::http::views::{CancelReply, JobAccepted, JobView, UploadReply};
 use kontext_proto::JobEvent;
@@ -172,6 +173,33 @@ impl Client {
     /// `GET /v1/jobs/{id}`.
     pub async fn job(&self, id: &str) -> Result<JobView, ClientError> {
         let url = self.url(&format!("/v1/jobs/{id}"));
+        let resp = self.send(&url, self.http.get(&url)).await?;
+        Self::json(&url, resp).await
+    }
+
+    /// `GET /v1/admin/usage` (an admin key): usage per tenant and day over `from..=to`
+    /// (`YYYY-MM-DD`; the coordinator's defaults when absent).
+    pub async fn usage(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+        tenant: Option<&str>,
+    ) -> Result<UsageReport, ClientError> {
+        let base = self.url("/v1/admin/usage");
+        let mut url = reqwest::Url::parse(&base).map_err(|_| ClientError::BadUrl(base.clone()))?;
+        for (name, value) in [("from", from), ("to", to), ("tenant", tenant)] {
+            if let Some(v) = value {
+                url.query_pairs_mut().append_pair(name, v);
+            }
+        }
+        let url = url.to_string();
+        let resp = self.send(&url, self.http.get(&url)).await?;
+        Self::json(&url, resp).await
+    }
+
+    /// `GET /v1/admin/workers` (an admin key): the live workers.
+    pub async fn workers(&self) -> Result<WorkerList, ClientError> {
+        let url = self.url("/v1/admin/workers");
         let resp = self.send(&url, self.http.get(&url)).await?;
         Self::json(&url, resp).await
     }

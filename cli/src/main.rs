@@ -46,6 +46,10 @@ enum Command {
     /// Step caching side by side on the shapes model: wall time, full evaluations, judge
     /// accuracy and PSNR against `acceleration: none`, per level.
     Speed(commands::speed::SpeedArgs),
+    /// Engine time (GPU-seconds), images and steps per tenant per day (admin key).
+    Usage(commands::operators::UsageArgs),
+    /// The live workers: device, model, counts, what each runs now (admin key).
+    Workers(commands::operators::WorkersArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -87,6 +91,8 @@ fn main() -> std::process::ExitCode {
             Command::Generate(args) => commands::jobs::generate(args).await,
             Command::Edit(args) => commands::jobs::edit(args).await,
             Command::Status(args) => commands::jobs::status(args).await,
+            Command::Usage(args) => commands::operators::usage(args).await,
+            Command::Workers(args) => commands::operators::workers(args).await,
             Command::Wait(args) => commands::jobs::wait(args).await,
             Command::Fetch(args) => commands::jobs::fetch(args).await,
             Command::Cancel(args) => commands::jobs::cancel(args).await,

@@ -90,8 +90,43 @@ async fn up_serves_a_job_and_the_workers_metrics() {
         "kontext_queue_depth",
         "kontext_worker_claims_total 1",
         "kontext_worker_stage_seconds_total",
+        "kontext_worker_tenant_images_total{tenant=\"default\"} 1",
+        "kontext_worker_tenant_steps_total{tenant=\"default\"} 2",
     ] {
         assert!(metrics.contains(family), "no {family:?} in:\n{metrics}");
     }
+
+    // The operators' commands over the admin API (open, as the rest of an open `kontext up`).
+    let kontext = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kontext"))
+            .args(args)
+            .args(["--url", embedded.url()])
+            .output()
+            .expect("run kontext");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "kontext {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let usage = tokio::task::block_in_place(|| kontext(&["usage"]));
+    let row = usage
+        .lines()
+        .find(|l| l.contains(" default "))
+        .unwrap_or_else(|| panic!("no row of tenant default in:\n{usage}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // day, tenant, engine s, images, steps
+    assert_eq!(cells.len(), 5, "{row}");
+    assert_eq!((cells[3], cells[4]), ("1", "2"), "{usage}");
+    assert!(cells[2].parse::<f64>().is_ok_and(|s| s > 0.0), "{usage}");
+    let workers = tokio::task::block_in_place(|| kontext(&["workers"]));
+    assert!(
+        workers
+            .lines()
+            .any(|l| l.starts_with("embedded-test ") && l.contains(" cpu ")),
+        "{workers}"
+    );
     embedded.shutdown().await.expect("clean shutdown");
 }

@@ -17,6 +17,7 @@ use crate::queue::{
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 use crate::redis::RedisQueue;
+use crate::usage::UsageRow;
 use crate::workers::WorkerInfo;
 
 /// One of the queue implementations. Cloning is cheap (an `Arc`).
@@ -160,6 +161,10 @@ impl JobQueue for AnyQueue {
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {
         dispatch!(self, q => q.workers(now).await)
+    }
+
+    async fn usage(&self, from_day: u32, to_day: u32) -> Result<Vec<UsageRow>, QueueError> {
+        dispatch!(self, q => q.usage(from_day, to_day).await)
     }
 
     async fn take_notifications(

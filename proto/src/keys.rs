@@ -26,6 +26,8 @@
 //! kontext:{<ns>}:w:<worker>:lora          STRING  the LoRA set that worker's engine holds, EX 900
 //! kontext:{<ns>}:w:<worker>:info          STRING  the worker's registry record (JSON), PX its TTL
 //! kontext:{<ns>}:workers                  ZSET    worker id -> record expiry (ms)
+//! kontext:{<ns>}:usage:<day>              HASH    `engine_ms|<t>`, `images|<t>`, `steps|<t>` of the
+//!                                                 day's succeeded jobs per tenant, EX 400 days
 //! ```
 //!
 //! The Lua scripts derive per-job and per-tenant keys from `prefix()` (they discover job ids at run
@@ -146,6 +148,11 @@ impl KeySpace {
         format!("{}w:{worker}:info", self.prefix)
     }
 
+    /// Usage of day `day` (days since 1970-01-01 UTC; `usage::day_of`).
+    pub fn usage(&self, day: u32) -> String {
+        format!("{}usage:{day}", self.prefix)
+    }
+
     /// The registry index: worker id → when its record expires.
     pub fn workers(&self) -> String {
         format!("{}workers", self.prefix)
@@ -209,6 +216,7 @@ mod tests {
             k.worker_lora("host-1-abc"),
             k.worker_info("host-1-abc"),
             k.workers(),
+            k.usage(20_427),
         ];
         for key in &all {
             assert!(key.starts_with("kontext:{kx}:"), "{key}");

@@ -35,6 +35,7 @@ pub mod policy;
 pub mod queue;
 pub mod references;
 pub mod resolution;
+pub mod usage;
 pub mod validate;
 pub mod validate_chain;
 mod validate_fields;

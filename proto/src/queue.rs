@@ -27,6 +27,7 @@ use crate::error::{JobError, QueueError};
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
 };
+use crate::usage::UsageRow;
 use crate::workers::WorkerInfo;
 
 /// Stable name of a worker process (host, pid, boot nonce), used as the stream consumer name.
@@ -448,4 +449,12 @@ pub trait JobQueue: Send + Sync + 'static {
         &self,
         now: Millis,
     ) -> impl Future<Output = Result<Vec<WorkerInfo>, QueueError>> + Send;
+
+    /// Usage of days `from_day..=to_day` (`usage::day_of`; at most `MAX_USAGE_DAYS`), one row
+    /// per day and tenant with any succeeded job, by day then tenant.
+    fn usage(
+        &self,
+        from_day: u32,
+        to_day: u32,
+    ) -> impl Future<Output = Result<Vec<UsageRow>, QueueError>> + Send;
 }

@@ -1,7 +1,8 @@
 //! The admin API end to end (docs/security.md §Admin API): two `e2e-worker` processes on real
 //! Redis heartbeat into the worker registry; `GET /v1/admin/workers` lists them with an admin
 //! key only (tenant keys get 401), shows the job counts move after a job, and drops a worker
-//! that was SIGKILLed once its TTL (the lease TTL) has passed.
+//! that was SIGKILLed once its TTL (the lease TTL) has passed; `GET /v1/admin/usage` reports the
+//! job's engine time, image and steps for its tenant and day, and names a bad date range.
 
 mod e2e_support;
 
@@ -20,6 +21,16 @@ async fn workers(fleet: &Fleet, key: &str) -> (u16, Value) {
         .send()
         .await
         .expect("GET /v1/admin/workers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON"))
+}
+
+async fn admin_get(fleet: &Fleet, path: &str) -> (u16, Value) {
+    let resp = http(ADMIN_KEY)
+        .get(format!("{}{path}", fleet.url))
+        .send()
+        .await
+        .expect("GET");
     let status = resp.status().as_u16();
     (status, resp.json().await.expect("JSON"))
 }
@@ -96,6 +107,35 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
         .find(|w| w["id"] == ran_on.as_str())
         .expect("listed");
     assert!(w["current_job"].is_null(), "{w}");
+
+    // Usage: counted in the job's commit, for its tenant and day.
+    let (status, v) = admin_get(&fleet, "/v1/admin/usage").await;
+    assert_eq!(status, 200, "{v}");
+    let rows = v["usage"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0]["tenant"], job.tenant.as_str(), "{v}");
+    assert_eq!(
+        (&rows[0]["images"], &rows[0]["steps"]),
+        (&json!(1), &json!(2)),
+        "{v}"
+    );
+    assert!(
+        rows[0]["engine_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{v}"
+    );
+    assert_eq!(rows[0]["day"], v["to"], "{v}");
+    for (query, status, field) in [
+        ("from=yesterday", 400, "from"),
+        ("from=2020-01-01&to=2026-12-01", 422, "from"),
+        ("from=2026-12-02&to=2026-12-01", 422, "from"),
+    ] {
+        let (got, v) = admin_get(&fleet, &format!("/v1/admin/usage?{query}")).await;
+        assert_eq!(
+            (got, v["error"]["field"].as_str()),
+            (status, Some(field)),
+            "{query}: {v}"
+        );
+    }
 
     // A worker that dies stops heartbeating and drops out after its TTL.
     fleet.with_worker("w1", |w| w.kill());

@@ -58,6 +58,8 @@ pub struct AttemptReport {
     pub step_time: Option<Duration>,
     /// Time after the last step: decode, encode, upload, commit.
     pub tail: Option<Duration>,
+    /// Engine time of the result it committed or tried to.
+    pub engine_ms: Option<u64>,
 }
 
 /// Why the attempt did not produce a result.
@@ -103,12 +105,14 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
                     outcome,
                     step_time,
                     tail: Some(stored.decode + stored.engine_done.elapsed()),
+                    engine_ms: Some(stored.result.engine_ms),
                 }
             }
             Err(stop) => AttemptReport {
                 outcome: self.settle(stop).await,
                 step_time,
                 tail: None,
+                engine_ms: None,
             },
         }
     }

@@ -197,6 +197,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
         let span = job_span(&claim);
         let Claim { lease, job } = claim;
         let lora_set = kontext_proto::loras::lora_set_id(&job.spec.loras);
+        let (tenant, steps) = (job.tenant.clone(), job.spec.steps);
         self.status.update_activity(|a| {
             a.current_job = Some(job.id);
             a.progress = Some(0.0);
@@ -255,6 +256,9 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
             Outcome::Succeeded => lora_set,
             _ => None,
         };
+        if let (Outcome::Succeeded, Some(engine_ms)) = (report.outcome, report.engine_ms) {
+            self.status.metrics.tenant_usage(&tenant, engine_ms, steps);
+        }
         self.status.update_activity(|a| {
             a.current_job = None;
             a.progress = None;

@@ -138,6 +138,10 @@ pub struct WorkerMetrics {
     engine_busy_seconds: Counter,
     pub step_seconds: Histogram,
     pub job_seconds: Histogram,
+    /// Usage of the jobs this worker committed, per tenant (the queue keeps the per-day totals).
+    tenant_engine_seconds: CounterVec,
+    tenant_images: IntCounterVec,
+    tenant_steps: IntCounterVec,
 }
 
 impl Default for WorkerMetrics {
@@ -228,6 +232,36 @@ impl Default for WorkerMetrics {
                 "Claim to commit (or failure) per job",
                 &JOB_BUCKETS_S,
             ),
+            tenant_engine_seconds: registered(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "kontext_worker_tenant_engine_seconds_total",
+                        "Engine time of committed jobs per tenant (GPU seconds on a GPU worker)",
+                    ),
+                    &["tenant"],
+                ),
+            ),
+            tenant_images: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kontext_worker_tenant_images_total",
+                        "Committed jobs (images) per tenant",
+                    ),
+                    &["tenant"],
+                ),
+            ),
+            tenant_steps: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "kontext_worker_tenant_steps_total",
+                        "Denoising steps of committed jobs per tenant",
+                    ),
+                    &["tenant"],
+                ),
+            ),
             registry: r.clone(),
         };
         registered(&r, Ok(kontext_engine::cache::CacheCollector::new()));
@@ -239,6 +273,17 @@ impl WorkerMetrics {
     pub fn job_finished(&self, outcome: Outcome, elapsed: Duration) {
         self.jobs.with_label_values(&[outcome.as_str()]).inc();
         self.job_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// A committed job of `tenant`: its engine time and steps.
+    pub fn tenant_usage(&self, tenant: &str, engine_ms: u64, steps: u32) {
+        self.tenant_engine_seconds
+            .with_label_values(&[tenant])
+            .inc_by(engine_ms as f64 / 1e3);
+        self.tenant_images.with_label_values(&[tenant]).inc();
+        self.tenant_steps
+            .with_label_values(&[tenant])
+            .inc_by(u64::from(steps));
     }
 
     /// Jobs that ended with `outcome` so far.

@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod eval;
 pub mod jobs;
+pub mod operators;
 pub mod speed;
 pub mod storyboard;
 pub mod up;

@@ -1,17 +1,18 @@
 //! The admin API (`/v1/admin/*`, docs/security.md §Admin API): operators' views across tenants,
-//! behind admin keys of their own (`crate::admin_auth`). For now: the worker registry.
+//! behind admin keys of their own (`crate::admin_auth`): the worker registry and usage.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, RawQuery, State};
 use axum::http::request::Parts;
 use kontext_proto::JobQueue;
 use kontext_proto::clock::now_ms;
+use kontext_proto::usage::{MAX_USAGE_DAYS, UsageRow, day_name, day_of, parse_day};
 use kontext_proto::workers::WorkerInfo;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::request::api_key;
+use super::request::{api_key, query_pairs, query_param};
 use crate::admin_auth::AdminDecision;
 use crate::auth_failures::ClientKey;
 use crate::http_server::PeerAddr;
@@ -79,4 +80,84 @@ pub async fn list_workers(
 ) -> Result<Json<WorkerList>, ApiError> {
     let workers = state.queue.workers(now_ms()).await?;
     Ok(Json(WorkerList { workers }))
+}
+
+/// Days `GET /v1/admin/usage` covers without `from`.
+pub const DEFAULT_USAGE_DAYS: u32 = 30;
+
+/// Usage per tenant and day.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    /// First and last UTC day covered, `YYYY-MM-DD`.
+    pub from: String,
+    pub to: String,
+    /// One row per day and tenant with a succeeded job, by day then tenant.
+    pub usage: Vec<UsageRow>,
+}
+
+fn day_param(pairs: &[(String, String)], name: &str, default: u32) -> Result<u32, ApiError> {
+    match query_param(pairs, name) {
+        None => Ok(default),
+        Some(raw) => parse_day(raw).ok_or_else(|| {
+            ApiError::bad_request(
+                name,
+                format!("{name} must be a date YYYY-MM-DD (got {raw:?})"),
+            )
+            .with_limit("YYYY-MM-DD")
+        }),
+    }
+}
+
+/// Engine time (GPU-seconds on GPU workers), images and steps per tenant per UTC day, counted
+/// in the commit of each succeeded job (never twice under redelivery).
+#[utoipa::path(
+    get, path = "/v1/admin/usage", tag = "admin",
+    params(
+        ("from" = Option<String>, Query, description = "First UTC day, YYYY-MM-DD (default: 29 \
+            days before `to`)", pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"),
+        ("to" = Option<String>, Query, description = "Last UTC day, YYYY-MM-DD (default: today)",
+            pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant"),
+    ),
+    responses(
+        (status = 200, description = "Usage per tenant and day", body = UsageReport),
+        (status = 400, description = "A date that is not YYYY-MM-DD", body = ErrorBody),
+        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
+        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
+        (status = 422, description = "`from` after `to`, or more than 400 days", body = ErrorBody,
+            example = json!({"error": {"type": "invalid_request", "field": "from",
+                "message": "from..to covers 500 days; at most 400", "limit": "..=400 days"}})),
+        (status = 429, description = "Too many failed authentications from this client",
+            body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn usage(
+    State(state): State<AppState>,
+    _: Admin,
+    RawQuery(query): RawQuery,
+) -> Result<Json<UsageReport>, ApiError> {
+    let pairs = query_pairs(query.as_deref());
+    let to = day_param(&pairs, "to", day_of(now_ms()))?;
+    let from = day_param(&pairs, "from", to.saturating_sub(DEFAULT_USAGE_DAYS - 1))?;
+    if from > to {
+        return Err(ApiError::invalid("from", "from is after to"));
+    }
+    let days = to - from + 1;
+    if days > MAX_USAGE_DAYS {
+        return Err(ApiError::invalid(
+            "from",
+            format!("from..to covers {days} days; at most {MAX_USAGE_DAYS}"),
+        )
+        .with_limit(format!("..={MAX_USAGE_DAYS} days")));
+    }
+    let mut rows = state.queue.usage(from, to).await?;
+    if let Some(tenant) = query_param(&pairs, "tenant") {
+        rows.retain(|r| r.tenant == tenant);
+    }
+    Ok(Json(UsageReport {
+        from: day_name(from),
+        to: day_name(to),
+        usage: rows,
+    }))
 }

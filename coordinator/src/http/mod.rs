@@ -55,7 +55,7 @@ use common_responses::CommonResponses;
         chains::create_chain, chains::get_chain, chains::append_turn, chains::fork_chain,
         chains::cancel_chain,
         webhook_secret::webhook_secret,
-        admin::list_workers,
+        admin::list_workers, admin::usage,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -69,7 +69,8 @@ use common_responses::CommonResponses;
         chain_views::ChainAccepted, chain_views::TurnAccepted, chain_views::ChainView,
         chain_views::TurnView, ChainStatus, TurnState,
         chain_views::ForkedFrom, chain_views::ChainCancelReply, webhook_secret::WebhookSecret,
-        admin::WorkerList, kontext_proto::workers::WorkerInfo,
+        admin::WorkerList, kontext_proto::workers::WorkerInfo, admin::UsageReport,
+        kontext_proto::usage::UsageRow,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
     tags(
@@ -129,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chains/{id}/cancel", post(chains::cancel_chain))
         .route("/v1/webhook_secret", get(webhook_secret::webhook_secret))
         .route("/v1/admin/workers", get(admin::list_workers))
+        .route("/v1/admin/usage", get(admin::usage))
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

@@ -14,6 +14,7 @@ mod lifecycle;
 mod loras;
 mod notifications;
 mod retention;
+mod usage;
 mod workers;
 
 use std::future::Future;
@@ -34,6 +35,7 @@ pub use lifecycle::*;
 pub use loras::*;
 pub use notifications::*;
 pub use retention::*;
+pub use usage::*;
 pub use workers::*;
 
 /// Injected start time of every rule (ms since the epoch).
@@ -235,6 +237,7 @@ macro_rules! queue_conformance_tests {
             text_to_image_chain_and_creation_checks,
             lora_jobs_prefer_the_worker_holding_their_set,
             registered_workers_are_listed_until_their_ttl_passes,
+            usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,
         );

@@ -20,6 +20,7 @@ use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::usage::{self, UsageRow};
 use crate::workers::WorkerInfo;
 
 use state::State;
@@ -33,6 +34,8 @@ pub struct MemoryQueue {
     state: Mutex<State>,
     /// The worker registry: id → (record, expiry). Apart from `state`: no transition reads it.
     workers: Mutex<BTreeMap<String, (WorkerInfo, Millis)>>,
+    /// Usage by (day, tenant), written by the commit that succeeds (`complete`).
+    usage: Mutex<BTreeMap<(u32, String), UsageRow>>,
     /// Signalled after every change; waiters re-check their condition.
     changed: Notify,
     jitter: Jitter,
@@ -44,6 +47,7 @@ impl MemoryQueue {
         Self {
             state: Mutex::new(State::new(config)),
             workers: Mutex::new(BTreeMap::new()),
+            usage: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             jitter,
         }
@@ -159,7 +163,29 @@ impl JobQueue for MemoryQueue {
         result: JobResult,
         now: Millis,
     ) -> Result<CompleteOutcome, QueueError> {
-        self.mutate(|s| s.complete(lease, result, now))
+        let engine_ms = result.engine_ms;
+        // The usage is counted under the state lock, in the commit that succeeds: a repeated
+        // commit answers `AlreadyDone` and counts nothing.
+        self.mutate(|s| {
+            let out = s.complete(lease, result, now)?;
+            if out == CompleteOutcome::Committed
+                && let Some(job) = s.get(lease.job_id)
+            {
+                let day = usage::day_of(now);
+                let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+                let row = usage
+                    .entry((day, job.tenant.clone()))
+                    .or_insert_with(|| UsageRow {
+                        day: usage::day_name(day),
+                        tenant: job.tenant.clone(),
+                        ..UsageRow::default()
+                    });
+                row.engine_ms += engine_ms;
+                row.images += 1;
+                row.steps += u64::from(job.spec.steps);
+            }
+            Ok(out)
+        })
     }
 
     async fn fail(
@@ -214,6 +240,21 @@ impl JobQueue for MemoryQueue {
         workers.retain(|_, (_, expiry)| *expiry > now);
         workers.insert(info.id.clone(), (info.clone(), until));
         Ok(())
+    }
+
+    async fn usage(&self, from_day: u32, to_day: u32) -> Result<Vec<UsageRow>, QueueError> {
+        if to_day < from_day || to_day - from_day >= usage::MAX_USAGE_DAYS {
+            return Err(QueueError::Config(format!(
+                "usage range {from_day}..={to_day}: at most {} days, from ≤ to",
+                usage::MAX_USAGE_DAYS
+            )));
+        }
+        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(usage
+            .range((from_day, String::new())..)
+            .take_while(|((day, _), _)| *day <= to_day)
+            .map(|(_, row)| row.clone())
+            .collect())
     }
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {

@@ -44,6 +44,7 @@ use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::usage::UsageRow;
 use crate::workers::WorkerInfo;
 
 /// Entries of canceled jobs one claim call may skip before handing control back.
@@ -416,6 +417,7 @@ impl JobQueue for RedisQueue {
         now: Millis,
     ) -> Result<CompleteOutcome, QueueError> {
         let k = &self.keys;
+        let engine_ms = result.engine_ms;
         let result =
             serde_json::to_string(&result).map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let mut inv = SCRIPTS.complete.prepare_invoke();
@@ -430,7 +432,9 @@ impl JobQueue for RedisQueue {
             .arg(WORKER_GROUP)
             .arg(self.retention_s())
             .arg(self.maxlen())
-            .arg(policy::millis(self.cfg.queue.affinity_delay));
+            .arg(policy::millis(self.cfg.queue.affinity_delay))
+            .arg(crate::usage::day_of(now))
+            .arg(engine_ms);
         let reply = self.run(&inv).await?;
         match tagged(&reply)?.0.as_str() {
             "committed" => Ok(CompleteOutcome::Committed),
@@ -577,6 +581,10 @@ impl JobQueue for RedisQueue {
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {
         self.workers_impl(now).await
+    }
+
+    async fn usage(&self, from_day: u32, to_day: u32) -> Result<Vec<UsageRow>, QueueError> {
+        self.usage_impl(from_day, to_day).await
     }
 
     async fn take_notifications(

@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 21] = [
+pub(crate) const SOURCES: [(&str, &str); 22] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -33,6 +33,7 @@ pub(crate) const SOURCES: [(&str, &str); 21] = [
     ("chain_cancel", include_str!("lua/chain_cancel.lua")),
     ("worker_beat", include_str!("lua/worker_beat.lua")),
     ("worker_list", include_str!("lua/worker_list.lua")),
+    ("usage_read", include_str!("lua/usage_read.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -57,6 +58,7 @@ pub(crate) struct Scripts {
     pub chain_cancel: Script,
     pub worker_beat: Script,
     pub worker_list: Script,
+    pub usage_read: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -90,10 +92,11 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     chain_cancel: with_prelude("chain_cancel"),
     worker_beat: with_prelude("worker_beat"),
     worker_list: with_prelude("worker_list"),
+    usage_read: with_prelude("usage_read"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 21] {
+    fn all(&self) -> [&Script; 22] {
         [
             &self.submit,
             &self.claim,
@@ -116,6 +119,7 @@ impl Scripts {
             &self.chain_cancel,
             &self.worker_beat,
             &self.worker_list,
+            &self.usage_read,
         ]
     }
 

@@ -1,15 +1,17 @@
-//! The worker registry on Redis (docs/queue-protocol.md §Worker registry): `worker_beat.lua`
-//! writes a worker's record with its TTL and indexes it by expiry; `worker_list.lua` reads the
-//! records that have not expired at the caller's `now`.
+//! The operators' reads on Redis. The worker registry (docs/queue-protocol.md §Worker registry):
+//! `worker_beat.lua` writes a worker's record with its TTL and indexes it by expiry;
+//! `worker_list.lua` reads the records that have not expired at the caller's `now`. Usage
+//! (`crate::usage`, written by `complete.lua`): `usage_read.lua` reads a range of days.
 
 use std::time::Duration;
 
 use super::RedisQueue;
-use super::reply::{array, text};
+use super::reply::{array, int, text};
 use super::scripts::SCRIPTS;
 use crate::error::QueueError;
 use crate::job::Millis;
 use crate::policy;
+use crate::usage::{MAX_USAGE_DAYS, UsageRow, day_name};
 use crate::workers::WorkerInfo;
 
 impl RedisQueue {
@@ -50,5 +52,52 @@ impl RedisQueue {
             .collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    pub(super) async fn usage_impl(
+        &self,
+        from_day: u32,
+        to_day: u32,
+    ) -> Result<Vec<UsageRow>, QueueError> {
+        if to_day < from_day || to_day - from_day >= MAX_USAGE_DAYS {
+            return Err(QueueError::Config(format!(
+                "usage range {from_day}..={to_day}: at most {MAX_USAGE_DAYS} days, from ≤ to"
+            )));
+        }
+        let mut inv = SCRIPTS.usage_read.prepare_invoke();
+        inv.key(self.keys.usage(from_day))
+            .arg(self.keys.prefix())
+            .arg(from_day)
+            .arg(to_day);
+        let reply = self.run(&inv).await?;
+        let flat = array(&reply)?;
+        let mut rows: std::collections::BTreeMap<(u32, String), UsageRow> = Default::default();
+        for triple in flat.chunks(3) {
+            let [day, field, value] = triple else {
+                return Err(QueueError::Corrupt("usage reply is not in threes".into()));
+            };
+            let day: u32 = text(day)?
+                .parse()
+                .map_err(|_| QueueError::Corrupt("usage day".into()))?;
+            let field = text(field)?;
+            let value = u64::try_from(int(value)?).unwrap_or(0);
+            let Some((what, tenant)) = field.split_once('|') else {
+                continue;
+            };
+            let row = rows
+                .entry((day, tenant.to_owned()))
+                .or_insert_with(|| UsageRow {
+                    day: day_name(day),
+                    tenant: tenant.to_owned(),
+                    ..UsageRow::default()
+                });
+            match what {
+                "engine_ms" => row.engine_ms = value,
+                "images" => row.images = value,
+                "steps" => row.steps = value,
+                _ => {}
+            }
+        }
+        Ok(rows.into_values().collect())
     }
 }

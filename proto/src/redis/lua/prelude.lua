@@ -59,6 +59,22 @@ local AFFINITY_STREAM_TTL_S = 3600
 local function lora_owner_key(prefix, set) return prefix .. 'lora:' .. set end
 local function worker_lora_key(prefix, worker) return prefix .. 'w:' .. worker .. ':lora' end
 local LORA_OWNER_TTL_S = 900
+-- keys.rs usage: the usage counters of one day (days since 1970-01-01 UTC).
+local function usage_key(prefix, day) return prefix .. 'usage:' .. day end
+local USAGE_TTL_S = 400 * 86400
+
+-- One succeeded job of `tenant` on `day` (usage.rs): its engine time, one image, its steps
+-- (from the stored spec, which our code wrote).
+local function record_usage(prefix, tenant, day, engine_ms, spec_json)
+  local ok, spec = pcall(cjson.decode, spec_json or '')
+  local steps = (ok and type(spec) == 'table' and tonumber(spec.steps)) or 0
+  local key = usage_key(prefix, day)
+  redis.call('HINCRBY', key, 'engine_ms|' .. tenant, tonumber(engine_ms) or 0)
+  redis.call('HINCRBY', key, 'images|' .. tenant, 1)
+  redis.call('HINCRBY', key, 'steps|' .. tenant, steps)
+  redis.call('EXPIRE', key, USAGE_TTL_S)
+end
+
 -- keys.rs worker_info: a worker's registry record.
 local function worker_info_key(prefix, worker) return prefix .. 'w:' .. worker .. ':info' end
 
