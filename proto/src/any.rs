@@ -18,7 +18,7 @@ use crate::queue::{
 };
 use crate::redis::RedisQueue;
 use crate::usage::UsageRow;
-use crate::workers::WorkerInfo;
+use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
 /// One of the queue implementations. Cloning is cheap (an `Arc`).
 #[derive(Debug, Clone)]
@@ -155,8 +155,16 @@ impl JobQueue for AnyQueue {
         info: &WorkerInfo,
         ttl: Duration,
         now: Millis,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Beat, QueueError> {
         dispatch!(self, q => q.register_worker(info, ttl, now).await)
+    }
+
+    async fn request_drain(&self, worker: &str, now: Millis) -> Result<DrainOutcome, QueueError> {
+        dispatch!(self, q => q.request_drain(worker, now).await)
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
+        dispatch!(self, q => q.audit_log(limit).await)
     }
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {

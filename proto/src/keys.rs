@@ -26,6 +26,8 @@
 //! kontext:{<ns>}:w:<worker>:lora          STRING  the LoRA set that worker's engine holds, EX 900
 //! kontext:{<ns>}:w:<worker>:info          STRING  the worker's registry record (JSON), PX its TTL
 //! kontext:{<ns>}:workers                  ZSET    worker id -> record expiry (ms)
+//! kontext:{<ns>}:w:<worker>:drain         STRING  an operator's drain request, EX 3600
+//! kontext:{<ns>}:audit                    STREAM  admin actions {at, action, target}, MAXLEN ~ 10000
 //! kontext:{<ns>}:usage:<day>              HASH    `engine_ms|<t>`, `images|<t>`, `steps|<t>` of the
 //!                                                 day's succeeded jobs per tenant, EX 400 days
 //! ```
@@ -153,6 +155,16 @@ impl KeySpace {
         format!("{}usage:{day}", self.prefix)
     }
 
+    /// An operator's request that `worker` drain.
+    pub fn worker_drain(&self, worker: &str) -> String {
+        format!("{}w:{worker}:drain", self.prefix)
+    }
+
+    /// Admin actions (`workers::AuditEntry`).
+    pub fn audit(&self) -> String {
+        format!("{}audit", self.prefix)
+    }
+
     /// The registry index: worker id → when its record expires.
     pub fn workers(&self) -> String {
         format!("{}workers", self.prefix)
@@ -217,6 +229,8 @@ mod tests {
             k.worker_info("host-1-abc"),
             k.workers(),
             k.usage(20_427),
+            k.worker_drain("host-1-abc"),
+            k.audit(),
         ];
         for key in &all {
             assert!(key.starts_with("kontext:{kx}:"), "{key}");

@@ -28,7 +28,7 @@ use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
 };
 use crate::usage::UsageRow;
-use crate::workers::WorkerInfo;
+use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
 /// Stable name of a worker process (host, pid, boot nonce), used as the stream consumer name.
 pub type WorkerId = String;
@@ -436,13 +436,27 @@ pub trait JobQueue: Send + Sync + 'static {
         now: Millis,
     ) -> impl Future<Output = Result<CancelOutcome, QueueError>> + Send;
 
-    /// Record `info` in the worker registry (replacing that worker's record) until `now + ttl`.
+    /// Record `info` in the worker registry (replacing that worker's record) until `now + ttl`;
+    /// the answer says whether an operator asked the worker to drain.
     fn register_worker(
         &self,
         info: &WorkerInfo,
         ttl: Duration,
         now: Millis,
-    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+    ) -> impl Future<Output = Result<Beat, QueueError>> + Send;
+
+    /// Ask live worker `worker` to drain (it sees it at its next heartbeat); audited.
+    fn request_drain(
+        &self,
+        worker: &str,
+        now: Millis,
+    ) -> impl Future<Output = Result<DrainOutcome, QueueError>> + Send;
+
+    /// The newest `limit` admin actions, newest first.
+    fn audit_log(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AuditEntry>, QueueError>> + Send;
 
     /// The registry records that have not expired at `now`, by worker id.
     fn workers(

@@ -49,3 +49,37 @@ pub struct WorkerInfo {
     /// True once it was told to stop: it finishes (or releases) its job and claims no more.
     pub draining: bool,
 }
+
+/// What the queue answers a registry heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Beat {
+    /// An operator asked this worker to drain (`JobQueue::request_drain`): finish or release its
+    /// job, claim no more, exit.
+    pub drain_requested: bool,
+}
+
+/// How a drain request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Recorded; the worker sees it at its next heartbeat.
+    Requested,
+    /// No live worker has that id.
+    NotFound,
+}
+
+/// One admin action, as the audit stream keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    /// When it was done (ms since the epoch).
+    pub at: Millis,
+    /// `drain_worker`, …
+    pub action: String,
+    /// What it acted on (a worker id, …).
+    pub target: String,
+}
+
+/// Entries the audit stream keeps (older ones are trimmed).
+pub const AUDIT_MAXLEN: usize = 10_000;
+/// How long a drain request waits for its worker's next heartbeat.
+pub const DRAIN_REQUEST_TTL_S: u64 = 3_600;

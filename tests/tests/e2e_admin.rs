@@ -2,7 +2,9 @@
 //! Redis heartbeat into the worker registry; `GET /v1/admin/workers` lists them with an admin
 //! key only (tenant keys get 401), shows the job counts move after a job, and drops a worker
 //! that was SIGKILLed once its TTL (the lease TTL) has passed; `GET /v1/admin/usage` reports the
-//! job's engine time, image and steps for its tenant and day, and names a bad date range.
+//! job's engine time, image and steps for its tenant and day, and names a bad date range; a
+//! drain request (`POST /v1/admin/workers/{id}/drain`) makes its worker exit cleanly and lands in
+//! the audit log.
 
 mod e2e_support;
 
@@ -137,8 +139,34 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
         );
     }
 
-    // A worker that dies stops heartbeating and drops out after its TTL.
+    // The queue at a glance.
+    let (status, v) = admin_get(&fleet, "/v1/admin/queue").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (&v["workers"], &v["running"]),
+        (&json!(2), &json!(0)),
+        "{v}"
+    );
+
+    // An operator drains w0: it sees the request at its next heartbeat and exits cleanly.
+    let drain = |id: &str| {
+        http(ADMIN_KEY)
+            .post(format!("{}/v1/admin/workers/{id}/drain", fleet.url))
+            .send()
+    };
+    let resp = drain("no-such-worker").await.expect("POST drain");
+    assert_eq!(resp.status().as_u16(), 404);
+    let resp = drain("w0").await.expect("POST drain");
+    assert_eq!(resp.status().as_u16(), 202);
+    let exit = tokio::task::block_in_place(|| fleet.with_worker("w0", |w| w.wait_exit(DEADLINE)))
+        .expect("w0 exits after the drain request");
+    assert!(exit.success(), "{exit:?}\n{}", fleet.logs());
+    let (status, v) = admin_get(&fleet, "/v1/admin/audit").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["entries"][0]["action"], "drain_worker", "{v}");
+    assert_eq!(v["entries"][0]["target"], "w0", "{v}");
+
+    // A worker that dies stops heartbeating; both drop out once their TTLs pass.
     fleet.with_worker("w1", |w| w.kill());
-    let list = workers_until(&fleet, "w1 gone", |l| l.len() == 1).await;
-    assert_eq!(ids(&list), ["w0"]);
+    workers_until(&fleet, "both gone", <[Value]>::is_empty).await;
 }

@@ -327,6 +327,8 @@ pub struct WorkerStatus {
     pub worker_id: String,
     /// What the job loop does now, for the worker registry (`registry`).
     activity: Mutex<Activity>,
+    /// Set when an operator asked this worker to drain (seen by `registry::beat`).
+    drain_request: tokio::sync::watch::Sender<bool>,
     /// Engine loaded, warm-up ran, and the job loop is claiming (false while draining).
     ready: AtomicBool,
     draining: AtomicBool,
@@ -340,11 +342,24 @@ impl WorkerStatus {
         Self {
             worker_id: worker_id.into(),
             activity: Mutex::new(Activity::default()),
+            drain_request: tokio::sync::watch::Sender::new(false),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             fatal: Mutex::new(None),
             metrics: WorkerMetrics::default(),
         }
+    }
+
+    /// An operator asked this worker to drain (`POST /v1/admin/workers/{id}/drain`).
+    pub fn request_drain(&self) {
+        self.drain_request.send_replace(true);
+    }
+
+    /// Resolves once a drain was requested (at once if it already was).
+    pub async fn drain_requested(&self) {
+        let mut rx = self.drain_request.subscribe();
+        // Only fails when the sender is gone, and `self` holds it.
+        let _ = rx.wait_for(|requested| *requested).await;
     }
 
     /// What the job loop does now.

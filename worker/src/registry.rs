@@ -1,7 +1,8 @@
 //! The worker's entry in the queue's worker registry (kontext_proto::workers): a record of who
 //! it is (host, device, GPU, model, version) and what it does now (job, progress, counts, cache
 //! hit ratios, LoRA set, draining), written every third of its TTL while the job loop runs. A
-//! worker that dies simply stops writing and drops out when the TTL passes.
+//! worker that dies simply stops writing and drops out when the TTL passes. The queue's answer
+//! carries an operator's drain request, which drains the worker as SIGTERM does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,8 +89,13 @@ pub async fn beat<Q: JobQueue>(
     loop {
         let now = now_ms();
         let info = record(&identity, &status, now);
-        if let Err(e) = queue.register_worker(&info, ttl, now).await {
-            tracing::warn!(error = %e, "worker registry heartbeat failed");
+        match queue.register_worker(&info, ttl, now).await {
+            Ok(beat) if beat.drain_requested && !status.is_draining() => {
+                tracing::info!("an operator asked this worker to drain");
+                status.request_drain();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "worker registry heartbeat failed"),
         }
         tokio::time::sleep(every).await;
     }

@@ -99,6 +99,14 @@ where
     )));
     let worker =
         Worker::new(queue, store, engine.handle(), settings).with_status(Arc::clone(&status));
+    // SIGTERM or an operator's drain request (`registry::beat`), whichever comes first.
+    let requested = Arc::clone(&status);
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = requested.drain_requested() => {}
+        }
+    };
     let task = tokio::spawn(worker.run(shutdown));
     Ok(SpawnedWorker {
         status,

@@ -1,13 +1,15 @@
 //! The admin API (`/v1/admin/*`, docs/security.md §Admin API): operators' views across tenants,
-//! behind admin keys of their own (`crate::admin_auth`): the worker registry and usage.
+//! behind admin keys of their own (`crate::admin_auth`): the queue at a glance, the worker
+//! registry and draining a worker, usage per tenant, and the audit log of admin actions.
 
 use axum::Json;
-use axum::extract::{FromRequestParts, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use kontext_proto::JobQueue;
 use kontext_proto::clock::now_ms;
 use kontext_proto::usage::{MAX_USAGE_DAYS, UsageRow, day_name, day_of, parse_day};
-use kontext_proto::workers::WorkerInfo;
+use kontext_proto::workers::{AuditEntry, DrainOutcome, WorkerInfo};
+use kontext_proto::{JobQueue, Priority};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -159,5 +161,147 @@ pub async fn usage(
         from: day_name(from),
         to: day_name(to),
         usage: rows,
+    }))
+}
+
+/// What a drain request did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DrainReply {
+    pub worker: String,
+    /// `drain_requested`: the worker drains at its next heartbeat (within a third of its lease
+    /// TTL): it finishes or releases its job, claims no more, and exits.
+    pub status: String,
+}
+
+/// Ask a worker to drain, as SIGTERM would (audited).
+#[utoipa::path(
+    post, path = "/v1/admin/workers/{id}/drain", tag = "admin",
+    params(("id" = String, Path, description = "Worker id, as GET /v1/admin/workers lists it")),
+    responses(
+        (status = 202, description = "Requested", body = DrainReply),
+        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
+        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
+        (status = 404, description = "No live worker has this id", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this client",
+            body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn drain_worker(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<DrainReply>), ApiError> {
+    match state.queue.request_drain(&id, now_ms()).await? {
+        DrainOutcome::Requested => Ok((
+            StatusCode::ACCEPTED,
+            Json(DrainReply {
+                worker: id,
+                status: "drain_requested".into(),
+            }),
+        )),
+        DrainOutcome::NotFound => Err(ApiError::not_found("id", "worker")),
+    }
+}
+
+/// The newest admin actions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditLog {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// Admin actions, newest first (the audit stream keeps the last 10,000).
+#[utoipa::path(
+    get, path = "/v1/admin/audit", tag = "admin",
+    params(("limit" = Option<u32>, Query, description = "Entries, 1..=1000 (default 100)",
+        minimum = 1, maximum = 1000)),
+    responses(
+        (status = 200, description = "The newest admin actions", body = AuditLog),
+        (status = 400, description = "Bad limit", body = ErrorBody),
+        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
+        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this client",
+            body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn audit(
+    State(state): State<AppState>,
+    _: Admin,
+    RawQuery(query): RawQuery,
+) -> Result<Json<AuditLog>, ApiError> {
+    let pairs = query_pairs(query.as_deref());
+    let limit = match query_param(&pairs, "limit") {
+        None => 100,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "limit",
+                    format!("limit must be between 1 and 1000 (got {raw:?})"),
+                )
+                .with_limit("1..=1000")
+            })?,
+    };
+    Ok(Json(AuditLog {
+        entries: state.queue.audit_log(limit).await?,
+    }))
+}
+
+/// The queue at a glance.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueOverview {
+    /// Claimable now, per class.
+    pub ready_high: u64,
+    pub ready_standard: u64,
+    pub ready_bulk: u64,
+    /// Waiting for a retry time or an affinity offer.
+    pub delayed: u64,
+    pub running: u64,
+    /// Age of the oldest claimable job (ms; 0 when none).
+    pub oldest_ready_age_ms: u64,
+    pub dead_letters: u64,
+    /// Live workers in the registry.
+    pub workers: u64,
+}
+
+/// Depth per class, running, delayed, dead letters, live workers.
+#[utoipa::path(
+    get, path = "/v1/admin/queue", tag = "admin",
+    responses(
+        (status = 200, description = "The queue now", body = QueueOverview),
+        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
+        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
+        (status = 429, description = "Too many failed authentications from this client",
+            body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn queue_overview(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<QueueOverview>, ApiError> {
+    let now = now_ms();
+    let stats = state.queue.stats(now).await?;
+    let workers = state.queue.workers(now).await?.len() as u64;
+    let ready = |p: Priority| {
+        stats
+            .ready
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map_or(0, |(_, n)| *n)
+    };
+    Ok(Json(QueueOverview {
+        ready_high: ready(Priority::High),
+        ready_standard: ready(Priority::Standard),
+        ready_bulk: ready(Priority::Bulk),
+        delayed: stats.delayed,
+        running: stats.running,
+        oldest_ready_age_ms: stats.oldest_ready_age_ms,
+        dead_letters: stats.dead_letters,
+        workers,
     }))
 }

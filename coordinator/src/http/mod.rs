@@ -55,7 +55,8 @@ use common_responses::CommonResponses;
         chains::create_chain, chains::get_chain, chains::append_turn, chains::fork_chain,
         chains::cancel_chain,
         webhook_secret::webhook_secret,
-        admin::list_workers, admin::usage,
+        admin::list_workers, admin::usage, admin::drain_worker, admin::audit,
+        admin::queue_overview,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -70,6 +71,8 @@ use common_responses::CommonResponses;
         chain_views::TurnView, ChainStatus, TurnState,
         chain_views::ForkedFrom, chain_views::ChainCancelReply, webhook_secret::WebhookSecret,
         admin::WorkerList, kontext_proto::workers::WorkerInfo, admin::UsageReport,
+        admin::DrainReply, admin::AuditLog, kontext_proto::workers::AuditEntry,
+        admin::QueueOverview,
         kontext_proto::usage::UsageRow,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -131,6 +134,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhook_secret", get(webhook_secret::webhook_secret))
         .route("/v1/admin/workers", get(admin::list_workers))
         .route("/v1/admin/usage", get(admin::usage))
+        .route("/v1/admin/workers/{id}/drain", post(admin::drain_worker))
+        .route("/v1/admin/audit", get(admin::audit))
+        .route("/v1/admin/queue", get(admin::queue_overview))
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

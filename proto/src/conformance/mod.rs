@@ -237,6 +237,7 @@ macro_rules! queue_conformance_tests {
             text_to_image_chain_and_creation_checks,
             lora_jobs_prefer_the_worker_holding_their_set,
             registered_workers_are_listed_until_their_ttl_passes,
+            drain_requests_reach_live_workers_and_are_audited,
             usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::workers::WorkerInfo;
+use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
 /// A registry record of worker `id` written at `seen_at`.
 pub fn worker_info(id: &str, seen_at: Millis) -> WorkerInfo {
@@ -34,10 +34,10 @@ async fn listed<Q: JobQueue>(q: &Q, now: Millis) -> Vec<WorkerInfo> {
     within("workers", q.workers(now)).await.expect("workers")
 }
 
-async fn beat<Q: JobQueue>(q: &Q, w: &WorkerInfo, ttl: Duration, now: Millis) {
+async fn beat<Q: JobQueue>(q: &Q, w: &WorkerInfo, ttl: Duration, now: Millis) -> Beat {
     within("register_worker", q.register_worker(w, ttl, now))
         .await
-        .expect("register_worker");
+        .expect("register_worker")
 }
 
 pub async fn registered_workers_are_listed_until_their_ttl_passes<Q: JobQueue>(
@@ -65,4 +65,42 @@ pub async fn registered_workers_are_listed_until_their_ttl_passes<Q: JobQueue>(
     // b stopped heartbeating: gone once its TTL has passed; a's record lives to its own.
     assert_eq!(listed(&q, NOW + 1 + 10_000).await, vec![busy.clone()]);
     assert!(listed(&q, NOW + 5 + 30_000).await.is_empty());
+}
+
+/// An operator's drain request reaches a live worker at its next heartbeat and is audited; an
+/// unknown or expired worker cannot be drained.
+pub async fn drain_requests_reach_live_workers_and_are_audited<Q: JobQueue>(
+    make: impl MakeQueue<Q>,
+) {
+    let q = fresh(&make, config()).await;
+    let ttl = Duration::from_secs(30);
+    let a = worker_info("w-a", NOW);
+    assert_eq!(beat(&q, &a, ttl, NOW).await, Beat::default());
+    let drain = |worker: &'static str, now: Millis| {
+        let q = &q;
+        async move {
+            within("request_drain", q.request_drain(worker, now))
+                .await
+                .expect("request_drain")
+        }
+    };
+    assert_eq!(drain("w-x", NOW + 1).await, DrainOutcome::NotFound);
+    let audit = within("audit_log", q.audit_log(10)).await.expect("audit");
+    assert!(audit.is_empty(), "{audit:?}");
+    assert_eq!(drain("w-a", NOW + 1).await, DrainOutcome::Requested);
+    let seen = beat(&q, &worker_info("w-a", NOW + 2), ttl, NOW + 2).await;
+    assert!(
+        seen.drain_requested,
+        "the next heartbeat carries the request"
+    );
+    let audit = within("audit_log", q.audit_log(10)).await.expect("audit");
+    assert_eq!(
+        audit,
+        vec![AuditEntry {
+            at: NOW + 1,
+            action: "drain_worker".into(),
+            target: "w-a".into(),
+        }]
+    );
+    assert_eq!(drain("w-a", NOW + 2 + 30_000).await, DrainOutcome::NotFound);
 }

@@ -3,9 +3,9 @@
 //! every change. Same observable semantics as `RedisQueue` (the conformance suite runs on both);
 //! "durable" here means durable for the life of the process, nothing more.
 
+mod operators;
 mod state;
 
-use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,10 @@ use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
-use crate::usage::{self, UsageRow};
-use crate::workers::WorkerInfo;
+use crate::usage::UsageRow;
+use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
+use operators::Operators;
 use state::State;
 
 /// Most events one `events` call returns.
@@ -32,10 +33,9 @@ const EVENTS_PER_CALL: usize = 100;
 #[derive(Debug)]
 pub struct MemoryQueue {
     state: Mutex<State>,
-    /// The worker registry: id → (record, expiry). Apart from `state`: no transition reads it.
-    workers: Mutex<BTreeMap<String, (WorkerInfo, Millis)>>,
-    /// Usage by (day, tenant), written by the commit that succeeds (`complete`).
-    usage: Mutex<BTreeMap<(u32, String), UsageRow>>,
+    /// Registry, usage, drain requests, audit (`operators`); apart from `state`, which no
+    /// transition here reads.
+    ops: Operators,
     /// Signalled after every change; waiters re-check their condition.
     changed: Notify,
     jitter: Jitter,
@@ -46,8 +46,7 @@ impl MemoryQueue {
         let jitter = Jitter::new(config.jitter_seed);
         Self {
             state: Mutex::new(State::new(config)),
-            workers: Mutex::new(BTreeMap::new()),
-            usage: Mutex::new(BTreeMap::new()),
+            ops: Operators::default(),
             changed: Notify::new(),
             jitter,
         }
@@ -171,18 +170,8 @@ impl JobQueue for MemoryQueue {
             if out == CompleteOutcome::Committed
                 && let Some(job) = s.get(lease.job_id)
             {
-                let day = usage::day_of(now);
-                let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-                let row = usage
-                    .entry((day, job.tenant.clone()))
-                    .or_insert_with(|| UsageRow {
-                        day: usage::day_name(day),
-                        tenant: job.tenant.clone(),
-                        ..UsageRow::default()
-                    });
-                row.engine_ms += engine_ms;
-                row.images += 1;
-                row.steps += u64::from(job.spec.steps);
+                self.ops
+                    .count_usage(&job.tenant, now, engine_ms, job.spec.steps);
             }
             Ok(out)
         })
@@ -234,36 +223,24 @@ impl JobQueue for MemoryQueue {
         info: &WorkerInfo,
         ttl: Duration,
         now: Millis,
-    ) -> Result<(), QueueError> {
-        let until = now.saturating_add(policy::millis(ttl).max(1));
-        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-        workers.retain(|_, (_, expiry)| *expiry > now);
-        workers.insert(info.id.clone(), (info.clone(), until));
-        Ok(())
+    ) -> Result<Beat, QueueError> {
+        Ok(self.ops.register(info, ttl, now))
     }
 
     async fn usage(&self, from_day: u32, to_day: u32) -> Result<Vec<UsageRow>, QueueError> {
-        if to_day < from_day || to_day - from_day >= usage::MAX_USAGE_DAYS {
-            return Err(QueueError::Config(format!(
-                "usage range {from_day}..={to_day}: at most {} days, from ≤ to",
-                usage::MAX_USAGE_DAYS
-            )));
-        }
-        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(usage
-            .range((from_day, String::new())..)
-            .take_while(|((day, _), _)| *day <= to_day)
-            .map(|(_, row)| row.clone())
-            .collect())
+        self.ops.usage(from_day, to_day)
     }
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {
-        let workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(workers
-            .values()
-            .filter(|(_, expiry)| *expiry > now)
-            .map(|(info, _)| info.clone())
-            .collect())
+        Ok(self.ops.workers(now))
+    }
+
+    async fn request_drain(&self, worker: &str, now: Millis) -> Result<DrainOutcome, QueueError> {
+        Ok(self.ops.request_drain(worker, now))
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
+        Ok(self.ops.audit(limit))
     }
 
     async fn take_notifications(

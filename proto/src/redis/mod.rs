@@ -45,7 +45,7 @@ use crate::queue::{
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 use crate::usage::UsageRow;
-use crate::workers::WorkerInfo;
+use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
 /// Entries of canceled jobs one claim call may skip before handing control back.
 const SKIP_BUDGET: u32 = 64;
@@ -575,8 +575,16 @@ impl JobQueue for RedisQueue {
         info: &WorkerInfo,
         ttl: Duration,
         now: Millis,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Beat, QueueError> {
         self.register_worker_impl(info, ttl, now).await
+    }
+
+    async fn request_drain(&self, worker: &str, now: Millis) -> Result<DrainOutcome, QueueError> {
+        self.request_drain_impl(worker, now).await
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
+        self.audit_log_impl(limit).await
     }
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {

@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 22] = [
+pub(crate) const SOURCES: [(&str, &str); 24] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -34,6 +34,8 @@ pub(crate) const SOURCES: [(&str, &str); 22] = [
     ("worker_beat", include_str!("lua/worker_beat.lua")),
     ("worker_list", include_str!("lua/worker_list.lua")),
     ("usage_read", include_str!("lua/usage_read.lua")),
+    ("worker_drain", include_str!("lua/worker_drain.lua")),
+    ("audit_read", include_str!("lua/audit_read.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -59,6 +61,8 @@ pub(crate) struct Scripts {
     pub worker_beat: Script,
     pub worker_list: Script,
     pub usage_read: Script,
+    pub worker_drain: Script,
+    pub audit_read: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -93,10 +97,12 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     worker_beat: with_prelude("worker_beat"),
     worker_list: with_prelude("worker_list"),
     usage_read: with_prelude("usage_read"),
+    worker_drain: with_prelude("worker_drain"),
+    audit_read: with_prelude("audit_read"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 22] {
+    fn all(&self) -> [&Script; 24] {
         [
             &self.submit,
             &self.claim,
@@ -120,6 +126,8 @@ impl Scripts {
             &self.worker_beat,
             &self.worker_list,
             &self.usage_read,
+            &self.worker_drain,
+            &self.audit_read,
         ]
     }
 

@@ -6,13 +6,15 @@
 use std::time::Duration;
 
 use super::RedisQueue;
-use super::reply::{array, int, text};
+use super::reply::{array, int, tagged, text};
 use super::scripts::SCRIPTS;
 use crate::error::QueueError;
 use crate::job::Millis;
 use crate::policy;
 use crate::usage::{MAX_USAGE_DAYS, UsageRow, day_name};
-use crate::workers::WorkerInfo;
+use crate::workers::{
+    AUDIT_MAXLEN, AuditEntry, Beat, DRAIN_REQUEST_TTL_S, DrainOutcome, WorkerInfo,
+};
 
 impl RedisQueue {
     pub(super) async fn register_worker_impl(
@@ -20,7 +22,7 @@ impl RedisQueue {
         info: &WorkerInfo,
         ttl: Duration,
         now: Millis,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Beat, QueueError> {
         let k = &self.keys;
         let record = serde_json::to_string(info)
             .map_err(|e| QueueError::Corrupt(format!("worker record: {e}")))?;
@@ -28,12 +30,59 @@ impl RedisQueue {
         let mut inv = SCRIPTS.worker_beat.prepare_invoke();
         inv.key(k.workers())
             .key(k.worker_info(&info.id))
+            .key(k.worker_drain(&info.id))
             .arg(&info.id)
             .arg(record)
             .arg(now.saturating_add(ttl_ms))
             .arg(ttl_ms)
             .arg(now);
-        self.run(&inv).await.map(|_| ())
+        let reply = self.run(&inv).await?;
+        Ok(Beat {
+            drain_requested: int(&reply)? == 1,
+        })
+    }
+
+    pub(super) async fn request_drain_impl(
+        &self,
+        worker: &str,
+        now: Millis,
+    ) -> Result<DrainOutcome, QueueError> {
+        let k = &self.keys;
+        let mut inv = SCRIPTS.worker_drain.prepare_invoke();
+        inv.key(k.workers())
+            .key(k.worker_drain(worker))
+            .key(k.audit())
+            .arg(worker)
+            .arg(now)
+            .arg(DRAIN_REQUEST_TTL_S)
+            .arg(AUDIT_MAXLEN);
+        let reply = self.run(&inv).await?;
+        match tagged(&reply)?.0.as_str() {
+            "requested" => Ok(DrainOutcome::Requested),
+            _ => Ok(DrainOutcome::NotFound),
+        }
+    }
+
+    pub(super) async fn audit_log_impl(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
+        let mut inv = SCRIPTS.audit_read.prepare_invoke();
+        inv.key(self.keys.audit()).arg(limit.clamp(1, AUDIT_MAXLEN));
+        let reply = self.run(&inv).await?;
+        array(&reply)?
+            .iter()
+            .map(|e| {
+                let f = array(e)?;
+                let [at, action, target] = f else {
+                    return Err(QueueError::Corrupt("audit entry".into()));
+                };
+                Ok(AuditEntry {
+                    at: text(at)?
+                        .parse()
+                        .map_err(|_| QueueError::Corrupt("audit time".into()))?,
+                    action: text(action)?,
+                    target: text(target)?,
+                })
+            })
+            .collect()
     }
 
     pub(super) async fn workers_impl(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {
