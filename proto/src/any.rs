@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
+use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::{JobError, QueueError};
 use crate::job::{JobId, JobRecord, JobResult, Millis};
 use crate::memory::MemoryQueue;
@@ -165,6 +166,23 @@ impl JobQueue for AnyQueue {
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
         dispatch!(self, q => q.audit_log(limit).await)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        dispatch!(self, q => q.dead_letters(limit).await)
+    }
+
+    async fn requeue_dead(
+        &self,
+        id: JobId,
+        new_id: JobId,
+        now: Millis,
+    ) -> Result<RequeueOutcome, QueueError> {
+        dispatch!(self, q => q.requeue_dead(id, new_id, now).await)
+    }
+
+    async fn dismiss_dead(&self, id: JobId, now: Millis) -> Result<DismissOutcome, QueueError> {
+        dispatch!(self, q => q.dismiss_dead(id, now).await)
     }
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {

@@ -23,6 +23,7 @@
 
 pub mod chain;
 pub mod clock;
+pub mod dead_letters;
 pub mod error;
 pub mod ids;
 pub mod job;

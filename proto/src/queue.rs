@@ -23,6 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
+use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::{JobError, QueueError};
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
@@ -451,6 +452,28 @@ pub trait JobQueue: Send + Sync + 'static {
         worker: &str,
         now: Millis,
     ) -> impl Future<Output = Result<DrainOutcome, QueueError>> + Send;
+
+    /// The newest `limit` dead letters, newest first.
+    fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
+
+    /// Re-queue dead letter `id` as a new job `new_id` with its tenant, spec and priority (the
+    /// dead job stays dead); audited. Chain turns are refused.
+    fn requeue_dead(
+        &self,
+        id: JobId,
+        new_id: JobId,
+        now: Millis,
+    ) -> impl Future<Output = Result<RequeueOutcome, QueueError>> + Send;
+
+    /// Remove dead letter `id` from the list; audited.
+    fn dismiss_dead(
+        &self,
+        id: JobId,
+        now: Millis,
+    ) -> impl Future<Output = Result<DismissOutcome, QueueError>> + Send;
 
     /// The newest `limit` admin actions, newest first.
     fn audit_log(

@@ -170,3 +170,84 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
     fleet.with_worker("w1", |w| w.kill());
     workers_until(&fleet, "both gone", <[Value]>::is_empty).await;
 }
+
+/// Dead letters over HTTP: a job crashes its way to the dead-letter stream (claimed by a fake
+/// worker that never finishes, reaped three times), is listed, re-queued as a new job its tenant
+/// can see, and both actions refuse to run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_requeued_by_admins() {
+    use kontext_proto::JobQueue;
+    let fleet = Fleet::start_with(
+        FleetOptions {
+            workers: 0,
+            ..FleetOptions::default()
+        },
+        |c| {
+            c.admin = AdminAuth::from_arg(Some(ADMIN_KEY), false).expect("admin key");
+        },
+    )
+    .expect("fleet");
+    let v = fleet
+        .post_accepted(
+            "/v1/jobs",
+            json!({"prompt": "poison", "width": 64, "height": 64, "steps": 2, "seed": 3}),
+        )
+        .await;
+    let id: JobId = v["id"].as_str().expect("id").parse().expect("uuid");
+    let queue = fleet.queue().await.expect("queue");
+    let mut t = kontext_proto::clock::now_ms();
+    for crash in 0..kontext_proto::policy::MAX_CRASHES {
+        let claimed = queue
+            .claim(
+                &format!("doomed-{crash}"),
+                Duration::from_secs(1),
+                t,
+                Duration::ZERO,
+            )
+            .await
+            .expect("claim")
+            .expect("the job is claimable");
+        assert_eq!(claimed.job.id, id);
+        t += 2_000;
+        queue.reap(t).await.expect("reap");
+    }
+
+    let (status, v) = admin_get(&fleet, "/v1/admin/dead").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["dead_letters"][0]["job_id"], id.to_string(), "{v}");
+    let requeue = || {
+        http(ADMIN_KEY)
+            .post(format!("{}/v1/admin/dead/{id}/requeue", fleet.url))
+            .send()
+    };
+    let resp = requeue().await.expect("POST requeue");
+    assert_eq!(resp.status().as_u16(), 201);
+    let v: Value = resp.json().await.expect("JSON");
+    let new_id = v["new_id"].as_str().expect("new id").to_owned();
+    let resp = requeue().await.expect("POST requeue");
+    assert_eq!(
+        resp.status().as_u16(),
+        404,
+        "a dead letter is re-queued once"
+    );
+    let job: Value = http(KEY_ALPHA)
+        .get(format!("{}/v1/jobs/{new_id}", fleet.url))
+        .send()
+        .await
+        .expect("GET job")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(job["status"], "queued", "{job}");
+    assert_eq!(job["prompt"], "poison", "{job}");
+    let resp = http(ADMIN_KEY)
+        .delete(format!("{}/v1/admin/dead/{id}", fleet.url))
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(resp.status().as_u16(), 404, "already re-queued");
+    let (_, v) = admin_get(&fleet, "/v1/admin/audit").await;
+    assert_eq!(v["entries"][0]["action"], "requeue_dead", "{v}");
+    let (_, v) = admin_get(&fleet, "/v1/admin/dead").await;
+    assert_eq!(v["dead_letters"], json!([]), "{v}");
+}

@@ -1,15 +1,17 @@
 //! The admin API (`/v1/admin/*`, docs/security.md §Admin API): operators' views across tenants,
 //! behind admin keys of their own (`crate::admin_auth`): the queue at a glance, the worker
-//! registry and draining a worker, usage per tenant, and the audit log of admin actions.
+//! registry and draining a worker, dead letters (list, re-queue, dismiss), usage per tenant, and
+//! the audit log of admin actions.
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use kontext_proto::clock::now_ms;
+use kontext_proto::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use kontext_proto::usage::{MAX_USAGE_DAYS, UsageRow, day_name, day_of, parse_day};
 use kontext_proto::workers::{AuditEntry, DrainOutcome, WorkerInfo};
-use kontext_proto::{JobQueue, Priority};
+use kontext_proto::{JobId, JobQueue, Priority};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -69,10 +71,6 @@ pub struct WorkerList {
     get, path = "/v1/admin/workers", tag = "admin",
     responses(
         (status = 200, description = "The live workers", body = WorkerList),
-        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
-        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this client",
-            body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -124,13 +122,9 @@ fn day_param(pairs: &[(String, String)], name: &str, default: u32) -> Result<u32
     responses(
         (status = 200, description = "Usage per tenant and day", body = UsageReport),
         (status = 400, description = "A date that is not YYYY-MM-DD", body = ErrorBody),
-        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
-        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
         (status = 422, description = "`from` after `to`, or more than 400 days", body = ErrorBody,
             example = json!({"error": {"type": "invalid_request", "field": "from",
                 "message": "from..to covers 500 days; at most 400", "limit": "..=400 days"}})),
-        (status = 429, description = "Too many failed authentications from this client",
-            body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -179,11 +173,7 @@ pub struct DrainReply {
     params(("id" = String, Path, description = "Worker id, as GET /v1/admin/workers lists it")),
     responses(
         (status = 202, description = "Requested", body = DrainReply),
-        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
-        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
         (status = 404, description = "No live worker has this id", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this client",
-            body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -204,6 +194,25 @@ pub async fn drain_worker(
     }
 }
 
+/// `limit` of a list: 1..=1000, 100 when absent.
+fn limit_param(query: Option<&str>) -> Result<usize, ApiError> {
+    let pairs = query_pairs(query);
+    match query_param(&pairs, "limit") {
+        None => Ok(100),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "limit",
+                    format!("limit must be between 1 and 1000 (got {raw:?})"),
+                )
+                .with_limit("1..=1000")
+            }),
+    }
+}
+
 /// The newest admin actions.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditLog {
@@ -219,10 +228,6 @@ pub struct AuditLog {
     responses(
         (status = 200, description = "The newest admin actions", body = AuditLog),
         (status = 400, description = "Bad limit", body = ErrorBody),
-        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
-        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this client",
-            body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -231,21 +236,7 @@ pub async fn audit(
     _: Admin,
     RawQuery(query): RawQuery,
 ) -> Result<Json<AuditLog>, ApiError> {
-    let pairs = query_pairs(query.as_deref());
-    let limit = match query_param(&pairs, "limit") {
-        None => 100,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "limit",
-                    format!("limit must be between 1 and 1000 (got {raw:?})"),
-                )
-                .with_limit("1..=1000")
-            })?,
-    };
+    let limit = limit_param(query.as_deref())?;
     Ok(Json(AuditLog {
         entries: state.queue.audit_log(limit).await?,
     }))
@@ -273,10 +264,6 @@ pub struct QueueOverview {
     get, path = "/v1/admin/queue", tag = "admin",
     responses(
         (status = 200, description = "The queue now", body = QueueOverview),
-        (status = 401, description = "Missing or unknown admin key", body = ErrorBody),
-        (status = 403, description = "The admin API is off (no --admin-keys)", body = ErrorBody),
-        (status = 429, description = "Too many failed authentications from this client",
-            body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -304,4 +291,115 @@ pub async fn queue_overview(
         dead_letters: stats.dead_letters,
         workers,
     }))
+}
+
+/// The dead letters, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterList {
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// What a re-queue or dismissal did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeadLetterReply {
+    /// The dead job.
+    pub id: String,
+    /// `requeued` or `dismissed`.
+    pub status: String,
+    /// The new job, after a re-queue.
+    pub new_id: Option<String>,
+}
+
+fn dead_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found("id", "dead letter"))
+}
+
+/// Jobs the reaper gave up on (crashed `MAX_CRASHES` times), newest first.
+#[utoipa::path(
+    get, path = "/v1/admin/dead", tag = "admin",
+    params(("limit" = Option<u32>, Query, description = "Entries, 1..=1000 (default 100)",
+        minimum = 1, maximum = 1000)),
+    responses(
+        (status = 200, description = "The dead letters", body = DeadLetterList),
+        (status = 400, description = "Bad limit", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    _: Admin,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let limit = limit_param(query.as_deref())?;
+    Ok(Json(DeadLetterList {
+        dead_letters: state.queue.dead_letters(limit).await?,
+    }))
+}
+
+/// Re-queue a dead letter as a new job with the same tenant, spec and priority (the dead job
+/// stays dead and records the new id); audited. A chain turn is refused: append a turn to its
+/// chain instead.
+#[utoipa::path(
+    post, path = "/v1/admin/dead/{id}/requeue", tag = "admin",
+    params(("id" = String, Path, description = "The dead job's id")),
+    responses(
+        (status = 201, description = "Re-queued as `new_id`", body = DeadLetterReply),
+        (status = 404, description = "No dead letter has this id", body = ErrorBody),
+        (status = 409, description = "A chain turn", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn requeue_dead(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<DeadLetterReply>), ApiError> {
+    let dead = dead_id(&id)?;
+    match state
+        .queue
+        .requeue_dead(dead, JobId::new(), now_ms())
+        .await?
+    {
+        RequeueOutcome::Requeued(new) => Ok((
+            StatusCode::CREATED,
+            Json(DeadLetterReply {
+                id,
+                status: "requeued".into(),
+                new_id: Some(new.to_string()),
+            }),
+        )),
+        RequeueOutcome::ChainTurn => Err(ApiError::conflict(
+            "id",
+            "a chain turn cannot be re-queued alone: append a turn to its chain",
+        )),
+        RequeueOutcome::NotFound => Err(ApiError::not_found("id", "dead letter")),
+    }
+}
+
+/// Remove a dead letter from the list (the job's record stays until its retention ends);
+/// audited.
+#[utoipa::path(
+    delete, path = "/v1/admin/dead/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The dead job's id")),
+    responses(
+        (status = 200, description = "Dismissed", body = DeadLetterReply),
+        (status = 404, description = "No dead letter has this id", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn dismiss_dead(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterReply>, ApiError> {
+    let dead = dead_id(&id)?;
+    match state.queue.dismiss_dead(dead, now_ms()).await? {
+        DismissOutcome::Dismissed => Ok(Json(DeadLetterReply {
+            id,
+            status: "dismissed".into(),
+            new_id: None,
+        })),
+        DismissOutcome::NotFound => Err(ApiError::not_found("id", "dead letter")),
+    }
 }

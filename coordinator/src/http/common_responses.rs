@@ -1,6 +1,6 @@
 //! The answers every route may give, added to each operation of the OpenAPI document so that
 //! no status code the server can send is undocumented: authentication (401, and 429 once a
-//! client failed too often), the request guards of every JSON body (400, 408, 413, 415, 422),
+//! client failed too often; on `/v1/admin/*` also 403 when the admin API is off), the request guards of every JSON body (400, 408, 413, 415, 422),
 //! open mode's Host check (421) and an unavailable queue or store (503). A handler's own
 //! description of a code wins; only missing codes are added. Optional query and header
 //! parameters are made non-nullable: a query string or a header cannot carry JSON's `null`, only
@@ -67,6 +67,10 @@ impl Modify for CommonResponses {
             {
                 drop_null_from_parameters(op);
                 let keyed = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                if path.starts_with("/v1/admin/") {
+                    add(op, "401", "Missing or unknown admin key");
+                    add(op, "403", "The admin API is off (no --admin-keys)");
+                }
                 if keyed {
                     add(op, "401", "Missing or unknown API key");
                     add(

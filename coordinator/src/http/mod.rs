@@ -26,7 +26,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use kontext_proto::validate::JobRequest;
 use kontext_proto::validate_chain::{ChainRequest, TurnRequest};
 use kontext_proto::{CancelOutcome, ChainStatus, JobKind, JobStatus, TurnState};
@@ -56,7 +56,7 @@ use common_responses::CommonResponses;
         chains::cancel_chain,
         webhook_secret::webhook_secret,
         admin::list_workers, admin::usage, admin::drain_worker, admin::audit,
-        admin::queue_overview,
+        admin::queue_overview, admin::dead_letters, admin::requeue_dead, admin::dismiss_dead,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -72,7 +72,8 @@ use common_responses::CommonResponses;
         chain_views::ForkedFrom, chain_views::ChainCancelReply, webhook_secret::WebhookSecret,
         admin::WorkerList, kontext_proto::workers::WorkerInfo, admin::UsageReport,
         admin::DrainReply, admin::AuditLog, kontext_proto::workers::AuditEntry,
-        admin::QueueOverview,
+        admin::QueueOverview, admin::DeadLetterList, admin::DeadLetterReply,
+        kontext_proto::dead_letters::DeadLetter,
         kontext_proto::usage::UsageRow,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -137,6 +138,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/workers/{id}/drain", post(admin::drain_worker))
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/admin/queue", get(admin::queue_overview))
+        .route("/v1/admin/dead", get(admin::dead_letters))
+        .route("/v1/admin/dead/{id}", delete(admin::dismiss_dead))
+        .route("/v1/admin/dead/{id}/requeue", post(admin::requeue_dead))
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

@@ -8,6 +8,7 @@
 //! `QueueConfig` the rule needs.
 
 mod chains;
+mod dead_letters;
 mod failures;
 mod forks;
 mod lifecycle;
@@ -29,6 +30,7 @@ use crate::queue::{JobEvent, JobQueue, Lease, Submission};
 use crate::resolution::ResizeMode;
 
 pub use chains::*;
+pub use dead_letters::*;
 pub use failures::*;
 pub use forks::*;
 pub use lifecycle::*;
@@ -238,6 +240,7 @@ macro_rules! queue_conformance_tests {
             lora_jobs_prefer_the_worker_holding_their_set,
             registered_workers_are_listed_until_their_ttl_passes,
             drain_requests_reach_live_workers_and_are_audited,
+            dead_letters_are_listed_requeued_and_dismissed_once,
             usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
+use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, Millis};
@@ -241,6 +242,32 @@ impl JobQueue for MemoryQueue {
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
         Ok(self.ops.audit(limit))
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        Ok(self.lock().dead_letter_list(limit))
+    }
+
+    async fn requeue_dead(
+        &self,
+        id: JobId,
+        new_id: JobId,
+        now: Millis,
+    ) -> Result<RequeueOutcome, QueueError> {
+        let out = self.mutate(|s| s.requeue_dead(id, new_id, now))?;
+        if let RequeueOutcome::Requeued(new) = out {
+            self.ops
+                .record("requeue_dead", &format!("{id} -> {new}"), now);
+        }
+        Ok(out)
+    }
+
+    async fn dismiss_dead(&self, id: JobId, now: Millis) -> Result<DismissOutcome, QueueError> {
+        let out = self.mutate(|s| s.dismiss_dead(id));
+        if out == DismissOutcome::Dismissed {
+            self.ops.record("dismiss_dead", &id.to_string(), now);
+        }
+        Ok(out)
     }
 
     async fn take_notifications(

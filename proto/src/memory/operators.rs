@@ -94,7 +94,8 @@ impl Operators {
         DrainOutcome::Requested
     }
 
-    fn record(&self, action: &str, target: &str, now: Millis) {
+    /// Appends an admin action to the audit log.
+    pub(super) fn record(&self, action: &str, target: &str, now: Millis) {
         let mut audit = guard(&self.audit);
         audit.push_back(AuditEntry {
             at: now,

@@ -589,7 +589,9 @@ mod chains;
 #[path = "reads.rs"]
 mod reads;
 
-// LoRA affinity (mirrors prelude.lua's lora_holder / record_lora_set).
+// LoRA affinity and dead letters (mirror prelude.lua's lora_holder / record_lora_set, dead_*.lua).
+#[path = "dead_letters.rs"]
+mod dead_letters;
 #[path = "lora_affinity.rs"]
 mod lora_affinity;
 

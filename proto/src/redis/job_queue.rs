@@ -266,6 +266,23 @@ impl JobQueue for RedisQueue {
         self.audit_log_impl(limit).await
     }
 
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.dead_letters_impl(limit).await
+    }
+
+    async fn requeue_dead(
+        &self,
+        id: JobId,
+        new_id: JobId,
+        now: Millis,
+    ) -> Result<RequeueOutcome, QueueError> {
+        self.requeue_dead_impl(id, new_id, now).await
+    }
+
+    async fn dismiss_dead(&self, id: JobId, now: Millis) -> Result<DismissOutcome, QueueError> {
+        self.dismiss_dead_impl(id, now).await
+    }
+
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {
         self.workers_impl(now).await
     }

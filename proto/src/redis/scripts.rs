@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 24] = [
+pub(crate) const SOURCES: [(&str, &str); 27] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -36,6 +36,9 @@ pub(crate) const SOURCES: [(&str, &str); 24] = [
     ("usage_read", include_str!("lua/usage_read.lua")),
     ("worker_drain", include_str!("lua/worker_drain.lua")),
     ("audit_read", include_str!("lua/audit_read.lua")),
+    ("dead_requeue", include_str!("lua/dead_requeue.lua")),
+    ("dead_dismiss", include_str!("lua/dead_dismiss.lua")),
+    ("dead_read", include_str!("lua/dead_read.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -63,6 +66,9 @@ pub(crate) struct Scripts {
     pub usage_read: Script,
     pub worker_drain: Script,
     pub audit_read: Script,
+    pub dead_requeue: Script,
+    pub dead_dismiss: Script,
+    pub dead_read: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -99,10 +105,13 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     usage_read: with_prelude("usage_read"),
     worker_drain: with_prelude("worker_drain"),
     audit_read: with_prelude("audit_read"),
+    dead_requeue: with_prelude("dead_requeue"),
+    dead_dismiss: with_prelude("dead_dismiss"),
+    dead_read: with_prelude("dead_read"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 24] {
+    fn all(&self) -> [&Script; 27] {
         [
             &self.submit,
             &self.claim,
@@ -128,6 +137,9 @@ impl Scripts {
             &self.usage_read,
             &self.worker_drain,
             &self.audit_read,
+            &self.dead_requeue,
+            &self.dead_dismiss,
+            &self.dead_read,
         ]
     }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 use super::RedisQueue;
 use super::reply::{array, int, tagged, text};
 use super::scripts::SCRIPTS;
+use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::QueueError;
-use crate::job::Millis;
+use crate::job::{JobId, Millis};
 use crate::policy;
 use crate::usage::{MAX_USAGE_DAYS, UsageRow, day_name};
 use crate::workers::{
@@ -148,5 +149,77 @@ impl RedisQueue {
             }
         }
         Ok(rows.into_values().collect())
+    }
+
+    pub(super) async fn dead_letters_impl(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut inv = SCRIPTS.dead_read.prepare_invoke();
+        inv.key(self.keys.dead_letters()).arg(limit.max(1));
+        let reply = self.run(&inv).await?;
+        let corrupt = |what: &str| QueueError::Corrupt(format!("dead letter {what}"));
+        array(&reply)?
+            .iter()
+            .map(|e| {
+                let f = array(e)?;
+                let [jid, reason, crashes, attempts, at] = f else {
+                    return Err(corrupt("entry"));
+                };
+                Ok(DeadLetter {
+                    job_id: text(jid)?.parse().map_err(|_| corrupt("id"))?,
+                    reason: text(reason)?,
+                    crashes: text(crashes)?.parse().map_err(|_| corrupt("crashes"))?,
+                    attempts: text(attempts)?.parse().map_err(|_| corrupt("attempts"))?,
+                    at: text(at)?.parse().map_err(|_| corrupt("time"))?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn requeue_dead_impl(
+        &self,
+        id: JobId,
+        new_id: JobId,
+        now: Millis,
+    ) -> Result<RequeueOutcome, QueueError> {
+        let k = &self.keys;
+        let mut inv = SCRIPTS.dead_requeue.prepare_invoke();
+        inv.key(k.job(id))
+            .key(k.job(new_id))
+            .key(k.dead_letters())
+            .key(k.audit())
+            .arg(k.prefix())
+            .arg(id.to_string())
+            .arg(new_id.to_string())
+            .arg(now)
+            .arg(self.maxlen())
+            .arg(AUDIT_MAXLEN);
+        let reply = self.run(&inv).await?;
+        Ok(match tagged(&reply)?.0.as_str() {
+            "requeued" => RequeueOutcome::Requeued(new_id),
+            "chain_turn" => RequeueOutcome::ChainTurn,
+            _ => RequeueOutcome::NotFound,
+        })
+    }
+
+    pub(super) async fn dismiss_dead_impl(
+        &self,
+        id: JobId,
+        now: Millis,
+    ) -> Result<DismissOutcome, QueueError> {
+        let k = &self.keys;
+        let mut inv = SCRIPTS.dead_dismiss.prepare_invoke();
+        inv.key(k.job(id))
+            .key(k.dead_letters())
+            .key(k.audit())
+            .arg(id.to_string())
+            .arg(now)
+            .arg(AUDIT_MAXLEN);
+        let reply = self.run(&inv).await?;
+        Ok(match tagged(&reply)?.0.as_str() {
+            "dismissed" => DismissOutcome::Dismissed,
+            _ => DismissOutcome::NotFound,
+        })
     }
 }

@@ -23,8 +23,10 @@ for _, jid in ipairs(expired) do
       table.insert(canceled, jid)
     elseif crashes >= tonumber(ARGV[5]) then
       finish(prefix, jid, 'dead', now, ARGV[6], ARGV[7])
-      redis.call('XADD', KEYS[3], '*', 'jid', jid, 'reason', 'crashed', 'crashes', crashes,
-        'attempts', redis.call('HGET', job, 'attempts'), 'at', now)
+      local entry = redis.call('XADD', KEYS[3], '*', 'jid', jid, 'reason', 'crashed',
+        'crashes', crashes, 'attempts', redis.call('HGET', job, 'attempts'), 'at', now)
+      -- Where its dead letter is, for dead_requeue.lua / dead_dismiss.lua.
+      redis.call('HSET', job, 'dlq_entry', entry)
       table.insert(dead, jid)
     else
       requeue(prefix, jid, now, ARGV[7])

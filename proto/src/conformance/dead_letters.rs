@@ -1,0 +1,89 @@
+//! Conformance rule for dead letters (docs/queue-protocol.md §Admin actions): listed newest
+//! first, re-queued as a new job with the dead one's tenant, spec and priority (the dead job
+//! stays dead), dismissed; each once, each audited.
+
+use super::*;
+use crate::dead_letters::{DismissOutcome, RequeueOutcome};
+use crate::policy::MAX_CRASHES;
+
+const TTL_MS: Millis = TTL.as_millis() as u64;
+
+/// Submits a job and lets it crash `MAX_CRASHES` times; returns it and the time after.
+async fn poison<Q: JobQueue>(q: &Q, prompt: &str, start: Millis) -> (JobId, Millis) {
+    let id = submit(q, submission("acme", Priority::High, prompt), start).await;
+    let mut t = start;
+    for crash in 1..=MAX_CRASHES {
+        let (_, job) = claim(q, &format!("victim{crash}"), t).await;
+        assert_eq!(job.id, id);
+        t += TTL_MS;
+        within("reap", q.reap(t)).await.expect("reap");
+    }
+    assert_eq!(record(q, id).await.status, JobStatus::Dead);
+    (id, t)
+}
+
+pub async fn dead_letters_are_listed_requeued_and_dismissed_once<Q: JobQueue>(
+    make: impl MakeQueue<Q>,
+) {
+    let q = fresh(&make, config()).await;
+    let (first, t) = poison(&q, "first", NOW).await;
+    let (second, t) = poison(&q, "second", t).await;
+    let listed = within("dead_letters", q.dead_letters(10))
+        .await
+        .expect("dead_letters");
+    let ids: Vec<JobId> = listed.iter().map(|d| d.job_id).collect();
+    assert_eq!(ids, vec![second, first], "newest first");
+    assert_eq!(listed[0].crashes, MAX_CRASHES);
+
+    // Re-queue: a new job, same tenant, spec and priority, claimable at once; the dead one
+    // stays dead and leaves the list.
+    let new_id = JobId::new();
+    let out = within("requeue_dead", q.requeue_dead(first, new_id, t))
+        .await
+        .expect("requeue_dead");
+    assert_eq!(out, RequeueOutcome::Requeued(new_id));
+    let again = within("requeue_dead", q.requeue_dead(first, JobId::new(), t))
+        .await
+        .expect("requeue_dead");
+    assert_eq!(again, RequeueOutcome::NotFound, "once");
+    let (old, new) = (record(&q, first).await, record(&q, new_id).await);
+    assert_eq!(old.status, JobStatus::Dead);
+    assert_eq!(new.status, JobStatus::Queued);
+    assert_eq!((new.tenant, new.spec.clone()), (old.tenant, old.spec));
+    let (_, claimed) = claim(&q, "healthy", t + 1).await;
+    assert_eq!(claimed.id, new_id);
+
+    // Dismiss: gone from the list, once.
+    let out = within("dismiss_dead", q.dismiss_dead(second, t + 2))
+        .await
+        .expect("dismiss_dead");
+    assert_eq!(out, DismissOutcome::Dismissed);
+    let out = within("dismiss_dead", q.dismiss_dead(second, t + 3))
+        .await
+        .expect("dismiss_dead");
+    assert_eq!(out, DismissOutcome::NotFound);
+    let listed = within("dead_letters", q.dead_letters(10))
+        .await
+        .expect("dead_letters");
+    assert!(listed.is_empty(), "{listed:?}");
+    let unknown = within(
+        "requeue_dead",
+        q.requeue_dead(JobId::new(), JobId::new(), t),
+    )
+    .await
+    .expect("requeue_dead");
+    assert_eq!(unknown, RequeueOutcome::NotFound);
+
+    let audit = within("audit_log", q.audit_log(10)).await.expect("audit");
+    let actions: Vec<(&str, String)> = audit
+        .iter()
+        .map(|e| (e.action.as_str(), e.target.clone()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("dismiss_dead", second.to_string()),
+            ("requeue_dead", format!("{first} -> {new_id}")),
+        ]
+    );
+}
