@@ -14,6 +14,7 @@
 pub mod admin_auth;
 pub mod auth;
 pub mod auth_failures;
+pub mod byte_sizes;
 pub mod config;
 pub mod fetch;
 pub mod http;

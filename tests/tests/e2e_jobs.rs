@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use e2e_support::{
     DEADLINE, Fleet, FleetOptions, KEY_ALPHA, KEY_BETA, KEY_DELTA, KEY_GAMMA, MAX_BODY_BYTES,
-    assert_png, http, png, png_header_only, read_sse,
+    assert_png, http, json_of, png, png_header_only, read_sse,
 };
 use kontext_proto::{JobId, JobQueue, JobStatus};
 use kontext_storage::{BlobStore, ObjectKey};
@@ -18,13 +18,6 @@ use serde_json::{Value, json};
 fn fleet() -> &'static Fleet {
     static FLEET: OnceLock<Fleet> = OnceLock::new();
     FLEET.get_or_init(|| Fleet::start(FleetOptions::default()).expect("starting the fleet"))
-}
-
-async fn json_of(resp: reqwest::Response) -> (u16, Value) {
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
-    (status, value)
 }
 
 async fn submit(client: &reqwest::Client, body: Value) -> String {

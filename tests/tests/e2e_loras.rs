@@ -9,16 +9,9 @@ mod e2e_support;
 
 use std::time::Duration;
 
-use e2e_support::{DEADLINE, Fleet, FleetOptions, KEY_ALPHA, http, png};
+use e2e_support::{DEADLINE, Fleet, FleetOptions, KEY_ALPHA, http, json_of, png};
 use kontext_proto::{ChainId, ChainStatus, JobId, JobQueue};
 use serde_json::{Value, json};
-
-async fn json_of(resp: reqwest::Response) -> (u16, Value) {
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
-    (status, value)
-}
 
 async fn post_lora(fleet: &Fleet, bytes: Vec<u8>) -> (u16, Value) {
     let resp = http(KEY_ALPHA)

@@ -202,6 +202,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
             a.current_job = Some(job.id);
             a.progress = Some(0.0);
         });
+        self.status.announce();
         let context = Arc::new(JobContext::new(
             Arc::clone(&self.queue),
             lease,
@@ -264,6 +265,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
             a.progress = None;
             a.lora_set = held;
         });
+        self.status.announce();
         span.in_scope(|| {
             tracing::info!(
                 outcome = report.outcome.as_str(),

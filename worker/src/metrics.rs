@@ -329,6 +329,9 @@ pub struct WorkerStatus {
     activity: Mutex<Activity>,
     /// Set when an operator asked this worker to drain (seen by `registry::beat`).
     drain_request: tokio::sync::watch::Sender<bool>,
+    /// Bumped when a job starts or ends or draining begins, so the registry record is rewritten
+    /// at once rather than at the next periodic beat.
+    changed: tokio::sync::watch::Sender<u64>,
     /// Engine loaded, warm-up ran, and the job loop is claiming (false while draining).
     ready: AtomicBool,
     draining: AtomicBool,
@@ -343,6 +346,7 @@ impl WorkerStatus {
             worker_id: worker_id.into(),
             activity: Mutex::new(Activity::default()),
             drain_request: tokio::sync::watch::Sender::new(false),
+            changed: tokio::sync::watch::Sender::new(0),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             fatal: Mutex::new(None),
@@ -375,6 +379,16 @@ impl WorkerStatus {
         f(&mut self.activity.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
+    /// Marks a change the registry should publish at once (a job started or ended, draining).
+    pub fn announce(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver of `announce`s.
+    pub fn announcements(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
@@ -391,6 +405,7 @@ impl WorkerStatus {
     pub fn begin_drain(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.ready.store(false, Ordering::SeqCst);
+        self.announce();
     }
 
     /// Why the worker is no longer alive, if it is not.

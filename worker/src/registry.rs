@@ -77,7 +77,8 @@ pub fn record(identity: &Identity, status: &WorkerStatus, now: Millis) -> Worker
     }
 }
 
-/// Writes the record every `ttl / 3` until the task is aborted. A failed write is logged and
+/// Writes the record every `ttl / 3`, and at once when the job loop announces a change (a job
+/// started or ended, draining began), until the task is aborted. A failed write is logged and
 /// retried at the next beat (the record lives a whole TTL).
 pub async fn beat<Q: JobQueue>(
     queue: Arc<Q>,
@@ -86,6 +87,7 @@ pub async fn beat<Q: JobQueue>(
     ttl: Duration,
 ) {
     let every = (ttl / 3).max(Duration::from_millis(100));
+    let mut changes = status.announcements();
     loop {
         let now = now_ms();
         let info = record(&identity, &status, now);
@@ -97,6 +99,10 @@ pub async fn beat<Q: JobQueue>(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "worker registry heartbeat failed"),
         }
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            // Only fails when the status (which owns the sender) is gone.
+            changed = changes.changed() => if changed.is_err() { return },
+        }
     }
 }

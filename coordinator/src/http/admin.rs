@@ -16,10 +16,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
-use super::request::{api_key, query_pairs, query_param};
+use super::request::{api_key, auth_failed, query_pairs, query_param, unthrottled_client};
 use crate::admin_auth::AdminDecision;
-use crate::auth_failures::ClientKey;
-use crate::http_server::PeerAddr;
 use crate::state::AppState;
 
 /// A request made with an admin key (or to an open coordinator).
@@ -30,16 +28,7 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let client = parts
-            .extensions
-            .get::<PeerAddr>()
-            .map(|p| ClientKey::of(p.0.ip()));
-        if let Some(c) = client
-            && let Some(wait) = state.auth_failures.blocked_for(c)
-        {
-            state.metrics.auth_throttled.inc();
-            return Err(ApiError::auth_throttled(wait));
-        }
+        let client = unthrottled_client(parts, state)?;
         match state.config.admin.decide(api_key(&parts.headers)) {
             AdminDecision::Allowed => Ok(Admin),
             AdminDecision::Disabled => Err(ApiError::forbidden(
@@ -47,11 +36,7 @@ impl FromRequestParts<AppState> for Admin {
                 "the admin API is off: start the coordinator with --admin-keys",
             )),
             AdminDecision::Unauthorized => {
-                state.metrics.auth_failed.inc();
-                match client.and_then(|c| state.auth_failures.failed(c)) {
-                    Some(wait) => Err(ApiError::auth_throttled(wait)),
-                    None => Err(ApiError::admin_unauthorized()),
-                }
+                Err(auth_failed(state, client, ApiError::admin_unauthorized()))
             }
         }
     }

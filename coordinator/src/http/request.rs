@@ -34,28 +34,45 @@ impl FromRequestParts<AppState> for Caller {
                 .map(Caller)
                 .ok_or_else(ApiError::unauthorized);
         }
-        // Requests that did not come through `http_server::serve` (in-process tests) carry no
-        // peer address and are not limited.
-        let client = parts
-            .extensions
-            .get::<PeerAddr>()
-            .map(|p| ClientKey::of(p.0.ip()));
-        if let Some(c) = client
-            && let Some(wait) = state.auth_failures.blocked_for(c)
-        {
-            state.metrics.auth_throttled.inc();
-            return Err(ApiError::auth_throttled(wait));
-        }
+        let client = unthrottled_client(parts, state)?;
         match state.config.auth.tenant(key) {
             Some(tenant) => Ok(Caller(tenant)),
-            None => {
-                state.metrics.auth_failed.inc();
-                match client.and_then(|c| state.auth_failures.failed(c)) {
-                    Some(wait) => Err(ApiError::auth_throttled(wait)),
-                    None => Err(ApiError::unauthorized()),
-                }
-            }
+            None => Err(auth_failed(state, client, ApiError::unauthorized())),
         }
+    }
+}
+
+/// The client of a keyed request, refused with 429 while it is over its failed-authentication
+/// budget. Requests that did not come through `http_server::serve` (in-process tests) carry no
+/// peer address and are not limited.
+pub(super) fn unthrottled_client(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Option<ClientKey>, ApiError> {
+    let client = parts
+        .extensions
+        .get::<PeerAddr>()
+        .map(|p| ClientKey::of(p.0.ip()));
+    if let Some(c) = client
+        && let Some(wait) = state.auth_failures.blocked_for(c)
+    {
+        state.metrics.auth_throttled.inc();
+        return Err(ApiError::auth_throttled(wait));
+    }
+    Ok(client)
+}
+
+/// A failed authentication: counted against the client's budget; `refusal` (401) unless that
+/// failure used the budget up (429).
+pub(super) fn auth_failed(
+    state: &AppState,
+    client: Option<ClientKey>,
+    refusal: ApiError,
+) -> ApiError {
+    state.metrics.auth_failed.inc();
+    match client.and_then(|c| state.auth_failures.failed(c)) {
+        Some(wait) => ApiError::auth_throttled(wait),
+        None => refusal,
     }
 }
 

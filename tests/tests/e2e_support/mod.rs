@@ -560,6 +560,14 @@ pub fn assert_png(bytes: &[u8], w: u32, h: u32, what: &str) {
     assert_eq!((img.width(), img.height()), (w, h), "{what}: size");
 }
 
+/// A response's status and JSON body (a body that is not JSON comes back as `{"raw": text}`).
+pub async fn json_of(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "raw": text }));
+    (status, value)
+}
+
 /// A flush of stdout so interleaved test output stays readable.
 pub fn note(line: &str) {
     let mut out = std::io::stdout().lock();
