@@ -7,9 +7,10 @@
 # device creation. Idempotent: the wheels, headers and stubs are redone only when their pins change,
 # and cargo caches the CUDA kernels (a rebuild after a Rust-only change recompiles only Rust crates).
 #
-# Usage: scripts/build-cuda.sh [--flash-attn] [--fused] [--features LIST] [--no-smoke] [--out DIR]
+# Usage: scripts/build-cuda.sh [--flash-attn] [--fused] [--fp8] [--features LIST] [--no-smoke] [--out DIR]
 #   --flash-attn     also build the trimmed flash-attention kernel (feature `flash-attn`)
 #   --fused          also build the fused bf16 elementwise kernels (feature `fused-kernels`)
+#   --fp8            also build the cuBLASLt FP8 GEMM and its quantization kernel (feature `fp8-gemm`)
 #   --features LIST  worker features (default: cuda, plus what the two flags above add)
 #   --out DIR        where the stripped binary goes (default: $CARGO_TARGET_DIR/cuda-dist)
 #   --tools-only     install the toolchain, headers and stubs, print the environment, build nothing
@@ -28,6 +29,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --flash-attn) FEATURES="$FEATURES,flash-attn" ;;
     --fused) FEATURES="$FEATURES,fused-kernels" ;;
+    --fp8) FEATURES="$FEATURES,fp8-gemm" ;;
     --features) FEATURES=$2; shift ;;
     --out) OUT=$2; shift ;;
     --no-smoke) SMOKE=0 ;;

@@ -1,6 +1,7 @@
 //! Compiles our CUDA kernels with nvcc into one static library: the trimmed flash-attention kernel
-//! (`kernels/flash_attn_bf16_hd128.cu`, feature `flash-attn`) and the fused elementwise kernels
-//! (`kernels/fused_bf16.cu`, feature `fused`). Without those features this does nothing, so CPU
+//! (`kernels/flash_attn_bf16_hd128.cu`, feature `flash-attn`), the fused elementwise kernels
+//! (`kernels/fused_bf16.cu`, feature `fused`) and the FP8 quantization kernels
+//! (`kernels/fp8_gemm.cu`, feature `fp8-gemm`). Without those features this does nothing, so CPU
 //! builds (and `cargo test --workspace` in CI) never look for a CUDA toolchain.
 //!
 //! Inputs (scripts/build-cuda.sh sets them): `nvcc` on PATH or `$CUDA_HOME/bin/nvcc`;
@@ -18,13 +19,15 @@ use std::time::Instant;
 
 const FLASH: &str = "kernels/flash_attn_bf16_hd128.cu";
 const FUSED: &str = "kernels/fused_bf16.cu";
+const FP8: &str = "kernels/fp8_gemm.cu";
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=kernels");
     let flash = std::env::var_os("CARGO_FEATURE_FLASH_ATTN").is_some();
     let fused = std::env::var_os("CARGO_FEATURE_FUSED").is_some();
-    if !flash && !fused {
+    let fp8 = std::env::var_os("CARGO_FEATURE_FP8_GEMM").is_some();
+    if !flash && !fused && !fp8 {
         return;
     }
     for var in [
@@ -44,6 +47,9 @@ fn main() {
     let mut objects = Vec::new();
     if fused {
         objects.push(compile(FUSED, &[], &caps, &out));
+    }
+    if fp8 {
+        objects.push(compile(FP8, &[], &caps, &out));
     }
     if flash {
         let cutlass = match std::env::var_os("KONTEXT_CUTLASS_DIR") {

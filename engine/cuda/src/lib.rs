@@ -6,6 +6,10 @@
 //!   the `(b, heads, L, L)` scores.
 //! - `fused` (feature `fused`): QK RMSNorm + RoPE + head layout in one pass, and the modulated
 //!   LayerNorm, in bf16 with BFL's roundings.
+//! - `fp8_gemm` (feature `fp8-gemm`): FP8 (E4M3) linear layers through cuBLASLt, activations
+//!   quantized per token by our kernel, row/column scales and bias in the GEMM's epilogue.
+//! - `fp8_cast` (feature `fp8-gemm`): E4M3 casts with row scales, which candle 0.11.1 cannot do
+//!   on CUDA.
 //! - `memory` (feature `cuda`): device name/memory and the peak of candle's stream-ordered
 //!   allocation pool, for the GPU benchmark.
 //!
@@ -13,8 +17,14 @@
 
 #[cfg(feature = "flash-attn")]
 pub mod flash_attn;
+#[cfg(feature = "fp8-gemm")]
+pub mod fp8_cast;
+#[cfg(feature = "fp8-gemm")]
+pub mod fp8_gemm;
 #[cfg(feature = "fused")]
 pub mod fused;
+#[cfg(feature = "fp8-gemm")]
+pub mod lt_bf16;
 #[cfg(feature = "cuda")]
 pub mod memory;
 
@@ -22,3 +32,5 @@ pub mod memory;
 pub const HAS_FLASH_ATTN: bool = cfg!(feature = "flash-attn");
 /// Whether this build carries the fused elementwise kernels.
 pub const HAS_FUSED: bool = cfg!(feature = "fused");
+/// Whether this build carries the cuBLASLt FP8 GEMM.
+pub const HAS_FP8_GEMM: bool = cfg!(feature = "fp8-gemm");

@@ -48,7 +48,7 @@ pub struct CheckOutcome {
 }
 
 impl CheckOutcome {
-    fn new(
+    pub(super) fn new(
         name: impl Into<String>,
         got: &Tensor,
         want: &Tensor,

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 use serde::Serialize;
 
-use super::checks::{self, CheckOutcome};
+use super::check_run;
 use super::flops::{ForwardFlops, H100_BF16_PEAK_TFLOPS, edit_tokens};
 use super::random_weights::{self, RandomEngineSpec};
 use super::report::{self, Report, SizeRun};
 use super::speed_modes;
-use crate::flux::{LinearPrecision, StepCaching, attention, ops};
+use crate::flux::{LinearPrecision, StepCaching, attention, ops, profile};
 use crate::loader::parse_device;
 use crate::pipeline::{EngineOptions, KontextEngine};
 use crate::text::tokenize::PromptTokenizers;
@@ -115,7 +115,7 @@ pub struct BenchGpuArgs {
     peak_tflops: f64,
     /// Compute dtype of the measured engine (transformer and text encoders).
     #[arg(long, env = "KONTEXT_BENCH_DTYPE", value_enum, default_value_t = BenchDtype::Bf16)]
-    dtype: BenchDtype,
+    pub(super) dtype: BenchDtype,
     /// dtype of the VAE (the worker's default is f32, like BFL's encode).
     #[arg(long, env = "KONTEXT_BENCH_VAE_DTYPE", value_enum, default_value_t = BenchDtype::F32)]
     vae_dtype: BenchDtype,
@@ -140,10 +140,14 @@ pub struct BenchGpuArgs {
         env = "KONTEXT_PARITY_DIR",
         default_value = "tests/parity/fixtures/default"
     )]
-    parity_dir: PathBuf,
+    pub(super) parity_dir: PathBuf,
     /// Where bench-gpu.json and the generated tiny models go (default: $OUT, else ./bench-gpu-out).
     #[arg(long, env = "KONTEXT_BENCH_OUT")]
     out_dir: Option<PathBuf>,
+    /// Run bf16 token linears through cuBLASLt (experimental, `fp8-gemm` builds; its outputs were
+    /// not finite on an H200: docs/gpu.md §5). The checks show whether it is fixed.
+    #[arg(long, env = "KONTEXT_BENCH_LT_BF16")]
+    lt_bf16: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -153,7 +157,7 @@ pub enum BenchDtype {
 }
 
 impl BenchDtype {
-    fn dtype(self) -> DType {
+    pub(super) fn dtype(self) -> DType {
         match self {
             Self::F32 => DType::F32,
             Self::Bf16 => DType::BF16,
@@ -170,6 +174,7 @@ pub fn run(args: BenchGpuArgs) -> Result<(), BenchError> {
         return Err(BenchError::NoSteps);
     }
     speed_modes::select(&args.modes).map_err(BenchError::Modes)?;
+    ops::cuda::set_lt_gemm(args.lt_bf16);
     let out_dir = args
         .out_dir
         .clone()
@@ -198,7 +203,7 @@ pub fn run(args: BenchGpuArgs) -> Result<(), BenchError> {
 
     let json = out_dir.join("bench-gpu.json");
     if !args.skip_checks {
-        run_checks(&args, &dev, &out_dir, &mut rep);
+        check_run::run_checks(&args, &dev, &out_dir, &mut rep);
         save(&json, &rep)?;
     }
     if !args.skip_speed
@@ -227,56 +232,6 @@ fn save(json: &std::path::Path, rep: &Report) -> Result<(), BenchError> {
         path: json.to_path_buf(),
         source,
     })
-}
-
-fn run_checks(args: &BenchGpuArgs, dev: &Device, out_dir: &std::path::Path, rep: &mut Report) {
-    let dtype = args.dtype.dtype();
-    let mut record = |what: &str, r: Result<Vec<CheckOutcome>, EngineError>, took: Duration| match r
-    {
-        Ok(outcomes) => {
-            for o in outcomes {
-                eprintln!(
-                    "  check {}: rel L2 {:.3e} (≤ {:.0e}) {} [{:.1}s]",
-                    o.name,
-                    o.rel_l2,
-                    o.tolerance,
-                    if o.passed() { "ok" } else { "FAIL" },
-                    took.as_secs_f64()
-                );
-                rep.checks.push(report::CheckRow::from(&o));
-            }
-        }
-        Err(e) => {
-            eprintln!("  check {what}: ERROR {e}");
-            rep.check_errors.push(format!("{what}: {e}"));
-        }
-    };
-    eprintln!("correctness ({} {dtype:?} vs cpu f32):", args.device);
-    let t = Instant::now();
-    record(
-        "attention",
-        checks::attention_kernel(dev, dtype, 1),
-        t.elapsed(),
-    );
-    let t = Instant::now();
-    record(
-        "hd128 transformer",
-        checks::head_dim_128_model(dev, dtype),
-        t.elapsed(),
-    );
-    let t = Instant::now();
-    let tiny = tiny::ensure_cached_in(out_dir, 0);
-    record(
-        "tiny pipeline",
-        tiny.and_then(|d| checks::tiny_pipeline(&d, dev, dtype)),
-        t.elapsed(),
-    );
-    let t = Instant::now();
-    record(
-        "parity fixture",
-        checks::parity_fixture(&args.parity_dir, out_dir, dev, dtype),
-        t.elapsed(),
-    );
 }
 
 /// The engine whose speed is measured.
@@ -491,6 +446,47 @@ fn run_ab(
         }
         save(json, rep)?;
     }
+    // Where a step's time goes: the same steps with the device synchronised around every op
+    // scope (flux::profile), so each class's time is its kernels' time.
+    profile::set_sync_device(Some(dev.clone()));
+    profile::reset();
+    profile::set_enabled(true);
+    let run = timed_edit(
+        engine,
+        dev,
+        size,
+        args.ab_steps,
+        cfg,
+        args.peak_tflops,
+        StepCaching::Off,
+    );
+    profile::set_enabled(false);
+    profile::set_sync_device(None);
+    let (attention_t, matmul_t, elementwise_t) = profile::snapshot();
+    match run {
+        Ok((r, _)) => {
+            let per_step = |d: Duration| d.as_secs_f64() / f64::from(args.ab_steps.max(1));
+            let row = report::StepProfile {
+                size,
+                step_s: r.step_median_s,
+                attention_s: per_step(attention_t),
+                linears_s: per_step(matmul_t),
+                elementwise_s: per_step(elementwise_t),
+            };
+            eprintln!(
+                "  {size}x{size} per step, synchronised around each op: attention {:.3} s, \
+                 linears {:.3} s, elementwise {:.3} s, rest {:.3} s (step {:.3} s)",
+                row.attention_s,
+                row.linears_s,
+                row.elementwise_s,
+                row.step_s - row.attention_s - row.linears_s - row.elementwise_s,
+                row.step_s
+            );
+            rep.profile.push(row);
+        }
+        Err(e) => rep.errors.push(format!("{size}x{size} profile: {e}")),
+    }
+    save(json, rep)?;
     Ok(())
 }
 

@@ -8,8 +8,10 @@
 //! Everything here compiles and runs on the CPU too (small configurations), so CI exercises the
 //! code paths; only the numbers that matter need a GPU.
 
+mod check_run;
 pub mod checks;
 pub mod flops;
+pub mod fp8_check;
 pub mod gpu_run;
 pub mod random_weights;
 pub mod report;

@@ -182,6 +182,9 @@ impl SimpleBackend for ShapeCounter {
     }
 }
 
+/// Seed of the device RNG before a random engine is built.
+pub const RANDOM_ENGINE_SEED: u64 = 0x006b_6f6e_7465_7874;
+
 /// Builds a whole engine of `spec` from random weights on `opts.device`, with the given
 /// tokenizers (token values do not change the cost: T5 always runs 512 positions, CLIP 77).
 pub fn build_engine(
@@ -190,6 +193,11 @@ pub fn build_engine(
     opts: EngineOptions,
 ) -> std::result::Result<KontextEngine, EngineError> {
     let dev = opts.device.clone();
+    // The same weights on every build (the GPU's RNG restarts from one seed; candle cannot seed
+    // the CPU's), so engines that differ only in their linears' precision compute one model.
+    if dev.is_cuda() {
+        dev.set_seed(RANDOM_ENGINE_SEED)?;
+    }
     let flux = Flux::with_linear_precision(
         &spec.flux,
         random_vb(opts.dtype, &dev),

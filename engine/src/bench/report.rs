@@ -72,8 +72,21 @@ pub struct Report {
     pub ab: Vec<SizeRun>,
     /// The speed modes against the reference runs.
     pub modes: Vec<super::speed_modes::ModeRun>,
+    /// Per size: where a step's time goes (`flux::profile` with device synchronisation).
+    pub profile: Vec<StepProfile>,
     pub errors: Vec<String>,
     pub peak_tflops: f64,
+}
+
+/// One step's time by op class, each class timed with the device synchronised around its ops.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepProfile {
+    pub size: u32,
+    /// Median synchronised step of the profiled run (the syncs slow it a little).
+    pub step_s: f64,
+    pub attention_s: f64,
+    pub linears_s: f64,
+    pub elementwise_s: f64,
 }
 
 pub fn gib(bytes: Option<u64>) -> String {

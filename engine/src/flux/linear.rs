@@ -15,11 +15,15 @@
 //! weights (the memory saving) with activations in the compute dtype. The input embeddings and
 //! the final layer stay in the compute dtype, as in flux-fast (small, and first/last in the chain).
 //!
-//! `forward` here is the portable path: it dequantizes (`e4m3 → f32 × scale`) and multiplies in
-//! the compute dtype, which gives the FP8 GEMM's result up to accumulation order. It runs on the
-//! CPU (the reference the tests bound) and on CUDA (weights resident in FP8, half of bf16's
-//! memory). docs/engine.md §FP8 linears says what a Hopper FP8 GEMM kernel would change (speed,
-//! not numerics) and what is measured.
+//! On CUDA with the `fp8-gemm` feature, token layers run cuBLASLt's FP8 GEMM
+//! (`kontext_cuda::fp8_gemm`: E4M3 × E4M3, f32 accumulation, the scales and bias in its
+//! epilogue). Everywhere else `forward` takes the portable path: it dequantizes
+//! (`e4m3 → f32 × scale`) and multiplies in the compute dtype, which gives the FP8 GEMM's result
+//! up to accumulation order and the compute dtype's rounding of the dequantized operands. It runs
+//! on the CPU (the reference the tests bound) and on CUDA (weights resident in FP8, half of bf16's
+//! memory). docs/engine.md §FP8 linears says what is measured.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Result, Tensor};
@@ -31,6 +35,26 @@ use super::ops;
 pub const E4M3_MAX: f64 = 448.0;
 /// Floor of a scale, so an all-zero row quantizes to zeros instead of dividing by zero.
 const MIN_SCALE: f64 = 1e-12;
+
+static FP8_GEMM: AtomicBool = AtomicBool::new(true);
+
+/// Turns the cuBLASLt FP8 GEMM (feature `fp8-gemm`) on or off process-wide (on by default): the
+/// GPU benchmark's check against the portable path.
+pub fn set_fp8_gemm(on: bool) {
+    FP8_GEMM.store(on, Ordering::Relaxed);
+}
+
+/// Which FP8 GEMM this build and process use for token layers on CUDA.
+pub fn fp8_gemm_path() -> &'static str {
+    #[cfg(feature = "fp8-gemm")]
+    {
+        kontext_cuda::fp8_gemm::path()
+    }
+    #[cfg(not(feature = "fp8-gemm"))]
+    {
+        "not compiled"
+    }
+}
 
 /// How the transformer blocks store their linear weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -282,6 +306,14 @@ impl Fp8Linear {
 
     /// `x (…, in)` → `(…, out)` in the compute dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "fp8-gemm")]
+        if self.operand == Operand::Tokens
+            && FP8_GEMM.load(Ordering::Relaxed)
+            && let Some(y) =
+                kontext_cuda::fp8_gemm::linear(x, &self.weight, &self.scale, self.bias.as_ref())?
+        {
+            return Ok(y);
+        }
         let x = match self.operand {
             Operand::Tokens => fake_quantize_rows(x)?,
             Operand::Vector => x.clone(),
@@ -341,15 +373,38 @@ pub fn gguf_kernel_fits(t: GgmlDType, in_dim: usize) -> bool {
 pub fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
     let w = w.to_dtype(DType::F32)?;
     let scale = (w.abs()?.max_keepdim(D::Minus1)? / E4M3_MAX)?.clamp(MIN_SCALE, f64::MAX)?; // (rows, 1)
+    if !w.device().is_cpu() {
+        #[cfg(feature = "fp8-gemm")]
+        if let Some(q) = kontext_cuda::fp8_cast::quantize_with_scale(&w, &scale)? {
+            return Ok((q, scale));
+        }
+        return Err(no_gpu_e4m3_casts());
+    }
     let q = w.broadcast_div(&scale)?.to_dtype(DType::F8E4M3)?;
     Ok((q, scale))
 }
 
 /// `q × scale` in `dtype`.
 pub fn dequantize(q: &Tensor, scale: &Tensor, dtype: DType) -> Result<Tensor> {
+    if !q.device().is_cpu() {
+        #[cfg(feature = "fp8-gemm")]
+        if let Some(w) = kontext_cuda::fp8_cast::dequantize(q, scale, dtype)? {
+            return Ok(w);
+        }
+        return Err(no_gpu_e4m3_casts());
+    }
     q.to_dtype(DType::F32)?
         .broadcast_mul(scale)?
         .to_dtype(dtype)
+}
+
+/// candle 0.11.1 names its CUDA casts from and to E4M3 differently from the kernels it compiles
+/// (`cast_f32_f8e4m3` vs `cast_f32_f8_e4m3`), so on a GPU only our kernels cast (docs/gpu.md §5).
+fn no_gpu_e4m3_casts() -> candle_core::Error {
+    candle_core::Error::msg(
+        "FP8 linears on a GPU need the `fp8-gemm` build (scripts/build-cuda.sh --fp8): candle \
+         0.11.1 cannot cast to or from E4M3 on CUDA",
+    )
 }
 
 /// Quantize → dequantize along the last axis (one scale per token), in `x`'s dtype: what an

@@ -203,14 +203,25 @@ impl TensorFiles {
             });
         };
         let (path, st) = &self.files[i];
-        let t = st
-            .load(key, dev)
-            .and_then(|t| t.to_dtype(dtype))
-            .map_err(|source| WeightsError::Load {
-                key: key.to_string(),
-                file: path.clone(),
-                source: Box::new(source),
-            })?;
+        // FP8 tensors are cast on the host before they go to a GPU: candle 0.11.1 names its CUDA
+        // casts from and to F8E4M3 `cast_*_f8e4m3` but compiles them as `cast_*_f8_e4m3`, so any
+        // such cast on CUDA fails with CUDA_ERROR_NOT_FOUND (seen on an H200, docs/gpu.md §5).
+        let fp8_on_gpu = !dev.is_cpu()
+            && st
+                .get(key)
+                .is_ok_and(|v| v.dtype() == safetensors::Dtype::F8_E4M3);
+        let t = if fp8_on_gpu {
+            st.load(key, &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .and_then(|t| t.to_device(dev))
+        } else {
+            st.load(key, dev).and_then(|t| t.to_dtype(dtype))
+        };
+        let t = t.map_err(|source| WeightsError::Load {
+            key: key.to_string(),
+            file: path.clone(),
+            source: Box::new(source),
+        })?;
         Ok(t)
     }
 }

@@ -18,6 +18,21 @@ pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+static LT_GEMM: AtomicBool = AtomicBool::new(false);
+
+/// Turns the cuBLASLt bf16 GEMM of the token linears (feature `fp8-gemm`) on or off
+/// process-wide. **Off by default**: on an H200 it ran the 1024² step in 0.344 s instead of
+/// 0.633 s, but its outputs were not finite (docs/gpu.md §5, "cuBLASLt bf16 linears"), so it is
+/// an experiment until that is found.
+pub fn set_lt_gemm(on: bool) {
+    LT_GEMM.store(on, Ordering::Relaxed);
+}
+
+/// Whether this build has the cuBLASLt GEMM and it is switched on.
+pub fn lt_gemm_enabled() -> bool {
+    kontext_cuda::HAS_FP8_GEMM && LT_GEMM.load(Ordering::Relaxed)
+}
+
 /// Whether this build has the fused kernels and they are switched on.
 pub fn enabled() -> bool {
     kontext_cuda::HAS_FUSED && ENABLED.load(Ordering::Relaxed)

@@ -41,11 +41,19 @@ pub struct QkvStream<'a> {
     pub k_scale: &'a Tensor,
 }
 
-/// `x·Wᵀ + b` against a weight (a GEMM).
+/// `x·Wᵀ + b` against a weight (a GEMM). With `cuda::set_lt_gemm(true)` in a `fp8-gemm` build,
+/// bf16 token GEMMs go through cuBLASLt with the bias in its epilogue
+/// (`kontext_cuda::lt_bf16::bf16_linear`): an experiment, off by default (docs/gpu.md §5).
 pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
     let _t = scope(OpClass::Matmul);
     if cpu::applies(x) && cpu::applies(l.weight()) {
         return cpu::linear::linear(x, l.weight(), l.bias());
+    }
+    #[cfg(feature = "fp8-gemm")]
+    if cuda::lt_gemm_enabled()
+        && let Some(y) = kontext_cuda::lt_bf16::bf16_linear(x, l.weight(), l.bias())?
+    {
+        return Ok(y);
     }
     l.forward(x)
 }
