@@ -13,6 +13,7 @@ use std::time::Duration;
 use kontext_coordinator::{AppState, Config, RunError};
 use kontext_engine::thread::Health;
 use kontext_engine::{Engine, EngineError};
+use kontext_proto::AnyQueue;
 use kontext_proto::model_profile::{ModelProfile, ModelProfileError};
 use kontext_storage::AnyBlobStore;
 use kontext_worker::config::ModelArgs;
@@ -61,6 +62,7 @@ pub struct Embedded {
     stop_http: oneshot::Sender<()>,
     worker: SpawnedWorker,
     http: JoinHandle<Result<(), RunError>>,
+    queue: AnyQueue,
 }
 
 impl Embedded {
@@ -100,7 +102,7 @@ impl Embedded {
         )
         .await?;
 
-        let state = AppState::new(config.coordinator, queue, store, addr);
+        let state = AppState::new(config.coordinator, queue.clone(), store, addr);
         // One process, one /metrics: the worker's (stages, engine caches) after the coordinator's.
         state.set_extra_metrics(Box::new(move || status.render()));
         let url = state.public_url.clone();
@@ -115,7 +117,14 @@ impl Embedded {
             stop_http,
             worker,
             http,
+            queue,
         })
+    }
+
+    /// The queue the coordinator and the worker share (tests drive it directly, e.g. to play a
+    /// crashing worker).
+    pub fn queue(&self) -> AnyQueue {
+        self.queue.clone()
     }
 
     pub fn url(&self) -> &str {
@@ -166,6 +175,12 @@ impl Embedded {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
+    }
+
+    /// Resolves once the worker's job loop has ended (drained on an admin's request, or its
+    /// engine died); the HTTP server keeps serving.
+    pub async fn worker_ended(&mut self) {
+        self.worker.ended().await;
     }
 
     /// Drains the worker, then stops the HTTP server.

@@ -107,6 +107,32 @@ impl AdminAuth {
     }
 }
 
+impl AdminAuth {
+    /// The console session's key id for `key` when it is an admin key (the SHA-256 digest in
+    /// hex; never the key itself).
+    pub fn key_id(&self, key: &str) -> Option<String> {
+        match self {
+            Self::Keys(keys) if keys.contains(&digest(key)) => Some(hex::encode(digest(key))),
+            _ => None,
+        }
+    }
+
+    /// What a console session bound to `key_id` gets: allowed while that key is still
+    /// configured, so removing a key ends its sessions.
+    pub fn decide_session(&self, key_id: Option<&str>) -> AdminDecision {
+        match self {
+            Self::Open => AdminDecision::Allowed,
+            Self::Disabled => AdminDecision::Disabled,
+            Self::Keys(keys) => match key_id.and_then(|id| hex::decode(id).ok()) {
+                Some(d) if keys.iter().any(|k| k.as_slice() == d.as_slice()) => {
+                    AdminDecision::Allowed
+                }
+                _ => AdminDecision::Unauthorized,
+            },
+        }
+    }
+}
+
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod auth_failures;
 pub mod byte_sizes;
 pub mod config;
+pub mod console;
 pub mod fetch;
 pub mod http;
 pub mod http_server;

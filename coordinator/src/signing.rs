@@ -121,9 +121,54 @@ pub fn verify_blob(
     Ok(())
 }
 
+fn session_mac(secret: &Secret, key_id: &str, expires_s: u64) -> HmacSha256 {
+    let mut mac = secret.mac();
+    mac.update(format!("console\n{key_id}\n{expires_s}").as_bytes());
+    mac
+}
+
+/// The operator console's session cookie value for the admin key `key_id` (its digest, from
+/// `AdminAuth::key_id`), valid until `expires_s`: `<expires>.<key id>.<hmac>`.
+pub fn console_session(secret: &Secret, key_id: &str, expires_s: u64) -> String {
+    let mac = hex::encode(
+        session_mac(secret, key_id, expires_s)
+            .finalize()
+            .into_bytes(),
+    );
+    format!("{expires_s}.{key_id}.{mac}")
+}
+
+/// The key id of a console session cookie that this coordinator signed and that has not
+/// expired at `now_s` (constant-time comparison); `None` otherwise.
+pub fn verify_console_session<'a>(secret: &Secret, value: &'a str, now_s: u64) -> Option<&'a str> {
+    let mut parts = value.splitn(3, '.');
+    let expires_s: u64 = parts.next()?.parse().ok()?;
+    let key_id = parts.next()?;
+    let signature = hex::decode(parts.next()?).ok()?;
+    session_mac(secret, key_id, expires_s)
+        .verify_slice(&signature)
+        .ok()?;
+    (now_s < expires_s).then_some(key_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_sessions_verify_until_they_expire_and_never_when_altered() {
+        let secret = Secret::from_bytes(b"console-secret".to_vec());
+        let value = console_session(&secret, "ab12", 1_000);
+        assert_eq!(verify_console_session(&secret, &value, 999), Some("ab12"));
+        assert_eq!(verify_console_session(&secret, &value, 1_000), None);
+        let other = Secret::from_bytes(b"another".to_vec());
+        assert_eq!(verify_console_session(&other, &value, 10), None);
+        let longer = value.replacen("1000.", "2000.", 1);
+        assert_eq!(verify_console_session(&secret, &longer, 10), None);
+        let rebound = value.replacen(".ab12.", ".cd34.", 1);
+        assert_eq!(verify_console_session(&secret, &rebound, 10), None);
+        assert_eq!(verify_console_session(&secret, "garbage", 10), None);
+    }
 
     #[test]
     fn hmac_matches_rfc_4231_case_2() {

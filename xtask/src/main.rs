@@ -2,6 +2,7 @@
 //!
 //! `test` is the one command CI runs: it installs what the tests need on a fresh Debian machine
 //! (redis-server from apt; promtool from apt's prometheus package, for the alerting-rule tests;
+//! Debian's chromium-headless-shell, for the operator console's browser tests;
 //! schemathesis and gguf from PyPI into target/schemathesis-venv, with python3 from apt when missing; the
 //! S3 server is embedded in the test crate), checks formatting, then
 //! runs the whole test suite. The tests themselves start Redis and the S3 server on free loopback
@@ -15,7 +16,8 @@ use anyhow::{Context, Result, bail};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  test      install missing test tools (redis-server, promtool, schemathesis, gguf), check formatting, lints
+  test      install missing test tools (redis-server, promtool, chromium-headless-shell, schemathesis, gguf),
+            check formatting, lints
             (clippy) and docs (rustdoc) with warnings denied, run every test
   services  only install the test services
 ";
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("services") => ensure_redis_server()
             .and_then(|_| ensure_promtool())
+            .and_then(|_| ensure_chromium())
             .and_then(|_| ensure_schemathesis()),
         _ => {
             eprint!("{USAGE}");
@@ -52,6 +55,7 @@ fn test(extra: &[String]) -> Result<()> {
     let root = workspace_root();
     ensure_redis_server()?;
     ensure_promtool()?;
+    ensure_chromium()?;
     ensure_schemathesis()?;
     step("formatting");
     if cargo_has("fmt") {
@@ -143,6 +147,23 @@ fn ensure_promtool() -> Result<()> {
     find_on_path("promtool")
         .map(|_| ())
         .context("promtool is still missing after apt-get install prometheus")
+}
+
+/// A headless Chromium for cli/tests/console.rs (it finds `chromium-headless-shell` or
+/// `chromium` on PATH, or `$KONTEXT_CHROMIUM`): Debian's `chromium-headless-shell` when none is
+/// there.
+fn ensure_chromium() -> Result<()> {
+    if std::env::var_os("KONTEXT_CHROMIUM").is_some()
+        || find_on_path("chromium-headless-shell").is_some()
+        || find_on_path("chromium").is_some()
+    {
+        return Ok(());
+    }
+    step("installing chromium-headless-shell (apt)");
+    apt_install(&["chromium-headless-shell"])?;
+    find_on_path("chromium-headless-shell")
+        .map(|_| ())
+        .context("chromium-headless-shell is still missing after apt-get install")
 }
 
 /// Path of a usable `redis-server`, installing Debian's package when it is missing.

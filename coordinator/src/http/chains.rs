@@ -73,7 +73,7 @@ fn accepted(state: &AppState, id: ChainId, chain: &ChainRecord) -> Response {
     response
 }
 
-async fn render(state: &AppState, chain: &ChainRecord) -> Result<ChainView, ApiError> {
+pub(crate) async fn render(state: &AppState, chain: &ChainRecord) -> Result<ChainView, ApiError> {
     let mut jobs: Vec<Option<JobView>> = Vec::with_capacity(chain.turns.len());
     for t in &chain.turns {
         jobs.push(match &t.job {

@@ -7,6 +7,7 @@
 //! `error::ApiError`.
 
 pub mod admin;
+pub mod admin_media;
 pub mod bfl;
 pub mod chain_views;
 pub mod chains;
@@ -57,6 +58,7 @@ use common_responses::CommonResponses;
         webhook_secret::webhook_secret,
         admin::list_workers, admin::usage, admin::drain_worker, admin::audit,
         admin::queue_overview, admin::dead_letters, admin::requeue_dead, admin::dismiss_dead,
+        admin_media::job_result, admin_media::job_input, admin_media::chain,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -141,6 +143,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/dead", get(admin::dead_letters))
         .route("/v1/admin/dead/{id}", delete(admin::dismiss_dead))
         .route("/v1/admin/dead/{id}/requeue", post(admin::requeue_dead))
+        .route("/v1/admin/jobs/{id}/result", get(admin_media::job_result))
+        .route("/v1/admin/jobs/{id}/input", get(admin_media::job_input))
+        .route("/v1/admin/chains/{id}", get(admin_media::chain))
+        .merge(crate::console::routes())
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

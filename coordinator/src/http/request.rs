@@ -45,7 +45,7 @@ impl FromRequestParts<AppState> for Caller {
 /// The client of a keyed request, refused with 429 while it is over its failed-authentication
 /// budget. Requests that did not come through `http_server::serve` (in-process tests) carry no
 /// peer address and are not limited.
-pub(super) fn unthrottled_client(
+pub(crate) fn unthrottled_client(
     parts: &Parts,
     state: &AppState,
 ) -> Result<Option<ClientKey>, ApiError> {
@@ -64,7 +64,7 @@ pub(super) fn unthrottled_client(
 
 /// A failed authentication: counted against the client's budget; `refusal` (401) unless that
 /// failure used the budget up (429).
-pub(super) fn auth_failed(
+pub(crate) fn auth_failed(
     state: &AppState,
     client: Option<ClientKey>,
     refusal: ApiError,

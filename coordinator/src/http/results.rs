@@ -108,7 +108,7 @@ pub async fn signed_blob(
     blob_response(&state, &key).await
 }
 
-async fn blob_response(state: &AppState, key: &ObjectKey) -> Result<Response, ApiError> {
+pub(crate) async fn blob_response(state: &AppState, key: &ObjectKey) -> Result<Response, ApiError> {
     let blob = match state.store.get(key).await {
         Ok(blob) => blob,
         Err(e) if e.is_not_found() => return Err(ApiError::not_found("key", "object")),
