@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin_jobs::{AdminJobPage, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::{JobError, QueueError};
@@ -166,6 +167,15 @@ impl JobQueue for AnyQueue {
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
         dispatch!(self, q => q.audit_log(limit).await)
+    }
+
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AdminJobPage, QueueError> {
+        dispatch!(self, q => q.admin_jobs(filter, cursor, limit).await)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -12,6 +12,7 @@
 //! kontext:{<ns>}:ev:<id>                  STREAM  per-job events, MAXLEN ~ 256
 //! kontext:{<ns>}:idem:<len>:<tenant>:<k>  STRING  "<jid>|<body hash>", EX 86400
 //! kontext:{<ns>}:tenant:<t>:jobs          ZSET    list index (lexical members, see `list_member`)
+//! kontext:{<ns>}:jobs                     ZSET    every tenant's list members: the admin index
 //! kontext:{<ns>}:tenant:<t>:inflight      STRING  count of the tenant's non-terminal jobs
 //! kontext:{<ns>}:tenant:<t>:chains        ZSET    cid -> created (ms): chains counted for quotas
 //! kontext:{<ns>}:tenant:<t>:chains:turns  HASH    cid -> turns counted, `_` -> their sum
@@ -103,6 +104,11 @@ impl KeySpace {
 
     pub fn tenant_jobs(&self, tenant: &str) -> String {
         format!("{}tenant:{tenant}:jobs", self.prefix)
+    }
+
+    /// Every tenant's list members in one index (`admin_jobs`), trimmed with the tenants' own.
+    pub fn all_jobs(&self) -> String {
+        format!("{}jobs", self.prefix)
     }
 
     pub fn tenant_inflight(&self, tenant: &str) -> String {
@@ -219,6 +225,7 @@ mod tests {
             k.events(id),
             k.idempotency("acme", "key-1"),
             k.tenant_jobs("acme"),
+            k.all_jobs(),
             k.tenant_inflight("acme"),
             k.notify(),
             k.notify_attempts(),

@@ -21,6 +21,7 @@
 //!
 //! This crate never depends on candle; its default features pull in no async runtime.
 
+pub mod admin_jobs;
 pub mod chain;
 pub mod clock;
 pub mod dead_letters;

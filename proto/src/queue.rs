@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin_jobs::{AdminJobPage, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::{JobError, QueueError};
@@ -474,6 +475,15 @@ pub trait JobQueue: Send + Sync + 'static {
         id: JobId,
         now: Millis,
     ) -> impl Future<Output = Result<DismissOutcome, QueueError>> + Send;
+
+    /// One page of jobs across tenants matching `filter`, newest first, continuing below
+    /// `cursor`; each call examines a bounded part of the index (`crate::admin_jobs`).
+    fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<AdminJobPage, QueueError>> + Send;
 
     /// The newest `limit` admin actions, newest first.
     fn audit_log(

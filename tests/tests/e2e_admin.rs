@@ -256,4 +256,61 @@ async fn dead_letters_are_listed_and_requeued_by_admins() {
     assert_eq!(v["entries"][0]["action"], "requeue_dead", "{v}");
     let (_, v) = admin_get(&fleet, "/v1/admin/dead").await;
     assert_eq!(v["dead_letters"], json!([]), "{v}");
+
+    // Both jobs across tenants, newest first; filtered by status, tenant and time.
+    let tenant = queue.get(id).await.expect("get").expect("dead job").tenant;
+    let listed = |v: &Value| -> Vec<String> {
+        v["jobs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|j| j["id"].as_str())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (status, v) = admin_get(&fleet, "/v1/admin/jobs").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(listed(&v), [new_id.clone(), id.to_string()], "{v}");
+    assert_eq!(v["jobs"][1]["crashes"], 3, "{v}");
+    assert_eq!(v["jobs"][1]["tenant"], tenant.as_str(), "{v}");
+    assert!(v["next_cursor"].is_null(), "{v}");
+    let created = v["jobs"][0]["created_at_ms"]
+        .as_u64()
+        .expect("created_at_ms");
+    for (query, want) in [
+        ("status=dead".to_owned(), vec![id.to_string()]),
+        (
+            format!("status=queued&tenant={tenant}"),
+            vec![new_id.clone()],
+        ),
+        ("tenant=nobody".to_owned(), vec![]),
+        (format!("from={created}"), vec![new_id.clone()]),
+        (format!("to={}", created - 1), vec![id.to_string()]),
+    ] {
+        let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs?{query}")).await;
+        assert_eq!((status, listed(&v)), (200, want), "{query}: {v}");
+    }
+    let (_, v) = admin_get(&fleet, "/v1/admin/jobs?limit=1").await;
+    let cursor = v["next_cursor"]
+        .as_str()
+        .expect("a cursor after a full page");
+    let (_, v) = admin_get(&fleet, &format!("/v1/admin/jobs?limit=1&cursor={cursor}")).await;
+    assert_eq!(listed(&v), [id.to_string()], "{v}");
+    for (query, field) in [
+        ("status=lost", "status"),
+        ("from=yesterday", "from"),
+        ("from=5&to=4", "from"),
+        ("to=9007199254740992", "to"),
+        ("limit=201", "limit"),
+        ("cursor=nope", "cursor"),
+    ] {
+        let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs?{query}")).await;
+        assert_eq!(
+            (status, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {v}"
+        );
+    }
 }

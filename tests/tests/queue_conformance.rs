@@ -148,6 +148,7 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
         k.dead_letters(),
         k.idempotency("acme", "idem-1"),
         k.tenant_jobs("acme"),
+        k.all_jobs(),
         k.tenant_inflight("acme"),
         k.leases(),
         k.notify(),
@@ -166,6 +167,7 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
         k.job(a),
         k.events(a),
         k.tenant_jobs("acme"),
+        k.all_jobs(),
         k.dead_letters(),
     ] {
         assert!(found.contains(&key), "{key} missing from {found:?}");

@@ -7,6 +7,7 @@
 //! `error::ApiError`.
 
 pub mod admin;
+pub mod admin_jobs;
 pub mod bfl;
 pub mod chain_views;
 pub mod chains;
@@ -57,6 +58,7 @@ use common_responses::CommonResponses;
         webhook_secret::webhook_secret,
         admin::list_workers, admin::usage, admin::drain_worker, admin::audit,
         admin::queue_overview, admin::dead_letters, admin::requeue_dead, admin::dismiss_dead,
+        admin_jobs::list_jobs,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -74,6 +76,7 @@ use common_responses::CommonResponses;
         admin::DrainReply, admin::AuditLog, kontext_proto::workers::AuditEntry,
         admin::QueueOverview, admin::DeadLetterList, admin::DeadLetterReply,
         kontext_proto::dead_letters::DeadLetter,
+        admin_jobs::AdminJobView, admin_jobs::AdminJobList,
         kontext_proto::usage::UsageRow,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -138,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/workers/{id}/drain", post(admin::drain_worker))
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/admin/queue", get(admin::queue_overview))
+        .route("/v1/admin/jobs", get(admin_jobs::list_jobs))
         .route("/v1/admin/dead", get(admin::dead_letters))
         .route("/v1/admin/dead/{id}", delete(admin::dismiss_dead))
         .route("/v1/admin/dead/{id}/requeue", post(admin::requeue_dead))

@@ -3,6 +3,7 @@
 //! stays dead), dismissed; each once, each audited.
 
 use super::*;
+use crate::admin_jobs::JobFilter;
 use crate::dead_letters::{DismissOutcome, RequeueOutcome};
 use crate::policy::MAX_CRASHES;
 
@@ -50,6 +51,13 @@ pub async fn dead_letters_are_listed_requeued_and_dismissed_once<Q: JobQueue>(
     assert_eq!(old.status, JobStatus::Dead);
     assert_eq!(new.status, JobStatus::Queued);
     assert_eq!((new.tenant, new.spec.clone()), (old.tenant, old.spec));
+    let newest = within("admin_jobs", q.admin_jobs(&JobFilter::default(), None, 1))
+        .await
+        .expect("admin_jobs");
+    assert_eq!(
+        newest.jobs[0].id, new_id,
+        "a re-queued job is indexed for operators"
+    );
     let (_, claimed) = claim(&q, "healthy", t + 1).await;
     assert_eq!(claimed.id, new_id);
 

@@ -7,6 +7,7 @@
 //! panic names what stalled. Each rule gets a fresh queue from the factory, which receives the
 //! `QueueConfig` the rule needs.
 
+mod admin_jobs;
 mod chains;
 mod dead_letters;
 mod failures;
@@ -29,6 +30,7 @@ use crate::policy::{QueueConfig, RetryPolicy};
 use crate::queue::{JobEvent, JobQueue, Lease, Submission};
 use crate::resolution::ResizeMode;
 
+pub use admin_jobs::*;
 pub use chains::*;
 pub use dead_letters::*;
 pub use failures::*;
@@ -241,6 +243,7 @@ macro_rules! queue_conformance_tests {
             registered_workers_are_listed_until_their_ttl_passes,
             drain_requests_reach_live_workers_and_are_audited,
             dead_letters_are_listed_requeued_and_dismissed_once,
+            admin_job_pages_filter_across_tenants_within_a_scan_budget,
             usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,

@@ -475,10 +475,7 @@ impl State {
             lora_set: None,
         };
         self.jobs.insert(jid, job);
-        self.tenant_jobs
-            .entry(tenant.clone())
-            .or_default()
-            .insert(list_member(now, jid));
+        self.index_job(&tenant, list_member(now, jid));
         *self.inflight.entry(tenant).or_default() += 1;
         self.emit_state(jid, JobStatus::Queued, now);
         match offer_to {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::admin_jobs::{AdminJobPage, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
 use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::JobError;
@@ -242,6 +243,15 @@ impl JobQueue for MemoryQueue {
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
         Ok(self.ops.audit(limit))
+    }
+
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AdminJobPage, QueueError> {
+        self.lock().admin_jobs(filter, cursor, limit)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

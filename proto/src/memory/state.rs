@@ -3,18 +3,17 @@
 //! both implementations show the same behaviour; `MemoryQueue` wraps this in a mutex.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::ops::Bound;
 use std::time::Duration;
 
 use crate::chain::ChainId;
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId};
-use crate::keys::{list_member, parse_list_member};
+use crate::keys::list_member;
 use crate::policy::{self, QueueConfig, RetryDecision, progress_fraction};
 use crate::queue::{
-    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, Lease, LeaseState,
-    ReapReport, RetainedKind, Submission, SubmitOutcome,
+    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, Lease, LeaseState, ReapReport,
+    RetainedKind, Submission, SubmitOutcome,
 };
 
 /// One dispatch entry of a class stream.
@@ -62,6 +61,8 @@ pub(crate) struct State {
     idempotency: HashMap<(TenantId, String), IdempotencyEntry>,
     /// Per tenant: `list_member`s (creation order).
     tenant_jobs: HashMap<TenantId, BTreeSet<String>>,
+    /// Every tenant's `list_member`s: the global index of `admin_jobs` (see `retention`).
+    all_jobs: BTreeSet<String>,
     inflight: HashMap<TenantId, u64>,
     /// Finished jobs waiting for the notifier: (due, id), plus id -> (due, times taken).
     notify: BTreeSet<(Millis, JobId)>,
@@ -98,6 +99,7 @@ impl State {
             dead_letters: Vec::new(),
             idempotency: HashMap::new(),
             tenant_jobs: HashMap::new(),
+            all_jobs: BTreeSet::new(),
             inflight: HashMap::new(),
             notify: BTreeSet::new(),
             notify_due: HashMap::new(),
@@ -219,10 +221,7 @@ impl State {
             self.idem_expiry.insert((expires_at, key.clone()));
             self.idempotency.insert(key, entry);
         }
-        self.tenant_jobs
-            .entry(sub.tenant.clone())
-            .or_default()
-            .insert(list_member(now, id));
+        self.index_job(&sub.tenant, list_member(now, id));
         *self.inflight.entry(sub.tenant).or_default() += 1;
         match holder {
             Some(worker) => self.offer_to_worker(id, worker, now, self.cfg.lora_affinity_delay),
@@ -234,38 +233,6 @@ impl State {
 
     pub(crate) fn get(&self, id: JobId) -> Option<JobRecord> {
         self.jobs.get(&id).map(|j| j.record.clone())
-    }
-
-    pub(crate) fn list(
-        &self,
-        tenant: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<JobPage, QueueError> {
-        let empty = BTreeSet::new();
-        let members = self.tenant_jobs.get(tenant).unwrap_or(&empty);
-        let below: Box<dyn Iterator<Item = &String>> = match cursor {
-            Some(c) => {
-                validate_list_cursor(c)?;
-                Box::new(
-                    members
-                        .range::<str, _>((Bound::Unbounded, Bound::Excluded(c)))
-                        .rev(),
-                )
-            }
-            None => Box::new(members.iter().rev()),
-        };
-        let limit = clamp_page(limit);
-        let page: Vec<&String> = below.take(limit + 1).collect();
-        let next_cursor = (page.len() > limit).then(|| page[limit - 1].clone());
-        let mut jobs = Vec::new();
-        for member in page.into_iter().take(limit) {
-            let id = parse_list_member(member)?;
-            if let Some(job) = self.jobs.get(&id) {
-                jobs.push(job.record.clone());
-            }
-        }
-        Ok(JobPage { jobs, next_cursor })
     }
 
     pub(crate) fn cancel(&mut self, id: JobId, now: Millis) -> CancelOutcome {
@@ -566,15 +533,6 @@ impl State {
         self.queue_notification(id, now);
         self.advance_chain(id, status, now);
     }
-}
-
-/// Page sizes are clamped to `1..=MAX_PAGE`.
-pub(crate) fn clamp_page(limit: usize) -> usize {
-    limit.clamp(1, crate::queue::MAX_PAGE)
-}
-
-fn validate_list_cursor(c: &str) -> Result<(), QueueError> {
-    parse_list_member(c).map(|_| ())
 }
 
 // Notifications of finished jobs (mirrors redis/lua/notify_*.lua).

@@ -266,6 +266,15 @@ impl JobQueue for RedisQueue {
         self.audit_log_impl(limit).await
     }
 
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AdminJobPage, QueueError> {
+        self.admin_jobs_impl(filter, cursor, limit).await
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.dead_letters_impl(limit).await
     }

@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 27] = [
+pub(crate) const SOURCES: [(&str, &str); 28] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -39,6 +39,7 @@ pub(crate) const SOURCES: [(&str, &str); 27] = [
     ("dead_requeue", include_str!("lua/dead_requeue.lua")),
     ("dead_dismiss", include_str!("lua/dead_dismiss.lua")),
     ("dead_read", include_str!("lua/dead_read.lua")),
+    ("admin_jobs", include_str!("lua/admin_jobs.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -69,6 +70,7 @@ pub(crate) struct Scripts {
     pub dead_requeue: Script,
     pub dead_dismiss: Script,
     pub dead_read: Script,
+    pub admin_jobs: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -108,10 +110,11 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     dead_requeue: with_prelude("dead_requeue"),
     dead_dismiss: with_prelude("dead_dismiss"),
     dead_read: with_prelude("dead_read"),
+    admin_jobs: with_prelude("admin_jobs"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 27] {
+    fn all(&self) -> [&Script; 28] {
         [
             &self.submit,
             &self.claim,
@@ -140,6 +143,7 @@ impl Scripts {
             &self.dead_requeue,
             &self.dead_dismiss,
             &self.dead_read,
+            &self.admin_jobs,
         ]
     }
 

@@ -12,7 +12,7 @@ redis.call('HSET', KEYS[2], 'id', ARGV[3], 'tenant', tenant, 'state', 'queued', 
   'prio', v[6], 'progress', '0', 'attempts', '0', 'crashes', '0', 'epoch', '0', 'cancel', '0',
   'created_at', now)
 dispatch(prefix, ARGV[3], now)
-redis.call('ZADD', prefix .. 'tenant:' .. tenant .. ':jobs', 0, list_member(now, ARGV[3]))
+index_job(prefix, tenant, now, ARGV[3])
 redis.call('INCR', inflight_key(prefix, tenant))
 emit_state(prefix, ARGV[3], 'queued', now, ARGV[5])
 redis.call('XDEL', KEYS[3], v[2])

@@ -111,6 +111,15 @@ end
 
 -- keys.rs list_member: `<created_at, 20 digits>:<jid>`.
 local function list_member(now, jid) return string.rep('0', 20 - #now) .. now .. ':' .. jid end
+-- keys.rs all_jobs: the list index of every tenant's jobs (admin_jobs.lua), trimmed with them.
+local function all_jobs_key(prefix) return prefix .. 'jobs' end
+
+-- A new job in its tenant's list index and the global one (same member in both).
+local function index_job(prefix, tenant, now, jid)
+  local member = list_member(now, jid)
+  redis.call('ZADD', prefix .. 'tenant:' .. tenant .. ':jobs', 0, member)
+  redis.call('ZADD', all_jobs_key(prefix), 0, member)
+end
 
 -- ---------------------------------------------------------------------------------------------
 -- Retained-state quotas (queue.rs `RetainedLimits`), counted over the last retention period.
@@ -159,10 +168,12 @@ local function count_turn(prefix, tenant, cid)
 end
 
 -- Forgets the tenant's jobs created before `cutoff_member` from its list index (list_member
--- form); returns the jobs left.
+-- form), and everyone's from the global index; returns the tenant's jobs left.
 local function retained_jobs(prefix, tenant, cutoff_member)
   local idx = prefix .. 'tenant:' .. tenant .. ':jobs'
   redis.call('ZREMRANGEBYLEX', idx, '-', '(' .. cutoff_member)
+  -- The global index loses every tenant's jobs past the same cutoff.
+  redis.call('ZREMRANGEBYLEX', all_jobs_key(prefix), '-', '(' .. cutoff_member)
   return redis.call('ZCARD', idx)
 end
 
@@ -202,7 +213,7 @@ local function create_turn_job(prefix, ckey, turn, spec, now, maxlen, worker, af
   redis.call('HSET', job, 'id', jid, 'tenant', c[3], 'state', 'queued', 'spec', spec, 'prio', c[4],
     'progress', '0', 'attempts', '0', 'crashes', '0', 'epoch', '0', 'cancel', '0',
     'created_at', now, 'chain', '{"chain_id":"' .. c[1] .. '","turn":' .. turn .. '}')
-  redis.call('ZADD', prefix .. 'tenant:' .. c[3] .. ':jobs', 0, list_member(now, jid))
+  index_job(prefix, c[3], now, jid)
   redis.call('INCR', inflight_key(prefix, c[3]))
   emit_state(prefix, jid, 'queued', now, maxlen)
   if worker and worker ~= '' and affinity_ms then

@@ -1,0 +1,52 @@
+//! The operators' views of jobs on Redis (docs/queue-protocol.md §Admin job views):
+//! `admin_jobs.lua` pages through the global list index `jobs` (or a tenant's own) newest first,
+//! examining a bounded number of members per call (`crate::admin_jobs`).
+
+use super::RedisQueue;
+use super::reply::{array, at, hash, record, text};
+use super::scripts::SCRIPTS;
+use crate::admin_jobs::{AdminJobPage, JobFilter, clamp_admin_page, scan_budget, scan_range};
+use crate::error::QueueError;
+
+impl RedisQueue {
+    pub(super) async fn admin_jobs_impl(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AdminJobPage, QueueError> {
+        let k = &self.keys;
+        let range = scan_range(filter, cursor)?;
+        let index = match &filter.tenant {
+            Some(t) => k.tenant_jobs(t),
+            None => k.all_jobs(),
+        };
+        let mut inv = SCRIPTS.admin_jobs.prepare_invoke();
+        inv.key(index)
+            .arg(k.prefix())
+            .arg(
+                range
+                    .below
+                    .map_or_else(|| "+".to_owned(), |m| format!("({m}")),
+            )
+            .arg(
+                range
+                    .at_least
+                    .map_or_else(|| "-".to_owned(), |m| format!("[{m}")),
+            )
+            .arg(clamp_admin_page(limit))
+            .arg(scan_budget(limit))
+            .arg(filter.status.map_or("", |s| s.as_str()));
+        let reply = self.run(&inv).await?;
+        let parts = array(&reply)?;
+        let jobs = array(at(parts, 0)?)?
+            .iter()
+            .map(|h| record(&hash(h)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = text(at(parts, 1)?)?;
+        Ok(AdminJobPage {
+            jobs,
+            next_cursor: (!next.is_empty()).then_some(next),
+        })
+    }
+}
