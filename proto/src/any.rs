@@ -13,6 +13,7 @@ use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmissi
 use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::{JobError, QueueError};
 use crate::job::{JobId, JobRecord, JobResult, Millis};
+use crate::job_history::JobHistory;
 use crate::memory::MemoryQueue;
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
@@ -176,6 +177,10 @@ impl JobQueue for AnyQueue {
         limit: usize,
     ) -> Result<AdminJobPage, QueueError> {
         dispatch!(self, q => q.admin_jobs(filter, cursor, limit).await)
+    }
+
+    async fn job_history(&self, id: JobId) -> Result<Option<JobHistory>, QueueError> {
+        dispatch!(self, q => q.job_history(id).await)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

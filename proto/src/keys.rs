@@ -10,6 +10,7 @@
 //! kontext:{<ns>}:delay                    ZSET    jid -> retry time (ms)
 //! kontext:{<ns>}:dlq                      STREAM  dead letters {jid, reason, crashes, attempts}
 //! kontext:{<ns>}:ev:<id>                  STREAM  per-job events, MAXLEN ~ 256
+//! kontext:{<ns>}:hist:<id>                LIST    the job's history (`job_history`), at most 100
 //! kontext:{<ns>}:idem:<len>:<tenant>:<k>  STRING  "<jid>|<body hash>", EX 86400
 //! kontext:{<ns>}:tenant:<t>:jobs          ZSET    list index (lexical members, see `list_member`)
 //! kontext:{<ns>}:jobs                     ZSET    every tenant's list members: the admin index
@@ -94,6 +95,11 @@ impl KeySpace {
 
     pub fn events(&self, id: JobId) -> String {
         format!("{}ev:{id}", self.prefix)
+    }
+
+    /// The job's history (`job_history::HistoryEntry` JSON, oldest first).
+    pub fn history(&self, id: JobId) -> String {
+        format!("{}hist:{id}", self.prefix)
     }
 
     /// The tenant's length prefix keeps the key injective: tenant `a` with key `b:c` and tenant
@@ -223,6 +229,7 @@ mod tests {
             k.delay(),
             k.dead_letters(),
             k.events(id),
+            k.history(id),
             k.idempotency("acme", "key-1"),
             k.tenant_jobs("acme"),
             k.all_jobs(),
@@ -248,7 +255,7 @@ mod tests {
         );
         assert_eq!(all[1], "kontext:{kx}:q:hi");
         assert_eq!(all[3], "kontext:{kx}:q:bulk");
-        assert_eq!(all[8], "kontext:{kx}:idem:4:acme:key-1");
+        assert_eq!(all[9], "kontext:{kx}:idem:4:acme:key-1");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod job_history;
 pub mod json_int;
 pub mod keys;
 pub mod loras;

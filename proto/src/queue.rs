@@ -29,6 +29,7 @@ use crate::error::{JobError, QueueError};
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
 };
+use crate::job_history::JobHistory;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
@@ -484,6 +485,12 @@ pub trait JobQueue: Send + Sync + 'static {
         cursor: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<AdminJobPage, QueueError>> + Send;
+
+    /// A job (of any tenant) with its history of claims and attempt ends (`crate::job_history`).
+    fn job_history(
+        &self,
+        id: JobId,
+    ) -> impl Future<Output = Result<Option<JobHistory>, QueueError>> + Send;
 
     /// The newest `limit` admin actions, newest first.
     fn audit_log(

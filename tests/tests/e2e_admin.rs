@@ -144,6 +144,39 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
         );
     }
 
+    // The job's history: one attempt on w0, committed with its engine time.
+    let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["job"]["status"], "succeeded", "{v}");
+    let attempts = v["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{v}");
+    assert_eq!(
+        (
+            &attempts[0]["worker"],
+            &attempts[0]["ended"],
+            &attempts[0]["epoch"]
+        ),
+        (&json!("w0"), &json!("succeeded"), &json!(1)),
+        "{v}"
+    );
+    assert!(
+        attempts[0]["engine_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{v}"
+    );
+    let states: Vec<&str> = v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(states, ["queued", "running", "succeeded"], "{v}");
+    let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs/{}", JobId::new())).await;
+    assert_eq!(
+        (status, v["error"]["field"].as_str()),
+        (404, Some("id")),
+        "{v}"
+    );
+
     // The queue at a glance.
     let (status, v) = admin_get(&fleet, "/v1/admin/queue").await;
     assert_eq!(status, 200, "{v}");
@@ -221,6 +254,27 @@ async fn dead_letters_are_listed_and_requeued_by_admins() {
     let (status, v) = admin_get(&fleet, "/v1/admin/dead").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["dead_letters"][0]["job_id"], id.to_string(), "{v}");
+    // Its history: three claims, each lease lost; the third made it dead.
+    let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    let ends: Vec<(&str, &str, &str)> = v["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap_or("");
+            (s("worker"), s("ended"), s("outcome"))
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            ("doomed-0", "lease_lost", "queued"),
+            ("doomed-1", "lease_lost", "queued"),
+            ("doomed-2", "lease_lost", "dead")
+        ],
+        "{v}"
+    );
     let requeue = || {
         http(ADMIN_KEY)
             .post(format!("{}/v1/admin/dead/{id}/requeue", fleet.url))

@@ -142,6 +142,8 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
         k.job(b),
         k.events(a),
         k.events(b),
+        k.history(a),
+        k.history(b),
         k.class_stream(Priority::High),
         k.class_stream(Priority::Standard),
         k.class_stream(Priority::Bulk),
@@ -208,7 +210,7 @@ async fn finished_jobs_expire_and_streams_are_trimmed() {
     }
     let id = last.expect("a job");
     let mut con = raw(&redis_url()).await;
-    for key in [q.keys().job(id), q.keys().events(id)] {
+    for key in [q.keys().job(id), q.keys().events(id), q.keys().history(id)] {
         let ttl: i64 = redis::cmd("TTL")
             .arg(&key)
             .query_async(&mut con)

@@ -7,6 +7,7 @@
 //! `error::ApiError`.
 
 pub mod admin;
+pub mod admin_history;
 pub mod admin_jobs;
 pub mod bfl;
 pub mod chain_views;
@@ -58,7 +59,7 @@ use common_responses::CommonResponses;
         webhook_secret::webhook_secret,
         admin::list_workers, admin::usage, admin::drain_worker, admin::audit,
         admin::queue_overview, admin::dead_letters, admin::requeue_dead, admin::dismiss_dead,
-        admin_jobs::list_jobs,
+        admin_jobs::list_jobs, admin_history::job_detail,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -76,7 +77,10 @@ use common_responses::CommonResponses;
         admin::DrainReply, admin::AuditLog, kontext_proto::workers::AuditEntry,
         admin::QueueOverview, admin::DeadLetterList, admin::DeadLetterReply,
         kontext_proto::dead_letters::DeadLetter,
-        admin_jobs::AdminJobView, admin_jobs::AdminJobList,
+        admin_jobs::AdminJobView, admin_jobs::AdminJobList, admin_history::AdminJobDetail,
+        admin_history::AdminEventView, kontext_proto::job_history::Attempt,
+        kontext_proto::job_history::AttemptEnd, kontext_proto::job_history::HistoryEntry,
+        kontext_proto::JobError, kontext_proto::JobErrorKind,
         kontext_proto::usage::UsageRow,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -142,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/admin/queue", get(admin::queue_overview))
         .route("/v1/admin/jobs", get(admin_jobs::list_jobs))
+        .route("/v1/admin/jobs/{id}", get(admin_history::job_detail))
         .route("/v1/admin/dead", get(admin::dead_letters))
         .route("/v1/admin/dead/{id}", delete(admin::dismiss_dead))
         .route("/v1/admin/dead/{id}/requeue", post(admin::requeue_dead))

@@ -12,6 +12,7 @@ mod chains;
 mod dead_letters;
 mod failures;
 mod forks;
+mod history;
 mod lifecycle;
 mod loras;
 mod notifications;
@@ -35,6 +36,7 @@ pub use chains::*;
 pub use dead_letters::*;
 pub use failures::*;
 pub use forks::*;
+pub use history::*;
 pub use lifecycle::*;
 pub use loras::*;
 pub use notifications::*;
@@ -244,6 +246,7 @@ macro_rules! queue_conformance_tests {
             drain_requests_reach_live_workers_and_are_audited,
             dead_letters_are_listed_requeued_and_dismissed_once,
             admin_job_pages_filter_across_tenants_within_a_scan_budget,
+            job_history_records_every_attempt_and_how_it_ended,
             usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,

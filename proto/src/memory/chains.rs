@@ -15,6 +15,7 @@ use crate::job::{
     Carry, ChainRef, InputImage, JobId, JobRecord, JobResult, JobStatus, Millis, Priority,
     TenantId, ValidJobSpec,
 };
+use crate::job_history::HistoryEntry;
 use crate::keys::list_member;
 use crate::policy;
 use crate::queue::{CancelOutcome, Claim, RetainedKind};
@@ -280,12 +281,14 @@ impl State {
         match job.record.status {
             JobStatus::Running => {
                 job.record.cancel_requested = true;
+                self.note(jid, HistoryEntry::CancelRequested { at: now });
                 CancelOutcome::CancellationRequested
             }
             JobStatus::Queued => {
                 if let Some(at) = job.delayed_until.take() {
                     self.delay.remove(&(at, jid));
                 }
+                self.note(jid, HistoryEntry::Canceled { at: now });
                 self.finish(jid, JobStatus::Canceled, now);
                 CancelOutcome::Canceled
             }
@@ -473,6 +476,7 @@ impl State {
             events: VecDeque::new(),
             next_event: 0,
             lora_set: None,
+            history: Default::default(),
         };
         self.jobs.insert(jid, job);
         self.index_job(&tenant, list_member(now, jid));

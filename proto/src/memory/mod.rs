@@ -17,6 +17,7 @@ use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, Millis};
+use crate::job_history::JobHistory;
 use crate::policy::{self, Jitter, QueueConfig};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
@@ -252,6 +253,10 @@ impl JobQueue for MemoryQueue {
         limit: usize,
     ) -> Result<AdminJobPage, QueueError> {
         self.lock().admin_jobs(filter, cursor, limit)
+    }
+
+    async fn job_history(&self, id: JobId) -> Result<Option<JobHistory>, QueueError> {
+        Ok(self.lock().job_history(id))
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -9,6 +9,7 @@ use crate::chain::ChainId;
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId};
+use crate::job_history::HistoryEntry;
 use crate::keys::list_member;
 use crate::policy::{self, QueueConfig, RetryDecision, progress_fraction};
 use crate::queue::{
@@ -38,6 +39,7 @@ struct MemJob {
     next_event: u64,
     /// `loras::lora_set_id` of a submitted job's LoRAs (chain turns get none, as in Redis).
     lora_set: Option<String>,
+    history: VecDeque<HistoryEntry>,
 }
 
 #[derive(Debug)]
@@ -209,6 +211,7 @@ impl State {
                 events: VecDeque::new(),
                 next_event: 0,
                 lora_set,
+                history: VecDeque::new(),
             },
         );
         if let Some(key) = idem_key {
@@ -243,6 +246,7 @@ impl State {
             s if s.is_terminal() => CancelOutcome::AlreadyCompleted,
             JobStatus::Running => {
                 job.record.cancel_requested = true;
+                self.note(id, HistoryEntry::CancelRequested { at: now });
                 CancelOutcome::CancellationRequested
             }
             _ => {
@@ -250,6 +254,7 @@ impl State {
                 if let Some(at) = job.delayed_until.take() {
                     self.delay.remove(&(at, id));
                 }
+                self.note(id, HistoryEntry::Canceled { at: now });
                 self.finish(id, JobStatus::Canceled, now);
                 CancelOutcome::Canceled
             }
@@ -303,6 +308,7 @@ impl State {
         let record = r.clone();
         self.leases.insert((until, id));
         self.emit_state(id, JobStatus::Running, now);
+        self.note_claimed(id, now);
         Claim { lease, job: record }
     }
 
@@ -383,6 +389,8 @@ impl State {
             .expect("checked by `current`; this is a bug");
         let (worker, set) = (job.record.worker.clone(), job.lora_set.clone());
         self.record_lora_set(worker.as_deref(), set.as_deref(), now);
+        let engine_ms = result.engine_ms;
+        self.note_ended(id, lease.epoch, Ended::Succeeded { engine_ms }, now);
         let job = self
             .jobs
             .get_mut(&id)
@@ -404,11 +412,13 @@ impl State {
     ) -> Result<FailOutcome, QueueError> {
         let id = lease.job_id;
         let job = self.current(lease)?;
-        job.record.error = Some(error);
+        job.record.error = Some(error.clone());
         let cancel = job.record.cancel_requested;
         let worker = job.record.worker.clone();
         self.record_lora_set(worker.as_deref(), None, now);
         self.drop_lease(id);
+        let ended = Ended::failed(error, decision, cancel);
+        self.note_ended(id, lease.epoch, ended, now);
         match decision {
             RetryDecision::Retry { at } if !cancel => {
                 let job = self
@@ -437,6 +447,9 @@ impl State {
 
     pub(crate) fn release(&mut self, lease: &Lease, now: Millis) -> Result<(), QueueError> {
         let id = lease.job_id;
+        let cancel = self.current(lease)?.record.cancel_requested;
+        let outcome = [JobStatus::Queued, JobStatus::Canceled][usize::from(cancel)];
+        self.note_ended(id, lease.epoch, Ended::Released(outcome), now);
         let job = self.current(lease)?;
         if job.record.cancel_requested {
             self.drop_lease(id);
@@ -471,6 +484,15 @@ impl State {
             }
             job.record.epoch += 1;
             job.record.crashes += 1;
+            let r = &job.record;
+            let (lost, epoch) = (
+                Ended::lease_lost(r.cancel_requested, r.crashes),
+                r.epoch - 1,
+            );
+            self.note_ended(id, epoch, lost, now);
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
             if job.record.cancel_requested {
                 self.finish(id, JobStatus::Canceled, now);
                 report.canceled.push(id);
@@ -552,6 +574,11 @@ mod reads;
 mod dead_letters;
 #[path = "lora_affinity.rs"]
 mod lora_affinity;
+
+// Job history (mirrors prelude.lua's note_history).
+#[path = "history.rs"]
+mod history;
+use history::Ended;
 
 // Retained-state quotas and expiry.
 #[path = "retention.rs"]

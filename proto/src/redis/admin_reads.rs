@@ -1,12 +1,15 @@
 //! The operators' views of jobs on Redis (docs/queue-protocol.md §Admin job views):
 //! `admin_jobs.lua` pages through the global list index `jobs` (or a tenant's own) newest first,
-//! examining a bounded number of members per call (`crate::admin_jobs`).
+//! examining a bounded number of members per call (`crate::admin_jobs`); `job_history.lua`
+//! reads a job and its history list (`crate::job_history`) in one step.
 
 use super::RedisQueue;
 use super::reply::{array, at, hash, record, text};
 use super::scripts::SCRIPTS;
 use crate::admin_jobs::{AdminJobPage, JobFilter, clamp_admin_page, scan_budget, scan_range};
 use crate::error::QueueError;
+use crate::job::JobId;
+use crate::job_history::{HISTORY_MAXLEN, HistoryEntry, JobHistory};
 
 impl RedisQueue {
     pub(super) async fn admin_jobs_impl(
@@ -48,5 +51,32 @@ impl RedisQueue {
             jobs,
             next_cursor: (!next.is_empty()).then_some(next),
         })
+    }
+
+    pub(super) async fn job_history_impl(
+        &self,
+        id: JobId,
+    ) -> Result<Option<JobHistory>, QueueError> {
+        let k = &self.keys;
+        let mut inv = SCRIPTS.job_history.prepare_invoke();
+        inv.key(k.job(id)).key(k.history(id)).arg(HISTORY_MAXLEN);
+        let reply = self.run(&inv).await?;
+        let parts = array(&reply)?;
+        let h = hash(at(parts, 0)?)?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let entries = array(at(parts, 1)?)?
+            .iter()
+            .map(|e| {
+                let json = text(e)?;
+                serde_json::from_str::<HistoryEntry>(&json)
+                    .map_err(|err| QueueError::Corrupt(format!("history of job {id}: {err}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(JobHistory {
+            record: record(&h)?,
+            entries,
+        }))
     }
 }

@@ -275,6 +275,10 @@ impl JobQueue for RedisQueue {
         self.admin_jobs_impl(filter, cursor, limit).await
     }
 
+    async fn job_history(&self, id: JobId) -> Result<Option<JobHistory>, QueueError> {
+        self.job_history_impl(id).await
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.dead_letters_impl(limit).await
     }

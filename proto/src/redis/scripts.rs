@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 28] = [
+pub(crate) const SOURCES: [(&str, &str); 29] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -40,6 +40,7 @@ pub(crate) const SOURCES: [(&str, &str); 28] = [
     ("dead_dismiss", include_str!("lua/dead_dismiss.lua")),
     ("dead_read", include_str!("lua/dead_read.lua")),
     ("admin_jobs", include_str!("lua/admin_jobs.lua")),
+    ("job_history", include_str!("lua/job_history.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -71,6 +72,7 @@ pub(crate) struct Scripts {
     pub dead_dismiss: Script,
     pub dead_read: Script,
     pub admin_jobs: Script,
+    pub job_history: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -111,10 +113,11 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     dead_dismiss: with_prelude("dead_dismiss"),
     dead_read: with_prelude("dead_read"),
     admin_jobs: with_prelude("admin_jobs"),
+    job_history: with_prelude("job_history"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 28] {
+    fn all(&self) -> [&Script; 29] {
         [
             &self.submit,
             &self.claim,
@@ -144,6 +147,7 @@ impl Scripts {
             &self.dead_dismiss,
             &self.dead_read,
             &self.admin_jobs,
+            &self.job_history,
         ]
     }
 
@@ -169,6 +173,15 @@ mod tests {
                 assert!(header.contains(tag), "{name}.lua header lacks {tag}");
             }
         }
+    }
+
+    #[test]
+    fn the_history_cap_is_the_same_in_lua_and_rust() {
+        let line = format!(
+            "local HISTORY_MAXLEN = {}",
+            crate::job_history::HISTORY_MAXLEN
+        );
+        assert!(PRELUDE.contains(&line), "prelude.lua lacks {line:?}");
     }
 
     #[test]

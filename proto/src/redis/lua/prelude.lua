@@ -288,6 +288,26 @@ local function advance_chain(prefix, jid, state, now, retention_s, maxlen, affin
   end
 end
 
+-- ---------------------------------------------------------------------------------------------
+-- Job history (job_history.rs, docs/queue-protocol.md §Job history): `hist:<jid>` LIST of
+-- HistoryEntry JSON, oldest first, capped, expiring with the job (set in `finish`).
+local function history_key(prefix, jid) return prefix .. 'hist:' .. jid end
+local HISTORY_MAXLEN = 100
+
+-- Append one entry: `event`, `at`, then `fields` as name, raw JSON value pairs.
+local function note_history(prefix, jid, event, at, fields)
+  local parts = {'"event":"' .. event .. '"', '"at":' .. at}
+  for i = 1, #(fields or {}), 2 do parts[#parts + 1] = '"' .. fields[i] .. '":' .. fields[i + 1] end
+  local key = history_key(prefix, jid)
+  redis.call('RPUSH', key, '{' .. table.concat(parts, ',') .. '}')
+  redis.call('LTRIM', key, -HISTORY_MAXLEN, -1)
+end
+
+-- The fields every attempt entry carries: worker (a JSON string) and epoch.
+local function attempt_fields(worker, epoch, ...)
+  return {'worker', cjson.encode(worker or ''), 'epoch', epoch, ...}
+end
+
 -- Move a job to a terminal state: no lease, one less in flight, event, notification, retention
 -- clock starts, and a chain turn's chain moves on. `set` / `del` are optional extra hash fields
 -- to write / delete in the same commands (field, value, field, value...) / (field, field...).
@@ -304,6 +324,7 @@ local function finish(prefix, jid, state, now, retention_s, maxlen, set, del, af
   redis.call('ZADD', prefix .. 'notify', now, jid)
   redis.call('EXPIRE', job, retention_s)
   redis.call('EXPIRE', events_key(prefix, jid), retention_s)
+  redis.call('EXPIRE', history_key(prefix, jid), retention_s)
   advance_chain(prefix, jid, state, now, retention_s, maxlen, affinity_ms)
 end
 
