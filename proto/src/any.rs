@@ -20,6 +20,7 @@ use crate::queue::{
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 use crate::redis::RedisQueue;
+use crate::throughput::MinuteCounts;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
@@ -181,6 +182,10 @@ impl JobQueue for AnyQueue {
 
     async fn job_history(&self, id: JobId) -> Result<Option<JobHistory>, QueueError> {
         dispatch!(self, q => q.job_history(id).await)
+    }
+
+    async fn throughput(&self, now: Millis) -> Result<Vec<MinuteCounts>, QueueError> {
+        dispatch!(self, q => q.throughput(now).await)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

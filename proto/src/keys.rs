@@ -29,6 +29,8 @@
 //! kontext:{<ns>}:w:<worker>:info          STRING  the worker's registry record (JSON), PX its TTL
 //! kontext:{<ns>}:workers                  ZSET    worker id -> record expiry (ms)
 //! kontext:{<ns>}:w:<worker>:drain         STRING  an operator's drain request, EX 3600
+//! kontext:{<ns>}:tp:<minute>              HASH    finished jobs and latency buckets of one UTC
+//!                                                 minute (`throughput`), EX 3 h
 //! kontext:{<ns>}:audit                    STREAM  admin actions {at, action, target}, MAXLEN ~ 10000
 //! kontext:{<ns>}:usage:<day>              HASH    `engine_ms|<t>`, `images|<t>`, `steps|<t>` of the
 //!                                                 day's succeeded jobs per tenant, EX 400 days
@@ -167,6 +169,11 @@ impl KeySpace {
         format!("{}usage:{day}", self.prefix)
     }
 
+    /// Throughput and latency of minute `minute` (`throughput::minute_of`).
+    pub fn throughput(&self, minute: u64) -> String {
+        format!("{}tp:{minute}", self.prefix)
+    }
+
     /// An operator's request that `worker` drain.
     pub fn worker_drain(&self, worker: &str) -> String {
         format!("{}w:{worker}:drain", self.prefix)
@@ -243,6 +250,7 @@ mod tests {
             k.worker_info("host-1-abc"),
             k.workers(),
             k.usage(20_427),
+            k.throughput(28_333_333),
             k.worker_drain("host-1-abc"),
             k.audit(),
         ];

@@ -38,6 +38,7 @@ pub mod policy;
 pub mod queue;
 pub mod references;
 pub mod resolution;
+pub mod throughput;
 pub mod usage;
 pub mod validate;
 pub mod validate_chain;

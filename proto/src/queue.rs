@@ -30,6 +30,7 @@ use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
 };
 use crate::job_history::JobHistory;
+use crate::throughput::MinuteCounts;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
@@ -491,6 +492,13 @@ pub trait JobQueue: Send + Sync + 'static {
         &self,
         id: JobId,
     ) -> impl Future<Output = Result<Option<JobHistory>, QueueError>> + Send;
+
+    /// Jobs finished and latencies per minute over the `throughput::HISTORY_MINUTES` minutes
+    /// ending at `now`'s, oldest first (one entry per minute, zeros included).
+    fn throughput(
+        &self,
+        now: Millis,
+    ) -> impl Future<Output = Result<Vec<MinuteCounts>, QueueError>> + Send;
 
     /// The newest `limit` admin actions, newest first.
     fn audit_log(

@@ -185,6 +185,18 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
         (&json!(1), &json!(0)),
         "{v}"
     );
+    // The job counted once in the last hour's throughput, its latency in a bucket.
+    let hour = &v["throughput"]["hour"];
+    assert_eq!(
+        (&hour["succeeded"], &hour["failed"]),
+        (&json!(1), &json!(0)),
+        "{v}"
+    );
+    assert!(hour["p99_ms"].as_u64().is_some_and(|ms| ms >= 100), "{v}");
+    let minutes = v["throughput"]["minutes"].as_array().expect("minutes");
+    assert_eq!(minutes.len(), 60, "{v}");
+    let counted: u64 = minutes.iter().filter_map(|m| m["succeeded"].as_u64()).sum();
+    assert_eq!(counted, 1, "{v}");
 
     // An operator drains w0: it sees the request at its next heartbeat and exits cleanly.
     let drain = |id: &str| {

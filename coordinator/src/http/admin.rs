@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use kontext_proto::clock::now_ms;
 use kontext_proto::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use kontext_proto::throughput::{ThroughputSummary, summarize};
 use kontext_proto::usage::{MAX_USAGE_DAYS, UsageRow, day_name, day_of, parse_day};
 use kontext_proto::workers::{AuditEntry, DrainOutcome, WorkerInfo};
 use kontext_proto::{JobId, JobQueue, Priority};
@@ -242,9 +243,14 @@ pub struct QueueOverview {
     pub dead_letters: u64,
     /// Live workers in the registry.
     pub workers: u64,
+    /// Jobs finished per minute over the last hour (succeeded; failed or dead) and the
+    /// succeeded jobs' latency percentiles (submit → commit, upper bounds of log-spaced
+    /// buckets), per minute and for the hour.
+    pub throughput: ThroughputSummary,
 }
 
-/// Depth per class, running, delayed, dead letters, live workers.
+/// Depth per class, running, delayed, dead letters, live workers, and throughput and latency
+/// per minute over the last hour (kept in the queue per UTC minute, for three hours).
 #[utoipa::path(
     get, path = "/v1/admin/queue", tag = "admin",
     responses(
@@ -259,6 +265,7 @@ pub async fn queue_overview(
     let now = now_ms();
     let stats = state.queue.stats(now).await?;
     let workers = state.queue.workers(now).await?.len() as u64;
+    let throughput = summarize(&state.queue.throughput(now).await?);
     let ready = |p: Priority| {
         stats
             .ready
@@ -275,6 +282,7 @@ pub async fn queue_overview(
         oldest_ready_age_ms: stats.oldest_ready_age_ms,
         dead_letters: stats.dead_letters,
         workers,
+        throughput,
     }))
 }
 

@@ -81,6 +81,7 @@ use common_responses::CommonResponses;
         admin_history::AdminEventView, kontext_proto::job_history::Attempt,
         kontext_proto::job_history::AttemptEnd, kontext_proto::job_history::HistoryEntry,
         kontext_proto::JobError, kontext_proto::JobErrorKind,
+        kontext_proto::throughput::ThroughputSummary, kontext_proto::throughput::MinuteSummary,
         kontext_proto::usage::UsageRow,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),

@@ -17,6 +17,7 @@ mod lifecycle;
 mod loras;
 mod notifications;
 mod retention;
+mod throughput;
 mod usage;
 mod workers;
 
@@ -41,6 +42,7 @@ pub use lifecycle::*;
 pub use loras::*;
 pub use notifications::*;
 pub use retention::*;
+pub use throughput::*;
 pub use usage::*;
 pub use workers::*;
 
@@ -247,6 +249,7 @@ macro_rules! queue_conformance_tests {
             dead_letters_are_listed_requeued_and_dismissed_once,
             admin_job_pages_filter_across_tenants_within_a_scan_budget,
             job_history_records_every_attempt_and_how_it_ended,
+            throughput_counts_finished_jobs_per_minute_once,
             usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,

@@ -16,13 +16,14 @@ use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmissi
 use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
 use crate::error::JobError;
 use crate::error::QueueError;
-use crate::job::{JobId, JobRecord, JobResult, Millis};
+use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis};
 use crate::job_history::JobHistory;
 use crate::policy::{self, Jitter, QueueConfig};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::throughput::MinuteCounts;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
@@ -175,6 +176,7 @@ impl JobQueue for MemoryQueue {
             {
                 self.ops
                     .count_usage(&job.tenant, now, engine_ms, job.spec.steps);
+                self.ops.count_finished(now, Some(job.created_at));
             }
             Ok(out)
         })
@@ -190,7 +192,12 @@ impl JobQueue for MemoryQueue {
         self.mutate(|s| {
             let decision =
                 policy::retry_decision(&s.config().retry, lease.attempt, error.kind, now, fraction);
-            s.fail(lease, error, decision, now)
+            let out = s.fail(lease, error, decision, now)?;
+            // Terminal failures count in the minute's throughput (fail.lua).
+            if let FailOutcome::Finished(JobStatus::Failed | JobStatus::Dead) = out {
+                self.ops.count_finished(now, None);
+            }
+            Ok(out)
         })
     }
 
@@ -199,7 +206,12 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn reap(&self, now: Millis) -> Result<ReapReport, QueueError> {
-        Ok(self.mutate(|s| s.reap(now)))
+        let report = self.mutate(|s| s.reap(now));
+        // Each dead-lettered job is a failure of its minute (reap.lua).
+        for _ in &report.dead {
+            self.ops.count_finished(now, None);
+        }
+        Ok(report)
     }
 
     async fn events(
@@ -257,6 +269,10 @@ impl JobQueue for MemoryQueue {
 
     async fn job_history(&self, id: JobId) -> Result<Option<JobHistory>, QueueError> {
         Ok(self.lock().job_history(id))
+    }
+
+    async fn throughput(&self, now: Millis) -> Result<Vec<MinuteCounts>, QueueError> {
+        Ok(self.ops.throughput(now))
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -1,7 +1,8 @@
 //! The operators' views of jobs on Redis (docs/queue-protocol.md §Admin job views):
 //! `admin_jobs.lua` pages through the global list index `jobs` (or a tenant's own) newest first,
 //! examining a bounded number of members per call (`crate::admin_jobs`); `job_history.lua`
-//! reads a job and its history list (`crate::job_history`) in one step.
+//! reads a job and its history list (`crate::job_history`) in one step; `throughput_read.lua`
+//! the per-minute counts `complete.lua` and `fail.lua` keep (`crate::throughput`).
 
 use super::RedisQueue;
 use super::reply::{array, at, hash, record, text};
@@ -9,7 +10,9 @@ use super::scripts::SCRIPTS;
 use crate::admin_jobs::{AdminJobPage, JobFilter, clamp_admin_page, scan_budget, scan_range};
 use crate::error::QueueError;
 use crate::job::JobId;
+use crate::job::Millis;
 use crate::job_history::{HISTORY_MAXLEN, HistoryEntry, JobHistory};
+use crate::throughput::{LATENCY_BUCKETS, MinuteCounts, window};
 
 impl RedisQueue {
     pub(super) async fn admin_jobs_impl(
@@ -78,5 +81,41 @@ impl RedisQueue {
             record: record(&h)?,
             entries,
         }))
+    }
+
+    pub(super) async fn throughput_impl(
+        &self,
+        now: Millis,
+    ) -> Result<Vec<MinuteCounts>, QueueError> {
+        let minutes: Vec<u64> = window(now).collect();
+        let mut inv = SCRIPTS.throughput_read.prepare_invoke();
+        for m in &minutes {
+            inv.key(self.keys.throughput(*m));
+        }
+        inv.arg(0);
+        let reply = self.run(&inv).await?;
+        let count = |h: &std::collections::HashMap<String, String>, f: &str| {
+            h.get(f).map_or(Ok(0), |v| {
+                v.parse::<u64>()
+                    .map_err(|_| QueueError::Corrupt(format!("throughput field {f} = {v:?}")))
+            })
+        };
+        array(&reply)?
+            .iter()
+            .zip(minutes)
+            .map(|(v, minute)| {
+                let h = hash(v)?;
+                let mut latency = [0u64; LATENCY_BUCKETS];
+                for (i, slot) in latency.iter_mut().enumerate() {
+                    *slot = count(&h, &format!("b{i}"))?;
+                }
+                Ok(MinuteCounts {
+                    minute,
+                    succeeded: count(&h, "succeeded")?,
+                    failed: count(&h, "failed")?,
+                    latency,
+                })
+            })
+            .collect()
     }
 }

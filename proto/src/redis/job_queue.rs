@@ -279,6 +279,10 @@ impl JobQueue for RedisQueue {
         self.job_history_impl(id).await
     }
 
+    async fn throughput(&self, now: Millis) -> Result<Vec<MinuteCounts>, QueueError> {
+        self.throughput_impl(now).await
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.dead_letters_impl(limit).await
     }

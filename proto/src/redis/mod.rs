@@ -49,6 +49,7 @@ use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::throughput::MinuteCounts;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 

@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 29] = [
+pub(crate) const SOURCES: [(&str, &str); 30] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -41,6 +41,7 @@ pub(crate) const SOURCES: [(&str, &str); 29] = [
     ("dead_read", include_str!("lua/dead_read.lua")),
     ("admin_jobs", include_str!("lua/admin_jobs.lua")),
     ("job_history", include_str!("lua/job_history.lua")),
+    ("throughput_read", include_str!("lua/throughput_read.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -73,6 +74,7 @@ pub(crate) struct Scripts {
     pub dead_read: Script,
     pub admin_jobs: Script,
     pub job_history: Script,
+    pub throughput_read: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -114,10 +116,11 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     dead_read: with_prelude("dead_read"),
     admin_jobs: with_prelude("admin_jobs"),
     job_history: with_prelude("job_history"),
+    throughput_read: with_prelude("throughput_read"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 29] {
+    fn all(&self) -> [&Script; 30] {
         [
             &self.submit,
             &self.claim,
@@ -148,6 +151,7 @@ impl Scripts {
             &self.dead_read,
             &self.admin_jobs,
             &self.job_history,
+            &self.throughput_read,
         ]
     }
 
@@ -181,6 +185,16 @@ mod tests {
             "local HISTORY_MAXLEN = {}",
             crate::job_history::HISTORY_MAXLEN
         );
+        assert!(PRELUDE.contains(&line), "prelude.lua lacks {line:?}");
+    }
+
+    #[test]
+    fn latency_buckets_and_expiry_are_the_same_in_lua_and_rust() {
+        use crate::throughput::{LATENCY_BOUNDS_MS, MINUTE_TTL_S};
+        let bounds: Vec<String> = LATENCY_BOUNDS_MS.iter().map(u64::to_string).collect();
+        let line = format!("local LATENCY_BOUNDS_MS = {{{}}}", bounds.join(", "));
+        assert!(PRELUDE.contains(&line), "prelude.lua lacks {line:?}");
+        let line = format!("local THROUGHPUT_TTL_S = {MINUTE_TTL_S}");
         assert!(PRELUDE.contains(&line), "prelude.lua lacks {line:?}");
     }
 

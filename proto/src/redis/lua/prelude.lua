@@ -75,6 +75,27 @@ local function record_usage(prefix, tenant, day, engine_ms, spec_json)
   redis.call('EXPIRE', key, USAGE_TTL_S)
 end
 
+-- Throughput history (throughput.rs, docs/queue-protocol.md §Throughput history): `tp:<minute>`
+-- HASH per UTC minute of `now`: `succeeded`, `failed` and `b<i>`, the succeeded jobs' latencies
+-- (submit → commit) per bucket i of LATENCY_BOUNDS_MS (ms, inclusive; i = #bounds: longer).
+local LATENCY_BOUNDS_MS = {100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000, 2000000}
+local THROUGHPUT_TTL_S = 10800
+
+-- One finished job: `outcome` is 'succeeded' (with its created_at, for the latency) or 'failed'.
+local function record_throughput(prefix, now, outcome, created_at)
+  local key = prefix .. 'tp:' .. string.format('%d', math.floor(tonumber(now) / 60000))
+  redis.call('HINCRBY', key, outcome, 1)
+  if outcome == 'succeeded' and created_at then
+    local latency = tonumber(now) - tonumber(created_at)
+    local bucket = #LATENCY_BOUNDS_MS
+    for i, bound in ipairs(LATENCY_BOUNDS_MS) do
+      if latency <= bound then bucket = i - 1; break end
+    end
+    redis.call('HINCRBY', key, 'b' .. bucket, 1)
+  end
+  redis.call('EXPIRE', key, THROUGHPUT_TTL_S)
+end
+
 -- keys.rs worker_info: a worker's registry record.
 local function worker_info_key(prefix, worker) return prefix .. 'w:' .. worker .. ':info' end
 

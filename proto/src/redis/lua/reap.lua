@@ -29,6 +29,7 @@ for _, jid in ipairs(expired) do
       table.insert(canceled, jid)
     elseif crashes >= tonumber(ARGV[5]) then
       lost('dead')
+      record_throughput(prefix, now, 'failed')
       finish(prefix, jid, 'dead', now, ARGV[6], ARGV[7])
       local entry = redis.call('XADD', KEYS[3], '*', 'jid', jid, 'reason', 'crashed',
         'crashes', crashes, 'attempts', redis.call('HGET', job, 'attempts'), 'at', now)
