@@ -43,6 +43,22 @@ pub struct ScanRange {
     pub at_least: Option<String>,
 }
 
+/// Most queued jobs one `JobQueue::cancel_queued` call cancels.
+pub const MAX_CANCEL: usize = 500;
+/// Most list members one `cancel_queued` call examines.
+pub const CANCEL_SCAN: usize = 5 * MAX_CANCEL;
+
+/// What one `JobQueue::cancel_queued` call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelQueuedOutcome {
+    /// The queued jobs it canceled, newest first.
+    pub canceled: Vec<crate::job::JobId>,
+    /// Running jobs it met and left alone (a running job is canceled one by one, at its step).
+    pub running: u64,
+    /// The last list member examined, when more may be queued below it: pass it back.
+    pub next_cursor: Option<String>,
+}
+
 /// Page size actually used for `limit`.
 pub fn clamp_admin_page(limit: usize) -> usize {
     limit.clamp(1, MAX_ADMIN_PAGE)

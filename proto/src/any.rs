@@ -8,9 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin_jobs::{AdminJobPage, JobFilter};
+use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use crate::dead_letters::{
+    BulkAction, BulkOutcome, DeadFilter, DeadLetter, DismissOutcome, RequeueOutcome,
+};
 use crate::error::{JobError, QueueError};
 use crate::job::{JobId, JobRecord, JobResult, Millis};
 use crate::job_history::JobHistory;
@@ -186,6 +188,25 @@ impl JobQueue for AnyQueue {
 
     async fn throughput(&self, now: Millis) -> Result<Vec<MinuteCounts>, QueueError> {
         dispatch!(self, q => q.throughput(now).await)
+    }
+
+    async fn bulk_dead(
+        &self,
+        action: BulkAction,
+        filter: &DeadFilter,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<BulkOutcome, QueueError> {
+        dispatch!(self, q => q.bulk_dead(action, filter, cursor, now).await)
+    }
+
+    async fn cancel_queued(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<CancelQueuedOutcome, QueueError> {
+        dispatch!(self, q => q.cancel_queued(tenant, cursor, now).await)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

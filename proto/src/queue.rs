@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::admin_jobs::{AdminJobPage, JobFilter};
+use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use crate::dead_letters::{
+    BulkAction, BulkOutcome, DeadFilter, DeadLetter, DismissOutcome, RequeueOutcome,
+};
 use crate::error::{JobError, QueueError};
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
@@ -499,6 +501,26 @@ pub trait JobQueue: Send + Sync + 'static {
         &self,
         now: Millis,
     ) -> impl Future<Output = Result<Vec<MinuteCounts>, QueueError>> + Send;
+
+    /// Re-queue or dismiss the dead letters matching `filter`, oldest first, continuing after
+    /// `cursor` (at most `MAX_BULK` acted on and `BULK_SCAN` examined per call); each audited
+    /// as the single action is. Chain turns are not re-queued (reported as skipped).
+    fn bulk_dead(
+        &self,
+        action: BulkAction,
+        filter: &DeadFilter,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> impl Future<Output = Result<BulkOutcome, QueueError>> + Send;
+
+    /// Cancel `tenant`'s queued jobs (newest first, continuing below `cursor`; at most
+    /// `MAX_CANCEL` per call) as `cancel` does, each audited; running jobs are left alone.
+    fn cancel_queued(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> impl Future<Output = Result<CancelQueuedOutcome, QueueError>> + Send;
 
     /// The newest `limit` admin actions, newest first.
     fn audit_log(

@@ -380,3 +380,150 @@ async fn dead_letters_are_listed_and_requeued_by_admins() {
         );
     }
 }
+
+async fn admin_post(fleet: &Fleet, path: &str) -> (u16, Value) {
+    let resp = http(ADMIN_KEY)
+        .post(format!("{}{path}", fleet.url))
+        .send()
+        .await
+        .expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON"))
+}
+
+/// Bulk actions over HTTP: dead letters re-queued by tenant (then nothing left to dismiss), bad
+/// filters named; all of a tenant's queued jobs canceled in one call, another tenant's left
+/// queued; each action in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_queued_jobs_are_handled_in_bulk_by_admins() {
+    let fleet = Fleet::start_with(
+        FleetOptions {
+            workers: 0,
+            ..FleetOptions::default()
+        },
+        |c| {
+            c.admin = AdminAuth::from_arg(Some(ADMIN_KEY), false).expect("admin key");
+        },
+    )
+    .expect("fleet");
+    let job = json!({"prompt": "bulk", "width": 64, "height": 64, "steps": 2, "seed": 4});
+    let v = fleet.post_accepted("/v1/jobs", job.clone()).await;
+    let dead: JobId = v["id"].as_str().expect("id").parse().expect("uuid");
+    let queue = fleet.queue().await.expect("queue");
+    let mut t = kontext_proto::clock::now_ms();
+    for crash in 0..kontext_proto::policy::MAX_CRASHES {
+        let claimed = queue
+            .claim(
+                &format!("doomed-{crash}"),
+                Duration::from_secs(1),
+                t,
+                Duration::ZERO,
+            )
+            .await
+            .expect("claim")
+            .expect("the job is claimable");
+        assert_eq!(claimed.job.id, dead);
+        t += 2_000;
+        queue.reap(t).await.expect("reap");
+    }
+    let alpha = queue.get(dead).await.expect("get").expect("job").tenant;
+    let queued: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let v = fleet.post_accepted("/v1/jobs", job.clone()).await;
+            ids.push(v["id"].as_str().expect("id").to_owned());
+        }
+        ids
+    };
+    let resp = http(e2e_support::KEY_BETA)
+        .post(format!("{}/v1/jobs", fleet.url))
+        .json(&job)
+        .send()
+        .await
+        .expect("POST as beta");
+    let (status, v) = e2e_support::json_of(resp).await;
+    assert_eq!(status, 202, "{v}");
+    let beta_job = v["id"].as_str().expect("id").to_owned();
+
+    let (status, v) = admin_post(&fleet, "/v1/admin/dead/requeue?tenant=nobody").await;
+    assert_eq!(
+        (status, &v["count"], &v["more"]),
+        (200, &json!(0), &json!(false)),
+        "{v}"
+    );
+    let (status, v) = admin_post(&fleet, &format!("/v1/admin/dead/requeue?tenant={alpha}")).await;
+    assert_eq!((status, &v["count"]), (200, &json!(1)), "{v}");
+    assert_eq!(v["affected"][0]["id"], dead.to_string(), "{v}");
+    let requeued = v["affected"][0]["new_id"]
+        .as_str()
+        .expect("new id")
+        .to_owned();
+    let (_, v) = admin_post(&fleet, "/v1/admin/dead/dismiss").await;
+    assert_eq!(v["count"], 0, "re-queued already: {v}");
+    for (query, field) in [
+        ("older_than=soon", "older_than"),
+        ("newer_than=-1", "newer_than"),
+        ("cursor=zz", "cursor"),
+    ] {
+        let (status, v) = admin_post(&fleet, &format!("/v1/admin/dead/requeue?{query}")).await;
+        assert_eq!(
+            (status, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {v}"
+        );
+    }
+
+    // Every queued job of alpha, the re-queued one included; beta's stays.
+    let path = format!("/v1/admin/tenants/{alpha}/cancel-queued");
+    let (status, v) = admin_post(&fleet, &path).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (&v["canceled"], &v["running_untouched"], &v["more"]),
+        (&json!(3), &json!(0), &json!(false)),
+        "{v}"
+    );
+    let mut canceled: Vec<String> = v["canceled_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(|i| i.as_str().map(String::from))
+        .collect();
+    canceled.sort();
+    let mut expected = vec![requeued, queued[0].clone(), queued[1].clone()];
+    expected.sort();
+    assert_eq!(canceled, expected, "{v}");
+    let job: Value = http(KEY_ALPHA)
+        .get(format!("{}/v1/jobs/{}", fleet.url, queued[0]))
+        .send()
+        .await
+        .expect("GET job")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(job["status"], "canceled", "{job}");
+    let (_, v) = admin_get(&fleet, &format!("/v1/admin/jobs/{beta_job}")).await;
+    assert_eq!(v["job"]["status"], "queued", "{v}");
+    let (_, v) = admin_get(&fleet, "/v1/admin/audit?limit=4").await;
+    let actions: Vec<&str> = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "cancel_queued",
+            "cancel_queued",
+            "cancel_queued",
+            "requeue_dead"
+        ],
+        "{v}"
+    );
+    let (status, v) = admin_post(&fleet, &format!("{path}?cursor=nope")).await;
+    assert_eq!(
+        (status, v["error"]["field"].as_str()),
+        (400, Some("cursor")),
+        "{v}"
+    );
+}

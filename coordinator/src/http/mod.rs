@@ -7,6 +7,7 @@
 //! `error::ApiError`.
 
 pub mod admin;
+pub mod admin_bulk;
 pub mod admin_history;
 pub mod admin_jobs;
 pub mod bfl;
@@ -59,7 +60,8 @@ use common_responses::CommonResponses;
         webhook_secret::webhook_secret,
         admin::list_workers, admin::usage, admin::drain_worker, admin::audit,
         admin::queue_overview, admin::dead_letters, admin::requeue_dead, admin::dismiss_dead,
-        admin_jobs::list_jobs, admin_history::job_detail,
+        admin_jobs::list_jobs, admin_history::job_detail, admin_bulk::requeue_dead_matching,
+        admin_bulk::dismiss_dead_matching, admin_bulk::cancel_queued,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -82,6 +84,7 @@ use common_responses::CommonResponses;
         kontext_proto::job_history::AttemptEnd, kontext_proto::job_history::HistoryEntry,
         kontext_proto::JobError, kontext_proto::JobErrorKind,
         kontext_proto::throughput::ThroughputSummary, kontext_proto::throughput::MinuteSummary,
+        admin_bulk::BulkDeadItem, admin_bulk::BulkDeadReply, admin_bulk::CancelQueuedReply,
         kontext_proto::usage::UsageRow,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -151,6 +154,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/dead", get(admin::dead_letters))
         .route("/v1/admin/dead/{id}", delete(admin::dismiss_dead))
         .route("/v1/admin/dead/{id}/requeue", post(admin::requeue_dead))
+        .route(
+            "/v1/admin/dead/requeue",
+            post(admin_bulk::requeue_dead_matching),
+        )
+        .route(
+            "/v1/admin/dead/dismiss",
+            post(admin_bulk::dismiss_dead_matching),
+        )
+        .route(
+            "/v1/admin/tenants/{tenant}/cancel-queued",
+            post(admin_bulk::cancel_queued),
+        )
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

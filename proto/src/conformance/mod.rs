@@ -8,6 +8,7 @@
 //! `QueueConfig` the rule needs.
 
 mod admin_jobs;
+mod bulk_actions;
 mod chains;
 mod dead_letters;
 mod failures;
@@ -33,6 +34,7 @@ use crate::queue::{JobEvent, JobQueue, Lease, Submission};
 use crate::resolution::ResizeMode;
 
 pub use admin_jobs::*;
+pub use bulk_actions::*;
 pub use chains::*;
 pub use dead_letters::*;
 pub use failures::*;
@@ -250,6 +252,8 @@ macro_rules! queue_conformance_tests {
             admin_job_pages_filter_across_tenants_within_a_scan_budget,
             job_history_records_every_attempt_and_how_it_ended,
             throughput_counts_finished_jobs_per_minute_once,
+            dead_letters_are_requeued_and_dismissed_by_filter,
+            a_tenants_queued_jobs_are_canceled_running_ones_left,
             usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,

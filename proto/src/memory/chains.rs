@@ -296,6 +296,13 @@ impl State {
         }
     }
 
+    /// The running chain whose turn job `id` is, if any (cancel_queued.lua's chain check).
+    pub(super) fn running_chain_of(&self, id: JobId) -> Option<ChainId> {
+        let chain_ref = self.jobs.get(&id)?.record.chain.as_ref()?;
+        let cid = chain_ref.chain_id.parse::<ChainId>().ok()?;
+        (self.chains.get(&cid)?.status == ChainStatus::Running).then_some(cid)
+    }
+
     /// A job just ended in `status` (called from `finish`): if it is its chain's live turn,
     /// create the next turn or end the chain. A commit offers the next turn to its worker first.
     pub(super) fn advance_chain(&mut self, jid: JobId, status: JobStatus, now: Millis) {

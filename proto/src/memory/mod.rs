@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::admin_jobs::{AdminJobPage, JobFilter};
+use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use crate::dead_letters::{
+    BulkAction, BulkOutcome, DeadFilter, DeadLetter, DismissOutcome, RequeueOutcome,
+};
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis};
@@ -273,6 +275,39 @@ impl JobQueue for MemoryQueue {
 
     async fn throughput(&self, now: Millis) -> Result<Vec<MinuteCounts>, QueueError> {
         Ok(self.ops.throughput(now))
+    }
+
+    async fn bulk_dead(
+        &self,
+        action: BulkAction,
+        filter: &DeadFilter,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<BulkOutcome, QueueError> {
+        let out = self.mutate(|s| s.bulk_dead(action, filter, cursor, now))?;
+        for (dead, new) in &out.affected {
+            match new {
+                Some(new) => self
+                    .ops
+                    .record("requeue_dead", &format!("{dead} -> {new}"), now),
+                None => self.ops.record("dismiss_dead", &dead.to_string(), now),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn cancel_queued(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<CancelQueuedOutcome, QueueError> {
+        let out = self.mutate(|s| s.cancel_queued(tenant, cursor, now))?;
+        for id in &out.canceled {
+            self.ops
+                .record("cancel_queued", &format!("{tenant}/{id}"), now);
+        }
+        Ok(out)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -59,7 +59,8 @@ pub(crate) struct State {
     next_seq: u64,
     leases: BTreeSet<(Millis, JobId)>,
     delay: BTreeSet<(Millis, JobId)>,
-    dead_letters: Vec<JobId>,
+    /// (sequence, job): the sequence is the bulk actions' cursor (the stream entry id in Redis).
+    dead_letters: Vec<(u64, JobId)>,
     idempotency: HashMap<(TenantId, String), IdempotencyEntry>,
     /// Per tenant: `list_member`s (creation order).
     tenant_jobs: HashMap<TenantId, BTreeSet<String>>,
@@ -498,7 +499,8 @@ impl State {
                 report.canceled.push(id);
             } else if policy::is_poison(job.record.crashes) {
                 self.finish(id, JobStatus::Dead, now);
-                self.dead_letters.push(id);
+                self.next_seq += 1;
+                self.dead_letters.push((self.next_seq, id));
                 report.dead.push(id);
             } else {
                 job.record.status = JobStatus::Queued;
@@ -570,6 +572,8 @@ mod chains;
 mod reads;
 
 // LoRA affinity and dead letters (mirror prelude.lua's lora_holder / record_lora_set, dead_*.lua).
+#[path = "cancel_queued.rs"]
+mod cancel_queued;
 #[path = "dead_letters.rs"]
 mod dead_letters;
 #[path = "lora_affinity.rs"]

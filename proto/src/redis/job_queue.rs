@@ -283,6 +283,25 @@ impl JobQueue for RedisQueue {
         self.throughput_impl(now).await
     }
 
+    async fn bulk_dead(
+        &self,
+        action: BulkAction,
+        filter: &DeadFilter,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<BulkOutcome, QueueError> {
+        self.bulk_dead_impl(action, filter, cursor, now).await
+    }
+
+    async fn cancel_queued(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<CancelQueuedOutcome, QueueError> {
+        self.cancel_queued_impl(tenant, cursor, now).await
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.dead_letters_impl(limit).await
     }

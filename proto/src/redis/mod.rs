@@ -11,6 +11,7 @@
 //! Durability: submit is written before it returns; with `wait_replicas > 0` it also WAITs for
 //! replicas on the same connection. Redis must run with `appendonly yes` to survive restarts.
 
+mod admin_actions;
 mod admin_reads;
 mod chains;
 mod connection;
@@ -36,9 +37,11 @@ pub use reply::RedisFailure;
 use self::connection::BlockingPool;
 use self::reply::{array, at, backend, hash, int, record, tagged, text};
 use self::scripts::SCRIPTS;
-use crate::admin_jobs::{AdminJobPage, JobFilter};
+use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use crate::dead_letters::{
+    BulkAction, BulkOutcome, DeadFilter, DeadLetter, DismissOutcome, RequeueOutcome,
+};
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority};

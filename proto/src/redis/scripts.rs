@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 30] = [
+pub(crate) const SOURCES: [(&str, &str); 32] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -42,6 +42,8 @@ pub(crate) const SOURCES: [(&str, &str); 30] = [
     ("admin_jobs", include_str!("lua/admin_jobs.lua")),
     ("job_history", include_str!("lua/job_history.lua")),
     ("throughput_read", include_str!("lua/throughput_read.lua")),
+    ("dead_bulk", include_str!("lua/dead_bulk.lua")),
+    ("cancel_queued", include_str!("lua/cancel_queued.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -75,6 +77,8 @@ pub(crate) struct Scripts {
     pub admin_jobs: Script,
     pub job_history: Script,
     pub throughput_read: Script,
+    pub dead_bulk: Script,
+    pub cancel_queued: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -117,10 +121,12 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     admin_jobs: with_prelude("admin_jobs"),
     job_history: with_prelude("job_history"),
     throughput_read: with_prelude("throughput_read"),
+    dead_bulk: with_prelude("dead_bulk"),
+    cancel_queued: with_prelude("cancel_queued"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 30] {
+    fn all(&self) -> [&Script; 32] {
         [
             &self.submit,
             &self.claim,
@@ -152,6 +158,8 @@ impl Scripts {
             &self.admin_jobs,
             &self.job_history,
             &self.throughput_read,
+            &self.dead_bulk,
+            &self.cancel_queued,
         ]
     }
 

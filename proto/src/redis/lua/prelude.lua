@@ -360,3 +360,39 @@ local function requeue(prefix, jid, now, maxlen)
 end
 
 -- ---------------------------------------------------------------------------------------------
+
+-- ---------------------------------------------------------------------------------------------
+-- Admin actions on dead letters and queued jobs (docs/queue-protocol.md §Admin actions).
+local function audit(key, maxlen, now, action, target)
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'at', now, 'action', action, 'target', target)
+end
+
+-- Re-queue dead job `jid` (its hash fields `v`: state, dlq_entry, chain, tenant, spec, prio) as
+-- new job `new_jid`; the dead job keeps its state and records the new id; its entry goes.
+local function requeue_dead_letter(prefix, jid, v, new_jid, now, dlq, maxlen)
+  local tenant = v[4]
+  redis.call('HSET', job_key(prefix, new_jid), 'id', new_jid, 'tenant', tenant, 'state', 'queued',
+    'spec', v[5], 'prio', v[6], 'progress', '0', 'attempts', '0', 'crashes', '0', 'epoch', '0',
+    'cancel', '0', 'created_at', now)
+  dispatch(prefix, new_jid, now)
+  index_job(prefix, tenant, now, new_jid)
+  redis.call('INCR', inflight_key(prefix, tenant))
+  emit_state(prefix, new_jid, 'queued', now, maxlen)
+  redis.call('XDEL', dlq, v[2])
+  redis.call('HDEL', job_key(prefix, jid), 'dlq_entry')
+  redis.call('HSET', job_key(prefix, jid), 'requeued_as', new_jid)
+end
+
+-- Cancel queued job `jid` as cancel.lua does; a chain turn's running chain is canceled with it
+-- (as chain_cancel.lua does), so no later turn replaces it.
+local function cancel_queued_job(prefix, jid, now, retention_s, maxlen)
+  local job = job_key(prefix, jid)
+  local chain = redis.call('HGET', job, 'chain')
+  if chain then
+    local ckey = chain_key(prefix, cjson.decode(chain).chain_id)
+    if redis.call('HGET', ckey, 'status') == 'running' then end_chain(ckey, 'canceled', now, retention_s) end
+  end
+  redis.call('ZREM', prefix .. 'delay', jid)
+  note_history(prefix, jid, 'canceled', now)
+  finish(prefix, jid, 'canceled', now, retention_s, maxlen)
+end
