@@ -8,6 +8,7 @@ use super::chains::chain_submission;
 use super::dead_letters::{crash_until_dead, poison_of};
 use super::*;
 use crate::JobErrorKind;
+use crate::admin_jobs::MAX_CANCEL;
 use crate::chain::{ChainStatus, FailurePolicy};
 use crate::dead_letters::{BulkAction, BulkOutcome, DeadFilter};
 use crate::error::{JobError, QueueError};
@@ -152,4 +153,21 @@ pub async fn a_tenants_queued_jobs_are_canceled_running_ones_left<Q: JobQueue>(
     );
     let bad = q.cancel_queued("acme", Some("x"), NOW).await;
     assert!(matches!(bad, Err(QueueError::InvalidCursor(_))), "{bad:?}");
+
+    // More than one call may cancel: MAX_CANCEL, then the rest below the cursor.
+    for i in 0..=MAX_CANCEL as u64 {
+        submit(&q, submission("many", Priority::Bulk, "m"), NOW + 100 + i).await;
+    }
+    let first = within("cancel_queued", q.cancel_queued("many", None, NOW + 30))
+        .await
+        .expect("cancel_queued");
+    assert_eq!(first.canceled.len(), MAX_CANCEL);
+    let cursor = first.next_cursor.expect("more remain");
+    let rest = within(
+        "cancel_queued",
+        q.cancel_queued("many", Some(&cursor), NOW + 31),
+    )
+    .await
+    .expect("cancel_queued");
+    assert_eq!((rest.canceled.len(), rest.next_cursor), (1, None));
 }
