@@ -30,8 +30,16 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let client = unthrottled_client(parts, state)?;
+        // The admin routes take `Authorization: Bearer` only (their documented scheme): without
+        // it a request is unauthenticated (401) whether or not the admin API is on.
+        let bearer = parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION);
         match state.config.admin.decide(api_key(&parts.headers)) {
             AdminDecision::Allowed => Ok(Admin),
+            AdminDecision::Disabled if !bearer => {
+                Err(auth_failed(state, client, ApiError::admin_unauthorized()))
+            }
             AdminDecision::Disabled => Err(ApiError::forbidden(
                 "Authorization",
                 "the admin API is off: start the coordinator with --admin-keys",
