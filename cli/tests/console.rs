@@ -152,8 +152,9 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
     let chain: Value = http
         .post(format!("{base}/v1/chains"))
         .json(
-            &json!({"prompt": "a green triangle at the center on a white background",
-            "steps": 12, "seed": 5, "turns": [{"prompt": "make the green triangle yellow"}]}),
+            &json!({"prompt": "a red circle at the top left and a blue square at the bottom \
+                right on a white background", "steps": 12, "seed": 5,
+                "turns": [{"prompt": "make the red circle green"}]}),
         )
         .send()
         .await
@@ -248,6 +249,31 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
             "overview",
         );
         assert!(text.contains("dead letters"), "{text}");
+        // The hour's throughput: the job and the chain's two turns succeeded, the poison job
+        // died (a failure), one bar per minute.
+        assert!(text.contains("3 succeeded, 1 failed"), "{text}");
+        assert_eq!(
+            tab.find_elements("#throughput rect").expect("bars").len(),
+            60
+        );
+        // Jobs across tenants, with the finished job's result thumbnail.
+        let text = visit(
+            &tab,
+            &base2,
+            "/console/jobs",
+            &format!("tr[data-job='{job_id}'] img[alt='result']"),
+            "jobs",
+        );
+        assert!(text.contains("poison") && text.contains("dead"), "{text}");
+        // The poison job's history: three claims, each ended by a lost lease.
+        let text = visit(
+            &tab,
+            &base2,
+            &format!("/console/jobs/{poison_s}"),
+            "#attempts tbody tr",
+            "job",
+        );
+        assert_eq!(text.matches("lease lost").count(), 3, "{text}");
         // Usage: tenant default with the job's and the chain's images.
         let text = visit(&tab, &base2, "/console/usage", "#usage-chart rect", "usage");
         assert!(text.contains("default"), "{text}");
@@ -259,14 +285,13 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
             "#filmstrip .frame[data-turn='2'] img",
             "chain",
         );
-        assert!(text.contains("make the green triangle yellow"), "{text}");
+        assert!(text.contains("make the red circle green"), "{text}");
         assert_eq!(
             tab.find_elements("#filmstrip .frame[data-state='succeeded'] img")
                 .expect("frames")
                 .len(),
             2
         );
-        let _ = job_id;
         // Dead letters: the poison job, re-queued from its button.
         let text = visit(
             &tab,

@@ -161,3 +161,19 @@ async fn submit_then_cancel_loops_hit_the_retained_jobs_limit() {
     r.assert_error(429, "max_retained_jobs");
     assert_eq!(r.json["error"]["limit"], "..=3 jobs");
 }
+
+/// With tenant keys and no admin keys the admin API is off: a bearer key gets 403 naming
+/// `--admin-keys`; a request without `Authorization: Bearer` (the admin routes' one scheme) is
+/// unauthenticated, 401, even with a valid tenant `x-key`.
+#[tokio::test]
+async fn the_admin_api_is_off_without_admin_keys() {
+    let s = start(|c| c.admin = kontext_coordinator::admin_auth::AdminAuth::Disabled).await;
+    let with_key = s.get("/v1/admin/queue", KEY_A).await;
+    with_key.assert_error(403, "Authorization");
+    let x_key_only = s
+        .send(s.http.get(s.at("/v1/admin/jobs")).header("x-key", KEY_A))
+        .await;
+    x_key_only.assert_error(401, "Authorization");
+    let none = s.send(s.http.post(s.at("/v1/admin/dead/requeue"))).await;
+    none.assert_error(401, "Authorization");
+}

@@ -8,16 +8,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use crate::dead_letters::{
+    BulkAction, BulkOutcome, DeadFilter, DeadLetter, DismissOutcome, RequeueOutcome,
+};
 use crate::error::{JobError, QueueError};
 use crate::job::{JobId, JobRecord, JobResult, Millis};
+use crate::job_history::JobHistory;
 use crate::memory::MemoryQueue;
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
 use crate::redis::RedisQueue;
+use crate::throughput::MinuteCounts;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
@@ -166,6 +171,42 @@ impl JobQueue for AnyQueue {
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
         dispatch!(self, q => q.audit_log(limit).await)
+    }
+
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AdminJobPage, QueueError> {
+        dispatch!(self, q => q.admin_jobs(filter, cursor, limit).await)
+    }
+
+    async fn job_history(&self, id: JobId) -> Result<Option<JobHistory>, QueueError> {
+        dispatch!(self, q => q.job_history(id).await)
+    }
+
+    async fn throughput(&self, now: Millis) -> Result<Vec<MinuteCounts>, QueueError> {
+        dispatch!(self, q => q.throughput(now).await)
+    }
+
+    async fn bulk_dead(
+        &self,
+        action: BulkAction,
+        filter: &DeadFilter,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<BulkOutcome, QueueError> {
+        dispatch!(self, q => q.bulk_dead(action, filter, cursor, now).await)
+    }
+
+    async fn cancel_queued(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<CancelQueuedOutcome, QueueError> {
+        dispatch!(self, q => q.cancel_queued(tenant, cursor, now).await)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

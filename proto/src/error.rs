@@ -10,6 +10,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a job attempt ended without a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobErrorKind {
     /// The input cannot work (undecodable image, impossible size): never retried.
@@ -39,6 +40,7 @@ impl JobErrorKind {
 
 /// An error attached to a job record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[error("{kind:?}: {message}")]
 pub struct JobError {
     pub kind: JobErrorKind,

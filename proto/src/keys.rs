@@ -10,8 +10,10 @@
 //! kontext:{<ns>}:delay                    ZSET    jid -> retry time (ms)
 //! kontext:{<ns>}:dlq                      STREAM  dead letters {jid, reason, crashes, attempts}
 //! kontext:{<ns>}:ev:<id>                  STREAM  per-job events, MAXLEN ~ 256
+//! kontext:{<ns>}:hist:<id>                LIST    the job's history (`job_history`), at most 100
 //! kontext:{<ns>}:idem:<len>:<tenant>:<k>  STRING  "<jid>|<body hash>", EX 86400
 //! kontext:{<ns>}:tenant:<t>:jobs          ZSET    list index (lexical members, see `list_member`)
+//! kontext:{<ns>}:jobs                     ZSET    every tenant's list members: the admin index
 //! kontext:{<ns>}:tenant:<t>:inflight      STRING  count of the tenant's non-terminal jobs
 //! kontext:{<ns>}:tenant:<t>:chains        ZSET    cid -> created (ms): chains counted for quotas
 //! kontext:{<ns>}:tenant:<t>:chains:turns  HASH    cid -> turns counted, `_` -> their sum
@@ -27,6 +29,8 @@
 //! kontext:{<ns>}:w:<worker>:info          STRING  the worker's registry record (JSON), PX its TTL
 //! kontext:{<ns>}:workers                  ZSET    worker id -> record expiry (ms)
 //! kontext:{<ns>}:w:<worker>:drain         STRING  an operator's drain request, EX 3600
+//! kontext:{<ns>}:tp:<minute>              HASH    finished jobs and latency buckets of one UTC
+//!                                                 minute (`throughput`), EX 3 h
 //! kontext:{<ns>}:audit                    STREAM  admin actions {at, action, target}, MAXLEN ~ 10000
 //! kontext:{<ns>}:usage:<day>              HASH    `engine_ms|<t>`, `images|<t>`, `steps|<t>` of the
 //!                                                 day's succeeded jobs per tenant, EX 400 days
@@ -95,6 +99,11 @@ impl KeySpace {
         format!("{}ev:{id}", self.prefix)
     }
 
+    /// The job's history (`job_history::HistoryEntry` JSON, oldest first).
+    pub fn history(&self, id: JobId) -> String {
+        format!("{}hist:{id}", self.prefix)
+    }
+
     /// The tenant's length prefix keeps the key injective: tenant `a` with key `b:c` and tenant
     /// `a:b` with key `c` must not share a slot.
     pub fn idempotency(&self, tenant: &str, key: &str) -> String {
@@ -103,6 +112,11 @@ impl KeySpace {
 
     pub fn tenant_jobs(&self, tenant: &str) -> String {
         format!("{}tenant:{tenant}:jobs", self.prefix)
+    }
+
+    /// Every tenant's list members in one index (`admin_jobs`), trimmed with the tenants' own.
+    pub fn all_jobs(&self) -> String {
+        format!("{}jobs", self.prefix)
     }
 
     pub fn tenant_inflight(&self, tenant: &str) -> String {
@@ -153,6 +167,11 @@ impl KeySpace {
     /// Usage of day `day` (days since 1970-01-01 UTC; `usage::day_of`).
     pub fn usage(&self, day: u32) -> String {
         format!("{}usage:{day}", self.prefix)
+    }
+
+    /// Throughput and latency of minute `minute` (`throughput::minute_of`).
+    pub fn throughput(&self, minute: u64) -> String {
+        format!("{}tp:{minute}", self.prefix)
     }
 
     /// An operator's request that `worker` drain.
@@ -217,8 +236,10 @@ mod tests {
             k.delay(),
             k.dead_letters(),
             k.events(id),
+            k.history(id),
             k.idempotency("acme", "key-1"),
             k.tenant_jobs("acme"),
+            k.all_jobs(),
             k.tenant_inflight("acme"),
             k.notify(),
             k.notify_attempts(),
@@ -229,6 +250,7 @@ mod tests {
             k.worker_info("host-1-abc"),
             k.workers(),
             k.usage(20_427),
+            k.throughput(28_333_333),
             k.worker_drain("host-1-abc"),
             k.audit(),
         ];
@@ -241,7 +263,7 @@ mod tests {
         );
         assert_eq!(all[1], "kontext:{kx}:q:hi");
         assert_eq!(all[3], "kontext:{kx}:q:bulk");
-        assert_eq!(all[8], "kontext:{kx}:idem:4:acme:key-1");
+        assert_eq!(all[9], "kontext:{kx}:idem:4:acme:key-1");
     }
 
     #[test]

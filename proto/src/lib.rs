@@ -21,12 +21,14 @@
 //!
 //! This crate never depends on candle; its default features pull in no async runtime.
 
+pub mod admin_jobs;
 pub mod chain;
 pub mod clock;
 pub mod dead_letters;
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod job_history;
 pub mod json_int;
 pub mod keys;
 pub mod loras;
@@ -36,6 +38,7 @@ pub mod policy;
 pub mod queue;
 pub mod references;
 pub mod resolution;
+pub mod throughput;
 pub mod usage;
 pub mod validate;
 pub mod validate_chain;

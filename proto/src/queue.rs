@@ -22,12 +22,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use crate::dead_letters::{
+    BulkAction, BulkOutcome, DeadFilter, DeadLetter, DismissOutcome, RequeueOutcome,
+};
 use crate::error::{JobError, QueueError};
 use crate::job::{
     ChainRef, JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId, ValidJobSpec,
 };
+use crate::job_history::JobHistory;
+use crate::throughput::MinuteCounts;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
@@ -474,6 +479,48 @@ pub trait JobQueue: Send + Sync + 'static {
         id: JobId,
         now: Millis,
     ) -> impl Future<Output = Result<DismissOutcome, QueueError>> + Send;
+
+    /// One page of jobs across tenants matching `filter`, newest first, continuing below
+    /// `cursor`; each call examines a bounded part of the index (`crate::admin_jobs`).
+    fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<AdminJobPage, QueueError>> + Send;
+
+    /// A job (of any tenant) with its history of claims and attempt ends (`crate::job_history`).
+    fn job_history(
+        &self,
+        id: JobId,
+    ) -> impl Future<Output = Result<Option<JobHistory>, QueueError>> + Send;
+
+    /// Jobs finished and latencies per minute over the `throughput::HISTORY_MINUTES` minutes
+    /// ending at `now`'s, oldest first (one entry per minute, zeros included).
+    fn throughput(
+        &self,
+        now: Millis,
+    ) -> impl Future<Output = Result<Vec<MinuteCounts>, QueueError>> + Send;
+
+    /// Re-queue or dismiss the dead letters matching `filter`, oldest first, continuing after
+    /// `cursor` (at most `MAX_BULK` acted on and `BULK_SCAN` examined per call); each audited
+    /// as the single action is. Chain turns are not re-queued (reported as skipped).
+    fn bulk_dead(
+        &self,
+        action: BulkAction,
+        filter: &DeadFilter,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> impl Future<Output = Result<BulkOutcome, QueueError>> + Send;
+
+    /// Cancel `tenant`'s queued jobs (newest first, continuing below `cursor`; at most
+    /// `MAX_CANCEL` per call) as `cancel` does, each audited; running jobs are left alone.
+    fn cancel_queued(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> impl Future<Output = Result<CancelQueuedOutcome, QueueError>> + Send;
 
     /// The newest `limit` admin actions, newest first.
     fn audit_log(

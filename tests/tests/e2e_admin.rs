@@ -144,6 +144,39 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
         );
     }
 
+    // The job's history: one attempt on w0, committed with its engine time.
+    let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["job"]["status"], "succeeded", "{v}");
+    let attempts = v["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{v}");
+    assert_eq!(
+        (
+            &attempts[0]["worker"],
+            &attempts[0]["ended"],
+            &attempts[0]["epoch"]
+        ),
+        (&json!("w0"), &json!("succeeded"), &json!(1)),
+        "{v}"
+    );
+    assert!(
+        attempts[0]["engine_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{v}"
+    );
+    let states: Vec<&str> = v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert_eq!(states, ["queued", "running", "succeeded"], "{v}");
+    let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs/{}", JobId::new())).await;
+    assert_eq!(
+        (status, v["error"]["field"].as_str()),
+        (404, Some("id")),
+        "{v}"
+    );
+
     // The queue at a glance.
     let (status, v) = admin_get(&fleet, "/v1/admin/queue").await;
     assert_eq!(status, 200, "{v}");
@@ -152,6 +185,18 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
         (&json!(1), &json!(0)),
         "{v}"
     );
+    // The job counted once in the last hour's throughput, its latency in a bucket.
+    let hour = &v["throughput"]["hour"];
+    assert_eq!(
+        (&hour["succeeded"], &hour["failed"]),
+        (&json!(1), &json!(0)),
+        "{v}"
+    );
+    assert!(hour["p99_ms"].as_u64().is_some_and(|ms| ms >= 100), "{v}");
+    let minutes = v["throughput"]["minutes"].as_array().expect("minutes");
+    assert_eq!(minutes.len(), 60, "{v}");
+    let counted: u64 = minutes.iter().filter_map(|m| m["succeeded"].as_u64()).sum();
+    assert_eq!(counted, 1, "{v}");
 
     // An operator drains w0: it sees the request at its next heartbeat and exits cleanly.
     let drain = |id: &str| {
@@ -221,6 +266,27 @@ async fn dead_letters_are_listed_and_requeued_by_admins() {
     let (status, v) = admin_get(&fleet, "/v1/admin/dead").await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["dead_letters"][0]["job_id"], id.to_string(), "{v}");
+    // Its history: three claims, each lease lost; the third made it dead.
+    let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs/{id}")).await;
+    assert_eq!(status, 200, "{v}");
+    let ends: Vec<(&str, &str, &str)> = v["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap_or("");
+            (s("worker"), s("ended"), s("outcome"))
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            ("doomed-0", "lease_lost", "queued"),
+            ("doomed-1", "lease_lost", "queued"),
+            ("doomed-2", "lease_lost", "dead")
+        ],
+        "{v}"
+    );
     let requeue = || {
         http(ADMIN_KEY)
             .post(format!("{}/v1/admin/dead/{id}/requeue", fleet.url))
@@ -256,4 +322,208 @@ async fn dead_letters_are_listed_and_requeued_by_admins() {
     assert_eq!(v["entries"][0]["action"], "requeue_dead", "{v}");
     let (_, v) = admin_get(&fleet, "/v1/admin/dead").await;
     assert_eq!(v["dead_letters"], json!([]), "{v}");
+
+    // Both jobs across tenants, newest first; filtered by status, tenant and time.
+    let tenant = queue.get(id).await.expect("get").expect("dead job").tenant;
+    let listed = |v: &Value| -> Vec<String> {
+        v["jobs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|j| j["id"].as_str())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (status, v) = admin_get(&fleet, "/v1/admin/jobs").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(listed(&v), [new_id.clone(), id.to_string()], "{v}");
+    assert_eq!(v["jobs"][1]["crashes"], 3, "{v}");
+    assert_eq!(v["jobs"][1]["tenant"], tenant.as_str(), "{v}");
+    assert!(v["next_cursor"].is_null(), "{v}");
+    let created = v["jobs"][0]["created_at_ms"]
+        .as_u64()
+        .expect("created_at_ms");
+    for (query, want) in [
+        ("status=dead".to_owned(), vec![id.to_string()]),
+        (
+            format!("status=queued&tenant={tenant}"),
+            vec![new_id.clone()],
+        ),
+        ("tenant=nobody".to_owned(), vec![]),
+        (format!("from={created}"), vec![new_id.clone()]),
+        (format!("to={}", created - 1), vec![id.to_string()]),
+    ] {
+        let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs?{query}")).await;
+        assert_eq!((status, listed(&v)), (200, want), "{query}: {v}");
+    }
+    let (_, v) = admin_get(&fleet, "/v1/admin/jobs?limit=1").await;
+    let cursor = v["next_cursor"]
+        .as_str()
+        .expect("a cursor after a full page");
+    let (_, v) = admin_get(&fleet, &format!("/v1/admin/jobs?limit=1&cursor={cursor}")).await;
+    assert_eq!(listed(&v), [id.to_string()], "{v}");
+    for (query, field) in [
+        ("status=lost", "status"),
+        ("from=yesterday", "from"),
+        ("from=5&to=4", "from"),
+        ("to=9007199254740992", "to"),
+        ("limit=201", "limit"),
+        ("cursor=nope", "cursor"),
+    ] {
+        let (status, v) = admin_get(&fleet, &format!("/v1/admin/jobs?{query}")).await;
+        assert_eq!(
+            (status, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {v}"
+        );
+    }
+}
+
+async fn admin_post(fleet: &Fleet, path: &str) -> (u16, Value) {
+    let resp = http(ADMIN_KEY)
+        .post(format!("{}{path}", fleet.url))
+        .send()
+        .await
+        .expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("JSON"))
+}
+
+/// Bulk actions over HTTP: dead letters re-queued by tenant (then nothing left to dismiss), bad
+/// filters named; all of a tenant's queued jobs canceled in one call, another tenant's left
+/// queued; each action in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_queued_jobs_are_handled_in_bulk_by_admins() {
+    let fleet = Fleet::start_with(
+        FleetOptions {
+            workers: 0,
+            ..FleetOptions::default()
+        },
+        |c| {
+            c.admin = AdminAuth::from_arg(Some(ADMIN_KEY), false).expect("admin key");
+        },
+    )
+    .expect("fleet");
+    let job = json!({"prompt": "bulk", "width": 64, "height": 64, "steps": 2, "seed": 4});
+    let v = fleet.post_accepted("/v1/jobs", job.clone()).await;
+    let dead: JobId = v["id"].as_str().expect("id").parse().expect("uuid");
+    let queue = fleet.queue().await.expect("queue");
+    let mut t = kontext_proto::clock::now_ms();
+    for crash in 0..kontext_proto::policy::MAX_CRASHES {
+        let claimed = queue
+            .claim(
+                &format!("doomed-{crash}"),
+                Duration::from_secs(1),
+                t,
+                Duration::ZERO,
+            )
+            .await
+            .expect("claim")
+            .expect("the job is claimable");
+        assert_eq!(claimed.job.id, dead);
+        t += 2_000;
+        queue.reap(t).await.expect("reap");
+    }
+    let alpha = queue.get(dead).await.expect("get").expect("job").tenant;
+    let queued: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let v = fleet.post_accepted("/v1/jobs", job.clone()).await;
+            ids.push(v["id"].as_str().expect("id").to_owned());
+        }
+        ids
+    };
+    let resp = http(e2e_support::KEY_BETA)
+        .post(format!("{}/v1/jobs", fleet.url))
+        .json(&job)
+        .send()
+        .await
+        .expect("POST as beta");
+    let (status, v) = e2e_support::json_of(resp).await;
+    assert_eq!(status, 202, "{v}");
+    let beta_job = v["id"].as_str().expect("id").to_owned();
+
+    let (status, v) = admin_post(&fleet, "/v1/admin/dead/requeue?tenant=nobody").await;
+    assert_eq!(
+        (status, &v["count"], &v["more"]),
+        (200, &json!(0), &json!(false)),
+        "{v}"
+    );
+    let (status, v) = admin_post(&fleet, &format!("/v1/admin/dead/requeue?tenant={alpha}")).await;
+    assert_eq!((status, &v["count"]), (200, &json!(1)), "{v}");
+    assert_eq!(v["affected"][0]["id"], dead.to_string(), "{v}");
+    let requeued = v["affected"][0]["new_id"]
+        .as_str()
+        .expect("new id")
+        .to_owned();
+    let (_, v) = admin_post(&fleet, "/v1/admin/dead/dismiss").await;
+    assert_eq!(v["count"], 0, "re-queued already: {v}");
+    for (query, field) in [
+        ("older_than=soon", "older_than"),
+        ("newer_than=-1", "newer_than"),
+        ("cursor=zz", "cursor"),
+    ] {
+        let (status, v) = admin_post(&fleet, &format!("/v1/admin/dead/requeue?{query}")).await;
+        assert_eq!(
+            (status, v["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{query}: {v}"
+        );
+    }
+
+    // Every queued job of alpha, the re-queued one included; beta's stays.
+    let path = format!("/v1/admin/tenants/{alpha}/cancel-queued");
+    let (status, v) = admin_post(&fleet, &path).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (&v["canceled"], &v["running_untouched"], &v["more"]),
+        (&json!(3), &json!(0), &json!(false)),
+        "{v}"
+    );
+    let mut canceled: Vec<String> = v["canceled_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .filter_map(|i| i.as_str().map(String::from))
+        .collect();
+    canceled.sort();
+    let mut expected = vec![requeued, queued[0].clone(), queued[1].clone()];
+    expected.sort();
+    assert_eq!(canceled, expected, "{v}");
+    let job: Value = http(KEY_ALPHA)
+        .get(format!("{}/v1/jobs/{}", fleet.url, queued[0]))
+        .send()
+        .await
+        .expect("GET job")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(job["status"], "canceled", "{job}");
+    let (_, v) = admin_get(&fleet, &format!("/v1/admin/jobs/{beta_job}")).await;
+    assert_eq!(v["job"]["status"], "queued", "{v}");
+    let (_, v) = admin_get(&fleet, "/v1/admin/audit?limit=4").await;
+    let actions: Vec<&str> = v["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "cancel_queued",
+            "cancel_queued",
+            "cancel_queued",
+            "requeue_dead"
+        ],
+        "{v}"
+    );
+    let (status, v) = admin_post(&fleet, &format!("{path}?cursor=nope")).await;
+    assert_eq!(
+        (status, v["error"]["field"].as_str()),
+        (400, Some("cursor")),
+        "{v}"
+    );
 }

@@ -11,6 +11,7 @@ use kontext_e2e::redis_server::{RedisServer, fresh_namespace, redis_url};
 use kontext_proto::conformance::{self, NOW, TTL, within};
 use kontext_proto::policy::QueueConfig;
 use kontext_proto::redis::{RedisConfig, RedisQueue};
+use kontext_proto::throughput::minute_of;
 use kontext_proto::{CompleteOutcome, JobErrorKind, JobQueue, Priority, QueueError};
 
 async fn redis_queue(cfg: QueueConfig) -> RedisQueue {
@@ -142,12 +143,15 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
         k.job(b),
         k.events(a),
         k.events(b),
+        k.history(a),
+        k.history(b),
         k.class_stream(Priority::High),
         k.class_stream(Priority::Standard),
         k.class_stream(Priority::Bulk),
         k.dead_letters(),
         k.idempotency("acme", "idem-1"),
         k.tenant_jobs("acme"),
+        k.all_jobs(),
         k.tenant_inflight("acme"),
         k.leases(),
         k.notify(),
@@ -156,6 +160,8 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
         k.worker_info("w"),
     ]
     .into_iter()
+    // The dead-lettered job counts as a failure in its minute (throughput history).
+    .chain((minute_of(NOW)..=minute_of(NOW + 10_000_000)).map(|m| k.throughput(m)))
     .collect();
     let unexpected: Vec<_> = found.difference(&expected).collect();
     assert!(
@@ -166,6 +172,7 @@ async fn every_key_lives_under_the_namespace_hash_tag() {
         k.job(a),
         k.events(a),
         k.tenant_jobs("acme"),
+        k.all_jobs(),
         k.dead_letters(),
     ] {
         assert!(found.contains(&key), "{key} missing from {found:?}");
@@ -206,7 +213,7 @@ async fn finished_jobs_expire_and_streams_are_trimmed() {
     }
     let id = last.expect("a job");
     let mut con = raw(&redis_url()).await;
-    for key in [q.keys().job(id), q.keys().events(id)] {
+    for key in [q.keys().job(id), q.keys().events(id), q.keys().history(id)] {
         let ttl: i64 = redis::cmd("TTL")
             .arg(&key)
             .query_async(&mut con)

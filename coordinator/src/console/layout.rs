@@ -9,6 +9,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 const NAV: &[(&str, &str)] = &[
     ("/console", "Overview"),
     ("/console/workers", "Workers"),
+    ("/console/jobs", "Jobs"),
     ("/console/dead", "Dead letters"),
     ("/console/usage", "Usage"),
 ];

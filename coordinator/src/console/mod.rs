@@ -10,6 +10,7 @@
 //! removed) or an admin key in the `Authorization` header.
 
 mod charts;
+mod job_pages;
 mod layout;
 mod pages;
 
@@ -39,6 +40,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/console", get(pages::overview))
         .route("/console/workers", get(pages::workers))
+        .route("/console/jobs", get(job_pages::jobs))
+        .route("/console/jobs/{id}", get(job_pages::job))
         .route("/console/chains/{id}", get(pages::chain))
         .route("/console/dead", get(pages::dead_letters))
         .route("/console/usage", get(pages::usage))
@@ -165,7 +168,8 @@ async fn drain_worker(
 }
 
 async fn login_page(State(state): State<AppState>) -> Response {
-    let open = state.config.admin.decide(None) == AdminDecision::Allowed;
+    let decision = state.config.admin.decide(None);
+    let open = decision == AdminDecision::Allowed;
     layout::page(
         "Sign in",
         "",
@@ -174,6 +178,9 @@ async fn login_page(State(state): State<AppState>) -> Response {
             @if open {
                 p { "This coordinator runs in open loopback mode: the console needs no key. "
                     a href="/console" { "Go to the overview" } "." }
+            } @else if decision == AdminDecision::Disabled {
+                p { "The admin API is off, and the console with it: start the coordinator with \
+                    --admin-keys." }
             } @else {
                 form method="post" action="/console/login" {
                     p { label { "Admin key " input type="password" name="key" autocomplete="off"

@@ -98,6 +98,26 @@ pub async fn overview(State(state): State<AppState>, Operator(admin): Operator) 
             q.oldest_ready_age_ms.to_string(),
         ),
     ];
+    // Minute labels HH:MM (UTC) from the minutes' starts.
+    let label = |at: u64| time(at).get(11..16).unwrap_or("").to_owned();
+    let throughput: Vec<Bar> = q
+        .throughput
+        .minutes
+        .iter()
+        .map(|m| Bar {
+            label: label(m.minute_start),
+            value: (m.succeeded + m.failed) as f64,
+        })
+        .collect();
+    let latency: Vec<Bar> = q
+        .throughput
+        .minutes
+        .iter()
+        .map(|m| Bar {
+            label: label(m.minute_start),
+            value: m.p95_ms.unwrap_or(0) as f64,
+        })
+        .collect();
     let body = html! {
         h1 { "Overview" }
         div.cards {
@@ -113,6 +133,18 @@ pub async fn overview(State(state): State<AppState>, Operator(admin): Operator) 
             &charts::line_points(&[depth as f64]),
         ))
         script { (PreEscaped(LIVE_SCRIPT)) }
+        h2 {
+            "Jobs finished per minute, last hour (" (q.throughput.hour.succeeded) " succeeded, "
+            (q.throughput.hour.failed) " failed)"
+        }
+        (charts::bar_chart("throughput", "jobs finished per minute", &throughput, "jobs"))
+        h2 {
+            "Latency p95 per minute, submit → result (hour: p50 "
+            (q.throughput.hour.p50_ms.map_or_else(|| "—".to_owned(), duration_ms)) ", p95 "
+            (q.throughput.hour.p95_ms.map_or_else(|| "—".to_owned(), duration_ms)) ", p99 "
+            (q.throughput.hour.p99_ms.map_or_else(|| "—".to_owned(), duration_ms)) ")"
+        }
+        (charts::bar_chart("latency", "p95 latency per minute", &latency, "ms"))
     };
     layout::page("Overview", "/console", body)
 }

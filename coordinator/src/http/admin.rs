@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use kontext_proto::clock::now_ms;
 use kontext_proto::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use kontext_proto::throughput::{ThroughputSummary, summarize};
 use kontext_proto::usage::{MAX_USAGE_DAYS, UsageRow, day_name, day_of, parse_day};
 use kontext_proto::workers::{AuditEntry, DrainOutcome, WorkerInfo};
 use kontext_proto::{JobId, JobQueue, Priority};
@@ -36,8 +37,16 @@ impl FromRequestParts<AppState> for Admin {
             return Ok(Admin);
         }
         let client = unthrottled_client(parts, state)?;
+        // The admin routes take `Authorization: Bearer` only (their documented scheme): without
+        // it a request is unauthenticated (401) whether or not the admin API is on.
+        let bearer = parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION);
         match state.config.admin.decide(api_key(&parts.headers)) {
             AdminDecision::Allowed => Ok(Admin),
+            AdminDecision::Disabled if !bearer => {
+                Err(auth_failed(state, client, ApiError::admin_unauthorized()))
+            }
             AdminDecision::Disabled => Err(ApiError::forbidden(
                 "Authorization",
                 "the admin API is off: start the coordinator with --admin-keys",
@@ -249,9 +258,14 @@ pub struct QueueOverview {
     pub dead_letters: u64,
     /// Live workers in the registry.
     pub workers: u64,
+    /// Jobs finished per minute over the last hour (succeeded; failed or dead) and the
+    /// succeeded jobs' latency percentiles (submit → commit, upper bounds of log-spaced
+    /// buckets), per minute and for the hour.
+    pub throughput: ThroughputSummary,
 }
 
-/// Depth per class, running, delayed, dead letters, live workers.
+/// Depth per class, running, delayed, dead letters, live workers, and throughput and latency
+/// per minute over the last hour (kept in the queue per UTC minute, for three hours).
 #[utoipa::path(
     get, path = "/v1/admin/queue", tag = "admin",
     responses(
@@ -266,6 +280,7 @@ pub async fn queue_overview(
     let now = now_ms();
     let stats = state.queue.stats(now).await?;
     let workers = state.queue.workers(now).await?.len() as u64;
+    let throughput = summarize(&state.queue.throughput(now).await?);
     let ready = |p: Priority| {
         stats
             .ready
@@ -282,6 +297,7 @@ pub async fn queue_overview(
         oldest_ready_age_ms: stats.oldest_ready_age_ms,
         dead_letters: stats.dead_letters,
         workers,
+        throughput,
     }))
 }
 

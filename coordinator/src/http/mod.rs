@@ -7,6 +7,9 @@
 //! `error::ApiError`.
 
 pub mod admin;
+pub mod admin_bulk;
+pub mod admin_history;
+pub mod admin_jobs;
 pub mod admin_media;
 pub mod bfl;
 pub mod chain_views;
@@ -59,6 +62,8 @@ use common_responses::CommonResponses;
         admin::list_workers, admin::usage, admin::drain_worker, admin::audit,
         admin::queue_overview, admin::dead_letters, admin::requeue_dead, admin::dismiss_dead,
         admin_media::job_result, admin_media::job_input, admin_media::chain,
+        admin_jobs::list_jobs, admin_history::job_detail, admin_bulk::requeue_dead_matching,
+        admin_bulk::dismiss_dead_matching, admin_bulk::cancel_queued,
         bfl::create_task, bfl::get_result,
         health::healthz, health::readyz, health::metrics,
     ),
@@ -76,6 +81,12 @@ use common_responses::CommonResponses;
         admin::DrainReply, admin::AuditLog, kontext_proto::workers::AuditEntry,
         admin::QueueOverview, admin::DeadLetterList, admin::DeadLetterReply,
         kontext_proto::dead_letters::DeadLetter,
+        admin_jobs::AdminJobView, admin_jobs::AdminJobList, admin_history::AdminJobDetail,
+        admin_history::AdminEventView, kontext_proto::job_history::Attempt,
+        kontext_proto::job_history::AttemptEnd, kontext_proto::job_history::HistoryEntry,
+        kontext_proto::JobError, kontext_proto::JobErrorKind,
+        kontext_proto::throughput::ThroughputSummary, kontext_proto::throughput::MinuteSummary,
+        admin_bulk::BulkDeadItem, admin_bulk::BulkDeadReply, admin_bulk::CancelQueuedReply,
         kontext_proto::usage::UsageRow,
     )),
     modifiers(&SecuritySchemes, &CommonResponses),
@@ -140,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/workers/{id}/drain", post(admin::drain_worker))
         .route("/v1/admin/audit", get(admin::audit))
         .route("/v1/admin/queue", get(admin::queue_overview))
+        .route("/v1/admin/jobs", get(admin_jobs::list_jobs))
+        .route("/v1/admin/jobs/{id}", get(admin_history::job_detail))
         .route("/v1/admin/dead", get(admin::dead_letters))
         .route("/v1/admin/dead/{id}", delete(admin::dismiss_dead))
         .route("/v1/admin/dead/{id}/requeue", post(admin::requeue_dead))
@@ -147,6 +160,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/jobs/{id}/input", get(admin_media::job_input))
         .route("/v1/admin/chains/{id}", get(admin_media::chain))
         .merge(crate::console::routes())
+        .route(
+            "/v1/admin/dead/requeue",
+            post(admin_bulk::requeue_dead_matching),
+        )
+        .route(
+            "/v1/admin/dead/dismiss",
+            post(admin_bulk::dismiss_dead_matching),
+        )
+        .route(
+            "/v1/admin/tenants/{tenant}/cancel-queued",
+            post(admin_bulk::cancel_queued),
+        )
         .route("/v1/flux-kontext-dev", bfl_create.clone())
         .route("/v1/flux-kontext-pro", bfl_create.clone())
         .route("/v1/flux-kontext-max", bfl_create)

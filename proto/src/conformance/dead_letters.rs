@@ -3,6 +3,7 @@
 //! stays dead), dismissed; each once, each audited.
 
 use super::*;
+use crate::admin_jobs::JobFilter;
 use crate::dead_letters::{DismissOutcome, RequeueOutcome};
 use crate::policy::MAX_CRASHES;
 
@@ -10,7 +11,24 @@ const TTL_MS: Millis = TTL.as_millis() as u64;
 
 /// Submits a job and lets it crash `MAX_CRASHES` times; returns it and the time after.
 async fn poison<Q: JobQueue>(q: &Q, prompt: &str, start: Millis) -> (JobId, Millis) {
-    let id = submit(q, submission("acme", Priority::High, prompt), start).await;
+    poison_of(q, "acme", prompt, start).await
+}
+
+/// `poison` for `tenant`.
+pub(super) async fn poison_of<Q: JobQueue>(
+    q: &Q,
+    tenant: &str,
+    prompt: &str,
+    start: Millis,
+) -> (JobId, Millis) {
+    let id = submit(q, submission(tenant, Priority::High, prompt), start).await;
+    let t = crash_until_dead(q, id, start).await;
+    (id, t)
+}
+
+/// Claims job `id` (the next claimable one) and lets its lease expire until it is dead; the time
+/// after.
+pub(super) async fn crash_until_dead<Q: JobQueue>(q: &Q, id: JobId, start: Millis) -> Millis {
     let mut t = start;
     for crash in 1..=MAX_CRASHES {
         let (_, job) = claim(q, &format!("victim{crash}"), t).await;
@@ -19,7 +37,7 @@ async fn poison<Q: JobQueue>(q: &Q, prompt: &str, start: Millis) -> (JobId, Mill
         within("reap", q.reap(t)).await.expect("reap");
     }
     assert_eq!(record(q, id).await.status, JobStatus::Dead);
-    (id, t)
+    t
 }
 
 pub async fn dead_letters_are_listed_requeued_and_dismissed_once<Q: JobQueue>(
@@ -50,6 +68,13 @@ pub async fn dead_letters_are_listed_requeued_and_dismissed_once<Q: JobQueue>(
     assert_eq!(old.status, JobStatus::Dead);
     assert_eq!(new.status, JobStatus::Queued);
     assert_eq!((new.tenant, new.spec.clone()), (old.tenant, old.spec));
+    let newest = within("admin_jobs", q.admin_jobs(&JobFilter::default(), None, 1))
+        .await
+        .expect("admin_jobs");
+    assert_eq!(
+        newest.jobs[0].id, new_id,
+        "a re-queued job is indexed for operators"
+    );
     let (_, claimed) = claim(&q, "healthy", t + 1).await;
     assert_eq!(claimed.id, new_id);
 

@@ -7,14 +7,18 @@
 //! panic names what stalled. Each rule gets a fresh queue from the factory, which receives the
 //! `QueueConfig` the rule needs.
 
+mod admin_jobs;
+mod bulk_actions;
 mod chains;
 mod dead_letters;
 mod failures;
 mod forks;
+mod history;
 mod lifecycle;
 mod loras;
 mod notifications;
 mod retention;
+mod throughput;
 mod usage;
 mod workers;
 
@@ -29,14 +33,18 @@ use crate::policy::{QueueConfig, RetryPolicy};
 use crate::queue::{JobEvent, JobQueue, Lease, Submission};
 use crate::resolution::ResizeMode;
 
+pub use admin_jobs::*;
+pub use bulk_actions::*;
 pub use chains::*;
 pub use dead_letters::*;
 pub use failures::*;
 pub use forks::*;
+pub use history::*;
 pub use lifecycle::*;
 pub use loras::*;
 pub use notifications::*;
 pub use retention::*;
+pub use throughput::*;
 pub use usage::*;
 pub use workers::*;
 
@@ -241,6 +249,11 @@ macro_rules! queue_conformance_tests {
             registered_workers_are_listed_until_their_ttl_passes,
             drain_requests_reach_live_workers_and_are_audited,
             dead_letters_are_listed_requeued_and_dismissed_once,
+            admin_job_pages_filter_across_tenants_within_a_scan_budget,
+            job_history_records_every_attempt_and_how_it_ended,
+            throughput_counts_finished_jobs_per_minute_once,
+            dead_letters_are_requeued_and_dismissed_by_filter,
+            a_tenants_queued_jobs_are_canceled_running_ones_left,
             usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
             retained_chains_and_turns_are_limited_per_tenant,

@@ -15,6 +15,7 @@ use crate::job::{
     Carry, ChainRef, InputImage, JobId, JobRecord, JobResult, JobStatus, Millis, Priority,
     TenantId, ValidJobSpec,
 };
+use crate::job_history::HistoryEntry;
 use crate::keys::list_member;
 use crate::policy;
 use crate::queue::{CancelOutcome, Claim, RetainedKind};
@@ -280,17 +281,26 @@ impl State {
         match job.record.status {
             JobStatus::Running => {
                 job.record.cancel_requested = true;
+                self.note(jid, HistoryEntry::CancelRequested { at: now });
                 CancelOutcome::CancellationRequested
             }
             JobStatus::Queued => {
                 if let Some(at) = job.delayed_until.take() {
                     self.delay.remove(&(at, jid));
                 }
+                self.note(jid, HistoryEntry::Canceled { at: now });
                 self.finish(jid, JobStatus::Canceled, now);
                 CancelOutcome::Canceled
             }
             _ => CancelOutcome::Canceled,
         }
+    }
+
+    /// The running chain whose turn job `id` is, if any (cancel_queued.lua's chain check).
+    pub(super) fn running_chain_of(&self, id: JobId) -> Option<ChainId> {
+        let chain_ref = self.jobs.get(&id)?.record.chain.as_ref()?;
+        let cid = chain_ref.chain_id.parse::<ChainId>().ok()?;
+        (self.chains.get(&cid)?.status == ChainStatus::Running).then_some(cid)
     }
 
     /// A job just ended in `status` (called from `finish`): if it is its chain's live turn,
@@ -473,12 +483,10 @@ impl State {
             events: VecDeque::new(),
             next_event: 0,
             lora_set: None,
+            history: Default::default(),
         };
         self.jobs.insert(jid, job);
-        self.tenant_jobs
-            .entry(tenant.clone())
-            .or_default()
-            .insert(list_member(now, jid));
+        self.index_job(&tenant, list_member(now, jid));
         *self.inflight.entry(tenant).or_default() += 1;
         self.emit_state(jid, JobStatus::Queued, now);
         match offer_to {

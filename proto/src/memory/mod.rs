@@ -11,16 +11,21 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use crate::dead_letters::{
+    BulkAction, BulkOutcome, DeadFilter, DeadLetter, DismissOutcome, RequeueOutcome,
+};
 use crate::error::JobError;
 use crate::error::QueueError;
-use crate::job::{JobId, JobRecord, JobResult, Millis};
+use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis};
+use crate::job_history::JobHistory;
 use crate::policy::{self, Jitter, QueueConfig};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::throughput::MinuteCounts;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 
@@ -173,6 +178,7 @@ impl JobQueue for MemoryQueue {
             {
                 self.ops
                     .count_usage(&job.tenant, now, engine_ms, job.spec.steps);
+                self.ops.count_finished(now, Some(job.created_at));
             }
             Ok(out)
         })
@@ -188,7 +194,12 @@ impl JobQueue for MemoryQueue {
         self.mutate(|s| {
             let decision =
                 policy::retry_decision(&s.config().retry, lease.attempt, error.kind, now, fraction);
-            s.fail(lease, error, decision, now)
+            let out = s.fail(lease, error, decision, now)?;
+            // Terminal failures count in the minute's throughput (fail.lua).
+            if let FailOutcome::Finished(JobStatus::Failed | JobStatus::Dead) = out {
+                self.ops.count_finished(now, None);
+            }
+            Ok(out)
         })
     }
 
@@ -197,7 +208,12 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn reap(&self, now: Millis) -> Result<ReapReport, QueueError> {
-        Ok(self.mutate(|s| s.reap(now)))
+        let report = self.mutate(|s| s.reap(now));
+        // Each dead-lettered job is a failure of its minute (reap.lua).
+        for _ in &report.dead {
+            self.ops.count_finished(now, None);
+        }
+        Ok(report)
     }
 
     async fn events(
@@ -242,6 +258,56 @@ impl JobQueue for MemoryQueue {
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
         Ok(self.ops.audit(limit))
+    }
+
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AdminJobPage, QueueError> {
+        self.lock().admin_jobs(filter, cursor, limit)
+    }
+
+    async fn job_history(&self, id: JobId) -> Result<Option<JobHistory>, QueueError> {
+        Ok(self.lock().job_history(id))
+    }
+
+    async fn throughput(&self, now: Millis) -> Result<Vec<MinuteCounts>, QueueError> {
+        Ok(self.ops.throughput(now))
+    }
+
+    async fn bulk_dead(
+        &self,
+        action: BulkAction,
+        filter: &DeadFilter,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<BulkOutcome, QueueError> {
+        let out = self.mutate(|s| s.bulk_dead(action, filter, cursor, now))?;
+        for (dead, new) in &out.affected {
+            match new {
+                Some(new) => self
+                    .ops
+                    .record("requeue_dead", &format!("{dead} -> {new}"), now),
+                None => self.ops.record("dismiss_dead", &dead.to_string(), now),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn cancel_queued(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<CancelQueuedOutcome, QueueError> {
+        let out = self.mutate(|s| s.cancel_queued(tenant, cursor, now))?;
+        for id in &out.canceled {
+            self.ops
+                .record("cancel_queued", &format!("{tenant}/{id}"), now);
+        }
+        Ok(out)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::error::QueueError;
 use crate::job::Millis;
 use crate::policy;
+use crate::throughput::{self, MinuteCounts};
 use crate::usage::{self, UsageRow};
 use crate::workers::{
     AUDIT_MAXLEN, AuditEntry, Beat, DRAIN_REQUEST_TTL_S, DrainOutcome, WorkerInfo,
@@ -25,6 +26,8 @@ pub(super) struct Operators {
     drains: Mutex<HashMap<String, Millis>>,
     /// Newest last, at most `AUDIT_MAXLEN`.
     audit: Mutex<VecDeque<AuditEntry>>,
+    /// minute → counts, for `MINUTE_TTL_S` (prelude.lua `record_throughput`).
+    throughput: Mutex<BTreeMap<u64, MinuteCounts>>,
 }
 
 fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,6 +117,39 @@ impl Operators {
             .rev()
             .take(limit)
             .cloned()
+            .collect()
+    }
+
+    /// One finished job (under the state lock, in the transition that finished it): succeeded
+    /// with its creation time for the latency, or failed (`failed` or `dead`).
+    pub(super) fn count_finished(&self, now: Millis, succeeded_since: Option<Millis>) {
+        let minute = throughput::minute_of(now);
+        let mut counts = guard(&self.throughput);
+        let kept = minute.saturating_sub(throughput::MINUTE_TTL_S / 60);
+        counts.retain(|m, _| *m >= kept);
+        let c = counts.entry(minute).or_insert_with(|| MinuteCounts {
+            minute,
+            ..MinuteCounts::default()
+        });
+        match succeeded_since {
+            Some(created) => {
+                c.succeeded += 1;
+                c.latency[throughput::latency_bucket(now.saturating_sub(created))] += 1;
+            }
+            None => c.failed += 1,
+        }
+    }
+
+    /// The minutes of `throughput::window(now)`, zeros included.
+    pub(super) fn throughput(&self, now: Millis) -> Vec<MinuteCounts> {
+        let counts = guard(&self.throughput);
+        throughput::window(now)
+            .map(|minute| {
+                counts.get(&minute).copied().unwrap_or(MinuteCounts {
+                    minute,
+                    ..MinuteCounts::default()
+                })
+            })
             .collect()
     }
 }

@@ -26,10 +26,20 @@ impl State {
         now.saturating_sub(policy::millis(self.cfg.retention))
     }
 
-    /// The tenant's jobs created in the retention period; older ones leave its list index
-    /// (submit.lua's trim).
+    /// A new job in its tenant's list index and the global one (prelude.lua `index_job`).
+    pub(super) fn index_job(&mut self, tenant: &TenantId, member: String) {
+        self.all_jobs.insert(member.clone());
+        self.tenant_jobs
+            .entry(tenant.clone())
+            .or_default()
+            .insert(member);
+    }
+
+    /// The tenant's jobs created in the retention period; older ones leave its list index, and
+    /// anyone's leave the global index (prelude.lua `retained_jobs`).
     pub(super) fn retained_jobs(&mut self, tenant: &str, now: Millis) -> u64 {
         let cutoff = list_member_cutoff(self.cutoff(now));
+        self.all_jobs = self.all_jobs.split_off(cutoff.as_str());
         match self.tenant_jobs.get_mut(tenant) {
             Some(set) => {
                 *set = set.split_off(cutoff.as_str());
@@ -91,6 +101,7 @@ impl State {
                 if let Some(set) = self.tenant_jobs.get_mut(&job.record.tenant) {
                     set.remove(&member);
                 }
+                self.all_jobs.remove(&member);
             }
         }
         while let Some((at, key)) = self.idem_expiry.first().cloned() {

@@ -3,18 +3,18 @@
 //! both implementations show the same behaviour; `MemoryQueue` wraps this in a mutex.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::ops::Bound;
 use std::time::Duration;
 
 use crate::chain::ChainId;
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority, TenantId};
-use crate::keys::{list_member, parse_list_member};
+use crate::job_history::HistoryEntry;
+use crate::keys::list_member;
 use crate::policy::{self, QueueConfig, RetryDecision, progress_fraction};
 use crate::queue::{
-    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, Lease, LeaseState,
-    ReapReport, RetainedKind, Submission, SubmitOutcome,
+    CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, Lease, LeaseState, ReapReport,
+    RetainedKind, Submission, SubmitOutcome,
 };
 
 /// One dispatch entry of a class stream.
@@ -39,6 +39,7 @@ struct MemJob {
     next_event: u64,
     /// `loras::lora_set_id` of a submitted job's LoRAs (chain turns get none, as in Redis).
     lora_set: Option<String>,
+    history: VecDeque<HistoryEntry>,
 }
 
 #[derive(Debug)]
@@ -58,10 +59,13 @@ pub(crate) struct State {
     next_seq: u64,
     leases: BTreeSet<(Millis, JobId)>,
     delay: BTreeSet<(Millis, JobId)>,
-    dead_letters: Vec<JobId>,
+    /// (sequence, job): the sequence is the bulk actions' cursor (the stream entry id in Redis).
+    dead_letters: Vec<(u64, JobId)>,
     idempotency: HashMap<(TenantId, String), IdempotencyEntry>,
     /// Per tenant: `list_member`s (creation order).
     tenant_jobs: HashMap<TenantId, BTreeSet<String>>,
+    /// Every tenant's `list_member`s: the global index of `admin_jobs` (see `retention`).
+    all_jobs: BTreeSet<String>,
     inflight: HashMap<TenantId, u64>,
     /// Finished jobs waiting for the notifier: (due, id), plus id -> (due, times taken).
     notify: BTreeSet<(Millis, JobId)>,
@@ -98,6 +102,7 @@ impl State {
             dead_letters: Vec::new(),
             idempotency: HashMap::new(),
             tenant_jobs: HashMap::new(),
+            all_jobs: BTreeSet::new(),
             inflight: HashMap::new(),
             notify: BTreeSet::new(),
             notify_due: HashMap::new(),
@@ -207,6 +212,7 @@ impl State {
                 events: VecDeque::new(),
                 next_event: 0,
                 lora_set,
+                history: VecDeque::new(),
             },
         );
         if let Some(key) = idem_key {
@@ -219,10 +225,7 @@ impl State {
             self.idem_expiry.insert((expires_at, key.clone()));
             self.idempotency.insert(key, entry);
         }
-        self.tenant_jobs
-            .entry(sub.tenant.clone())
-            .or_default()
-            .insert(list_member(now, id));
+        self.index_job(&sub.tenant, list_member(now, id));
         *self.inflight.entry(sub.tenant).or_default() += 1;
         match holder {
             Some(worker) => self.offer_to_worker(id, worker, now, self.cfg.lora_affinity_delay),
@@ -236,38 +239,6 @@ impl State {
         self.jobs.get(&id).map(|j| j.record.clone())
     }
 
-    pub(crate) fn list(
-        &self,
-        tenant: &str,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<JobPage, QueueError> {
-        let empty = BTreeSet::new();
-        let members = self.tenant_jobs.get(tenant).unwrap_or(&empty);
-        let below: Box<dyn Iterator<Item = &String>> = match cursor {
-            Some(c) => {
-                validate_list_cursor(c)?;
-                Box::new(
-                    members
-                        .range::<str, _>((Bound::Unbounded, Bound::Excluded(c)))
-                        .rev(),
-                )
-            }
-            None => Box::new(members.iter().rev()),
-        };
-        let limit = clamp_page(limit);
-        let page: Vec<&String> = below.take(limit + 1).collect();
-        let next_cursor = (page.len() > limit).then(|| page[limit - 1].clone());
-        let mut jobs = Vec::new();
-        for member in page.into_iter().take(limit) {
-            let id = parse_list_member(member)?;
-            if let Some(job) = self.jobs.get(&id) {
-                jobs.push(job.record.clone());
-            }
-        }
-        Ok(JobPage { jobs, next_cursor })
-    }
-
     pub(crate) fn cancel(&mut self, id: JobId, now: Millis) -> CancelOutcome {
         let Some(job) = self.jobs.get_mut(&id) else {
             return CancelOutcome::NotFound;
@@ -276,6 +247,7 @@ impl State {
             s if s.is_terminal() => CancelOutcome::AlreadyCompleted,
             JobStatus::Running => {
                 job.record.cancel_requested = true;
+                self.note(id, HistoryEntry::CancelRequested { at: now });
                 CancelOutcome::CancellationRequested
             }
             _ => {
@@ -283,6 +255,7 @@ impl State {
                 if let Some(at) = job.delayed_until.take() {
                     self.delay.remove(&(at, id));
                 }
+                self.note(id, HistoryEntry::Canceled { at: now });
                 self.finish(id, JobStatus::Canceled, now);
                 CancelOutcome::Canceled
             }
@@ -336,6 +309,7 @@ impl State {
         let record = r.clone();
         self.leases.insert((until, id));
         self.emit_state(id, JobStatus::Running, now);
+        self.note_claimed(id, now);
         Claim { lease, job: record }
     }
 
@@ -416,6 +390,8 @@ impl State {
             .expect("checked by `current`; this is a bug");
         let (worker, set) = (job.record.worker.clone(), job.lora_set.clone());
         self.record_lora_set(worker.as_deref(), set.as_deref(), now);
+        let engine_ms = result.engine_ms;
+        self.note_ended(id, lease.epoch, Ended::Succeeded { engine_ms }, now);
         let job = self
             .jobs
             .get_mut(&id)
@@ -437,11 +413,13 @@ impl State {
     ) -> Result<FailOutcome, QueueError> {
         let id = lease.job_id;
         let job = self.current(lease)?;
-        job.record.error = Some(error);
+        job.record.error = Some(error.clone());
         let cancel = job.record.cancel_requested;
         let worker = job.record.worker.clone();
         self.record_lora_set(worker.as_deref(), None, now);
         self.drop_lease(id);
+        let ended = Ended::failed(error, decision, cancel);
+        self.note_ended(id, lease.epoch, ended, now);
         match decision {
             RetryDecision::Retry { at } if !cancel => {
                 let job = self
@@ -470,6 +448,9 @@ impl State {
 
     pub(crate) fn release(&mut self, lease: &Lease, now: Millis) -> Result<(), QueueError> {
         let id = lease.job_id;
+        let cancel = self.current(lease)?.record.cancel_requested;
+        let outcome = [JobStatus::Queued, JobStatus::Canceled][usize::from(cancel)];
+        self.note_ended(id, lease.epoch, Ended::Released(outcome), now);
         let job = self.current(lease)?;
         if job.record.cancel_requested {
             self.drop_lease(id);
@@ -504,12 +485,22 @@ impl State {
             }
             job.record.epoch += 1;
             job.record.crashes += 1;
+            let r = &job.record;
+            let (lost, epoch) = (
+                Ended::lease_lost(r.cancel_requested, r.crashes),
+                r.epoch - 1,
+            );
+            self.note_ended(id, epoch, lost, now);
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
             if job.record.cancel_requested {
                 self.finish(id, JobStatus::Canceled, now);
                 report.canceled.push(id);
             } else if policy::is_poison(job.record.crashes) {
                 self.finish(id, JobStatus::Dead, now);
-                self.dead_letters.push(id);
+                self.next_seq += 1;
+                self.dead_letters.push((self.next_seq, id));
                 report.dead.push(id);
             } else {
                 job.record.status = JobStatus::Queued;
@@ -568,15 +559,6 @@ impl State {
     }
 }
 
-/// Page sizes are clamped to `1..=MAX_PAGE`.
-pub(crate) fn clamp_page(limit: usize) -> usize {
-    limit.clamp(1, crate::queue::MAX_PAGE)
-}
-
-fn validate_list_cursor(c: &str) -> Result<(), QueueError> {
-    parse_list_member(c).map(|_| ())
-}
-
 // Notifications of finished jobs (mirrors redis/lua/notify_*.lua).
 #[path = "notify.rs"]
 mod notify;
@@ -590,10 +572,17 @@ mod chains;
 mod reads;
 
 // LoRA affinity and dead letters (mirror prelude.lua's lora_holder / record_lora_set, dead_*.lua).
+#[path = "cancel_queued.rs"]
+mod cancel_queued;
 #[path = "dead_letters.rs"]
 mod dead_letters;
 #[path = "lora_affinity.rs"]
 mod lora_affinity;
+
+// Job history (mirrors prelude.lua's note_history).
+#[path = "history.rs"]
+mod history;
+use history::Ended;
 
 // Retained-state quotas and expiry.
 #[path = "retention.rs"]

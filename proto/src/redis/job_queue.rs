@@ -266,6 +266,42 @@ impl JobQueue for RedisQueue {
         self.audit_log_impl(limit).await
     }
 
+    async fn admin_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<AdminJobPage, QueueError> {
+        self.admin_jobs_impl(filter, cursor, limit).await
+    }
+
+    async fn job_history(&self, id: JobId) -> Result<Option<JobHistory>, QueueError> {
+        self.job_history_impl(id).await
+    }
+
+    async fn throughput(&self, now: Millis) -> Result<Vec<MinuteCounts>, QueueError> {
+        self.throughput_impl(now).await
+    }
+
+    async fn bulk_dead(
+        &self,
+        action: BulkAction,
+        filter: &DeadFilter,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<BulkOutcome, QueueError> {
+        self.bulk_dead_impl(action, filter, cursor, now).await
+    }
+
+    async fn cancel_queued(
+        &self,
+        tenant: &str,
+        cursor: Option<&str>,
+        now: Millis,
+    ) -> Result<CancelQueuedOutcome, QueueError> {
+        self.cancel_queued_impl(tenant, cursor, now).await
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.dead_letters_impl(limit).await
     }

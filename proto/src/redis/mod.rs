@@ -11,6 +11,8 @@
 //! Durability: submit is written before it returns; with `wait_replicas > 0` it also WAITs for
 //! replicas on the same connection. Redis must run with `appendonly yes` to survive restarts.
 
+mod admin_actions;
+mod admin_reads;
 mod chains;
 mod connection;
 mod job_queue;
@@ -35,17 +37,22 @@ pub use reply::RedisFailure;
 use self::connection::BlockingPool;
 use self::reply::{array, at, backend, hash, int, record, tagged, text};
 use self::scripts::SCRIPTS;
+use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};
-use crate::dead_letters::{DeadLetter, DismissOutcome, RequeueOutcome};
+use crate::dead_letters::{
+    BulkAction, BulkOutcome, DeadFilter, DeadLetter, DismissOutcome, RequeueOutcome,
+};
 use crate::error::JobError;
 use crate::error::QueueError;
 use crate::job::{JobId, JobRecord, JobResult, JobStatus, Millis, Priority};
+use crate::job_history::JobHistory;
 use crate::keys::{KeySpace, WORKER_GROUP};
 use crate::policy::{self, Jitter, MAX_CRASHES, RetryDecision, progress_fraction};
 use crate::queue::{
     CancelOutcome, Claim, CompleteOutcome, FailOutcome, JobEvent, JobPage, JobQueue, Lease,
     LeaseState, Notification, QueueStats, ReapReport, Submission, SubmitOutcome,
 };
+use crate::throughput::MinuteCounts;
 use crate::usage::UsageRow;
 use crate::workers::{AuditEntry, Beat, DrainOutcome, WorkerInfo};
 

@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 const PRELUDE: &str = include_str!("lua/prelude.lua");
 
 /// Every script file by name, for loading and for the header checks in the tests.
-pub(crate) const SOURCES: [(&str, &str); 27] = [
+pub(crate) const SOURCES: [(&str, &str); 32] = [
     ("submit", include_str!("lua/submit.lua")),
     ("claim", include_str!("lua/claim.lua")),
     ("heartbeat", include_str!("lua/heartbeat.lua")),
@@ -39,6 +39,11 @@ pub(crate) const SOURCES: [(&str, &str); 27] = [
     ("dead_requeue", include_str!("lua/dead_requeue.lua")),
     ("dead_dismiss", include_str!("lua/dead_dismiss.lua")),
     ("dead_read", include_str!("lua/dead_read.lua")),
+    ("admin_jobs", include_str!("lua/admin_jobs.lua")),
+    ("job_history", include_str!("lua/job_history.lua")),
+    ("throughput_read", include_str!("lua/throughput_read.lua")),
+    ("dead_bulk", include_str!("lua/dead_bulk.lua")),
+    ("cancel_queued", include_str!("lua/cancel_queued.lua")),
 ];
 
 pub(crate) struct Scripts {
@@ -69,6 +74,11 @@ pub(crate) struct Scripts {
     pub dead_requeue: Script,
     pub dead_dismiss: Script,
     pub dead_read: Script,
+    pub admin_jobs: Script,
+    pub job_history: Script,
+    pub throughput_read: Script,
+    pub dead_bulk: Script,
+    pub cancel_queued: Script,
 }
 
 fn with_prelude(name: &str) -> Script {
@@ -108,10 +118,15 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     dead_requeue: with_prelude("dead_requeue"),
     dead_dismiss: with_prelude("dead_dismiss"),
     dead_read: with_prelude("dead_read"),
+    admin_jobs: with_prelude("admin_jobs"),
+    job_history: with_prelude("job_history"),
+    throughput_read: with_prelude("throughput_read"),
+    dead_bulk: with_prelude("dead_bulk"),
+    cancel_queued: with_prelude("cancel_queued"),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 27] {
+    fn all(&self) -> [&Script; 32] {
         [
             &self.submit,
             &self.claim,
@@ -140,6 +155,11 @@ impl Scripts {
             &self.dead_requeue,
             &self.dead_dismiss,
             &self.dead_read,
+            &self.admin_jobs,
+            &self.job_history,
+            &self.throughput_read,
+            &self.dead_bulk,
+            &self.cancel_queued,
         ]
     }
 
@@ -165,6 +185,25 @@ mod tests {
                 assert!(header.contains(tag), "{name}.lua header lacks {tag}");
             }
         }
+    }
+
+    #[test]
+    fn the_history_cap_is_the_same_in_lua_and_rust() {
+        let line = format!(
+            "local HISTORY_MAXLEN = {}",
+            crate::job_history::HISTORY_MAXLEN
+        );
+        assert!(PRELUDE.contains(&line), "prelude.lua lacks {line:?}");
+    }
+
+    #[test]
+    fn latency_buckets_and_expiry_are_the_same_in_lua_and_rust() {
+        use crate::throughput::{LATENCY_BOUNDS_MS, MINUTE_TTL_S};
+        let bounds: Vec<String> = LATENCY_BOUNDS_MS.iter().map(u64::to_string).collect();
+        let line = format!("local LATENCY_BOUNDS_MS = {{{}}}", bounds.join(", "));
+        assert!(PRELUDE.contains(&line), "prelude.lua lacks {line:?}");
+        let line = format!("local THROUGHPUT_TTL_S = {MINUTE_TTL_S}");
+        assert!(PRELUDE.contains(&line), "prelude.lua lacks {line:?}");
     }
 
     #[test]

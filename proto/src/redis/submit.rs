@@ -42,6 +42,7 @@ impl RedisQueue {
             .key(k.tenant_jobs(&sub.tenant))
             .key(k.tenant_inflight(&sub.tenant))
             .key(k.events(id))
+            .key(k.all_jobs())
             .arg(k.prefix())
             .arg(id.to_string())
             .arg(&sub.tenant)

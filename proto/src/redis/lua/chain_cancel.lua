@@ -14,10 +14,12 @@ local job = job_key(prefix, jid)
 local state = redis.call('HGET', job, 'state')
 if state == 'running' then
   redis.call('HSET', job, 'cancel', '1')
+  note_history(prefix, jid, 'cancel_requested', now)
   return {'requested'}
 end
 if state == 'queued' then
   redis.call('ZREM', KEYS[2], jid)
+  note_history(prefix, jid, 'canceled', now)
   finish(prefix, jid, 'canceled', now, ARGV[3], ARGV[4])
 end
 return {'canceled'}

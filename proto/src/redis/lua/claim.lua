@@ -2,7 +2,8 @@
 -- pending without a lease. This worker's affinity stream (chain turns offered to it) comes
 -- first, then the class streams in priority order. Entries of jobs that are no longer queued
 -- (canceled, or claimed through the other offer) or that were superseded by a newer entry are
--- acknowledged (class streams) or deleted (affinity stream) and skipped.
+-- acknowledged (class streams) or deleted (affinity stream) and skipped. The claim is noted in
+-- the job's history.
 -- KEYS[1] stream q:hi   KEYS[2] stream q:std   KEYS[3] stream q:bulk   KEYS[4] leases zset
 -- KEYS[5] this worker's affinity stream q:w:<worker>   KEYS[6] delay zset
 -- ARGV[1] key prefix   ARGV[2] group   ARGV[3] worker (consumer name)   ARGV[4] now (ms)
@@ -39,6 +40,8 @@ local function start(job, jid, v)
     'epoch', tonumber(v[4]) + 1)
   redis.call('ZADD', KEYS[4], ARGV[5], jid)
   emit_state(prefix, jid, 'running', now, ARGV[6])
+  note_history(prefix, jid, 'claimed', now,
+    attempt_fields(worker, tonumber(v[4]) + 1, 'attempt', tonumber(v[3]) + 1))
 end
 
 -- Affinity offers: no consumer group (one reader); an entry is deleted once read, whatever

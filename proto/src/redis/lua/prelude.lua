@@ -75,6 +75,27 @@ local function record_usage(prefix, tenant, day, engine_ms, spec_json)
   redis.call('EXPIRE', key, USAGE_TTL_S)
 end
 
+-- Throughput history (throughput.rs, docs/queue-protocol.md §Throughput history): `tp:<minute>`
+-- HASH per UTC minute of `now`: `succeeded`, `failed` and `b<i>`, the succeeded jobs' latencies
+-- (submit → commit) per bucket i of LATENCY_BOUNDS_MS (ms, inclusive; i = #bounds: longer).
+local LATENCY_BOUNDS_MS = {100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000, 1000000, 2000000}
+local THROUGHPUT_TTL_S = 10800
+
+-- One finished job: `outcome` is 'succeeded' (with its created_at, for the latency) or 'failed'.
+local function record_throughput(prefix, now, outcome, created_at)
+  local key = prefix .. 'tp:' .. string.format('%d', math.floor(tonumber(now) / 60000))
+  redis.call('HINCRBY', key, outcome, 1)
+  if outcome == 'succeeded' and created_at then
+    local latency = tonumber(now) - tonumber(created_at)
+    local bucket = #LATENCY_BOUNDS_MS
+    for i, bound in ipairs(LATENCY_BOUNDS_MS) do
+      if latency <= bound then bucket = i - 1; break end
+    end
+    redis.call('HINCRBY', key, 'b' .. bucket, 1)
+  end
+  redis.call('EXPIRE', key, THROUGHPUT_TTL_S)
+end
+
 -- keys.rs worker_info: a worker's registry record.
 local function worker_info_key(prefix, worker) return prefix .. 'w:' .. worker .. ':info' end
 
@@ -111,6 +132,15 @@ end
 
 -- keys.rs list_member: `<created_at, 20 digits>:<jid>`.
 local function list_member(now, jid) return string.rep('0', 20 - #now) .. now .. ':' .. jid end
+-- keys.rs all_jobs: the list index of every tenant's jobs (admin_jobs.lua), trimmed with them.
+local function all_jobs_key(prefix) return prefix .. 'jobs' end
+
+-- A new job in its tenant's list index and the global one (same member in both).
+local function index_job(prefix, tenant, now, jid)
+  local member = list_member(now, jid)
+  redis.call('ZADD', prefix .. 'tenant:' .. tenant .. ':jobs', 0, member)
+  redis.call('ZADD', all_jobs_key(prefix), 0, member)
+end
 
 -- ---------------------------------------------------------------------------------------------
 -- Retained-state quotas (queue.rs `RetainedLimits`), counted over the last retention period.
@@ -159,10 +189,12 @@ local function count_turn(prefix, tenant, cid)
 end
 
 -- Forgets the tenant's jobs created before `cutoff_member` from its list index (list_member
--- form); returns the jobs left.
+-- form), and everyone's from the global index; returns the tenant's jobs left.
 local function retained_jobs(prefix, tenant, cutoff_member)
   local idx = prefix .. 'tenant:' .. tenant .. ':jobs'
   redis.call('ZREMRANGEBYLEX', idx, '-', '(' .. cutoff_member)
+  -- The global index loses every tenant's jobs past the same cutoff.
+  redis.call('ZREMRANGEBYLEX', all_jobs_key(prefix), '-', '(' .. cutoff_member)
   return redis.call('ZCARD', idx)
 end
 
@@ -202,7 +234,7 @@ local function create_turn_job(prefix, ckey, turn, spec, now, maxlen, worker, af
   redis.call('HSET', job, 'id', jid, 'tenant', c[3], 'state', 'queued', 'spec', spec, 'prio', c[4],
     'progress', '0', 'attempts', '0', 'crashes', '0', 'epoch', '0', 'cancel', '0',
     'created_at', now, 'chain', '{"chain_id":"' .. c[1] .. '","turn":' .. turn .. '}')
-  redis.call('ZADD', prefix .. 'tenant:' .. c[3] .. ':jobs', 0, list_member(now, jid))
+  index_job(prefix, c[3], now, jid)
   redis.call('INCR', inflight_key(prefix, c[3]))
   emit_state(prefix, jid, 'queued', now, maxlen)
   if worker and worker ~= '' and affinity_ms then
@@ -277,6 +309,26 @@ local function advance_chain(prefix, jid, state, now, retention_s, maxlen, affin
   end
 end
 
+-- ---------------------------------------------------------------------------------------------
+-- Job history (job_history.rs, docs/queue-protocol.md §Job history): `hist:<jid>` LIST of
+-- HistoryEntry JSON, oldest first, capped, expiring with the job (set in `finish`).
+local function history_key(prefix, jid) return prefix .. 'hist:' .. jid end
+local HISTORY_MAXLEN = 100
+
+-- Append one entry: `event`, `at`, then `fields` as name, raw JSON value pairs.
+local function note_history(prefix, jid, event, at, fields)
+  local parts = {'"event":"' .. event .. '"', '"at":' .. at}
+  for i = 1, #(fields or {}), 2 do parts[#parts + 1] = '"' .. fields[i] .. '":' .. fields[i + 1] end
+  local key = history_key(prefix, jid)
+  redis.call('RPUSH', key, '{' .. table.concat(parts, ',') .. '}')
+  redis.call('LTRIM', key, -HISTORY_MAXLEN, -1)
+end
+
+-- The fields every attempt entry carries: worker (a JSON string) and epoch.
+local function attempt_fields(worker, epoch, ...)
+  return {'worker', cjson.encode(worker or ''), 'epoch', epoch, ...}
+end
+
 -- Move a job to a terminal state: no lease, one less in flight, event, notification, retention
 -- clock starts, and a chain turn's chain moves on. `set` / `del` are optional extra hash fields
 -- to write / delete in the same commands (field, value, field, value...) / (field, field...).
@@ -293,6 +345,7 @@ local function finish(prefix, jid, state, now, retention_s, maxlen, set, del, af
   redis.call('ZADD', prefix .. 'notify', now, jid)
   redis.call('EXPIRE', job, retention_s)
   redis.call('EXPIRE', events_key(prefix, jid), retention_s)
+  redis.call('EXPIRE', history_key(prefix, jid), retention_s)
   advance_chain(prefix, jid, state, now, retention_s, maxlen, affinity_ms)
 end
 
@@ -307,3 +360,39 @@ local function requeue(prefix, jid, now, maxlen)
 end
 
 -- ---------------------------------------------------------------------------------------------
+
+-- ---------------------------------------------------------------------------------------------
+-- Admin actions on dead letters and queued jobs (docs/queue-protocol.md §Admin actions).
+local function audit(key, maxlen, now, action, target)
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'at', now, 'action', action, 'target', target)
+end
+
+-- Re-queue dead job `jid` (its hash fields `v`: state, dlq_entry, chain, tenant, spec, prio) as
+-- new job `new_jid`; the dead job keeps its state and records the new id; its entry goes.
+local function requeue_dead_letter(prefix, jid, v, new_jid, now, dlq, maxlen)
+  local tenant = v[4]
+  redis.call('HSET', job_key(prefix, new_jid), 'id', new_jid, 'tenant', tenant, 'state', 'queued',
+    'spec', v[5], 'prio', v[6], 'progress', '0', 'attempts', '0', 'crashes', '0', 'epoch', '0',
+    'cancel', '0', 'created_at', now)
+  dispatch(prefix, new_jid, now)
+  index_job(prefix, tenant, now, new_jid)
+  redis.call('INCR', inflight_key(prefix, tenant))
+  emit_state(prefix, new_jid, 'queued', now, maxlen)
+  redis.call('XDEL', dlq, v[2])
+  redis.call('HDEL', job_key(prefix, jid), 'dlq_entry')
+  redis.call('HSET', job_key(prefix, jid), 'requeued_as', new_jid)
+end
+
+-- Cancel queued job `jid` as cancel.lua does; a chain turn's running chain is canceled with it
+-- (as chain_cancel.lua does), so no later turn replaces it.
+local function cancel_queued_job(prefix, jid, now, retention_s, maxlen)
+  local job = job_key(prefix, jid)
+  local chain = redis.call('HGET', job, 'chain')
+  if chain then
+    local ckey = chain_key(prefix, cjson.decode(chain).chain_id)
+    if redis.call('HGET', ckey, 'status') == 'running' then end_chain(ckey, 'canceled', now, retention_s) end
+  end
+  redis.call('ZREM', prefix .. 'delay', jid)
+  note_history(prefix, jid, 'canceled', now)
+  finish(prefix, jid, 'canceled', now, retention_s, maxlen)
+end

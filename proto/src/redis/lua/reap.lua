@@ -1,5 +1,6 @@
 -- reap: re-queue jobs whose lease expired (a crash), dead-letter poison jobs, promote due
--- retries, and trim class-stream entries that every consumer is done with.
+-- retries, and trim class-stream entries that every consumer is done with. Each lost lease is
+-- noted in its job's history.
 -- KEYS[1] leases zset   KEYS[2] delay zset   KEYS[3] dead-letter stream
 -- KEYS[4] stream q:hi   KEYS[5] stream q:std   KEYS[6] stream q:bulk
 -- ARGV[1] key prefix   ARGV[2] now (ms)   ARGV[3] group   ARGV[4] batch size
@@ -16,12 +17,19 @@ for _, jid in ipairs(expired) do
   if v[1] == 'running' then
     ack(prefix, jid, group)
     -- The new epoch fences the presumed-dead worker at once.
-    redis.call('HINCRBY', job, 'epoch', 1)
+    local epoch = redis.call('HINCRBY', job, 'epoch', 1) - 1
     local crashes = redis.call('HINCRBY', job, 'crashes', 1)
+    local function lost(outcome)
+      note_history(prefix, jid, 'lease_lost', now, attempt_fields(redis.call('HGET', job, 'worker'),
+        epoch, 'outcome', '"' .. outcome .. '"'))
+    end
     if v[2] == '1' then
+      lost('canceled')
       finish(prefix, jid, 'canceled', now, ARGV[6], ARGV[7])
       table.insert(canceled, jid)
     elseif crashes >= tonumber(ARGV[5]) then
+      lost('dead')
+      record_throughput(prefix, now, 'failed')
       finish(prefix, jid, 'dead', now, ARGV[6], ARGV[7])
       local entry = redis.call('XADD', KEYS[3], '*', 'jid', jid, 'reason', 'crashed',
         'crashes', crashes, 'attempts', redis.call('HGET', job, 'attempts'), 'at', now)
@@ -29,6 +37,7 @@ for _, jid in ipairs(expired) do
       redis.call('HSET', job, 'dlq_entry', entry)
       table.insert(dead, jid)
     else
+      lost('queued')
       requeue(prefix, jid, now, ARGV[7])
       table.insert(requeued, jid)
     end

@@ -1,6 +1,7 @@
 -- submit: create a job, or answer an idempotent replay.
 -- KEYS[1] job hash              KEYS[2] class stream         KEYS[3] idempotency key (KEYS[1] when none)
 -- KEYS[4] tenant list zset      KEYS[5] tenant in-flight     KEYS[6] job event stream
+-- KEYS[7] global list zset `jobs` (admin_jobs.lua)
 -- ARGV[1] key prefix   ARGV[2] jid   ARGV[3] tenant   ARGV[4] spec JSON   ARGV[5] body hash
 -- ARGV[6] now (ms)     ARGV[7] idempotency TTL (s), 0 = no key   ARGV[8] max in flight (0 = none)
 -- ARGV[9] class (hi|std|bulk)   ARGV[10] chain JSON or ''   ARGV[11] list member
@@ -48,6 +49,7 @@ if idem_ttl > 0 then
   redis.call('SET', KEYS[3], ARGV[2] .. '|' .. ARGV[5], 'EX', idem_ttl)
 end
 redis.call('ZADD', KEYS[4], 0, ARGV[11])
+redis.call('ZADD', KEYS[7], 0, ARGV[11])
 redis.call('INCR', KEYS[5])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[13], '*', 'e',
   '{"type":"state","status":"queued","at":' .. now .. '}')
