@@ -97,21 +97,32 @@ async fn bulk(
     }))
 }
 
+/// The dead-letter filter both bulk actions take (documentation only: `bulk` parses the query
+/// itself, naming a bad field and its limit).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct DeadFilterParams {
+    /// Only this tenant's dead letters.
+    #[param(min_length = 1, max_length = 256)]
+    tenant: Option<String>,
+    /// Dead-lettered before this time, ms since the Unix epoch.
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
+    older_than: Option<u64>,
+    /// Dead-lettered after this time, ms since the Unix epoch.
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
+    newer_than: Option<u64>,
+    /// next_cursor of the previous call.
+    #[param(pattern = "^[0-9]{1,19}(-[0-9]{1,19})?$")]
+    cursor: Option<String>,
+}
+
 /// Re-queue every dead letter matching the filter (all without one), oldest first, each as a
 /// new job with its tenant, spec and priority (as `POST /v1/admin/dead/{id}/requeue`, each
 /// audited); chain turns are skipped. At most 500 per call: follow `next_cursor` while `more`.
 #[utoipa::path(
     post, path = "/v1/admin/dead/requeue", tag = "admin",
-    params(
-        ("tenant" = Option<String>, Query, description = "Only this tenant's dead letters",
-            min_length = 1, max_length = 256),
-        ("older_than" = Option<u64>, Query, description = "Dead-lettered before this time, ms \
-            since the Unix epoch", minimum = 0, maximum = 9_007_199_254_740_991_u64),
-        ("newer_than" = Option<u64>, Query, description = "Dead-lettered after this time, ms \
-            since the Unix epoch", minimum = 0, maximum = 9_007_199_254_740_991_u64),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous call",
-            pattern = "^[0-9]{1,19}(-[0-9]{1,19})?$"),
-    ),
+    params(DeadFilterParams),
     responses(
         (status = 200, description = "What this call re-queued", body = BulkDeadReply),
         (status = 400, description = "A bad filter or cursor (named, with its limit)",
@@ -132,16 +143,7 @@ pub async fn requeue_dead_matching(
 /// while `more`.
 #[utoipa::path(
     post, path = "/v1/admin/dead/dismiss", tag = "admin",
-    params(
-        ("tenant" = Option<String>, Query, description = "Only this tenant's dead letters",
-            min_length = 1, max_length = 256),
-        ("older_than" = Option<u64>, Query, description = "Dead-lettered before this time, ms \
-            since the Unix epoch", minimum = 0, maximum = 9_007_199_254_740_991_u64),
-        ("newer_than" = Option<u64>, Query, description = "Dead-lettered after this time, ms \
-            since the Unix epoch", minimum = 0, maximum = 9_007_199_254_740_991_u64),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous call",
-            pattern = "^[0-9]{1,19}(-[0-9]{1,19})?$"),
-    ),
+    params(DeadFilterParams),
     responses(
         (status = 200, description = "What this call dismissed", body = BulkDeadReply),
         (status = 400, description = "A bad filter or cursor (named, with its limit)",
