@@ -265,6 +265,18 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
             "jobs",
         );
         assert!(text.contains("poison") && text.contains("dead"), "{text}");
+        // The finished job's page: where its attempt's time went, stage by stage.
+        let text = visit(
+            &tab,
+            &base2,
+            &format!("/console/jobs/{job_id}"),
+            "#stages",
+            "job-succeeded",
+        );
+        assert!(
+            text.contains("fetch ") && text.contains("· engine "),
+            "{text}"
+        );
         // The poison job's history: three claims, each ended by a lost lease.
         let text = visit(
             &tab,

@@ -279,6 +279,21 @@ pub struct JobResult {
     /// The LoRAs the engine applied, as it read them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<crate::loras::AppliedLora>,
+    /// Where the attempt's time went, stage by stage (workers before this field reported none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<StageTimings>,
+}
+
+/// The worker's time per stage of the attempt that committed, in milliseconds: reading the
+/// inputs from storage, the engine (text, encode, denoise, decode), encoding the outputs, and
+/// uploading them. The commit itself follows them, so it is not here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StageTimings {
+    pub fetch_ms: u64,
+    pub engine_ms: u64,
+    pub encode_ms: u64,
+    pub upload_ms: u64,
 }
 
 /// Reference from a job to the chain turn it runs (docs/chains.md).

@@ -3,8 +3,8 @@
 //! (released, lease lost, failed, succeeded) — appended by the transition itself (the Lua script
 //! on Redis, in the same step), at most `HISTORY_MAXLEN` kept, expiring with the job.
 //!
-//! Workers report no per-stage timings with their commit (`JobResult` carries `engine_ms`
-//! only), so an attempt's timings are its claim and end times and the engine time.
+//! An attempt's timings are its claim and end times and the engine time; the committing attempt's
+//! stages travel with its result (`JobResult::stages`).
 
 use serde::{Deserialize, Serialize};
 

@@ -123,7 +123,8 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
         let req = inputs::engine_request(&*self.store, &record.spec)
             .await
             .map_err(Stop::Error)?;
-        metrics.stage(Stage::Fetch, started.elapsed());
+        let fetch_time = started.elapsed();
+        metrics.stage(Stage::Fetch, fetch_time);
         if let Some(reason) = self.job.control.reason() {
             return Err(Stop::Reason(reason));
         }
@@ -187,10 +188,13 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
         )
         .await
         .map_err(Stop::Error)?;
-        metrics.stage(Stage::Encode, started.elapsed());
+        let encode_time = started.elapsed();
+        metrics.stage(Stage::Encode, encode_time);
         let started = Instant::now();
         outputs.upload(&*self.store).await.map_err(Stop::Error)?;
-        metrics.stage(Stage::Upload, started.elapsed());
+        let upload_time = started.elapsed();
+        metrics.stage(Stage::Upload, upload_time);
+        let millis = kontext_proto::policy::millis;
         let result = JobResult {
             key: outputs.image_key.clone(),
             width,
@@ -198,8 +202,14 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
             format: spec.output_format,
             seed: out.seed,
             latent_key: outputs.latent_key(),
-            engine_ms: kontext_proto::policy::millis(engine_time),
+            engine_ms: millis(engine_time),
             full_evaluations: Some(out.full_evaluations),
+            stages: Some(kontext_proto::StageTimings {
+                fetch_ms: millis(fetch_time),
+                engine_ms: millis(engine_time),
+                encode_ms: millis(encode_time),
+                upload_ms: millis(upload_time),
+            }),
             // The engine reports in request order, which is the spec's order.
             loras: spec
                 .loras

@@ -159,6 +159,13 @@ pub async fn job(
                 (j.job.width) "×" (j.job.height) " · " (j.job.steps) " · " (j.job.seed)
             }
             dt { "created" } dd { (j.job.created_at) }
+            @if let Some(st) = j.job.result.as_ref().and_then(|r| r.stages) {
+                dt { "stages" } dd id="stages" {
+                    "fetch " (duration_ms(st.fetch_ms)) " · engine " (duration_ms(st.engine_ms))
+                    " · encode " (duration_ms(st.encode_ms)) " · upload "
+                    (duration_ms(st.upload_ms))
+                }
+            }
             dt { "finished" } dd { (j.job.finished_at.as_deref().unwrap_or("—")) }
             @if let Some(e) = &j.job.error { dt { "error" } dd { (e.kind) ": " (e.message) } }
             @if let Some(chain) = &j.chain_id {

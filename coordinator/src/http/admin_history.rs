@@ -3,8 +3,8 @@
 //! history entries they are read from (`kontext_proto::job_history`), and its event stream.
 //!
 //! Timings are what the queue sees: claim and end times per attempt and the engine time the
-//! worker reported with its commit. Workers report no per-stage timings (`JobResult` has
-//! `engine_ms` only), so none are shown.
+//! worker reported with its commit; the committing attempt's stages (fetch, engine, encode,
+//! upload) are in the job's `result.stages`.
 
 use std::time::Duration;
 

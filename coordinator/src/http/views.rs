@@ -90,6 +90,10 @@ pub struct ResultView {
     /// The LoRAs the engine applied (format, layers changed, text-encoder parts skipped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<kontext_proto::loras::AppliedLora>,
+    /// The worker's milliseconds per stage of the attempt that produced this result (fetching
+    /// inputs, engine, encoding, upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<kontext_proto::StageTimings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -197,6 +201,7 @@ pub fn job_view(job: &JobRecord, result_url: Option<String>) -> JobView {
                 format: r.format.extension().to_owned(),
                 full_evaluations: r.full_evaluations,
                 loras: r.loras.clone(),
+                stages: r.stages,
             }),
         error: job.error.as_ref().map(|e| JobErrorView {
             kind: error_kind(e.kind).to_owned(),

@@ -232,6 +232,7 @@ impl Server {
             engine_ms: 1,
             full_evaluations: None,
             loras: Vec::new(),
+            stages: None,
         };
         self.queue
             .complete(lease, result, now())

@@ -181,6 +181,13 @@ pub fn result_for(lease: &Lease) -> JobResult {
         engine_ms: 5,
         full_evaluations: None,
         loras: Vec::new(),
+        // Round-trips through the queue with the rest of the result.
+        stages: Some(crate::StageTimings {
+            fetch_ms: 1,
+            engine_ms: 5,
+            encode_ms: 2,
+            upload_ms: 3,
+        }),
     }
 }
 
