@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use e2e_support::{DEADLINE, Fleet, FleetOptions, KEY_ALPHA, http};
 use kontext_coordinator::admin_auth::AdminAuth;
+use kontext_proto::conformance::crash_until_dead;
 use kontext_proto::{JobId, JobQueue};
 use serde_json::{Value, json};
 
@@ -246,6 +247,7 @@ async fn dead_letters_are_listed_and_requeued_by_admins() {
         .await;
     let id: JobId = v["id"].as_str().expect("id").parse().expect("uuid");
     let queue = fleet.queue().await.expect("queue");
+    // Workers named doomed-0..2, as the history below expects.
     let mut t = kontext_proto::clock::now_ms();
     for crash in 0..kontext_proto::policy::MAX_CRASHES {
         let claimed = queue
@@ -410,22 +412,7 @@ async fn dead_letters_and_queued_jobs_are_handled_in_bulk_by_admins() {
     let v = fleet.post_accepted("/v1/jobs", job.clone()).await;
     let dead: JobId = v["id"].as_str().expect("id").parse().expect("uuid");
     let queue = fleet.queue().await.expect("queue");
-    let mut t = kontext_proto::clock::now_ms();
-    for crash in 0..kontext_proto::policy::MAX_CRASHES {
-        let claimed = queue
-            .claim(
-                &format!("doomed-{crash}"),
-                Duration::from_secs(1),
-                t,
-                Duration::ZERO,
-            )
-            .await
-            .expect("claim")
-            .expect("the job is claimable");
-        assert_eq!(claimed.job.id, dead);
-        t += 2_000;
-        queue.reap(t).await.expect("reap");
-    }
+    crash_until_dead(&queue, dead, kontext_proto::clock::now_ms()).await;
     let alpha = queue.get(dead).await.expect("get").expect("job").tenant;
     let queued: Vec<String> = {
         let mut ids = Vec::new();

@@ -24,7 +24,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublaslt::{result as lt, sys};
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut,
+};
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice};
 use candle_core::{CpuStorage, CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
 use half::bf16;
@@ -172,6 +174,26 @@ impl Drop for LtState {
 thread_local! {
     pub(crate) static LT: RefCell<HashMap<candle_core::cuda_backend::DeviceId, LtState>> =
         RefCell::new(HashMap::new());
+}
+
+/// The device slice of type `T` behind a tensor's storage, from its layout's offset on.
+pub(crate) fn cuda_view<'a, T: candle_core::cuda_backend::CudaDType>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<CudaView<'a, T>> {
+    match storage {
+        Storage::Cuda(c) => Ok(c.as_cuda_slice::<T>()?.slice(layout.start_offset()..)),
+        _ => candle_core::bail!("{what} is not on CUDA"),
+    }
+}
+
+/// cuBLASLt works on the thread's current context: makes it `stream`'s.
+pub(crate) fn bind_context(stream: &CudaStream) -> Result<()> {
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(|e| err("binding the CUDA context", e))
 }
 
 /// This thread's cuBLASLt state for `dev`, created on first use.
@@ -432,23 +454,13 @@ impl candle_core::CustomOp1 for Fp8Gemm {
             _ => candle_core::bail!("fp8 gemm: weight is not on CUDA"),
         };
         let (s_s, s_l) = scale.storage_and_layout();
-        let w_scale = match &*s_s {
-            Storage::Cuda(c) => c.as_cuda_slice::<f32>()?.slice(s_l.start_offset()..),
-            _ => candle_core::bail!("fp8 gemm: weight scales are not on CUDA"),
-        };
+        let w_scale = cuda_view::<f32>(&s_s, &s_l, "fp8 gemm: weight scales")?;
         let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &bias_storage {
             None => None,
-            Some((g, l)) => match &**g {
-                Storage::Cuda(c) => Some(c.as_cuda_slice::<bf16>()?.slice(l.start_offset()..)),
-                _ => candle_core::bail!("fp8 gemm: bias is not on CUDA"),
-            },
+            Some((g, l)) => Some(cuda_view::<bf16>(g, l, "fp8 gemm: bias")?),
         };
-        // cuBLASLt works on the thread's current context: make it this device's.
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| err("binding the CUDA context", e))?;
+        bind_context(&stream)?;
         LT.with(|cell| -> Result<()> {
             let mut states = cell.borrow_mut();
             let st = state_for(&mut states, &dev)?;

@@ -12,10 +12,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::cuda_backend::cudarc::cublaslt::sys;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
-use candle_core::{CudaStorage, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaStorage, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 
-use crate::fp8_gemm::{Fp8Gemm, LT, Pointers, err, state_for};
+use crate::fp8_gemm::{Fp8Gemm, LT, Pointers, bind_context, cuda_view, err, state_for};
 
 /// `x (…, in)` bf16 · bf16 `weight (out, in)` `+ bias` → `(…, out)` bf16 through the same
 /// cuBLASLt call (bias in the epilogue). `None` when it does not apply or cuBLASLt has no
@@ -82,22 +82,13 @@ impl Fp8Gemm {
         // SAFETY: every element of y is written by the GEMM.
         let mut y = unsafe { dev.alloc::<bf16>(rows * n) }?;
         let (w_s, w_l) = self.weight.storage_and_layout();
-        let w = match &*w_s {
-            Storage::Cuda(c) => c.as_cuda_slice::<bf16>()?.slice(w_l.start_offset()..),
-            _ => candle_core::bail!("bf16 gemm: weight is not on CUDA"),
-        };
+        let w = cuda_view::<bf16>(&w_s, &w_l, "bf16 gemm: weight")?;
         let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &bias_storage {
             None => None,
-            Some((g, l)) => match &**g {
-                Storage::Cuda(c) => Some(c.as_cuda_slice::<bf16>()?.slice(l.start_offset()..)),
-                _ => candle_core::bail!("bf16 gemm: bias is not on CUDA"),
-            },
+            Some((g, l)) => Some(cuda_view::<bf16>(g, l, "bf16 gemm: bias")?),
         };
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(|e| err("binding the CUDA context", e))?;
+        bind_context(&stream)?;
         LT.with(|cell| -> Result<()> {
             let mut states = cell.borrow_mut();
             let st = state_for(&mut states, &dev)?;

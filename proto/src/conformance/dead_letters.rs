@@ -27,8 +27,8 @@ pub(super) async fn poison_of<Q: JobQueue>(
 }
 
 /// Claims job `id` (the next claimable one) and lets its lease expire until it is dead; the time
-/// after.
-pub(super) async fn crash_until_dead<Q: JobQueue>(q: &Q, id: JobId, start: Millis) -> Millis {
+/// after. The end-to-end tests make their dead letters with it too.
+pub async fn crash_until_dead<Q: JobQueue>(q: &Q, id: JobId, start: Millis) -> Millis {
     let mut t = start;
     for crash in 1..=MAX_CRASHES {
         let (_, job) = claim(q, &format!("victim{crash}"), t).await;
