@@ -54,26 +54,31 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let json_logs = matches!(&cli.command, Command::Up(a) if a.json_logs());
+    let logs = match &cli.command {
+        Command::Up(a) => a.serve.logs.clone(),
+        _ => kontext_telemetry::LogArgs::default(),
+    };
     let default_filter = match cli.command {
         Command::Up(_) => "info",
         // Client commands and the demo print their own lines; logs only when asked (RUST_LOG).
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    if json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    let service = kontext_telemetry::Service {
+        name: "kontext",
+        instance: None,
+    };
+    let telemetry = match kontext_telemetry::init(
+        &service,
+        &logs,
+        default_filter,
+        kontext_telemetry::LogStream::Stderr,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -102,6 +107,8 @@ fn main() -> std::process::ExitCode {
             Command::Speed(args) => commands::speed::run(args).await,
         }
     });
+    // Outside the runtime: shutdown blocks until the last spans are sent.
+    telemetry.shutdown();
     match result {
         Ok(code) => code,
         Err(e) => {

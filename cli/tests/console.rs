@@ -108,6 +108,8 @@ fn visit(tab: &Tab, base: &str, path: &str, ready: &str, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
+    // The subscriber `kontext up` installs: spans get trace ids, so jobs carry their trace.
+    let _telemetry = kontext_telemetry::init_plain("kontext", "warn").expect("telemetry");
     let data = tempfile::tempdir().expect("tempdir");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -200,12 +202,14 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
         .expect("submit poison");
     let poison_id: JobId = poison.id.parse().expect("job id");
     let queue = embedded.queue();
+    // Leases of 1 ms reaped 2 ms later: the death lands in the real clock's current minute
+    // (give or take 6 ms), which the overview's last hour must include when it is read.
     let mut t = kontext_proto::clock::now_ms();
     for crash in 0..kontext_proto::policy::MAX_CRASHES {
         let claimed = queue
             .claim(
                 &format!("doomed-{crash}"),
-                Duration::from_secs(1),
+                Duration::from_millis(1),
                 t,
                 Duration::ZERO,
             )
@@ -213,7 +217,7 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
             .expect("claim")
             .expect("the poison job is claimable");
         assert_eq!(claimed.job.id, poison_id);
-        t += 2_000;
+        t = (t + 2).max(kontext_proto::clock::now_ms());
         queue.reap(t).await.expect("reap");
     }
 
@@ -276,6 +280,16 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
         assert!(
             text.contains("fetch ") && text.contains("· engine "),
             "{text}"
+        );
+        // ... and the trace it belongs to (docs/tracing.md).
+        let trace = tab
+            .find_element("#trace")
+            .and_then(|e| e.get_inner_text())
+            .expect("the job page names its trace");
+        let trace = trace.trim();
+        assert!(
+            trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{trace:?}"
         );
         // The poison job's history: three claims, each ended by a lost lease.
         let text = visit(

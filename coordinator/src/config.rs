@@ -221,9 +221,9 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
 
-    /// Log as JSON lines instead of text (filter with RUST_LOG).
-    #[arg(long, env = "KONTEXT_JSON_LOGS", value_parser = BoolishValueParser::new())]
-    pub json_logs: bool,
+    /// Log lines and trace export (--json-logs, --otlp-endpoint).
+    #[command(flatten)]
+    pub logs: kontext_telemetry::LogArgs,
 }
 
 /// Where jobs are queued.

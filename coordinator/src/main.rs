@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::Parser;
 use kontext_coordinator::config::{Cli, Command, Config, QueueSource};
-use tracing_subscriber::EnvFilter;
+use kontext_telemetry::{LogStream, Service};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,15 +13,11 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", kontext_coordinator::openapi_json());
         return Ok(());
     }
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if cli.serve.json_logs {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    let service = Service {
+        name: "kontext-coordinator",
+        instance: None,
+    };
+    let telemetry = kontext_telemetry::init(&service, &cli.serve.logs, "info", LogStream::Stdout)?;
     let config = Config::from_args(cli.serve).context("invalid configuration")?;
     if config.queue == QueueSource::Memory {
         tracing::warn!(
@@ -33,7 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    kontext_coordinator::run(listener, config, shutdown_signal()).await?;
+    let served = kontext_coordinator::run(listener, config, shutdown_signal()).await;
+    // The last spans go out even when serving failed.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    served?;
     Ok(())
 }
 

@@ -484,6 +484,8 @@ impl Engine for KontextEngine {
         let dtype = self.opts.dtype;
         let mut timings = StageTimings::default();
 
+        // Each stage in a span of the caller's trace (the engine thread enters the job's span).
+        let stage = tracing::info_span!("engine.loras", count = req.loras.len()).entered();
         let started = Instant::now();
         let loras = self
             .loras
@@ -493,11 +495,15 @@ impl Engine for KontextEngine {
                 source => EngineError::Lora { index, source },
             })?;
         timings.lora = started.elapsed();
+        drop(stage);
 
+        let stage = tracing::info_span!("engine.text", cache_hit = tracing::field::Empty).entered();
         let started = Instant::now();
         let key = cache::prompt_key(&req.prompt);
         // (1, 512, d_t5), (1, d_clip)
-        let (txt, y) = match self.text_cache.get(&key) {
+        let cached = self.text_cache.get(&key);
+        stage.record("cache_hit", cached.is_some());
+        let (txt, y) = match cached {
             Some(hit) => hit,
             None => {
                 let encoded = self.text.encode(&req.prompt)?;
@@ -507,9 +513,12 @@ impl Engine for KontextEngine {
             }
         };
         timings.text = started.elapsed();
+        drop(stage);
 
+        let stage =
+            tracing::info_span!("engine.context", references = req.references.contexts.len());
         let started = Instant::now();
-        let context = self.reference_tokens(&req.references)?;
+        let context = stage.in_scope(|| self.reference_tokens(&req.references))?;
         timings.context_encode = started.elapsed();
 
         let (rows, cols) = ((req.height / 16) as usize, (req.width / 16) as usize);
@@ -534,6 +543,12 @@ impl Engine for KontextEngine {
         };
         let timesteps = sampling::schedule(req.steps as usize, rows * cols);
 
+        let stage = tracing::info_span!(
+            "engine.denoise",
+            steps = req.steps,
+            full_evaluations = tracing::field::Empty
+        )
+        .entered();
         let started = Instant::now();
         let mut last = Instant::now();
         let mut step_times = Vec::with_capacity(req.steps as usize);
@@ -554,9 +569,12 @@ impl Engine for KontextEngine {
         )?;
         timings.denoise = started.elapsed();
         timings.steps = step_times;
+        stage.record("full_evaluations", full_evaluations);
+        drop(stage);
 
         let started = Instant::now();
-        let image = self.decode_latent(&x, req.width, req.height)?;
+        let image = tracing::info_span!("engine.decode")
+            .in_scope(|| self.decode_latent(&x, req.width, req.height))?;
         timings.decode = started.elapsed();
 
         let packed_latent = if req.want_latent {

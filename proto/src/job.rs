@@ -233,6 +233,11 @@ pub struct ValidJobSpec {
     /// LoRAs to apply (docs/loras.md).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loras: Vec<crate::loras::LoraSpec>,
+    /// W3C `traceparent` of the span that submitted the job (the coordinator's), which the
+    /// worker's spans continue (docs/tracing.md). Set by the coordinator, never by a client's
+    /// body; chain turns carry the one of the request that planned them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// How many denoising steps skip the transformer (fal's `acceleration` levels): `none` runs every

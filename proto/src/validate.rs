@@ -518,6 +518,7 @@ impl ValidJobFields {
             more_references,
             reference_positions: self.reference_positions,
             loras: self.resolved_loras,
+            traceparent: None,
         })
     }
 }

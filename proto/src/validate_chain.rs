@@ -222,6 +222,7 @@ impl TurnTemplate {
             more_references: Vec::new(),
             reference_positions: Default::default(),
             loras: settings.loras.clone(),
+            traceparent: None,
         }
     }
 }

@@ -209,6 +209,11 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
     assert_eq!(resp.status().as_u16(), 404);
     let resp = drain("w0").await.expect("POST drain");
     assert_eq!(resp.status().as_u16(), 202);
+    // The exchange, for the operator docs (shown with --nocapture).
+    e2e_support::note(&format!(
+        "POST /v1/admin/workers/w0/drain -> 202 {}",
+        resp.text().await.expect("body")
+    ));
     let exit = tokio::task::block_in_place(|| fleet.with_worker("w0", |w| w.wait_exit(DEADLINE)))
         .expect("w0 exits after the drain request");
     assert!(exit.success(), "{exit:?}\n{}", fleet.logs());
@@ -297,6 +302,7 @@ async fn dead_letters_are_listed_and_requeued_by_admins() {
     let resp = requeue().await.expect("POST requeue");
     assert_eq!(resp.status().as_u16(), 201);
     let v: Value = resp.json().await.expect("JSON");
+    e2e_support::note(&format!("POST /v1/admin/dead/{id}/requeue -> 201 {v}"));
     let new_id = v["new_id"].as_str().expect("new id").to_owned();
     let resp = requeue().await.expect("POST requeue");
     assert_eq!(

@@ -100,7 +100,10 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
         let step_time = self.job.step_clock().step_time();
         match result {
             Ok(stored) => {
-                let outcome = self.commit(&stored).await;
+                let outcome = self
+                    .commit(&stored)
+                    .instrument(tracing::info_span!("commit"))
+                    .await;
                 AttemptReport {
                     outcome,
                     step_time,
@@ -109,7 +112,10 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
                 }
             }
             Err(stop) => AttemptReport {
-                outcome: self.settle(stop).await,
+                outcome: self
+                    .settle(stop)
+                    .instrument(tracing::info_span!("settle"))
+                    .await,
                 step_time,
                 tail: None,
                 engine_ms: None,
@@ -121,6 +127,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
         let metrics = &self.job.status.metrics;
         let started = Instant::now();
         let req = inputs::engine_request(&*self.store, &record.spec)
+            .instrument(tracing::info_span!("fetch"))
             .await
             .map_err(Stop::Error)?;
         let fetch_time = started.elapsed();
@@ -138,6 +145,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
         let generated = self
             .engine
             .generate(req, Some(steps_tx), self.job.control.engine_cancel())
+            .instrument(tracing::info_span!("engine", steps = record.spec.steps))
             .await;
         metrics.engine_busy.set(0);
         let engine_time = started.elapsed();
@@ -186,12 +194,17 @@ impl<Q: JobQueue, S: BlobStore + 'static> Attempt<Q, S> {
             out.image,
             latent,
         )
+        .instrument(tracing::info_span!("encode"))
         .await
         .map_err(Stop::Error)?;
         let encode_time = started.elapsed();
         metrics.stage(Stage::Encode, encode_time);
         let started = Instant::now();
-        outputs.upload(&*self.store).await.map_err(Stop::Error)?;
+        outputs
+            .upload(&*self.store)
+            .instrument(tracing::info_span!("upload"))
+            .await
+            .map_err(Stop::Error)?;
         let upload_time = started.elapsed();
         metrics.stage(Stage::Upload, upload_time);
         let millis = kontext_proto::policy::millis;

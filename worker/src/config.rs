@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use candle_core::DType;
 use clap::Args;
-use clap::builder::BoolishValueParser;
 use kontext_engine::flux::LinearPrecision;
 use kontext_engine::loader::LoadOptions;
 use kontext_engine::{Engine, EngineError};
@@ -256,9 +255,9 @@ pub struct ServeArgs {
     #[arg(long, env = "KONTEXT_METRICS_LISTEN", default_value = "127.0.0.1:9091")]
     pub metrics_listen: SocketAddr,
 
-    /// Log as JSON lines instead of text (filter with RUST_LOG).
-    #[arg(long, env = "KONTEXT_JSON_LOGS", value_parser = BoolishValueParser::new())]
-    pub json_logs: bool,
+    /// Log lines and trace export (--json-logs, --otlp-endpoint).
+    #[command(flatten)]
+    pub logs: kontext_telemetry::LogArgs,
 }
 
 impl fmt::Debug for ServeArgs {

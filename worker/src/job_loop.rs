@@ -17,6 +17,8 @@ use kontext_engine::thread::{EngineHandle, Health};
 use kontext_proto::clock::now_ms;
 use kontext_proto::{Claim, JobQueue};
 use kontext_storage::BlobStore;
+use kontext_telemetry::{continue_trace, record_past_span, record_trace_id};
+use opentelemetry::KeyValue;
 use tracing::Instrument;
 
 use crate::attempt::{Attempt, AttemptReport};
@@ -194,6 +196,7 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
     ) {
         let started = Instant::now();
         self.status.metrics.claims.inc();
+        record_queue_wait(&claim);
         let span = job_span(&claim);
         let Claim { lease, job } = claim;
         let lora_set = kontext_proto::loras::lora_set_id(&job.spec.loras);
@@ -266,6 +269,10 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
             a.lora_set = held;
         });
         self.status.announce();
+        span.record("outcome", report.outcome.as_str());
+        if matches!(report.outcome, Outcome::Failed | Outcome::Abandoned) {
+            span.record("otel.status_code", "ERROR");
+        }
         span.in_scope(|| {
             tracing::info!(
                 outcome = report.outcome.as_str(),
@@ -276,11 +283,39 @@ impl<Q: JobQueue, S: BlobStore + 'static> Worker<Q, S> {
     }
 }
 
+/// The attempt's span: a child of the coordinator's `enqueue` span when the job carries its
+/// `traceparent` (docs/tracing.md), with the trace id in every log line inside it.
 fn job_span(claim: &Claim) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "job",
         job_id = %claim.lease.job_id,
         attempt = claim.lease.attempt,
         epoch = claim.lease.epoch,
-    )
+        worker = %claim.lease.worker,
+        trace_id = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    continue_trace(&span, claim.job.spec.traceparent.as_deref(), None);
+    record_trace_id(&span);
+    span
+}
+
+/// The first attempt's wait in the queue, from submission to this claim, as a span of the job's
+/// trace (it ran in no process). Later attempts waited through earlier ones: not recorded.
+fn record_queue_wait(claim: &Claim) {
+    if claim.lease.attempt != 1 {
+        return;
+    }
+    let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    record_past_span(
+        "queued",
+        claim.job.spec.traceparent.as_deref(),
+        at(claim.job.created_at),
+        std::time::SystemTime::now(),
+        vec![
+            KeyValue::new("job_id", claim.lease.job_id.to_string()),
+            KeyValue::new("worker", claim.lease.worker.to_string()),
+        ],
+    );
 }

@@ -36,27 +36,29 @@ enum Command {
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if matches!(&cli.command, Command::Serve(args) if args.json_logs) {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    let (logs, instance) = match &cli.command {
+        Command::Serve(args) => (args.logs.clone(), args.consumer.worker_id.clone()),
+        _ => (kontext_telemetry::LogArgs::default(), None),
+    };
+    let service = kontext_telemetry::Service {
+        name: "kontext-worker",
+        instance,
+    };
+    let telemetry = kontext_telemetry::init(
+        &service,
+        &logs,
+        "info",
+        kontext_telemetry::LogStream::Stderr,
+    )?;
     let done = |r: anyhow::Result<()>| r.map(|()| std::process::ExitCode::SUCCESS);
-    match cli.command {
+    let ended = match cli.command {
         Command::Run(args) => done(commands::run::run(args)),
         Command::Tiny(args) => done(commands::tiny::run(args)),
         Command::Serve(args) => done(commands::serve::run(*args)),
         Command::BenchGpu(args) => done(commands::bench_gpu::run(*args)),
         Command::CheckWeights(args) => commands::check_weights::run(args),
         Command::WriteGguf(args) => done(commands::write_gguf::run(args)),
-    }
+    };
+    telemetry.shutdown();
+    ended
 }

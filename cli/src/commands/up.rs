@@ -27,12 +27,6 @@ pub struct UpArgs {
     pub consumer: ConsumerArgs,
 }
 
-impl UpArgs {
-    pub fn json_logs(&self) -> bool {
-        self.serve.json_logs
-    }
-}
-
 /// `$XDG_DATA_HOME/kontext`, `~/.local/share/kontext`, or `./kontext-data`.
 fn default_data_dir() -> PathBuf {
     if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {

@@ -167,6 +167,7 @@ pub async fn job(
                 }
             }
             dt { "finished" } dd { (j.job.finished_at.as_deref().unwrap_or("—")) }
+            @if let Some(trace) = &detail.trace_id { dt { "trace" } dd id="trace" { code { (trace) } } }
             @if let Some(e) = &j.job.error { dt { "error" } dd { (e.kind) ": " (e.message) } }
             @if let Some(chain) = &j.chain_id {
                 dt { "chain" } dd { a href=(format!("/console/chains/{chain}")) {

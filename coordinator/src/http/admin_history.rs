@@ -51,6 +51,11 @@ pub struct AdminJobDetail {
     pub history: Vec<HistoryEntry>,
     /// The job's events (oldest first; the stream keeps about the last 256).
     pub events: Vec<AdminEventView>,
+    /// The trace the job belongs to (W3C trace id, 32 hex digits): the submitting request's,
+    /// continued by every attempt's spans (docs/tracing.md). Absent for jobs submitted before
+    /// traces existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 fn event_view(id: String, event: JobEvent) -> AdminEventView {
@@ -117,7 +122,15 @@ pub async fn job_detail(
     Ok(Json(AdminJobDetail {
         job: AdminJobView::of(&state, &found.record).await?,
         attempts: attempts_of(&found.entries),
+        trace_id: trace_id_of(found.record.spec.traceparent.as_deref()),
         history: found.entries,
         events,
     }))
+}
+
+/// The trace id field of a `traceparent` (`00-<trace id>-<span id>-<flags>`) the coordinator
+/// stored; `None` for anything else.
+fn trace_id_of(traceparent: Option<&str>) -> Option<String> {
+    let id = traceparent?.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
 }

@@ -13,7 +13,7 @@ use kontext_proto::validate_chain::{
 };
 use kontext_proto::{
     CancelOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, JobId, JobQueue, PlannedTurn,
-    QueueError, TurnAppend,
+    QueueError, TurnAppend, ValidJobSpec,
 };
 
 use super::chain_views::{
@@ -22,10 +22,12 @@ use super::chain_views::{
 use super::error::{ApiError, ErrorBody};
 use super::jobs::check_webhook;
 use super::request::{Caller, read_json};
+use super::request_spans;
 use super::views::JobView;
 use crate::auth::Tenant;
 use crate::input::resolve_input;
 use crate::state::{AppState, now_ms};
+use tracing::Instrument;
 
 pub use kontext_proto::MAX_CHAIN_TURNS;
 
@@ -126,6 +128,8 @@ pub async fn create_chain(
     // Server-picked seeds stay below 2^53 so JavaScript clients read them exactly.
     let valid = fields.resolve(input, limits, || rand::random::<u64>() >> 11)?;
     let id = ChainId::new();
+    let (enqueue, traceparent) = request_spans::enqueue_span();
+    enqueue.record("chain_id", id.to_string().as_str());
     let sub = ChainSubmission {
         id,
         tenant: tenant.id.clone(),
@@ -139,7 +143,10 @@ pub async fn create_chain(
             .into_iter()
             .map(|spec| PlannedTurn {
                 job_id: JobId::new(),
-                spec,
+                spec: ValidJobSpec {
+                    traceparent: traceparent.clone(),
+                    ..spec
+                },
             })
             .collect(),
         max_in_flight: tenant.max_in_flight,
@@ -149,6 +156,7 @@ pub async fn create_chain(
     state
         .queue
         .create_chain(sub, now_ms())
+        .instrument(enqueue)
         .await
         .map_err(|e| refused(e, "body"))?;
     state.metrics.submitted(priority);
@@ -204,8 +212,13 @@ async fn append(
         ..TurnSettings::of(last, chain.carry)
     };
     // The queue sets the final seed (explicit, or derived from the new turn's number).
-    let spec = template.spec(&settings, template.seed.unwrap_or(0));
+    let (enqueue, traceparent) = request_spans::enqueue_span();
+    let spec = ValidJobSpec {
+        traceparent,
+        ..template.spec(&settings, template.seed.unwrap_or(0))
+    };
     let job_id = JobId::new();
+    request_spans::record_job(&enqueue, &job_id);
     let out = state
         .queue
         .append_turn(
@@ -218,6 +231,7 @@ async fn append(
             },
             now_ms(),
         )
+        .instrument(enqueue)
         .await
         .map_err(|e| refused(e, "id"))?;
     Ok(TurnAccepted {
@@ -313,6 +327,7 @@ pub async fn fork_chain(
     // Every appended turn is checked before anything is stored; the queue then creates the
     // fork and its turns in one step, so a refusal leaves nothing behind.
     let first = &source.turns[0].spec;
+    let (enqueue, traceparent) = request_spans::enqueue_span();
     let mut last = base.spec.clone();
     let mut turns = Vec::with_capacity(fork.turns.len());
     for (i, turn) in fork.turns.iter().enumerate() {
@@ -326,7 +341,10 @@ pub async fn fork_chain(
             frame: (first.width, first.height),
             ..TurnSettings::of(&last, source.carry)
         };
-        let spec = template.spec(&settings, template.seed.unwrap_or(0));
+        let spec = ValidJobSpec {
+            traceparent: traceparent.clone(),
+            ..template.spec(&settings, template.seed.unwrap_or(0))
+        };
         last = spec.clone();
         turns.push(TurnAppend {
             job_id: JobId::new(),
@@ -349,6 +367,7 @@ pub async fn fork_chain(
             },
             now_ms(),
         )
+        .instrument(enqueue)
         .await
         .map_err(|e| refused(e, "from_turn"))?;
     if appended > 0 {

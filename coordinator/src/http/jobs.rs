@@ -15,9 +15,11 @@ use kontext_proto::validate::{JobRequest, WebhookUrl, check_job};
 use kontext_proto::{
     CancelOutcome, JobEvent, JobId, JobQueue, JobRecord, JobStatus, Priority, Submission,
 };
+use tracing::Instrument;
 
 use super::error::{ApiError, ErrorBody};
 use super::request::{Caller, query_pairs, query_param, read_json};
+use super::request_spans;
 use super::views::{CancelReply, JobAccepted, JobList, JobView};
 use crate::auth::Tenant;
 use crate::fetch::check_address;
@@ -67,8 +69,11 @@ pub async fn submit_job(
     let loras = resolve_loras(state, tenant, fields.requested_loras()).await?;
     fields.set_resolved_loras(loras);
     // Server-picked seeds stay below 2^53 so JavaScript clients read them exactly.
-    let spec = fields.resolve_references(input, more, limits, || rand::random::<u64>() >> 11)?;
+    let mut spec =
+        fields.resolve_references(input, more, limits, || rand::random::<u64>() >> 11)?;
     let priority = spec.priority;
+    let (enqueue, traceparent) = request_spans::enqueue_span();
+    spec.traceparent = traceparent;
     let outcome = state
         .queue
         .submit(
@@ -83,7 +88,9 @@ pub async fn submit_job(
             },
             now_ms(),
         )
+        .instrument(enqueue.clone())
         .await?;
+    request_spans::record_job(&enqueue, &outcome.id);
     if outcome.created {
         state.metrics.submitted(priority);
     }

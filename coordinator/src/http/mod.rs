@@ -21,6 +21,7 @@ pub mod health;
 pub mod jobs;
 pub mod open_mode;
 pub mod request;
+pub mod request_spans;
 pub mod results;
 pub mod uploads;
 pub mod views;
@@ -189,6 +190,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(middleware::from_fn(request_spans::trace_requests))
         .with_state(state)
 }
 
@@ -210,7 +212,7 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
 }
 
 /// The metrics label of an HTTP method: the standard ones by name, anything else `other`.
-fn method_label(method: &axum::http::Method) -> &'static str {
+pub(crate) fn method_label(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     match *method {
         Method::GET => "GET",

@@ -28,7 +28,9 @@ where
 /// A submitted job is stored at once with its lifecycle fields zeroed and one `queued` event.
 pub async fn submit_is_visible_at_once<Q: JobQueue>(make: impl MakeQueue<Q>) {
     let q = fresh(&make, config()).await;
-    let sub = submission("acme", Priority::Standard, "a fox");
+    let mut sub = submission("acme", Priority::Standard, "a fox");
+    // The trace context travels with the job, for the worker's spans.
+    sub.spec.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
     let id = submit(&q, sub.clone(), NOW).await;
     let r = record(&q, id).await;
     assert_eq!(r.id, id);

@@ -9,6 +9,7 @@
 
 mod admin_jobs;
 mod bulk_actions;
+mod chain_endings;
 mod chains;
 mod dead_letters;
 mod failures;
@@ -35,6 +36,7 @@ use crate::resolution::ResizeMode;
 
 pub use admin_jobs::*;
 pub use bulk_actions::*;
+pub use chain_endings::*;
 pub use chains::*;
 pub use dead_letters::*;
 pub use failures::*;
@@ -107,6 +109,7 @@ pub fn spec(priority: Priority, prompt: &str) -> ValidJobSpec {
         more_references: Vec::new(),
         reference_positions: Default::default(),
         loras: Vec::new(),
+        traceparent: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn spec(priority: Priority) -> ValidJobSpec {
         more_references: Vec::new(),
         reference_positions: Default::default(),
         loras: Vec::new(),
+        traceparent: None,
     }
 }
 

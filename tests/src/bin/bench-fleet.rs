@@ -89,13 +89,8 @@ fn summary(name: &str, values_ms: &mut [f64]) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The subscriber the binaries install (spans get trace ids, as in production; no export).
+    let _telemetry = kontext_telemetry::init_plain("bench-fleet", "warn")?;
     let redis = RedisServer::start(&[]).context("starting redis-server")?;
     let s3 = S3Server::start().context("starting the S3 server")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

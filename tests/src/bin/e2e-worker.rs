@@ -80,13 +80,16 @@ async fn stdin_closed() {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let service = kontext_telemetry::Service {
+        name: "kontext-worker",
+        instance: args.serve.consumer.worker_id.clone(),
+    };
+    let telemetry = kontext_telemetry::init(
+        &service,
+        &args.serve.logs,
+        "info",
+        kontext_telemetry::LogStream::Stderr,
+    )?;
     let min_step = Duration::from_millis(args.min_step_ms);
     let stdin_guard = args.stdin_guard;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -115,6 +118,7 @@ fn main() -> anyhow::Result<()> {
     });
     // The stdin reader may still block in read(); don't wait for it.
     runtime.shutdown_background();
+    telemetry.shutdown();
     served?;
     Ok(())
 }

@@ -320,6 +320,11 @@ impl Fleet {
 
     /// Starts one more worker process named `id`.
     pub fn spawn_worker(&self, id: &str) -> anyhow::Result<()> {
+        self.spawn_worker_with(id, &[])
+    }
+
+    /// `spawn_worker` with more flags of `kontext-worker serve`.
+    pub fn spawn_worker_with(&self, id: &str, extra: &[&str]) -> anyhow::Result<()> {
         let log = self.dir.path().join(format!("{id}.log"));
         let log_file = std::fs::File::create(&log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_e2e-worker"))
@@ -351,6 +356,7 @@ impl Fleet {
                 &self.opts.min_step_ms.to_string(),
                 "--stdin-guard",
             ])
+            .args(extra)
             .env("AWS_ACCESS_KEY_ID", self.s3.access_key())
             .env("AWS_SECRET_ACCESS_KEY", self.s3.secret_key())
             .env("RUST_LOG", "info")

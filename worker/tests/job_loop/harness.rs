@@ -249,6 +249,7 @@ pub fn spec(prompt: &str, width: u32, height: u32, steps: u32) -> ValidJobSpec {
         more_references: Vec::new(),
         reference_positions: Default::default(),
         loras: Vec::new(),
+        traceparent: None,
     }
 }
 
