@@ -242,7 +242,8 @@ pub struct ValidJobSpec {
 
 /// How many denoising steps skip the transformer (fal's `acceleration` levels): `none` runs every
 /// step in full; `regular` reuses the late blocks when the first block's output barely changed
-/// (First-Block-Cache); `high` extrapolates every other step (docs/engine.md §Step caching).
+/// (First-Block-Cache); `high` runs every third step in full and extrapolates the others
+/// (docs/engine.md §Step caching).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]

@@ -108,8 +108,9 @@ pub struct JobRequest {
     #[cfg_attr(feature = "openapi", schema(pattern = "^(png|jpeg|jpg)$"))]
     pub output_format: Option<String>,
     /// Step caching: `none` (default, every step in full), `regular` (First-Block-Cache: skips
-    /// steps whose first block barely changed) or `high` (every other step extrapolated; about
-    /// half the transformer evaluations). docs/engine.md §Step caching has the measured cost.
+    /// steps whose first block barely changed) or `high` (every third step in full, the others
+    /// extrapolated: 10 of 28 transformer evaluations). docs/engine.md §Step caching has the
+    /// measured cost.
     #[cfg_attr(feature = "openapi", schema(pattern = "^(none|regular|high)$"))]
     pub acceleration: Option<String>,
     /// `high`, `standard` (default) or `bulk` (keys may be limited to some).

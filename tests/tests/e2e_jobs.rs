@@ -452,8 +452,8 @@ async fn acceleration_reaches_the_sampler_and_is_reported() {
     assert_eq!(none["acceleration"], "none");
     assert_eq!(high["acceleration"], "high");
     assert_eq!(none["result"]["full_evaluations"], 8);
-    // Steps 0, 1, 2, 4, 6 and the last in full; 3 and 5 extrapolated.
-    assert_eq!(high["result"]["full_evaluations"], 6, "{high}");
+    // Steps 0, 3, 6 and the last in full; 1 and 2 reuse step 0, 4 and 5 extrapolate.
+    assert_eq!(high["result"]["full_evaluations"], 4, "{high}");
     let bytes = |v: &Value| {
         let url = v["result"]["url"].as_str().expect("url").to_owned();
         async move {
