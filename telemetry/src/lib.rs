@@ -75,9 +75,9 @@ pub fn parse_otlp_endpoint(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// `--otlp-export-interval`: a duration as every flag of the fleet reads it.
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("expected a duration such as 5s or 250ms ({e})"))?;
+    let d = kontext_proto::clock::parse_duration(text).map_err(|e| e.to_string())?;
     if d < Duration::from_millis(10) || d > Duration::from_secs(600) {
         return Err(format!("must be between 10ms and 10m (got {text})"));
     }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Span as _, TraceContextExt, Tracer as _};
-use opentelemetry::{KeyValue, global};
+use opentelemetry::{Context, KeyValue, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -22,20 +22,22 @@ pub const TRACESTATE: &str = "tracestate";
 /// recommendation asks of a receiver that cannot parse the header. Call before the span is
 /// first entered.
 pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
-    let Some(traceparent) = traceparent else {
-        return;
-    };
-    let mut carrier = HashMap::with_capacity(2);
-    carrier.insert(TRACEPARENT.to_owned(), traceparent.to_owned());
-    if let Some(state) = tracestate {
-        carrier.insert(TRACESTATE.to_owned(), state.to_owned());
-    }
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    if parent.span().span_context().is_valid() {
+    if let Some(parent) = remote_parent(traceparent, tracestate) {
         // Errors only when no OpenTelemetry layer is installed (then there is nothing to
         // continue) or the span already started (a caller's bug the trace shows).
         let _ = span.set_parent(parent);
     }
+}
+
+/// The remote span `traceparent` names, as a parent context; `None` when absent or malformed.
+fn remote_parent(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Context> {
+    let mut carrier = HashMap::with_capacity(2);
+    carrier.insert(TRACEPARENT.to_owned(), traceparent?.to_owned());
+    if let Some(state) = tracestate {
+        carrier.insert(TRACESTATE.to_owned(), state.to_owned());
+    }
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    parent.span().span_context().is_valid().then_some(parent)
 }
 
 /// The `traceparent` naming `span`, for the job record; `None` when no OpenTelemetry layer is
@@ -73,15 +75,9 @@ pub fn record_past_span(
     end: SystemTime,
     attributes: Vec<KeyValue>,
 ) {
-    let Some(traceparent) = traceparent else {
+    let Some(parent) = remote_parent(traceparent, None) else {
         return;
     };
-    let mut carrier = HashMap::with_capacity(1);
-    carrier.insert(TRACEPARENT.to_owned(), traceparent.to_owned());
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    if !parent.span().span_context().is_valid() {
-        return;
-    }
     let tracer = global::tracer(crate::TRACER_NAME);
     let mut span = tracer
         .span_builder(name)

@@ -119,9 +119,14 @@ async fn start_receiver(inbox: Arc<Inbox>) -> String {
     url
 }
 
-/// Waits (on each export's arrival, within the deadline) until `trace` holds a span of every
-/// `(service, name)` in `want`; the trace's spans.
-async fn wait_for_trace(inbox: &Inbox, trace: &str, want: &[(&str, &str)]) -> Vec<Received> {
+/// Waits (on each export's arrival, within the deadline) until the spans of `trace` satisfy
+/// `done`; those spans.
+async fn wait_for(
+    inbox: &Inbox,
+    trace: &str,
+    what: &str,
+    done: impl Fn(&[Received]) -> bool,
+) -> Vec<Received> {
     let until = Instant::now() + DEADLINE;
     loop {
         let arrived = inbox.arrived.notified();
@@ -132,21 +137,13 @@ async fn wait_for_trace(inbox: &Inbox, trace: &str, want: &[(&str, &str)]) -> Ve
                 .cloned()
                 .collect()
         };
-        let missing: Vec<_> = want
-            .iter()
-            .filter(|(service, name)| {
-                !spans
-                    .iter()
-                    .any(|s| s.service == *service && s.name == *name)
-            })
-            .collect();
-        if missing.is_empty() {
+        if done(&spans) {
             return spans;
         }
         let left = until.saturating_duration_since(Instant::now());
         assert!(
             !left.is_zero(),
-            "trace {trace} never got {missing:?}; it has {:?}",
+            "trace {trace} never got {what}; it has {:?}",
             spans
                 .iter()
                 .map(|s| (&s.service, &s.name))
@@ -156,11 +153,27 @@ async fn wait_for_trace(inbox: &Inbox, trace: &str, want: &[(&str, &str)]) -> Ve
     }
 }
 
-fn one<'a>(spans: &'a [Received], service: &str, name: &str) -> &'a Received {
-    let found: Vec<_> = spans
+/// `wait_for` a span of every `(service, name)` in `want`.
+async fn wait_for_trace(inbox: &Inbox, trace: &str, want: &[(&str, &str)]) -> Vec<Received> {
+    wait_for(inbox, trace, &format!("{want:?}"), |spans| {
+        want.iter().all(|(service, name)| {
+            spans
+                .iter()
+                .any(|s| s.service == *service && s.name == *name)
+        })
+    })
+    .await
+}
+
+fn named<'a>(spans: &'a [Received], service: &str, name: &str) -> Vec<&'a Received> {
+    spans
         .iter()
         .filter(|s| s.service == service && s.name == name)
-        .collect();
+        .collect()
+}
+
+fn one<'a>(spans: &'a [Received], service: &str, name: &str) -> &'a Received {
+    let found = named(spans, service, name);
     assert_eq!(found.len(), 1, "one {service} {name} span: {found:#?}");
     found[0]
 }
@@ -426,17 +439,11 @@ async fn one_trace_follows_a_job_from_the_request_through_the_worker() {
     );
     let enqueue = one(&planned, coordinator, "enqueue");
     assert_eq!(enqueue.parent, request.span_id);
-    let until = Instant::now() + DEADLINE;
-    let turn_spans = loop {
-        let arrived = inbox.arrived.notified();
-        let jobs = spans_named(&inbox, &chain_trace, worker, "job");
-        if jobs.len() == turn_jobs.len() {
-            break jobs;
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "turn spans: {jobs:#?}");
-        let _ = tokio::time::timeout(left, arrived).await;
-    };
+    let spans = wait_for(&inbox, &chain_trace, "a job span per turn", |spans| {
+        named(spans, worker, "job").len() == turn_jobs.len()
+    })
+    .await;
+    let turn_spans = named(&spans, worker, "job");
     let mut traced_jobs: Vec<&str> = turn_spans
         .iter()
         .map(|s| s.attributes["job_id"].as_str())
@@ -452,15 +459,4 @@ async fn one_trace_follows_a_job_from_the_request_through_the_worker() {
 
     drop(fleet);
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
-}
-
-fn spans_named(inbox: &Inbox, trace: &str, service: &str, name: &str) -> Vec<Received> {
-    inbox
-        .spans
-        .lock()
-        .expect("inbox")
-        .iter()
-        .filter(|s| s.trace_id == trace && s.service == service && s.name == name)
-        .cloned()
-        .collect()
 }

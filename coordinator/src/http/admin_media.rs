@@ -4,15 +4,14 @@
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use kontext_proto::{ChainId, JobId, JobQueue, JobRecord, JobStatus};
-use kontext_storage::BlobStore;
 
 use super::admin::Admin;
 use super::chain_views::ChainView;
 use super::error::{ApiError, ErrorBody};
 use super::request::{query_pairs, query_param};
+use super::results::object_response;
 use crate::state::AppState;
 
 /// Input images a job can have: the input and up to three more references.
@@ -25,15 +24,6 @@ async fn any_job(state: &AppState, raw: &str) -> Result<JobRecord, ApiError> {
         .get(id)
         .await?
         .ok_or_else(|| ApiError::not_found("id", "job"))
-}
-
-/// The bytes at `key`, or a redirect to a presigned URL (S3 storage).
-async fn image(state: &AppState, key: &kontext_storage::ObjectKey) -> Result<Response, ApiError> {
-    if let Some(url) = state.store.presigned_get(key).await? {
-        let location = HeaderValue::from_str(&url).map_err(|e| ApiError::internal(&e))?;
-        return Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response());
-    }
-    super::results::blob_response(state, key).await
 }
 
 /// The result image of any tenant's succeeded job.
@@ -56,7 +46,7 @@ pub async fn job_result(
 ) -> Result<Response, ApiError> {
     let job = any_job(&state, &id).await?;
     match (&job.result, job.status) {
-        (Some(result), JobStatus::Succeeded) => image(&state, &result.key).await,
+        (Some(result), JobStatus::Succeeded) => object_response(&state, &result.key).await,
         _ => Err(ApiError::not_ready(format!(
             "job is {}; a result exists only once it succeeded",
             job.status
@@ -110,7 +100,7 @@ pub async fn job_input(
         i => job.spec.more_references.get(i - 1).map(|r| &r.image.key),
     };
     match key {
-        Some(key) => image(&state, key).await,
+        Some(key) => object_response(&state, key).await,
         None => Err(ApiError::not_found("index", "input image")),
     }
 }

@@ -42,11 +42,19 @@ pub async fn job_result(
             job.status
         )));
     };
-    if let Some(url) = state.store.presigned_get(&result.key).await? {
+    object_response(&state, &result.key).await
+}
+
+/// The object at `key`: a redirect to a presigned URL (S3 storage) or its bytes.
+pub(super) async fn object_response(
+    state: &AppState,
+    key: &ObjectKey,
+) -> Result<Response, ApiError> {
+    if let Some(url) = state.store.presigned_get(key).await? {
         let location = HeaderValue::from_str(&url).map_err(|e| ApiError::internal(&e))?;
         return Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response());
     }
-    blob_response(&state, &result.key).await
+    blob_response(state, key).await
 }
 
 /// An object behind a signed URL (local storage's stand-in for presigned S3 URLs).
@@ -108,7 +116,7 @@ pub async fn signed_blob(
     blob_response(&state, &key).await
 }
 
-pub(crate) async fn blob_response(state: &AppState, key: &ObjectKey) -> Result<Response, ApiError> {
+async fn blob_response(state: &AppState, key: &ObjectKey) -> Result<Response, ApiError> {
     let blob = match state.store.get(key).await {
         Ok(blob) => blob,
         Err(e) if e.is_not_found() => return Err(ApiError::not_found("key", "object")),

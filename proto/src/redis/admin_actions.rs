@@ -3,7 +3,7 @@
 //! tenant's queued jobs; each bounded per call and audited per job, in one script.
 
 use super::RedisQueue;
-use super::reply::{array, at, int, text};
+use super::reply::{array, at, int, job_id, text};
 use super::scripts::SCRIPTS;
 use crate::admin_jobs::{CANCEL_SCAN, CancelQueuedOutcome, MAX_CANCEL};
 use crate::dead_letters::{BULK_SCAN, BulkAction, BulkOutcome, DeadFilter, MAX_BULK};
@@ -11,12 +11,6 @@ use crate::error::QueueError;
 use crate::job::{JobId, Millis};
 use crate::keys::parse_list_member;
 use crate::workers::AUDIT_MAXLEN;
-
-fn job_id(v: &redis::Value) -> Result<JobId, QueueError> {
-    let raw = text(v)?;
-    raw.parse()
-        .map_err(|_| QueueError::Corrupt(format!("bad job id {raw:?}")))
-}
 
 fn cursor_of(v: &redis::Value) -> Result<Option<String>, QueueError> {
     let c = text(v)?;

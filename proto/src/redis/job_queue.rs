@@ -198,14 +198,7 @@ impl JobQueue for RedisQueue {
         let batch = self.cfg.queue.reap_batch.max(1);
         let mut report = ReapReport::default();
         let ids = |v: &Value| -> Result<Vec<JobId>, QueueError> {
-            array(v)?
-                .iter()
-                .map(|j| {
-                    let raw = text(j)?;
-                    raw.parse()
-                        .map_err(|_| QueueError::Corrupt(format!("bad job id {raw:?}")))
-                })
-                .collect()
+            array(v)?.iter().map(job_id).collect()
         };
         for _ in 0..MAX_REAP_ROUNDS {
             let mut inv = SCRIPTS.reap.prepare_invoke();

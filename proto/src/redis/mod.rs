@@ -35,7 +35,7 @@ pub use connection::RedisConfig;
 pub use reply::RedisFailure;
 
 use self::connection::BlockingPool;
-use self::reply::{array, at, backend, hash, int, record, tagged, text};
+use self::reply::{array, at, backend, hash, int, job_id, record, tagged, text};
 use self::scripts::SCRIPTS;
 use crate::admin_jobs::{AdminJobPage, CancelQueuedOutcome, JobFilter};
 use crate::chain::{AppendOutcome, ChainFork, ChainId, ChainRecord, ChainSubmission, TurnAppend};

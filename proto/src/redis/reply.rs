@@ -50,6 +50,13 @@ pub(crate) fn text(v: &Value) -> Result<String, QueueError> {
     }
 }
 
+/// A job id a script returned.
+pub(crate) fn job_id(v: &Value) -> Result<JobId, QueueError> {
+    let raw = text(v)?;
+    raw.parse()
+        .map_err(|_| QueueError::Corrupt(format!("bad job id {raw:?}")))
+}
+
 pub(crate) fn int(v: &Value) -> Result<i64, QueueError> {
     match v {
         Value::Int(i) => Ok(*i),

@@ -6,7 +6,7 @@ use redis::Value;
 
 use super::RedisQueue;
 use super::chains::retained_refusal;
-use super::reply::{RedisFailure, at, backend, int, tagged, text};
+use super::reply::{RedisFailure, at, backend, int, job_id, tagged};
 use super::scripts::SCRIPTS;
 use crate::error::QueueError;
 use crate::job::{JobId, Millis};
@@ -65,18 +65,13 @@ impl RedisQueue {
             self.run_replicated(&inv, id).await?
         };
         let (tag, rest) = tagged(&reply)?;
-        let parse_id = |v: &Value| -> Result<JobId, QueueError> {
-            let raw = text(v)?;
-            raw.parse()
-                .map_err(|_| QueueError::Corrupt(format!("bad job id {raw:?}")))
-        };
         match tag.as_str() {
             "created" => Ok(SubmitOutcome {
-                id: parse_id(at(rest, 0)?)?,
+                id: job_id(at(rest, 0)?)?,
                 created: true,
             }),
             "replay" => Ok(SubmitOutcome {
-                id: parse_id(at(rest, 0)?)?,
+                id: job_id(at(rest, 0)?)?,
                 created: false,
             }),
             "conflict" => Err(QueueError::IdempotencyConflict),
