@@ -53,6 +53,7 @@ fn workspace_root() -> PathBuf {
 
 fn test(extra: &[String]) -> Result<()> {
     let root = workspace_root();
+    report_disk_space(&root);
     ensure_redis_server()?;
     ensure_promtool()?;
     ensure_chromium()?;
@@ -84,6 +85,7 @@ fn test(extra: &[String]) -> Result<()> {
             ])
             .env("CARGO_INCREMENTAL", incremental())
             .current_dir(&root))
+        .map_err(|e| with_disk_hint(e, &root))
         .context("clippy found warnings: fix them (cargo clippy --workspace --all-targets)")?;
     } else {
         eprintln!(
@@ -103,9 +105,68 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .current_dir(&root);
     cmd.env("CARGO_INCREMENTAL", incremental());
-    run(&mut cmd).context("tests failed")?;
+    run(&mut cmd)
+        .map_err(|e| with_disk_hint(e, &root))
+        .context("tests failed")?;
     step("all green");
     Ok(())
+}
+
+/// What a fresh clone's `cargo xtask test` leaves in target/ (measured: 5.2 GiB of build
+/// artifacts, the Python venv and test data), with headroom for the linker's temporary files.
+const DISK_NEEDED_GIB: f64 = 7.0;
+
+/// Free bytes on the filesystem holding `dir`, read from POSIX `df -Pk` (std has no statvfs).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Second line: filesystem, 1024-blocks, used, available, capacity, mount point.
+    let available_kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(available_kib * 1024)
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Says up front when the build is likely to run out of disk, since rustc's "No space left on
+/// device" comes late and in the middle of unrelated output.
+fn report_disk_space(root: &Path) {
+    let Some(free) = free_bytes(root) else { return };
+    if gib(free) < DISK_NEEDED_GIB {
+        eprintln!(
+            "xtask: WARNING: only {:.1} GiB free on the disk of {}; the test build needs about \
+             {DISK_NEEDED_GIB} GiB. Free space, or set CARGO_TARGET_DIR to a directory on a \
+             larger disk.",
+            gib(free),
+            root.display()
+        );
+    } else {
+        eprintln!(
+            "xtask: {:.1} GiB free on the disk of {}",
+            gib(free),
+            root.display()
+        );
+    }
+}
+
+/// Adds "the disk is full" to a failed build's error when that is what happened.
+fn with_disk_hint(e: anyhow::Error, root: &Path) -> anyhow::Error {
+    match free_bytes(root) {
+        Some(free) if free < (256 << 20) => e.context(format!(
+            "the disk of {} is full ({} MiB free): the test build needs about \
+             {DISK_NEEDED_GIB} GiB; free space or set CARGO_TARGET_DIR to a larger disk",
+            root.display(),
+            free >> 20
+        )),
+        _ => e,
+    }
 }
 
 /// A one-shot build gains nothing from incremental caches, which would add several GB to the
