@@ -2,9 +2,9 @@
 //! Downsample, Upsample. GroupNorm eps is 1e-6 everywhere, swish = x·sigmoid(x).
 
 use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
 
-use super::conv_cfg;
+use super::conv::VaeConv;
 
 pub(super) fn conv(
     c_in: usize,
@@ -13,8 +13,8 @@ pub(super) fn conv(
     padding: usize,
     stride: usize,
     vb: VarBuilder<'_>,
-) -> Result<Conv2d> {
-    candle_nn::conv2d(c_in, c_out, k, conv_cfg(padding, stride), vb)
+) -> Result<VaeConv> {
+    VaeConv::new(c_in, c_out, k, padding, stride, vb)
 }
 
 pub(super) fn group_norm(groups: usize, channels: usize, vb: VarBuilder<'_>) -> Result<GroupNorm> {
@@ -25,10 +25,10 @@ pub(super) fn group_norm(groups: usize, channels: usize, vb: VarBuilder<'_>) -> 
 #[derive(Debug, Clone)]
 pub(super) struct ResnetBlock {
     norm1: GroupNorm,
-    conv1: Conv2d,
+    conv1: VaeConv,
     norm2: GroupNorm,
-    conv2: Conv2d,
-    nin_shortcut: Option<Conv2d>,
+    conv2: VaeConv,
+    nin_shortcut: Option<VaeConv>,
 }
 
 impl ResnetBlock {
@@ -69,10 +69,10 @@ impl Module for ResnetBlock {
 #[derive(Debug, Clone)]
 pub(super) struct AttnBlock {
     norm: GroupNorm,
-    q: Conv2d,
-    k: Conv2d,
-    v: Conv2d,
-    proj_out: Conv2d,
+    q: VaeConv,
+    k: VaeConv,
+    v: VaeConv,
+    proj_out: VaeConv,
 }
 
 /// Query rows per attention chunk: bounds the (rows × H·W) f32 score block (1024² images have
@@ -121,7 +121,7 @@ impl Module for AttnBlock {
 /// Zero-pad right and bottom by one, then a stride-2 3×3 conv (autoencoder.py:91-103).
 #[derive(Debug, Clone)]
 pub(super) struct Downsample {
-    conv: Conv2d,
+    conv: VaeConv,
 }
 
 impl Downsample {
@@ -145,7 +145,7 @@ impl Module for Downsample {
 /// Nearest-neighbour ×2, then a 3×3 conv (autoencoder.py:106-118).
 #[derive(Debug, Clone)]
 pub(super) struct Upsample {
-    conv: Conv2d,
+    conv: VaeConv,
 }
 
 impl Upsample {

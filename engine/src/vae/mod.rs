@@ -11,11 +11,13 @@
 //! GroupNorm in fp32 and uses fused SDPA).
 
 mod blocks;
+mod conv;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
 
 use self::blocks::{AttnBlock, Downsample, ResnetBlock, Upsample, conv, group_norm};
+use self::conv::VaeConv;
 use crate::config::VaeConfig;
 
 /// One encoder level: `down.{i}.block.{j}` and, except on the last level, `down.{i}.downsample`.
@@ -28,13 +30,13 @@ struct DownLevel {
 /// BFL `Encoder` (autoencoder.py:121-191).
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    conv_in: Conv2d,
+    conv_in: VaeConv,
     down: Vec<DownLevel>,
     mid_block_1: ResnetBlock,
     mid_attn_1: AttnBlock,
     mid_block_2: ResnetBlock,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: VaeConv,
 }
 
 impl Encoder {
@@ -105,14 +107,14 @@ struct UpLevel {
 /// BFL `Decoder` (autoencoder.py:194-270).
 #[derive(Debug, Clone)]
 pub struct Decoder {
-    conv_in: Conv2d,
+    conv_in: VaeConv,
     mid_block_1: ResnetBlock,
     mid_attn_1: AttnBlock,
     mid_block_2: ResnetBlock,
     /// Indexed like BFL's `up`: `up[0]` is the shallowest level and runs last.
     up: Vec<UpLevel>,
     norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_out: VaeConv,
 }
 
 impl Decoder {
@@ -229,15 +231,6 @@ impl AutoEncoder {
 
     pub fn dtype(&self) -> candle_core::DType {
         self.encoder.conv_in.weight().dtype()
-    }
-}
-
-/// `Conv2dConfig` with the given padding and stride.
-fn conv_cfg(padding: usize, stride: usize) -> Conv2dConfig {
-    Conv2dConfig {
-        padding,
-        stride,
-        ..Default::default()
     }
 }
 
