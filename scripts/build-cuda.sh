@@ -9,6 +9,8 @@
 #
 # Usage: scripts/build-cuda.sh [--flash-attn] [--fused] [--fp8] [--features LIST] [--no-smoke] [--out DIR]
 #   --flash-attn     also build the trimmed flash-attention kernel (feature `flash-attn`)
+#   --flash-attn-v3  also build FlashAttention-3 for Hopper (sm_90a; feature `flash-attn-v3`,
+#                    implies --flash-attn, which stays the kernel of other GPUs)
 #   --fused          also build the fused bf16 elementwise kernels (feature `fused-kernels`)
 #   --fp8            also build the cuBLASLt FP8 GEMM and its quantization kernel (feature `fp8-gemm`)
 #   --features LIST  worker features (default: cuda, plus what the two flags above add)
@@ -28,6 +30,7 @@ TOOLS_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --flash-attn) FEATURES="$FEATURES,flash-attn" ;;
+    --flash-attn-v3) FEATURES="$FEATURES,flash-attn,flash-attn-v3" ;;
     --fused) FEATURES="$FEATURES,fused-kernels" ;;
     --fp8) FEATURES="$FEATURES,fp8-gemm" ;;
     --features) FEATURES=$2; shift ;;
@@ -78,37 +81,51 @@ CUTLASS_DIR=$SITE/cutlass_library/source
 # by version and by the SHA-256 of its .crate file (the `cksum` crates.io's index lists for it).
 # Only its `kernels/` directory is used, as an include path of engine/cuda/kernels/
 # flash_attn_bf16_hd128.cu (engine/cuda/build.rs reads KONTEXT_FLASH_ATTN_DIR).
-FLASH_ATTN_CRATE=candle-flash-attn
-FLASH_ATTN_VERSION=0.11.1
-FLASH_ATTN_SHA256=e8f233a5d78ac84fac2b097330faae4a26eae4c4009c54fdb0ec8b7b3c23a15b
 mkdir -p "$CARGO_TARGET_DIR/third-party"
 FA_CACHE=$(cd "$CARGO_TARGET_DIR/third-party" && pwd)
-FA_SRC=$FA_CACHE/$FLASH_ATTN_CRATE-$FLASH_ATTN_VERSION
-FA_STAMP=$FA_SRC.stamp
-if [ "$(cat "$FA_STAMP" 2>/dev/null)" != "$FLASH_ATTN_SHA256" ] || [ ! -f "$FA_SRC/kernels/flash_fwd_kernel.h" ]; then
-  crate=$FA_SRC.crate
-  url=https://static.crates.io/crates/$FLASH_ATTN_CRATE/$FLASH_ATTN_CRATE-$FLASH_ATTN_VERSION.crate
-  if [ "$(sha256sum "$crate" 2>/dev/null | cut -d' ' -f1)" != "$FLASH_ATTN_SHA256" ]; then
-    log "fetching $FLASH_ATTN_CRATE $FLASH_ATTN_VERSION (FlashAttention-2 headers) from $url"
-    curl -sSfL --retry 3 -o "$crate.part" "$url" || {
-      rm -f "$crate.part"
-      echo "cannot download $url; without network, put that file at $crate" >&2
-      exit 1
-    }
-    got=$(sha256sum "$crate.part" | cut -d' ' -f1)
-    if [ "$got" != "$FLASH_ATTN_SHA256" ]; then
-      rm -f "$crate.part"
-      echo "$url: SHA-256 $got, expected $FLASH_ATTN_SHA256 (pinned in $0)" >&2
-      exit 1
+# fetch_crate_dir NAME VERSION SHA256 SUBDIR MARKER WHAT: unpacks SUBDIR of the published crate
+# under $FA_CACHE (once per pin) and prints its path; MARKER is a file that must be there.
+fetch_crate_dir() {
+  local name=$1 version=$2 sha=$3 subdir=$4 marker=$5 what=$6
+  local src=$FA_CACHE/$name-$version stamp=$FA_CACHE/$name-$version.stamp
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$sha" ] || [ ! -f "$src/$subdir/$marker" ]; then
+    local crate=$src.crate
+    local url=https://static.crates.io/crates/$name/$name-$version.crate
+    if [ "$(sha256sum "$crate" 2>/dev/null | cut -d' ' -f1)" != "$sha" ]; then
+      log "fetching $name $version ($what) from $url"
+      curl -sSfL --retry 3 -o "$crate.part" "$url" || {
+        rm -f "$crate.part"
+        echo "cannot download $url; without network, put that file at $crate" >&2
+        exit 1
+      }
+      local got
+      got=$(sha256sum "$crate.part" | cut -d' ' -f1)
+      if [ "$got" != "$sha" ]; then
+        rm -f "$crate.part"
+        echo "$url: SHA-256 $got, expected $sha (pinned in $0)" >&2
+        exit 1
+      fi
+      mv "$crate.part" "$crate"
     fi
-    mv "$crate.part" "$crate"
+    rm -rf "$src" "$stamp"
+    tar -xzf "$crate" -C "$FA_CACHE" "$name-$version/$subdir"
+    echo "$sha" >"$stamp"
   fi
-  rm -rf "$FA_SRC" "$FA_STAMP"
-  tar -xzf "$crate" -C "$FA_CACHE" "$FLASH_ATTN_CRATE-$FLASH_ATTN_VERSION/kernels"
-  echo "$FLASH_ATTN_SHA256" >"$FA_STAMP"
-fi
-FLASH_ATTN_DIR=$FA_SRC/kernels
-[ -f "$FLASH_ATTN_DIR/flash_fwd_kernel.h" ] || { echo "flash-attention headers missing under $FLASH_ATTN_DIR" >&2; exit 1; }
+  [ -f "$src/$subdir/$marker" ] || { echo "$what missing under $src/$subdir" >&2; exit 1; }
+  echo "$src/$subdir"
+}
+FLASH_ATTN_DIR=$(fetch_crate_dir candle-flash-attn 0.11.1 \
+  e8f233a5d78ac84fac2b097330faae4a26eae4c4009c54fdb0ec8b7b3c23a15b \
+  kernels flash_fwd_kernel.h "FlashAttention-2 headers")
+# FlashAttention-3 (Hopper; Tri Dao et al., BSD-3-Clause, as packaged by candle-flash-attn-v3,
+# MIT OR Apache-2.0): only its hkernel/ headers, for engine/cuda/kernels/flash_attn3_bf16_hd128.cu.
+FLASH_ATTN3_DIR=
+case ",$FEATURES," in
+  *,flash-attn-v3,*)
+    FLASH_ATTN3_DIR=$(fetch_crate_dir candle-flash-attn-v3 0.11.1 \
+      71644f2fd1a039568e4eeaa99251b2a19df476cfaaa1311074c4d1a8b1fd23af \
+      hkernel flash_fwd_launch_template.h "FlashAttention-3 headers") ;;
+esac
 
 # --- 2. CUDA_HOME tree and link stubs --------------------------------------------------------------
 cd "$ROOT"
@@ -195,10 +212,11 @@ export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$THREADS}
 export KONTEXT_NVCC_THREADS=$THREADS
 export KONTEXT_CUTLASS_DIR=$CUTLASS_DIR
 export KONTEXT_FLASH_ATTN_DIR=$FLASH_ATTN_DIR
+export KONTEXT_FLASH_ATTN3_DIR=$FLASH_ATTN3_DIR
 if [ "$TOOLS_ONLY" = 1 ]; then
   echo "export CUDA_HOME=$CUDA_HOME PATH=$CH/bin:\$PATH CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP"
   echo "export CUDAFORGE_THREADS=$CUDAFORGE_THREADS KONTEXT_NVCC_THREADS=$THREADS KONTEXT_CUTLASS_DIR=$CUTLASS_DIR"
-  echo "export KONTEXT_FLASH_ATTN_DIR=$FLASH_ATTN_DIR"
+  echo "export KONTEXT_FLASH_ATTN_DIR=$FLASH_ATTN_DIR KONTEXT_FLASH_ATTN3_DIR=$FLASH_ATTN3_DIR"
   echo "export NVCC_APPEND_FLAGS='$NVCC_APPEND_FLAGS'"
   exit 0
 fi

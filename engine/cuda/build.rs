@@ -1,5 +1,6 @@
 //! Compiles our CUDA kernels with nvcc into one static library: the trimmed flash-attention kernel
-//! (`kernels/flash_attn_bf16_hd128.cu`, feature `flash-attn`), the fused elementwise kernels
+//! (`kernels/flash_attn_bf16_hd128.cu`, feature `flash-attn`; FlashAttention-3 for Hopper,
+//! `kernels/flash_attn3_bf16_hd128.cu`, feature `flash-attn-v3`), the fused elementwise kernels
 //! (`kernels/fused_bf16.cu`, feature `fused`) and the FP8 quantization kernels
 //! (`kernels/fp8_gemm.cu`, feature `fp8-gemm`). Without those features this does nothing, so CPU
 //! builds (and `cargo test --workspace` in CI) never look for a CUDA toolchain.
@@ -10,6 +11,8 @@
 //! directory of the published candle-flash-attn 0.11.1 crate, which holds the FlashAttention-2
 //! forward headers (not kept in this repository: the script downloads the crate, checks its
 //! SHA-256 and unpacks it under `$CARGO_TARGET_DIR/third-party`; flash-attention only);
+//! `KONTEXT_FLASH_ATTN3_DIR` = the `hkernel/` directory of the published candle-flash-attn-v3
+//! 0.11.1 crate (FlashAttention-3 headers, fetched the same way; `flash-attn-v3` only);
 //! `CUDA_COMPUTE_CAP` = comma-separated compute capabilities (default 90: H100/H200; these kernels
 //! use sm80 instructions at most, so `80,90` also serves A100).
 
@@ -18,6 +21,7 @@ use std::process::Command;
 use std::time::Instant;
 
 const FLASH: &str = "kernels/flash_attn_bf16_hd128.cu";
+const FLASH3: &str = "kernels/flash_attn3_bf16_hd128.cu";
 const FUSED: &str = "kernels/fused_bf16.cu";
 const FP8: &str = "kernels/fp8_gemm.cu";
 
@@ -33,6 +37,7 @@ fn main() {
     for var in [
         "KONTEXT_CUTLASS_DIR",
         "KONTEXT_FLASH_ATTN_DIR",
+        "KONTEXT_FLASH_ATTN3_DIR",
         "CUDA_COMPUTE_CAP",
         "CUDA_HOME",
         "NVCC",
@@ -43,13 +48,14 @@ fn main() {
         println!("cargo::rerun-if-env-changed={var}");
     }
     let caps = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let gencodes = gencodes(&caps);
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut objects = Vec::new();
     if fused {
-        objects.push(compile(FUSED, &[], &caps, &out));
+        objects.push(compile(FUSED, &[], &gencodes, &out));
     }
     if fp8 {
-        objects.push(compile(FP8, &[], &caps, &out));
+        objects.push(compile(FP8, &[], &gencodes, &out));
     }
     if flash {
         let cutlass = match std::env::var_os("KONTEXT_CUTLASS_DIR") {
@@ -84,7 +90,29 @@ fn main() {
         }
         println!("cargo::rerun-if-changed={}", headers.display());
         let includes = [headers, cutlass.join("include")];
-        objects.push(compile(FLASH, &includes, &caps, &out));
+        objects.push(compile(FLASH, &includes, &gencodes, &out));
+        if std::env::var_os("CARGO_FEATURE_FLASH_ATTN_V3").is_some() {
+            let headers = match std::env::var_os("KONTEXT_FLASH_ATTN3_DIR") {
+                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+                _ => fail(
+                    "KONTEXT_FLASH_ATTN3_DIR is not set: point it at the hkernel/ directory of the \
+                     candle-flash-attn-v3 0.11.1 crate (the FlashAttention-3 headers); \
+                     scripts/build-cuda.sh --flash-attn-v3 downloads, checks and unpacks it",
+                ),
+            };
+            if !headers.join("flash_fwd_launch_template.h").is_file() {
+                fail(&format!(
+                    "KONTEXT_FLASH_ATTN3_DIR={} has no flash_fwd_launch_template.h",
+                    headers.display()
+                ));
+            }
+            println!("cargo::rerun-if-changed={}", headers.display());
+            // Warpgroup MMA and TMA are sm_90a-only instructions: Hopper alone, whatever
+            // CUDA_COMPUTE_CAP lists (other GPUs keep FlashAttention-2 at run time).
+            let includes = [headers, cutlass.join("include")];
+            let hopper = ["-gencode=arch=compute_90a,code=sm_90a".to_string()];
+            objects.push(compile(FLASH3, &includes, &hopper, &out));
+        }
     }
 
     let lib = out.join("libkontext_cuda_kernels.a");
@@ -112,8 +140,25 @@ fn main() {
     println!("cargo::rustc-link-lib=dylib=stdc++");
 }
 
-/// `nvcc -c` of one kernel file for every compute capability in `caps`; returns the object.
-fn compile(src: &str, includes: &[PathBuf], caps: &str, out: &Path) -> PathBuf {
+/// nvcc's `-gencode` for every compute capability in `caps`: plain sm_XX SASS (no PTX). No
+/// sm_90a-only instructions are used by these kernels, and embedded PTX from a newer nvcc than
+/// the driver would be rejected at load time anyway.
+fn gencodes(caps: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for cap in caps.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let cap = cap.trim_end_matches('a');
+        if cap.parse::<u32>().map_or(true, |c| c < 80) {
+            fail(&format!(
+                "CUDA_COMPUTE_CAP entry {cap:?}: these kernels need 80 or newer"
+            ));
+        }
+        out.push(format!("-gencode=arch=compute_{cap},code=sm_{cap}"));
+    }
+    out
+}
+
+/// `nvcc -c` of one kernel file for every target in `gencodes`; returns the object.
+fn compile(src: &str, includes: &[PathBuf], gencodes: &[String], out: &Path) -> PathBuf {
     let nvcc = nvcc_path();
     let stem = Path::new(src)
         .file_stem()
@@ -139,21 +184,9 @@ fn compile(src: &str, includes: &[PathBuf], caps: &str, out: &Path) -> PathBuf {
         .args(["-Xcompiler", "-fPIC"])
         // CUTLASS 3.5 names vector types that CUDA 13 deprecates; the warnings are noise.
         .args(["-Xcompiler", "-Wno-deprecated-declarations"]);
-    let mut n_caps = 0;
-    for cap in caps.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-        let cap = cap.trim_end_matches('a');
-        if cap.parse::<u32>().map_or(true, |c| c < 80) {
-            fail(&format!(
-                "CUDA_COMPUTE_CAP entry {cap:?}: these kernels need 80 or newer"
-            ));
-        }
-        // Plain sm_XX SASS (no PTX): no sm_90a-only instructions are used, and embedded PTX from
-        // a newer nvcc than the driver would be rejected at load time anyway.
-        cmd.arg(format!("-gencode=arch=compute_{cap},code=sm_{cap}"));
-        n_caps += 1;
-    }
-    if n_caps > 1 {
-        cmd.args(["--threads", &n_caps.to_string()]);
+    cmd.args(gencodes);
+    if gencodes.len() > 1 {
+        cmd.args(["--threads", &gencodes.len().to_string()]);
     }
     let started = Instant::now();
     let status = cmd
@@ -163,7 +196,8 @@ fn compile(src: &str, includes: &[PathBuf], caps: &str, out: &Path) -> PathBuf {
         fail(&format!("nvcc failed ({status}) compiling {src}"));
     }
     println!(
-        "cargo::warning={src} (sm {caps}) compiled in {:.0} s",
+        "cargo::warning={src} ({}) compiled in {:.0} s",
+        gencodes.join(" "),
         started.elapsed().as_secs_f64()
     );
     obj

@@ -55,8 +55,8 @@ fn bench_gpu_runs_on_cpu_with_the_tiny_model() -> Result<()> {
         assert_eq!(r["output_finite"], true);
     }
     let checks = report["checks"].as_array().context("checks")?;
-    // attention ×2, hd128 transformer ×2, tiny pipeline ×2, parity ×2, the FP8 layer.
-    assert_eq!(checks.len(), 9, "{report:#}");
+    // attention ×3, hd128 transformer ×2, tiny pipeline ×2, parity ×2, the FP8 layer.
+    assert_eq!(checks.len(), 10, "{report:#}");
     assert!(checks.iter().all(|c| c["passed"] == true), "{report:#}");
 
     // The reference (`none`) at both sizes, then each mode at both sizes: the native engine's,

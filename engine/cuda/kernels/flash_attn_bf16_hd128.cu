@@ -21,6 +21,7 @@
 
 #include "flash.h"
 #include "flash_fwd_kernel.h"
+#include "flash_params.h"
 
 // A named namespace: nvcc's host stubs cannot tell our anonymous namespace from CuTe's.
 namespace kontext_flash {
@@ -50,8 +51,6 @@ cudaError_t launch(const Flash_fwd_params &params, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-int round_up(int x, int m) { return (x + m - 1) / m * m; }
-
 }  // namespace kontext_flash
 
 // softmax(q·kᵀ·scale)·v per (batch, head). Layout (b, seq, heads, 128) for q, k, v and o; strides
@@ -65,50 +64,13 @@ extern "C" int kontext_flash_attn_bf16_hd128(
     int64_t o_batch_stride, int64_t o_row_stride, int64_t o_head_stride,
     int b, int h, int seqlen_q, int seqlen_k, float softmax_scale, void *stream) {
   Flash_fwd_params params;
-  std::memset(&params, 0, sizeof(params));
-  params.q_ptr = const_cast<void *>(q);
-  params.k_ptr = const_cast<void *>(k);
-  params.v_ptr = const_cast<void *>(v);
-  params.o_ptr = o;
-  params.softmax_lse_ptr = lse;
-  params.q_batch_stride = q_batch_stride;
-  params.k_batch_stride = k_batch_stride;
-  params.v_batch_stride = v_batch_stride;
-  params.o_batch_stride = o_batch_stride;
-  params.q_row_stride = q_row_stride;
-  params.k_row_stride = k_row_stride;
-  params.v_row_stride = v_row_stride;
-  params.o_row_stride = o_row_stride;
-  params.q_head_stride = q_head_stride;
-  params.k_head_stride = k_head_stride;
-  params.v_head_stride = v_head_stride;
-  params.o_head_stride = o_head_stride;
-  params.b = b;
-  params.h = h;
-  params.h_k = h;
-  params.h_h_k_ratio = 1;
-  params.seqlen_q = seqlen_q;
-  params.seqlen_k = seqlen_k;
-  params.seqlen_q_rounded = kontext_flash::round_up(seqlen_q, 128);
-  params.seqlen_k_rounded = kontext_flash::round_up(seqlen_k, 128);
-  params.total_q = b * seqlen_q;
-  params.d = 128;
-  params.d_rounded = 128;
-  params.scale_softmax = softmax_scale;
-  params.scale_softmax_log2 = softmax_scale * float(M_LOG2E);
+  kontext_flash_params::fill(params, q, k, v, o, lse, q_batch_stride, q_row_stride,
+                             q_head_stride, k_batch_stride, k_row_stride, k_head_stride,
+                             v_batch_stride, v_row_stride, v_head_stride, o_batch_stride,
+                             o_row_stride, o_head_stride, b, h, seqlen_q, seqlen_k,
+                             softmax_scale);
   params.softcap = 0.0f;
-  // No dropout: keep probability 1.
-  params.p_dropout = 1.0f;
-  params.p_dropout_in_uint8_t = 255;
-  params.rp_dropout = 1.0f;
-  params.scale_softmax_rp_dropout = softmax_scale;
-  params.window_size_left = -1;
-  params.window_size_right = -1;
-  params.is_bf16 = true;
-  params.is_causal = false;
   params.is_seqlens_k_cumulative = true;
-  params.num_splits = 1;
-  params.page_block_size = -1;
 
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   using kontext_flash::Traits;

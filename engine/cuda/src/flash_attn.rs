@@ -1,4 +1,7 @@
-//! FlashAttention-2 forward (kernels/flash_attn_bf16_hd128.cu) as a candle `CustomOp3`.
+//! FlashAttention-2 forward (kernels/flash_attn_bf16_hd128.cu) as a candle `CustomOp3`, and on
+//! Hopper (compute capability 9.x) FlashAttention-3 (kernels/flash_attn3_bf16_hd128.cu, feature
+//! `flash-attn-v3`) behind the same op: same layouts, same f32 statistics; query lengths of 64
+//! or less keep FlashAttention-2 (FA3's one-warpgroup kernel is not built).
 //!
 //! Only bf16 with head dim 128 and as many K/V heads as query heads is compiled in (the FLUX
 //! transformer's attention); [`supports`] says whether a call can take this path, and callers
@@ -9,6 +12,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
@@ -18,32 +22,69 @@ use half::bf16;
 /// The head dim the kernel is compiled for.
 pub const HEAD_DIM: usize = 128;
 
-unsafe extern "C" {
-    fn kontext_flash_attn_bf16_hd128(
-        q: *const c_void,
-        k: *const c_void,
-        v: *const c_void,
-        o: *mut c_void,
-        lse: *mut f32,
-        q_batch_stride: i64,
-        q_row_stride: i64,
-        q_head_stride: i64,
-        k_batch_stride: i64,
-        k_row_stride: i64,
-        k_head_stride: i64,
-        v_batch_stride: i64,
-        v_row_stride: i64,
-        v_head_stride: i64,
-        o_batch_stride: i64,
-        o_row_stride: i64,
-        o_head_stride: i64,
-        b: i32,
-        h: i32,
-        seqlen_q: i32,
-        seqlen_k: i32,
-        softmax_scale: f32,
-        stream: *mut c_void,
-    ) -> i32;
+/// Both entry points (kernels/flash_attn_bf16_hd128.cu and flash_attn3_bf16_hd128.cu) share one
+/// C signature: q, k, v, o, lse, then (batch, row, head) strides of q, k, v and o, then b, h,
+/// seqlen_q, seqlen_k, softmax_scale and the stream; they return a cudaError_t.
+macro_rules! flash_entry_points {
+    ($($(#[$attr:meta])* fn $name:ident;)*) => {
+        $(
+            $(#[$attr])*
+            unsafe extern "C" {
+                fn $name(
+                    q: *const c_void,
+                    k: *const c_void,
+                    v: *const c_void,
+                    o: *mut c_void,
+                    lse: *mut f32,
+                    q_batch_stride: i64,
+                    q_row_stride: i64,
+                    q_head_stride: i64,
+                    k_batch_stride: i64,
+                    k_row_stride: i64,
+                    k_head_stride: i64,
+                    v_batch_stride: i64,
+                    v_row_stride: i64,
+                    v_head_stride: i64,
+                    o_batch_stride: i64,
+                    o_row_stride: i64,
+                    o_head_stride: i64,
+                    b: i32,
+                    h: i32,
+                    seqlen_q: i32,
+                    seqlen_k: i32,
+                    softmax_scale: f32,
+                    stream: *mut c_void,
+                ) -> i32;
+            }
+        )*
+    };
+}
+
+flash_entry_points! {
+    fn kontext_flash_attn_bf16_hd128;
+    #[cfg(feature = "flash-attn-v3")]
+    fn kontext_flash_attn3_bf16_hd128;
+}
+
+static FLASH_ATTN3: AtomicBool = AtomicBool::new(true);
+
+/// Lets Hopper GPUs take FlashAttention-3 (on by default when compiled in) or keeps them on
+/// FlashAttention-2: the GPU benchmark's A/B.
+pub fn set_flash_attn3(on: bool) {
+    FLASH_ATTN3.store(on, Ordering::Relaxed);
+}
+
+/// Whether a call on `dev` with `seqlen_q` query rows takes FlashAttention-3.
+pub fn uses_flash_attn3(dev: &candle_core::CudaDevice, seqlen_q: usize) -> bool {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
+    crate::HAS_FLASH_ATTN3
+        && FLASH_ATTN3.load(Ordering::Relaxed)
+        && seqlen_q > 64
+        && dev
+            .cuda_stream()
+            .context()
+            .attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+            .is_ok_and(|major| major == 9)
 }
 
 /// Whether [`flash_attn`] handles tensors of this dtype and head dim.
@@ -60,6 +101,44 @@ pub fn flash_attn(q: &Tensor, k: &Tensor, v: &Tensor, softmax_scale: f32) -> Res
 
 struct FlashAttn {
     softmax_scale: f32,
+}
+
+/// The C signature both kernels share.
+type KernelFn = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *const c_void,
+    *mut c_void,
+    *mut f32,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i32,
+    i32,
+    i32,
+    i32,
+    f32,
+    *mut c_void,
+) -> i32;
+
+#[cfg(feature = "flash-attn-v3")]
+fn flash_attn3_kernel() -> KernelFn {
+    kontext_flash_attn3_bf16_hd128
+}
+
+/// Never called: [`uses_flash_attn3`] is false without the feature.
+#[cfg(not(feature = "flash-attn-v3"))]
+fn flash_attn3_kernel() -> KernelFn {
+    kontext_flash_attn_bf16_hd128
 }
 
 /// Strides `(batch, row, head)` of a rank-4 `(b, L, H, D)` layout whose last dim is contiguous.
@@ -153,11 +232,16 @@ impl candle_core::CustomOp3 for FlashAttn {
             let (v_ptr, _gv) = v.device_ptr(&stream);
             let (o_ptr, _go) = dst.device_ptr_mut(&stream);
             let (lse_ptr, _gl) = lse.device_ptr_mut(&stream);
+            let kernel: KernelFn = if uses_flash_attn3(&dev, seqlen_q) {
+                flash_attn3_kernel()
+            } else {
+                kontext_flash_attn_bf16_hd128
+            };
             // SAFETY: the pointers are live device buffers of the checked shapes and strides,
             // held by the guards until the launch is queued on `stream`, which orders every later
-            // use of them.
+            // use of them; both kernels write every element of `dst` and `lse`.
             unsafe {
-                kontext_flash_attn_bf16_hd128(
+                kernel(
                     q_ptr as *const c_void,
                     k_ptr as *const c_void,
                     v_ptr as *const c_void,

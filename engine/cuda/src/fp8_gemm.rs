@@ -454,7 +454,7 @@ impl candle_core::CustomOp1 for Fp8Gemm {
             _ => candle_core::bail!("fp8 gemm: weight is not on CUDA"),
         };
         let (s_s, s_l) = scale.storage_and_layout();
-        let w_scale = cuda_view::<f32>(&s_s, &s_l, "fp8 gemm: weight scales")?;
+        let w_scale = cuda_view::<f32>(&s_s, s_l, "fp8 gemm: weight scales")?;
         let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &bias_storage {
             None => None,

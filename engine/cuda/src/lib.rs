@@ -3,7 +3,8 @@
 //!
 //! - `flash_attn` (feature `flash-attn`): FlashAttention-2 forward for bf16, head dim 128, no mask
 //!   — the only attention the FLUX transformer runs — as a candle `CustomOp3`. Never materialises
-//!   the `(b, heads, L, L)` scores.
+//!   the `(b, heads, L, L)` scores. With `flash-attn-v3`, Hopper GPUs run FlashAttention-3 behind
+//!   the same op.
 //! - `fused` (feature `fused`): QK RMSNorm + RoPE + head layout in one pass, and the modulated
 //!   LayerNorm, in bf16 with BFL's roundings.
 //! - `fp8_gemm` (feature `fp8-gemm`): FP8 (E4M3) linear layers through cuBLASLt, activations
@@ -30,6 +31,8 @@ pub mod memory;
 
 /// Whether this build carries the flash-attention kernel.
 pub const HAS_FLASH_ATTN: bool = cfg!(feature = "flash-attn");
+/// Whether this build carries FlashAttention-3 (Hopper) beside FlashAttention-2.
+pub const HAS_FLASH_ATTN3: bool = cfg!(feature = "flash-attn-v3");
 /// Whether this build carries the fused elementwise kernels.
 pub const HAS_FUSED: bool = cfg!(feature = "fused");
 /// Whether this build carries the cuBLASLt FP8 GEMM.

@@ -82,7 +82,7 @@ impl Fp8Gemm {
         // SAFETY: every element of y is written by the GEMM.
         let mut y = unsafe { dev.alloc::<bf16>(rows * n) }?;
         let (w_s, w_l) = self.weight.storage_and_layout();
-        let w = cuda_view::<bf16>(&w_s, &w_l, "bf16 gemm: weight")?;
+        let w = cuda_view::<bf16>(&w_s, w_l, "bf16 gemm: weight")?;
         let bias_storage = self.bias.as_ref().map(|b| b.storage_and_layout());
         let bias = match &bias_storage {
             None => None,

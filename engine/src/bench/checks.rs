@@ -87,14 +87,15 @@ fn label(dev: &Device, dtype: DType) -> String {
 }
 
 /// Attention of random q, k, v `(1, 24, L, 128)` through the engine's dispatch on `dev`/`dtype`
-/// against f32 on the CPU, for L = 1024 (tile-aligned) and 1000 (ragged).
+/// against f32 on the CPU, for L = 1024 (tile-aligned), 1000 (ragged) and 1100 (an odd number of
+/// 128-row query tiles: FlashAttention-3's kernel without 2-CTA clusters).
 pub fn attention_kernel(
     dev: &Device,
     dtype: DType,
     seed: u64,
 ) -> Result<Vec<CheckOutcome>, EngineError> {
     let mut out = Vec::new();
-    for seq in [1024usize, 1000] {
+    for seq in [1024usize, 1000, 1100] {
         let cpu = Device::Cpu;
         let draw = |i: u64| -> candle_core::Result<Tensor> {
             let mut rng = SplitMix64::new(seed.wrapping_mul(31).wrapping_add(i));
@@ -106,9 +107,17 @@ pub fn attention_kernel(
         let round = |t: &Tensor| t.to_dtype(dtype)?.to_dtype(DType::F32);
         let want = attention::attention(&round(&q)?, &round(&k)?, &round(&v)?)?; // (b, L, H·D)
         let on_dev = |t: &Tensor| t.to_dtype(dtype)?.to_device(dev);
-        let got = attention::attention(&on_dev(&q)?, &on_dev(&k)?, &on_dev(&v)?)?;
+        let q_dev = on_dev(&q)?;
+        let kernel = match attention::flash_attn_generation(&q_dev) {
+            Some(g) => format!("FA{g}"),
+            None => "materialised".to_string(),
+        };
+        let got = attention::attention(&q_dev, &on_dev(&k)?, &on_dev(&v)?)?;
         out.push(CheckOutcome::new(
-            format!("attention L={seq} H=24 D=128 ({})", label(dev, dtype)),
+            format!(
+                "attention L={seq} H=24 D=128 ({}, {kernel})",
+                label(dev, dtype)
+            ),
             &got.to_dtype(DType::F32)?,
             &want,
             BF16_TOLERANCE,

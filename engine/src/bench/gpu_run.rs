@@ -404,7 +404,12 @@ fn run_ab(
     json: &std::path::Path,
     rep: &mut Report,
 ) -> Result<(), BenchError> {
-    let switches: [KernelSwitch; 2] = [
+    let switches: [KernelSwitch; 3] = [
+        (
+            kontext_cuda::HAS_FLASH_ATTN3,
+            attention::set_flash_attn3,
+            "FlashAttention-3 (FA2 instead)",
+        ),
         (
             kontext_cuda::HAS_FLASH_ATTN,
             attention::set_flash_attn,
@@ -528,7 +533,8 @@ pub(super) fn timed_edit(
         caching,
         loras: Vec::new(),
     };
-    let variant = variant(dev, engine);
+    // Target and context tokens (the text adds more): decides FA3 versus FA2 only past 64.
+    let variant = variant(dev, engine, 2 * (size as usize / 16).pow(2));
     report::reset_pool_peak(dev);
     dev.synchronize()?;
     let started = Instant::now();
@@ -582,17 +588,19 @@ pub(super) fn timed_edit(
     Ok((run, latents))
 }
 
-/// Which of our kernels the transformer uses now: "flash+fused", "flash", "fused" or "candle".
-fn variant(dev: &Device, engine: &KontextEngine) -> String {
+/// Which of our kernels the transformer uses now at `seq_len` tokens: "flash3+fused",
+/// "flash2+fused", "flash2", "fused", "candle" and so on.
+fn variant(dev: &Device, engine: &KontextEngine, seq_len: usize) -> String {
     let cfg = engine.flux_config();
-    let flash = candle_core::Tensor::zeros((1, 1, 1, cfg.head_dim()), engine.options().dtype, dev)
-        .is_ok_and(|probe| attention::uses_flash_attn(&probe));
+    let probe = (1, 1, seq_len.max(1), cfg.head_dim());
+    let flash = candle_core::Tensor::zeros(probe, engine.options().dtype, dev)
+        .ok()
+        .and_then(|probe| attention::flash_attn_generation(&probe));
     let fused = dev.is_cuda() && engine.options().dtype == DType::BF16 && ops::cuda::enabled();
     match (flash, fused) {
-        (true, true) => "flash+fused",
-        (true, false) => "flash",
-        (false, true) => "fused",
-        (false, false) => "candle",
+        (Some(g), true) => format!("flash{g}+fused"),
+        (Some(g), false) => format!("flash{g}"),
+        (None, true) => "fused".to_string(),
+        (None, false) => "candle".to_string(),
     }
-    .to_string()
 }

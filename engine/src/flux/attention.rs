@@ -8,8 +8,9 @@
 //! processed in groups so the materialised `(b, heads, L, L)` scores stay under a memory budget.
 //!
 //! With the `flash-attn` feature, CUDA bf16 attention with head dim 128 (the 12B model) runs the
-//! FlashAttention-2 kernel of `kontext-cuda` instead and never materialises the scores; other
-//! shapes and dtypes (the tiny model, f32) keep the path below.
+//! FlashAttention-2 kernel of `kontext-cuda` instead (FlashAttention-3 on Hopper with
+//! `flash-attn-v3`) and never materialises the scores; other shapes and dtypes (the tiny model,
+//! f32) keep the path below.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -39,6 +40,30 @@ pub fn uses_flash_attn(q: &Tensor) -> bool {
         let _ = q;
         false
     }
+}
+
+/// Lets Hopper GPUs take FlashAttention-3 (feature `flash-attn-v3`; on by default) or keeps
+/// them on FlashAttention-2: the GPU benchmark's A/B. Without the feature it does nothing.
+pub fn set_flash_attn3(on: bool) {
+    #[cfg(feature = "flash-attn")]
+    kontext_cuda::flash_attn::set_flash_attn3(on);
+    #[cfg(not(feature = "flash-attn"))]
+    let _ = on;
+}
+
+/// Which FlashAttention generation [`attention`] runs for `q` `(b, heads, seq_len, head_dim)`:
+/// 3 (Hopper with `flash-attn-v3`), 2, or `None` for the materialising fallback.
+pub fn flash_attn_generation(q: &Tensor) -> Option<u8> {
+    if !uses_flash_attn(q) {
+        return None;
+    }
+    #[cfg(feature = "flash-attn")]
+    if let (candle_core::Device::Cuda(dev), Ok((_, _, seq_len, _))) = (q.device(), q.dims4())
+        && kontext_cuda::flash_attn::uses_flash_attn3(dev, seq_len)
+    {
+        return Some(3);
+    }
+    Some(2)
 }
 
 /// Attention over q, k, v `(b, heads, seq_len, head_dim)`; returns `(b, seq_len, heads·head_dim)`.
