@@ -77,6 +77,12 @@ pub struct ModelArgs {
     /// invalid input. Keep it at least the coordinator's --max-pixels.
     #[arg(long, env = "KONTEXT_ENGINE_MAX_PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
     pub engine_max_pixels: u64,
+
+    /// In a CUDA build with `flash-attn-v3`: whether Hopper GPUs run FlashAttention-3 (`true`)
+    /// or stay on FlashAttention-2 (`false`), process-wide. No effect in other builds and on
+    /// other devices (docs/gpu.md §1).
+    #[arg(long, env = "KONTEXT_FLASH_ATTN3", default_value_t = true, action = clap::ArgAction::Set)]
+    pub flash_attn3: bool,
 }
 
 impl ModelArgs {
@@ -98,6 +104,7 @@ impl ModelArgs {
 
 /// Loads the engine `args` name (slow for real weights: call on a blocking thread).
 pub fn load_engine(args: &ModelArgs) -> Result<Box<dyn Engine>, EngineError> {
+    kontext_engine::flux::attention::set_flash_attn3(args.flash_attn3);
     kontext_engine::loader::load_engine(&args.load_options())
 }
 
@@ -111,6 +118,7 @@ impl Default for ModelArgs {
             linear_precision: LinearPrecisionArg::Native,
             tiny_seed: 0,
             engine_max_pixels: DEFAULT_MAX_PIXELS,
+            flash_attn3: true,
         }
     }
 }
@@ -309,6 +317,17 @@ mod tests {
         assert_eq!(settings.grace_period, Duration::from_secs(5));
         assert_eq!(settings.worker_id, "gpu-0");
         assert!(!format!("{:?}", cli.serve).contains("hunter2"));
+        let cli = Cli::try_parse_from([
+            "x",
+            "--redis-url",
+            "redis://db",
+            "--data-dir",
+            "/tmp/k",
+            "--flash-attn3",
+            "false",
+        ])
+        .expect("valid flags");
+        assert!(!cli.serve.model.flash_attn3);
     }
 
     #[test]
@@ -320,6 +339,10 @@ mod tests {
         assert_eq!(flags.grace_period, defaults.grace_period);
         assert_eq!(flags.claim_wait, defaults.claim_wait);
         assert_eq!(flags.progress_interval, defaults.progress_interval);
+        assert_eq!(
+            cli.serve.model.flash_attn3,
+            ModelArgs::default().flash_attn3
+        );
         let settings = flags.settings().expect("valid settings");
         let reference = WorkerSettings::new(settings.worker_id.clone());
         assert_eq!(settings.heartbeat_every, reference.heartbeat_every);
