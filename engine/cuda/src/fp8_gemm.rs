@@ -295,12 +295,19 @@ impl Fp8Gemm {
             pref: None,
         };
         // Column-major view: Yᵀ (n × m) = op(A) (n × k) · B (k × m), with A = W stored (k × n)
-        // ld k and transposed, B = x8 stored (k × m) ld k, C = D = Yᵀ (n × m) ld n.
-        let e4m3 = sys::cudaDataType::CUDA_R_8F_E4M3;
+        // ld k and transposed, B = x stored (k × m) ld k, C = D = Yᵀ (n × m) ld n. The inputs
+        // are E4M3 for the FP8 GEMM and bf16 for `lt_bf16` (declaring bf16 inputs E4M3 made
+        // cuBLASLt read each bf16 value as two FP8 bytes: the non-finite outputs of that
+        // experiment's H200 runs).
+        let input = if fp8 {
+            sys::cudaDataType::CUDA_R_8F_E4M3
+        } else {
+            sys::cudaDataType::CUDA_R_16BF
+        };
         d.layouts
-            .push(lt::create_matrix_layout(e4m3, k, n, k as i64)?); // A: W (out, in) row-major
+            .push(lt::create_matrix_layout(input, k, n, k as i64)?); // A: W (out, in) row-major
         d.layouts
-            .push(lt::create_matrix_layout(e4m3, k, m, k as i64)?); // B: x8 (rows, in) row-major
+            .push(lt::create_matrix_layout(input, k, m, k as i64)?); // B: x (rows, in) row-major
         d.layouts.push(lt::create_matrix_layout(
             sys::cudaDataType::CUDA_R_16BF,
             n,

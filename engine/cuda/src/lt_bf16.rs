@@ -1,7 +1,9 @@
 //! bf16 token linears through the same cuBLASLt call as the FP8 GEMM (`fp8_gemm`), with the
 //! bias in the epilogue: an experiment, off unless the engine switches it on
 //! (`flux::ops::cuda::set_lt_gemm`). On an H200 it ran the 1024² step in 0.344 s instead of
-//! candle's 0.633 s, but its outputs were not finite (docs/gpu.md §5): not found yet.
+//! candle's 0.633 s with outputs that were not finite (docs/gpu.md §5). The cause, found by
+//! reading the code after those runs: `Fp8Gemm::matmul` declared the inputs E4M3 in the bf16
+//! case too, so that 0.344 s was an FP8 GEMM over misread bytes. Fixed, not yet rerun.
 
 // FFI to cuBLASLt: unsafe by nature, confined here and in `fp8_gemm`.
 #![allow(unsafe_code)]
