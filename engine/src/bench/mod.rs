@@ -1,5 +1,5 @@
 //! The GPU benchmark (`kontext-worker bench-gpu`, scripts/gpu-bench.sh): the run itself and its
-//! table (`gpu_run`, `report`), FLOP accounting against the compute floor (`flops`), engines at
+//! table (`gpu_run`, `report`), one timed edit (`timed_edit`), FLOP accounting against the compute floor (`flops`), engines at
 //! the real 12B size built from random weights generated on the device (`random_weights`), the
 //! speed modes (step caching, FP8 linears) run beside the reference (`speed_modes`), and
 //! the correctness checks of a GPU build against the CPU f32 reference (`checks`). The CPU
@@ -16,3 +16,4 @@ pub mod gpu_run;
 pub mod random_weights;
 pub mod report;
 pub mod speed_modes;
+mod timed_edit;

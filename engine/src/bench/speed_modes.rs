@@ -111,7 +111,7 @@ pub(super) fn run_mode(
     cfg: &crate::config::FluxConfig,
 ) -> Result<ModeRun, BenchError> {
     let (r, latents) =
-        super::gpu_run::timed_edit(engine, dev, size, steps, cfg, peak_tflops, mode.caching())?;
+        super::timed_edit::timed_edit(engine, dev, size, steps, cfg, peak_tflops, mode.caching())?;
     Ok(mode_run(
         mode.name,
         &r,
