@@ -348,5 +348,17 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
     // The new job exists for its tenant, queued (no worker is left to run it).
     let view = client.job(&requeued).await.expect("the re-queued job");
     assert_eq!(view.status, JobStatus::Queued, "{view:?}");
+    // The audit log tells the button (in open loopback mode) from a script's call.
+    let audit: serde_json::Value = http
+        .get(format!("{base}/v1/admin/audit?limit=1"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("audit")
+        .json()
+        .await
+        .expect("audit JSON");
+    assert_eq!(audit["entries"][0]["action"], "requeue_dead", "{audit}");
+    assert_eq!(audit["entries"][0]["actor"], "console open", "{audit}");
     embedded.shutdown().await.expect("clean shutdown");
 }

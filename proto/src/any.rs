@@ -165,8 +165,13 @@ impl JobQueue for AnyQueue {
         dispatch!(self, q => q.register_worker(info, ttl, now).await)
     }
 
-    async fn request_drain(&self, worker: &str, now: Millis) -> Result<DrainOutcome, QueueError> {
-        dispatch!(self, q => q.request_drain(worker, now).await)
+    async fn request_drain(
+        &self,
+        worker: &str,
+        actor: &str,
+        now: Millis,
+    ) -> Result<DrainOutcome, QueueError> {
+        dispatch!(self, q => q.request_drain(worker, actor, now).await)
     }
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
@@ -195,18 +200,20 @@ impl JobQueue for AnyQueue {
         action: BulkAction,
         filter: &DeadFilter,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> Result<BulkOutcome, QueueError> {
-        dispatch!(self, q => q.bulk_dead(action, filter, cursor, now).await)
+        dispatch!(self, q => q.bulk_dead(action, filter, cursor, actor, now).await)
     }
 
     async fn cancel_queued(
         &self,
         tenant: &str,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> Result<CancelQueuedOutcome, QueueError> {
-        dispatch!(self, q => q.cancel_queued(tenant, cursor, now).await)
+        dispatch!(self, q => q.cancel_queued(tenant, cursor, actor, now).await)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -217,13 +224,19 @@ impl JobQueue for AnyQueue {
         &self,
         id: JobId,
         new_id: JobId,
+        actor: &str,
         now: Millis,
     ) -> Result<RequeueOutcome, QueueError> {
-        dispatch!(self, q => q.requeue_dead(id, new_id, now).await)
+        dispatch!(self, q => q.requeue_dead(id, new_id, actor, now).await)
     }
 
-    async fn dismiss_dead(&self, id: JobId, now: Millis) -> Result<DismissOutcome, QueueError> {
-        dispatch!(self, q => q.dismiss_dead(id, now).await)
+    async fn dismiss_dead(
+        &self,
+        id: JobId,
+        actor: &str,
+        now: Millis,
+    ) -> Result<DismissOutcome, QueueError> {
+        dispatch!(self, q => q.dismiss_dead(id, actor, now).await)
     }
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {

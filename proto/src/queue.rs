@@ -451,10 +451,12 @@ pub trait JobQueue: Send + Sync + 'static {
         now: Millis,
     ) -> impl Future<Output = Result<Beat, QueueError>> + Send;
 
-    /// Ask live worker `worker` to drain (it sees it at its next heartbeat); audited.
+    /// Ask live worker `worker` to drain (it sees it at its next heartbeat); audited as done by
+    /// `actor` (`crate::workers::AuditEntry::actor`).
     fn request_drain(
         &self,
         worker: &str,
+        actor: &str,
         now: Millis,
     ) -> impl Future<Output = Result<DrainOutcome, QueueError>> + Send;
 
@@ -465,18 +467,20 @@ pub trait JobQueue: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
 
     /// Re-queue dead letter `id` as a new job `new_id` with its tenant, spec and priority (the
-    /// dead job stays dead); audited. Chain turns are refused.
+    /// dead job stays dead); audited as done by `actor`. Chain turns are refused.
     fn requeue_dead(
         &self,
         id: JobId,
         new_id: JobId,
+        actor: &str,
         now: Millis,
     ) -> impl Future<Output = Result<RequeueOutcome, QueueError>> + Send;
 
-    /// Remove dead letter `id` from the list; audited.
+    /// Remove dead letter `id` from the list; audited as done by `actor`.
     fn dismiss_dead(
         &self,
         id: JobId,
+        actor: &str,
         now: Millis,
     ) -> impl Future<Output = Result<DismissOutcome, QueueError>> + Send;
 
@@ -510,6 +514,7 @@ pub trait JobQueue: Send + Sync + 'static {
         action: BulkAction,
         filter: &DeadFilter,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> impl Future<Output = Result<BulkOutcome, QueueError>> + Send;
 
@@ -519,6 +524,7 @@ pub trait JobQueue: Send + Sync + 'static {
         &self,
         tenant: &str,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> impl Future<Output = Result<CancelQueuedOutcome, QueueError>> + Send;
 

@@ -77,7 +77,14 @@ pub struct AuditEntry {
     pub action: String,
     /// What it acted on (a worker id, …).
     pub target: String,
+    /// Who did it, as the coordinator names the caller: `key:<first 12 hex digits of the admin
+    /// key's SHA-256>` (never the key), `open` in open loopback mode, with `console ` in front
+    /// for the console's buttons; `unknown` for entries written before actors were recorded.
+    pub actor: String,
 }
+
+/// The actor of audit entries that were written before actors were recorded.
+pub const UNKNOWN_ACTOR: &str = "unknown";
 
 /// Entries the audit stream keeps (older ones are trimmed).
 pub const AUDIT_MAXLEN: usize = 10_000;

@@ -28,6 +28,14 @@ async fn workers(fleet: &Fleet, key: &str) -> (u16, Value) {
     (status, resp.json().await.expect("JSON"))
 }
 
+/// How the audit log names `ADMIN_KEY`: by a prefix of its digest, never the key.
+fn admin_actor() -> String {
+    let admin = AdminAuth::from_arg(Some(ADMIN_KEY), false).expect("admin key");
+    let actor = admin.actor(Some(ADMIN_KEY));
+    assert!(actor.starts_with("key:") && !actor.contains(ADMIN_KEY), "{actor}");
+    actor
+}
+
 async fn admin_get(fleet: &Fleet, path: &str) -> (u16, Value) {
     let resp = http(ADMIN_KEY)
         .get(format!("{}{path}", fleet.url))
@@ -221,6 +229,7 @@ async fn the_worker_registry_lists_live_workers_to_admins_only() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["entries"][0]["action"], "drain_worker", "{v}");
     assert_eq!(v["entries"][0]["target"], "w0", "{v}");
+    assert_eq!(v["entries"][0]["actor"], admin_actor(), "{v}");
 
     // Nobody writes w0's record any more: it is gone once its TTL (the lease TTL, 3 s) has
     // passed — read at that time rather than waited for.
@@ -328,6 +337,7 @@ async fn dead_letters_are_listed_and_requeued_by_admins() {
     assert_eq!(resp.status().as_u16(), 404, "already re-queued");
     let (_, v) = admin_get(&fleet, "/v1/admin/audit").await;
     assert_eq!(v["entries"][0]["action"], "requeue_dead", "{v}");
+    assert_eq!(v["entries"][0]["actor"], admin_actor(), "{v}");
     let (_, v) = admin_get(&fleet, "/v1/admin/dead").await;
     assert_eq!(v["dead_letters"], json!([]), "{v}");
 

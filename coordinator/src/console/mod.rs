@@ -64,12 +64,14 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-/// What the console's session cookie allows now.
-pub fn session_decision(state: &AppState, headers: &HeaderMap) -> AdminDecision {
+/// Who the console's session cookie in `headers` stands for (`AdminAuth::session_actor`), when
+/// it allows anything now.
+pub fn session_actor(state: &AppState, headers: &HeaderMap) -> Option<String> {
     let key_id = session_cookie(headers).and_then(|value| {
         signing::verify_console_session(&state.config.url_signing_secret, value, now_ms() / 1000)
     });
-    state.config.admin.decide_session(key_id)
+    let admin = &state.config.admin;
+    (admin.decide_session(key_id) == AdminDecision::Allowed).then(|| admin.session_actor(key_id))
 }
 
 /// A console request from an operator: the admin API's own check (header key or open mode),
@@ -80,8 +82,8 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        if session_decision(state, &parts.headers) == AdminDecision::Allowed {
-            return Ok(Operator(Admin));
+        if let Some(actor) = session_actor(state, &parts.headers) {
+            return Ok(Operator(Admin { actor }));
         }
         match Admin::from_request_parts(parts, state).await {
             Ok(admin) => Ok(Operator(admin)),
@@ -122,7 +124,10 @@ impl FromRequestParts<AppState> for Action {
             .into_response());
         }
         let Operator(admin) = Operator::from_request_parts(parts, state).await?;
-        Ok(Action(admin))
+        // The audit log tells the console's buttons from scripts calling the admin API.
+        Ok(Action(Admin {
+            actor: format!("console {}", admin.actor),
+        }))
     }
 }
 

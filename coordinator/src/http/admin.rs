@@ -22,8 +22,11 @@ use crate::admin_auth::AdminDecision;
 use crate::state::AppState;
 
 /// A request made with an admin key (or to an open coordinator).
-#[derive(Debug, Clone, Copy)]
-pub struct Admin;
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Who it is, as the audit log names them (`AdminAuth::actor`).
+    pub actor: String,
+}
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -32,9 +35,9 @@ impl FromRequestParts<AppState> for Admin {
         // The console's session cookie reads (its pages' images and live chart); it never
         // authorises an action here, so no cross-site form can use it against this API.
         if parts.method == axum::http::Method::GET
-            && crate::console::session_decision(state, &parts.headers) == AdminDecision::Allowed
+            && let Some(actor) = crate::console::session_actor(state, &parts.headers)
         {
-            return Ok(Admin);
+            return Ok(Admin { actor });
         }
         let client = unthrottled_client(parts, state)?;
         // The admin routes take `Authorization: Bearer` only (their documented scheme): without
@@ -42,8 +45,11 @@ impl FromRequestParts<AppState> for Admin {
         let bearer = parts
             .headers
             .contains_key(axum::http::header::AUTHORIZATION);
-        match state.config.admin.decide(api_key(&parts.headers)) {
-            AdminDecision::Allowed => Ok(Admin),
+        let key = api_key(&parts.headers);
+        match state.config.admin.decide(key) {
+            AdminDecision::Allowed => Ok(Admin {
+                actor: state.config.admin.actor(key),
+            }),
             AdminDecision::Disabled if !bearer => {
                 Err(auth_failed(state, client, ApiError::admin_unauthorized()))
             }
@@ -180,10 +186,14 @@ pub struct DrainReply {
 )]
 pub async fn drain_worker(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DrainReply>), ApiError> {
-    match state.queue.request_drain(&id, now_ms()).await? {
+    match state
+        .queue
+        .request_drain(&id, &admin.actor, now_ms())
+        .await?
+    {
         DrainOutcome::Requested => Ok((
             StatusCode::ACCEPTED,
             Json(DrainReply {
@@ -360,13 +370,13 @@ pub async fn dead_letters(
 )]
 pub async fn requeue_dead(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeadLetterReply>), ApiError> {
     let dead = dead_id(&id)?;
     match state
         .queue
-        .requeue_dead(dead, JobId::new(), now_ms())
+        .requeue_dead(dead, JobId::new(), &admin.actor, now_ms())
         .await?
     {
         RequeueOutcome::Requeued(new) => Ok((
@@ -398,11 +408,15 @@ pub async fn requeue_dead(
 )]
 pub async fn dismiss_dead(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetterReply>, ApiError> {
     let dead = dead_id(&id)?;
-    match state.queue.dismiss_dead(dead, now_ms()).await? {
+    match state
+        .queue
+        .dismiss_dead(dead, &admin.actor, now_ms())
+        .await?
+    {
         DismissOutcome::Dismissed => Ok(Json(DeadLetterReply {
             id,
             status: "dismissed".into(),

@@ -68,13 +68,14 @@ fn dead_filter(query: Option<&str>) -> Result<(DeadFilter, Option<String>), ApiE
 
 async fn bulk(
     state: &AppState,
+    admin: &Admin,
     action: BulkAction,
     query: Option<&str>,
 ) -> Result<Json<BulkDeadReply>, ApiError> {
     let (filter, cursor) = dead_filter(query)?;
     let out = state
         .queue
-        .bulk_dead(action, &filter, cursor.as_deref(), now_ms())
+        .bulk_dead(action, &filter, cursor.as_deref(), &admin.actor, now_ms())
         .await?;
     Ok(Json(BulkDeadReply {
         action: action.as_str().into(),
@@ -132,10 +133,10 @@ struct DeadFilterParams {
 )]
 pub async fn requeue_dead_matching(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     RawQuery(query): RawQuery,
 ) -> Result<Json<BulkDeadReply>, ApiError> {
-    bulk(&state, BulkAction::Requeue, query.as_deref()).await
+    bulk(&state, &admin, BulkAction::Requeue, query.as_deref()).await
 }
 
 /// Dismiss every dead letter matching the filter (all without one), oldest first (as
@@ -153,10 +154,10 @@ pub async fn requeue_dead_matching(
 )]
 pub async fn dismiss_dead_matching(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     RawQuery(query): RawQuery,
 ) -> Result<Json<BulkDeadReply>, ApiError> {
-    bulk(&state, BulkAction::Dismiss, query.as_deref()).await
+    bulk(&state, &admin, BulkAction::Dismiss, query.as_deref()).await
 }
 
 /// Cancel a tenant's queued jobs (those waiting for a retry included), newest first, as
@@ -178,7 +179,7 @@ pub async fn dismiss_dead_matching(
 )]
 pub async fn cancel_queued(
     State(state): State<AppState>,
-    _: Admin,
+    admin: Admin,
     Path(tenant): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<CancelQueuedReply>, ApiError> {
@@ -192,7 +193,12 @@ pub async fn cancel_queued(
     let pairs = query_pairs(query.as_deref());
     let out = state
         .queue
-        .cancel_queued(&tenant, query_param(&pairs, "cursor"), now_ms())
+        .cancel_queued(
+            &tenant,
+            query_param(&pairs, "cursor"),
+            &admin.actor,
+            now_ms(),
+        )
         .await?;
     Ok(Json(CancelQueuedReply {
         tenant,

@@ -16,8 +16,11 @@ use crate::job::Carry;
 use crate::job_history::HistoryEntry;
 use crate::queue::{CompleteOutcome, FailOutcome};
 
+/// Who the bulk actions below are done by.
+const BULK_ACTOR: &str = "key:b0b0b0b0b0b0";
+
 async fn bulk<Q: JobQueue>(q: &Q, action: BulkAction, f: DeadFilter, now: Millis) -> BulkOutcome {
-    let out = within("bulk_dead", q.bulk_dead(action, &f, None, now))
+    let out = within("bulk_dead", q.bulk_dead(action, &f, None, BULK_ACTOR, now))
         .await
         .expect("bulk_dead");
     assert_eq!(
@@ -81,6 +84,7 @@ pub async fn dead_letters_are_requeued_and_dismissed_by_filter<Q: JobQueue>(
         .iter()
         .map(|e| (e.action.as_str(), e.target.clone()))
         .collect();
+    assert!(audit.iter().all(|e| e.actor == BULK_ACTOR), "{audit:?}");
     assert_eq!(
         actions,
         vec![
@@ -91,7 +95,13 @@ pub async fn dead_letters_are_requeued_and_dismissed_by_filter<Q: JobQueue>(
         ]
     );
     let bad = q
-        .bulk_dead(BulkAction::Dismiss, &DeadFilter::default(), Some("x"), t)
+        .bulk_dead(
+            BulkAction::Dismiss,
+            &DeadFilter::default(),
+            Some("x"),
+            BULK_ACTOR,
+            t,
+        )
         .await;
     assert!(matches!(bad, Err(QueueError::InvalidCursor(_))), "{bad:?}");
 }
@@ -122,9 +132,12 @@ pub async fn a_tenants_queued_jobs_are_canceled_running_ones_left<Q: JobQueue>(
     let turn = chain.turns[0].job_id;
     let other = submit(&q, submission("beta", Priority::Standard, "b"), NOW + 5).await;
 
-    let out = within("cancel_queued", q.cancel_queued("acme", None, NOW + 20))
-        .await
-        .expect("cancel_queued");
+    let out = within(
+        "cancel_queued",
+        q.cancel_queued("acme", None, "open", NOW + 20),
+    )
+    .await
+    .expect("cancel_queued");
     assert_eq!(out.canceled, vec![turn, retrying, queued], "newest first");
     assert_eq!((out.running, out.next_cursor.clone()), (1, None));
     for id in [turn, retrying, queued] {
@@ -139,33 +152,40 @@ pub async fn a_tenants_queued_jobs_are_canceled_running_ones_left<Q: JobQueue>(
     let entries = h.expect("job_history").expect("exists").entries;
     assert_eq!(entries, vec![HistoryEntry::Canceled { at: NOW + 20 }]);
 
-    let again = within("cancel_queued", q.cancel_queued("acme", None, NOW + 21)).await;
+    let again = within(
+        "cancel_queued",
+        q.cancel_queued("acme", None, "open", NOW + 21),
+    )
+    .await;
     assert!(again.expect("cancel_queued").canceled.is_empty());
     let audit = within("audit_log", q.audit_log(10)).await.expect("audit");
     let targets: Vec<String> = audit
         .iter()
-        .filter(|e| e.action == "cancel_queued")
+        .filter(|e| e.action == "cancel_queued" && e.actor == "open")
         .map(|e| e.target.clone())
         .collect();
     assert_eq!(
         targets,
         [queued, retrying, turn].map(|id| format!("acme/{id}"))
     );
-    let bad = q.cancel_queued("acme", Some("x"), NOW).await;
+    let bad = q.cancel_queued("acme", Some("x"), "open", NOW).await;
     assert!(matches!(bad, Err(QueueError::InvalidCursor(_))), "{bad:?}");
 
     // More than one call may cancel: MAX_CANCEL, then the rest below the cursor.
     for i in 0..=MAX_CANCEL as u64 {
         submit(&q, submission("many", Priority::Bulk, "m"), NOW + 100 + i).await;
     }
-    let first = within("cancel_queued", q.cancel_queued("many", None, NOW + 30))
-        .await
-        .expect("cancel_queued");
+    let first = within(
+        "cancel_queued",
+        q.cancel_queued("many", None, "open", NOW + 30),
+    )
+    .await
+    .expect("cancel_queued");
     assert_eq!(first.canceled.len(), MAX_CANCEL);
     let cursor = first.next_cursor.expect("more remain");
     let rest = within(
         "cancel_queued",
-        q.cancel_queued("many", Some(&cursor), NOW + 31),
+        q.cancel_queued("many", Some(&cursor), "open", NOW + 31),
     )
     .await
     .expect("cancel_queued");

@@ -56,13 +56,19 @@ pub async fn dead_letters_are_listed_requeued_and_dismissed_once<Q: JobQueue>(
     // Re-queue: a new job, same tenant, spec and priority, claimable at once; the dead one
     // stays dead and leaves the list.
     let new_id = JobId::new();
-    let out = within("requeue_dead", q.requeue_dead(first, new_id, t))
-        .await
-        .expect("requeue_dead");
+    let out = within(
+        "requeue_dead",
+        q.requeue_dead(first, new_id, "key:aaaaaaaaaaaa", t),
+    )
+    .await
+    .expect("requeue_dead");
     assert_eq!(out, RequeueOutcome::Requeued(new_id));
-    let again = within("requeue_dead", q.requeue_dead(first, JobId::new(), t))
-        .await
-        .expect("requeue_dead");
+    let again = within(
+        "requeue_dead",
+        q.requeue_dead(first, JobId::new(), "key:aaaaaaaaaaaa", t),
+    )
+    .await
+    .expect("requeue_dead");
     assert_eq!(again, RequeueOutcome::NotFound, "once");
     let (old, new) = (record(&q, first).await, record(&q, new_id).await);
     assert_eq!(old.status, JobStatus::Dead);
@@ -79,13 +85,19 @@ pub async fn dead_letters_are_listed_requeued_and_dismissed_once<Q: JobQueue>(
     assert_eq!(claimed.id, new_id);
 
     // Dismiss: gone from the list, once.
-    let out = within("dismiss_dead", q.dismiss_dead(second, t + 2))
-        .await
-        .expect("dismiss_dead");
+    let out = within(
+        "dismiss_dead",
+        q.dismiss_dead(second, "console open", t + 2),
+    )
+    .await
+    .expect("dismiss_dead");
     assert_eq!(out, DismissOutcome::Dismissed);
-    let out = within("dismiss_dead", q.dismiss_dead(second, t + 3))
-        .await
-        .expect("dismiss_dead");
+    let out = within(
+        "dismiss_dead",
+        q.dismiss_dead(second, "console open", t + 3),
+    )
+    .await
+    .expect("dismiss_dead");
     assert_eq!(out, DismissOutcome::NotFound);
     let listed = within("dead_letters", q.dead_letters(10))
         .await
@@ -93,22 +105,27 @@ pub async fn dead_letters_are_listed_requeued_and_dismissed_once<Q: JobQueue>(
     assert!(listed.is_empty(), "{listed:?}");
     let unknown = within(
         "requeue_dead",
-        q.requeue_dead(JobId::new(), JobId::new(), t),
+        q.requeue_dead(JobId::new(), JobId::new(), "open", t),
     )
     .await
     .expect("requeue_dead");
     assert_eq!(unknown, RequeueOutcome::NotFound);
 
     let audit = within("audit_log", q.audit_log(10)).await.expect("audit");
-    let actions: Vec<(&str, String)> = audit
+    let actions: Vec<(&str, String, &str)> = audit
         .iter()
-        .map(|e| (e.action.as_str(), e.target.clone()))
+        .map(|e| (e.action.as_str(), e.target.clone(), e.actor.as_str()))
         .collect();
     assert_eq!(
         actions,
         vec![
-            ("dismiss_dead", second.to_string()),
-            ("requeue_dead", format!("{first} -> {new_id}")),
-        ]
+            ("dismiss_dead", second.to_string(), "console open"),
+            (
+                "requeue_dead",
+                format!("{first} -> {new_id}"),
+                "key:aaaaaaaaaaaa"
+            ),
+        ],
+        "only actions that acted are audited, each with who did it"
     );
 }

@@ -79,9 +79,12 @@ pub async fn drain_requests_reach_live_workers_and_are_audited<Q: JobQueue>(
     let drain = |worker: &'static str, now: Millis| {
         let q = &q;
         async move {
-            within("request_drain", q.request_drain(worker, now))
-                .await
-                .expect("request_drain")
+            within(
+                "request_drain",
+                q.request_drain(worker, "key:0123456789ab", now),
+            )
+            .await
+            .expect("request_drain")
         }
     };
     assert_eq!(drain("w-x", NOW + 1).await, DrainOutcome::NotFound);
@@ -100,6 +103,7 @@ pub async fn drain_requests_reach_live_workers_and_are_audited<Q: JobQueue>(
             at: NOW + 1,
             action: "drain_worker".into(),
             target: "w-a".into(),
+            actor: "key:0123456789ab".into(),
         }]
     );
     assert_eq!(drain("w-a", NOW + 2 + 30_000).await, DrainOutcome::NotFound);

@@ -252,8 +252,13 @@ impl JobQueue for MemoryQueue {
         Ok(self.ops.workers(now))
     }
 
-    async fn request_drain(&self, worker: &str, now: Millis) -> Result<DrainOutcome, QueueError> {
-        Ok(self.ops.request_drain(worker, now))
+    async fn request_drain(
+        &self,
+        worker: &str,
+        actor: &str,
+        now: Millis,
+    ) -> Result<DrainOutcome, QueueError> {
+        Ok(self.ops.request_drain(worker, actor, now))
     }
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
@@ -282,15 +287,19 @@ impl JobQueue for MemoryQueue {
         action: BulkAction,
         filter: &DeadFilter,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> Result<BulkOutcome, QueueError> {
         let out = self.mutate(|s| s.bulk_dead(action, filter, cursor, now))?;
         for (dead, new) in &out.affected {
             match new {
-                Some(new) => self
+                Some(new) => {
+                    self.ops
+                        .record("requeue_dead", &format!("{dead} -> {new}"), actor, now)
+                }
+                None => self
                     .ops
-                    .record("requeue_dead", &format!("{dead} -> {new}"), now),
-                None => self.ops.record("dismiss_dead", &dead.to_string(), now),
+                    .record("dismiss_dead", &dead.to_string(), actor, now),
             }
         }
         Ok(out)
@@ -300,12 +309,13 @@ impl JobQueue for MemoryQueue {
         &self,
         tenant: &str,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> Result<CancelQueuedOutcome, QueueError> {
         let out = self.mutate(|s| s.cancel_queued(tenant, cursor, now))?;
         for id in &out.canceled {
             self.ops
-                .record("cancel_queued", &format!("{tenant}/{id}"), now);
+                .record("cancel_queued", &format!("{tenant}/{id}"), actor, now);
         }
         Ok(out)
     }
@@ -318,20 +328,26 @@ impl JobQueue for MemoryQueue {
         &self,
         id: JobId,
         new_id: JobId,
+        actor: &str,
         now: Millis,
     ) -> Result<RequeueOutcome, QueueError> {
         let out = self.mutate(|s| s.requeue_dead(id, new_id, now))?;
         if let RequeueOutcome::Requeued(new) = out {
             self.ops
-                .record("requeue_dead", &format!("{id} -> {new}"), now);
+                .record("requeue_dead", &format!("{id} -> {new}"), actor, now);
         }
         Ok(out)
     }
 
-    async fn dismiss_dead(&self, id: JobId, now: Millis) -> Result<DismissOutcome, QueueError> {
+    async fn dismiss_dead(
+        &self,
+        id: JobId,
+        actor: &str,
+        now: Millis,
+    ) -> Result<DismissOutcome, QueueError> {
         let out = self.mutate(|s| s.dismiss_dead(id));
         if out == DismissOutcome::Dismissed {
-            self.ops.record("dismiss_dead", &id.to_string(), now);
+            self.ops.record("dismiss_dead", &id.to_string(), actor, now);
         }
         Ok(out)
     }

@@ -84,7 +84,7 @@ impl Operators {
             .collect())
     }
 
-    pub(super) fn request_drain(&self, worker: &str, now: Millis) -> DrainOutcome {
+    pub(super) fn request_drain(&self, worker: &str, actor: &str, now: Millis) -> DrainOutcome {
         let live = guard(&self.workers)
             .get(worker)
             .is_some_and(|(_, expiry)| *expiry > now);
@@ -93,17 +93,18 @@ impl Operators {
         }
         let until = now.saturating_add(DRAIN_REQUEST_TTL_S * 1_000);
         guard(&self.drains).insert(worker.to_owned(), until);
-        self.record("drain_worker", worker, now);
+        self.record("drain_worker", worker, actor, now);
         DrainOutcome::Requested
     }
 
     /// Appends an admin action to the audit log.
-    pub(super) fn record(&self, action: &str, target: &str, now: Millis) {
+    pub(super) fn record(&self, action: &str, target: &str, actor: &str, now: Millis) {
         let mut audit = guard(&self.audit);
         audit.push_back(AuditEntry {
             at: now,
             action: action.to_owned(),
             target: target.to_owned(),
+            actor: actor.to_owned(),
         });
         while audit.len() > AUDIT_MAXLEN {
             audit.pop_front();

@@ -23,6 +23,7 @@ impl RedisQueue {
         action: BulkAction,
         filter: &DeadFilter,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> Result<BulkOutcome, QueueError> {
         let start = match cursor {
@@ -45,7 +46,8 @@ impl RedisQueue {
             .arg(opt(filter.newer_than))
             .arg(now)
             .arg(self.maxlen())
-            .arg(AUDIT_MAXLEN);
+            .arg(AUDIT_MAXLEN)
+            .arg(actor);
         if action == BulkAction::Requeue {
             for _ in 0..MAX_BULK {
                 inv.arg(JobId::new().to_string());
@@ -81,6 +83,7 @@ impl RedisQueue {
         &self,
         tenant: &str,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> Result<CancelQueuedOutcome, QueueError> {
         let upper = match cursor {
@@ -102,7 +105,8 @@ impl RedisQueue {
             .arg(now)
             .arg(self.retention_s())
             .arg(self.maxlen())
-            .arg(AUDIT_MAXLEN);
+            .arg(AUDIT_MAXLEN)
+            .arg(actor);
         let reply = self.run(&inv).await?;
         let parts = array(&reply)?;
         Ok(CancelQueuedOutcome {

@@ -251,8 +251,13 @@ impl JobQueue for RedisQueue {
         self.register_worker_impl(info, ttl, now).await
     }
 
-    async fn request_drain(&self, worker: &str, now: Millis) -> Result<DrainOutcome, QueueError> {
-        self.request_drain_impl(worker, now).await
+    async fn request_drain(
+        &self,
+        worker: &str,
+        actor: &str,
+        now: Millis,
+    ) -> Result<DrainOutcome, QueueError> {
+        self.request_drain_impl(worker, actor, now).await
     }
 
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, QueueError> {
@@ -281,18 +286,21 @@ impl JobQueue for RedisQueue {
         action: BulkAction,
         filter: &DeadFilter,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> Result<BulkOutcome, QueueError> {
-        self.bulk_dead_impl(action, filter, cursor, now).await
+        self.bulk_dead_impl(action, filter, cursor, actor, now)
+            .await
     }
 
     async fn cancel_queued(
         &self,
         tenant: &str,
         cursor: Option<&str>,
+        actor: &str,
         now: Millis,
     ) -> Result<CancelQueuedOutcome, QueueError> {
-        self.cancel_queued_impl(tenant, cursor, now).await
+        self.cancel_queued_impl(tenant, cursor, actor, now).await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -303,13 +311,19 @@ impl JobQueue for RedisQueue {
         &self,
         id: JobId,
         new_id: JobId,
+        actor: &str,
         now: Millis,
     ) -> Result<RequeueOutcome, QueueError> {
-        self.requeue_dead_impl(id, new_id, now).await
+        self.requeue_dead_impl(id, new_id, actor, now).await
     }
 
-    async fn dismiss_dead(&self, id: JobId, now: Millis) -> Result<DismissOutcome, QueueError> {
-        self.dismiss_dead_impl(id, now).await
+    async fn dismiss_dead(
+        &self,
+        id: JobId,
+        actor: &str,
+        now: Millis,
+    ) -> Result<DismissOutcome, QueueError> {
+        self.dismiss_dead_impl(id, actor, now).await
     }
 
     async fn workers(&self, now: Millis) -> Result<Vec<WorkerInfo>, QueueError> {

@@ -14,7 +14,7 @@ use crate::job::{JobId, Millis};
 use crate::policy;
 use crate::usage::{MAX_USAGE_DAYS, UsageRow, day_name};
 use crate::workers::{
-    AUDIT_MAXLEN, AuditEntry, Beat, DRAIN_REQUEST_TTL_S, DrainOutcome, WorkerInfo,
+    AUDIT_MAXLEN, AuditEntry, Beat, DRAIN_REQUEST_TTL_S, DrainOutcome, UNKNOWN_ACTOR, WorkerInfo,
 };
 
 impl RedisQueue {
@@ -46,6 +46,7 @@ impl RedisQueue {
     pub(super) async fn request_drain_impl(
         &self,
         worker: &str,
+        actor: &str,
         now: Millis,
     ) -> Result<DrainOutcome, QueueError> {
         let k = &self.keys;
@@ -56,7 +57,8 @@ impl RedisQueue {
             .arg(worker)
             .arg(now)
             .arg(DRAIN_REQUEST_TTL_S)
-            .arg(AUDIT_MAXLEN);
+            .arg(AUDIT_MAXLEN)
+            .arg(actor);
         let reply = self.run(&inv).await?;
         match tagged(&reply)?.0.as_str() {
             "requested" => Ok(DrainOutcome::Requested),
@@ -72,7 +74,7 @@ impl RedisQueue {
             .iter()
             .map(|e| {
                 let f = array(e)?;
-                let [at, action, target] = f else {
+                let [at, action, target, actor] = f else {
                     return Err(QueueError::Corrupt("audit entry".into()));
                 };
                 Ok(AuditEntry {
@@ -81,6 +83,9 @@ impl RedisQueue {
                         .map_err(|_| QueueError::Corrupt("audit time".into()))?,
                     action: text(action)?,
                     target: text(target)?,
+                    actor: Some(text(actor)?)
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or_else(|| UNKNOWN_ACTOR.to_owned()),
                 })
             })
             .collect()
@@ -181,6 +186,7 @@ impl RedisQueue {
         &self,
         id: JobId,
         new_id: JobId,
+        actor: &str,
         now: Millis,
     ) -> Result<RequeueOutcome, QueueError> {
         let k = &self.keys;
@@ -194,7 +200,8 @@ impl RedisQueue {
             .arg(new_id.to_string())
             .arg(now)
             .arg(self.maxlen())
-            .arg(AUDIT_MAXLEN);
+            .arg(AUDIT_MAXLEN)
+            .arg(actor);
         let reply = self.run(&inv).await?;
         Ok(match tagged(&reply)?.0.as_str() {
             "requeued" => RequeueOutcome::Requeued(new_id),
@@ -206,6 +213,7 @@ impl RedisQueue {
     pub(super) async fn dismiss_dead_impl(
         &self,
         id: JobId,
+        actor: &str,
         now: Millis,
     ) -> Result<DismissOutcome, QueueError> {
         let k = &self.keys;
@@ -215,7 +223,8 @@ impl RedisQueue {
             .key(k.audit())
             .arg(id.to_string())
             .arg(now)
-            .arg(AUDIT_MAXLEN);
+            .arg(AUDIT_MAXLEN)
+            .arg(actor);
         let reply = self.run(&inv).await?;
         Ok(match tagged(&reply)?.0.as_str() {
             "dismissed" => DismissOutcome::Dismissed,

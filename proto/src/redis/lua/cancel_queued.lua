@@ -5,7 +5,7 @@
 -- KEYS[1] tenant list zset   KEYS[2] audit stream
 -- ARGV[1] key prefix   ARGV[2] tenant   ARGV[3] upper bound ('+' or '(' .. member)
 -- ARGV[4] most canceled   ARGV[5] most members examined   ARGV[6] now (ms)   ARGV[7] retention (s)
--- ARGV[8] events maxlen   ARGV[9] audit maxlen
+-- ARGV[8] events maxlen   ARGV[9] audit maxlen   ARGV[10] actor
 -- Returns {{canceled jids...}, running jobs met, next cursor or ''}: the cursor is the last
 --         member examined, '' when the list holds nothing below it
 local prefix, now = ARGV[1], ARGV[6]
@@ -20,7 +20,7 @@ for i, member in ipairs(members) do
     running = running + 1
   elseif state == 'queued' then
     cancel_queued_job(prefix, jid, now, ARGV[7], ARGV[8])
-    audit(KEYS[2], ARGV[9], now, 'cancel_queued', ARGV[2] .. '/' .. jid)
+    audit(KEYS[2], ARGV[9], now, 'cancel_queued', ARGV[2] .. '/' .. jid, ARGV[10])
     table.insert(canceled, jid)
     if #canceled >= cap then break end
   end

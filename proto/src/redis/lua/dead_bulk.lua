@@ -6,8 +6,8 @@
 -- ARGV[1] key prefix   ARGV[2] action (requeue|dismiss)   ARGV[3] start ('-' or '(' .. entry id)
 -- ARGV[4] most affected   ARGV[5] most entries examined   ARGV[6] tenant ('' = any)
 -- ARGV[7] dead-lettered before (ms, '' = any)   ARGV[8] dead-lettered after (ms, '' = any)
--- ARGV[9] now (ms)   ARGV[10] events maxlen   ARGV[11] audit maxlen
--- ARGV[12..] new job ids, one per possible re-queue
+-- ARGV[9] now (ms)   ARGV[10] events maxlen   ARGV[11] audit maxlen   ARGV[12] actor
+-- ARGV[13..] new job ids, one per possible re-queue
 -- Returns {{dead jid, new jid or ''}..., {skipped chain turn jids...}, next cursor or ''}: the
 --         cursor is the last entry examined, '' when the stream holds nothing after it
 local prefix, action, now = ARGV[1], ARGV[2], ARGV[9]
@@ -27,14 +27,14 @@ for i, e in ipairs(entries) do
       if action == 'dismiss' then
         redis.call('XDEL', KEYS[1], e[1])
         redis.call('HDEL', job_key(prefix, f.jid), 'dlq_entry')
-        audit(KEYS[2], ARGV[11], now, 'dismiss_dead', f.jid)
+        audit(KEYS[2], ARGV[11], now, 'dismiss_dead', f.jid, ARGV[12])
         table.insert(affected, {f.jid, ''})
       elseif v[3] then
         table.insert(skipped, f.jid)
       else
-        local new_jid = ARGV[12 + #affected]
+        local new_jid = ARGV[13 + #affected]
         requeue_dead_letter(prefix, f.jid, v, new_jid, now, KEYS[1], ARGV[10])
-        audit(KEYS[2], ARGV[11], now, 'requeue_dead', f.jid .. ' -> ' .. new_jid)
+        audit(KEYS[2], ARGV[11], now, 'requeue_dead', f.jid .. ' -> ' .. new_jid, ARGV[12])
         table.insert(affected, {f.jid, new_jid})
       end
       if #affected >= cap then break end

@@ -363,8 +363,10 @@ end
 
 -- ---------------------------------------------------------------------------------------------
 -- Admin actions on dead letters and queued jobs (docs/queue-protocol.md §Admin actions).
-local function audit(key, maxlen, now, action, target)
-  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'at', now, 'action', action, 'target', target)
+-- `actor` is who did it, as the coordinator names the caller (AuditEntry::actor).
+local function audit(key, maxlen, now, action, target, actor)
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'at', now, 'action', action, 'target', target,
+    'actor', actor)
 end
 
 -- Re-queue dead job `jid` (its hash fields `v`: state, dlq_entry, chain, tenant, spec, prio) as
