@@ -338,6 +338,35 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
             .wait_for_element_with_custom_timeout("p.notice a", Duration::from_secs(20))
             .and_then(|a| a.get_inner_text())
             .expect("re-queue notice");
+        // The audit log: the button's re-queue, then the API's drain, each with its actor.
+        let text = visit(
+            &tab,
+            &base2,
+            "/console/audit",
+            "#audit tr[data-action='requeue_dead']",
+            "audit",
+        );
+        // Each row's cells: when, actor, action, target.
+        let rows: Vec<Vec<String>> = tab
+            .find_elements("#audit tbody tr")
+            .expect("audit rows")
+            .iter()
+            .map(|row| {
+                row.find_elements("td")
+                    .expect("cells")
+                    .iter()
+                    .map(|td| td.get_inner_text().expect("cell text"))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert_eq!(rows[0][1..3], ["console open", "requeue_dead"], "{rows:?}");
+        assert!(rows[0][3].starts_with(&poison_s), "{rows:?}");
+        assert_eq!(
+            rows[1][1..],
+            ["open", "drain_worker", "console-test"],
+            "{rows:?}"
+        );
         let errors = errors.lock().expect("errors lock").clone();
         assert!(errors.is_empty(), "console errors: {errors:#?}");
         notice

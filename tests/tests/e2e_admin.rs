@@ -32,7 +32,10 @@ async fn workers(fleet: &Fleet, key: &str) -> (u16, Value) {
 fn admin_actor() -> String {
     let admin = AdminAuth::from_arg(Some(ADMIN_KEY), false).expect("admin key");
     let actor = admin.actor(Some(ADMIN_KEY));
-    assert!(actor.starts_with("key:") && !actor.contains(ADMIN_KEY), "{actor}");
+    assert!(
+        actor.starts_with("key:") && !actor.contains(ADMIN_KEY),
+        "{actor}"
+    );
     actor
 }
 

@@ -12,6 +12,7 @@ const NAV: &[(&str, &str)] = &[
     ("/console/jobs", "Jobs"),
     ("/console/dead", "Dead letters"),
     ("/console/usage", "Usage"),
+    ("/console/audit", "Audit"),
 ];
 
 const STYLE: &str = r#"

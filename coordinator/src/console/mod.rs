@@ -45,6 +45,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console/chains/{id}", get(pages::chain))
         .route("/console/dead", get(pages::dead_letters))
         .route("/console/usage", get(pages::usage))
+        .route("/console/audit", get(pages::audit))
         .route("/console/dead/{id}/requeue", post(requeue_dead))
         .route("/console/dead/{id}/dismiss", post(dismiss_dead))
         .route("/console/workers/{id}/drain", post(drain_worker))

@@ -256,6 +256,36 @@ pub async fn dead_letters(
     layout::page("Dead letters", "/console/dead", body)
 }
 
+/// The audit log: who drained, re-queued, dismissed or canceled what, newest first.
+pub async fn audit(State(state): State<AppState>, Operator(admin): Operator) -> Response {
+    let entries = match admin::audit(State(state), admin, RawQuery(None)).await {
+        Ok(l) => l.0.entries,
+        Err(e) => return error_page(&e),
+    };
+    let body = html! {
+        h1 { "Audit log" }
+        p.muted { "The newest 100 admin actions. Actors: key: and the first 12 hex digits of \
+                   the admin key's SHA-256, open in open loopback mode, console for this \
+                   console's buttons." }
+        @if entries.is_empty() { p.muted { "No admin actions yet." } } @else {
+            table id="audit" {
+                thead { tr { th { "when" } th { "actor" } th { "action" } th { "target" } } }
+                tbody {
+                    @for e in &entries {
+                        tr data-action=(e.action) {
+                            td { (time(e.at)) }
+                            td { code { (e.actor) } }
+                            td { (e.action) }
+                            td { code { (e.target) } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    layout::page("Audit log", "/console/audit", body)
+}
+
 pub async fn usage(
     State(state): State<AppState>,
     Operator(admin): Operator,
