@@ -258,6 +258,33 @@ async fn scripts_reload_after_script_flush() {
     assert_eq!(job.id, id);
 }
 
+/// Audit entries written before actors were recorded (no `actor` field) still read, as
+/// `unknown`, next to new ones.
+#[tokio::test]
+async fn audit_entries_from_before_actors_read_as_unknown() {
+    let ns = fresh_namespace();
+    let q = RedisQueue::connect(&redis_url(), &ns, RedisConfig::default())
+        .await
+        .expect("connect");
+    let audit = kontext_proto::keys::KeySpace::new(&ns)
+        .expect("keys")
+        .audit();
+    let mut con = raw(&redis_url()).await;
+    let _: String = redis::cmd("XADD")
+        .arg(&audit)
+        .arg("*")
+        .arg(&["at", "5", "action", "drain_worker", "target", "w-old"])
+        .query_async(&mut con)
+        .await
+        .expect("XADD");
+    let entries = within("audit_log", q.audit_log(10)).await.expect("audit");
+    let read: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.target.as_str(), e.actor.as_str()))
+        .collect();
+    assert_eq!(read, [("w-old", "unknown")]);
+}
+
 #[tokio::test]
 async fn submit_with_wait_for_replicas_still_succeeds_without_replicas() {
     let cfg = RedisConfig {
