@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use kontext_coordinator::http::admin::{UsageReport, WorkerList};
+use kontext_coordinator::http::admin::{AuditLog, UsageReport, WorkerList};
 use kontext_coordinator::http::error::ErrorBody;
 use kontext_coordinator::http::views::{CancelReply, JobAccepted, JobView, UploadReply};
 use kontext_proto::JobEvent;
@@ -200,6 +200,13 @@ impl Client {
     /// `GET /v1/admin/workers` (an admin key): the live workers.
     pub async fn workers(&self) -> Result<WorkerList, ClientError> {
         let url = self.url("/v1/admin/workers");
+        let resp = self.send(&url, self.http.get(&url)).await?;
+        Self::json(&url, resp).await
+    }
+
+    /// `GET /v1/admin/audit?limit=` (an admin key): the newest admin actions.
+    pub async fn audit(&self, limit: u32) -> Result<AuditLog, ClientError> {
+        let url = self.url(&format!("/v1/admin/audit?limit={limit}"));
         let resp = self.send(&url, self.http.get(&url)).await?;
         Self::json(&url, resp).await
     }

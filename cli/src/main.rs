@@ -50,6 +50,8 @@ enum Command {
     Usage(commands::operators::UsageArgs),
     /// The live workers: device, model, counts, what each runs now (admin key).
     Workers(commands::operators::WorkersArgs),
+    /// Admin actions, newest first: when, who (the admin key's digest prefix), what (admin key).
+    Audit(commands::operators::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -98,6 +100,7 @@ fn main() -> std::process::ExitCode {
             Command::Status(args) => commands::jobs::status(args).await,
             Command::Usage(args) => commands::operators::usage(args).await,
             Command::Workers(args) => commands::operators::workers(args).await,
+            Command::Audit(args) => commands::operators::audit(args).await,
             Command::Wait(args) => commands::jobs::wait(args).await,
             Command::Fetch(args) => commands::jobs::fetch(args).await,
             Command::Cancel(args) => commands::jobs::cancel(args).await,

@@ -389,5 +389,26 @@ async fn the_console_shows_the_fleet_and_requeues_from_its_button() {
         .expect("audit JSON");
     assert_eq!(audit["entries"][0]["action"], "requeue_dead", "{audit}");
     assert_eq!(audit["entries"][0]["actor"], "console open", "{audit}");
+    // `kontext audit` prints the same two actions, newest first.
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kontext"))
+            .args(["audit", "--url", base.as_str()])
+            .output()
+            .expect("run kontext audit")
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(rows[0][1..4], ["console", "open", "requeue_dead"], "{text}");
+    assert_eq!(
+        rows[1][1..4],
+        ["open", "drain_worker", "console-test"],
+        "{text}"
+    );
     embedded.shutdown().await.expect("clean shutdown");
 }

@@ -1,5 +1,6 @@
 //! Operators' commands over the admin API (an admin key: `--api-key` takes it): `kontext usage`
-//! (engine time, images and steps per tenant per day) and `kontext workers` (the live workers).
+//! (engine time, images and steps per tenant per day), `kontext workers` (the live workers) and
+//! `kontext audit` (who drained, re-queued, dismissed or canceled what).
 
 use std::process::ExitCode;
 
@@ -32,6 +33,41 @@ pub struct WorkersArgs {
     /// Print the list as JSON.
     #[arg(long, env = "KONTEXT_JSON")]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// How many of the newest entries, 1 to 1000.
+    #[arg(long, env = "KONTEXT_AUDIT_LIMIT", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Print the entries as JSON.
+    #[arg(long, env = "KONTEXT_JSON")]
+    pub json: bool,
+}
+
+pub async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let log = args.server.client()?.audit(args.limit).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&log)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<22} {:<14} target",
+        "when (UTC)", "actor", "action"
+    );
+    for e in &log.entries {
+        println!(
+            "{:<24} {:<22} {:<14} {}",
+            kontext_coordinator::http::views::rfc3339(e.at),
+            e.actor,
+            e.action,
+            e.target
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
