@@ -9,6 +9,7 @@
 
 mod admin_jobs;
 mod bulk_actions;
+mod bulk_bounds;
 mod chain_endings;
 mod chains;
 mod dead_letters;
@@ -36,6 +37,7 @@ use crate::resolution::ResizeMode;
 
 pub use admin_jobs::*;
 pub use bulk_actions::*;
+pub use bulk_bounds::*;
 pub use chain_endings::*;
 pub use chains::*;
 pub use dead_letters::*;
@@ -263,6 +265,7 @@ macro_rules! queue_conformance_tests {
             job_history_records_every_attempt_and_how_it_ended,
             throughput_counts_finished_jobs_per_minute_once,
             dead_letters_are_requeued_and_dismissed_by_filter,
+            bulk_dead_letter_calls_are_bounded_and_continue_by_cursor,
             a_tenants_queued_jobs_are_canceled_running_ones_left,
             usage_counts_each_succeeded_job_once,
             retained_jobs_are_limited_per_tenant,
