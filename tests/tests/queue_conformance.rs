@@ -258,6 +258,52 @@ async fn scripts_reload_after_script_flush() {
     assert_eq!(job.id, id);
 }
 
+async fn zset_members(con: &mut redis::aio::MultiplexedConnection, key: String) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(con)
+        .await
+        .expect("ZRANGE")
+}
+
+/// The operators' global `jobs` index is trimmed past retention by any tenant's submit (the
+/// tenant lists only by their own), so it cannot grow without bound across tenants.
+#[tokio::test]
+async fn the_global_jobs_index_is_trimmed_past_retention() {
+    let mut qc = conformance::config();
+    qc.retention = Duration::from_secs(3_600);
+    let q = redis_queue(qc).await;
+    let mut con = raw(&redis_url()).await;
+    let mut old = Vec::new();
+    for i in 0..3 {
+        let sub = conformance::submission("t", Priority::Standard, "old");
+        old.push(conformance::submit(&q, sub, NOW + i).await);
+    }
+    assert_eq!(zset_members(&mut con, q.keys().all_jobs()).await.len(), 3);
+    let later = NOW + 3_600_000 + 10;
+    let sub = conformance::submission("u", Priority::Standard, "new");
+    let new = conformance::submit(&q, sub, later).await;
+    let global = zset_members(&mut con, q.keys().all_jobs()).await;
+    assert_eq!(global.len(), 1, "{global:?}");
+    assert!(global[0].ends_with(&new.to_string()), "{global:?}");
+    let t_list = zset_members(&mut con, q.keys().tenant_jobs("t")).await;
+    assert_eq!(
+        t_list.len(),
+        3,
+        "another tenant's submit leaves t's own list alone"
+    );
+    let sub = conformance::submission("t", Priority::Standard, "again");
+    conformance::submit(&q, sub, later).await;
+    let t_list = zset_members(&mut con, q.keys().tenant_jobs("t")).await;
+    assert_eq!(t_list.len(), 1, "t's own submit trims t's list: {t_list:?}");
+    assert!(
+        old.iter()
+            .all(|id| !t_list.iter().any(|m| m.ends_with(&id.to_string())))
+    );
+}
+
 /// Audit entries written before actors were recorded (no `actor` field) still read, as
 /// `unknown`, next to new ones.
 #[tokio::test]
