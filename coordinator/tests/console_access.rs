@@ -6,13 +6,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{KEY_A, Server, start};
 use kontext_coordinator::admin_auth::AdminAuth;
-use kontext_proto::JobQueue;
 use kontext_proto::clock::now_ms;
-use kontext_proto::policy::MAX_CRASHES;
+use kontext_proto::conformance::crash_until_dead;
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, ORIGIN, SET_COOKIE};
 use serde_json::{Value, json};
@@ -56,26 +53,11 @@ async fn get(server: &Server, path: &str, cookie: Option<&str>) -> reqwest::Resp
     req.send().await.expect("GET")
 }
 
-/// A dead letter of tenant acme: claimed with leases that expire at once, reaped each time.
+/// A dead letter of tenant acme.
 async fn dead_letter(server: &Server) -> String {
     let id = server.submit(KEY_A, json!({"prompt": "poison"})).await;
-    let mut t = now_ms();
-    for crash in 0..MAX_CRASHES {
-        let claimed = server
-            .queue
-            .claim(
-                &format!("doomed-{crash}"),
-                Duration::from_millis(1),
-                t,
-                Duration::ZERO,
-            )
-            .await
-            .expect("claim")
-            .expect("the poison job is claimable");
-        assert_eq!(claimed.job.id.to_string(), id);
-        t = (t + 2).max(now_ms());
-        server.queue.reap(t).await.expect("reap");
-    }
+    let job_id = id.parse().expect("job id");
+    crash_until_dead(server.queue.as_ref(), job_id, now_ms()).await;
     id
 }
 

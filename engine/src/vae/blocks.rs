@@ -6,17 +6,6 @@ use candle_nn::{GroupNorm, VarBuilder};
 
 use super::conv::VaeConv;
 
-pub(super) fn conv(
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    padding: usize,
-    stride: usize,
-    vb: VarBuilder<'_>,
-) -> Result<VaeConv> {
-    VaeConv::new(c_in, c_out, k, padding, stride, vb)
-}
-
 pub(super) fn group_norm(groups: usize, channels: usize, vb: VarBuilder<'_>) -> Result<GroupNorm> {
     candle_nn::group_norm(groups, channels, 1e-6, vb)
 }
@@ -40,11 +29,11 @@ impl ResnetBlock {
     ) -> Result<Self> {
         Ok(Self {
             norm1: group_norm(groups, c_in, vb.pp("norm1"))?,
-            conv1: conv(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
+            conv1: VaeConv::new(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
             norm2: group_norm(groups, c_out, vb.pp("norm2"))?,
-            conv2: conv(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,
+            conv2: VaeConv::new(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,
             nin_shortcut: if c_in != c_out {
-                Some(conv(c_in, c_out, 1, 0, 1, vb.pp("nin_shortcut"))?)
+                Some(VaeConv::new(c_in, c_out, 1, 0, 1, vb.pp("nin_shortcut"))?)
             } else {
                 None
             },
@@ -83,10 +72,10 @@ impl AttnBlock {
     pub(super) fn new(c: usize, groups: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
             norm: group_norm(groups, c, vb.pp("norm"))?,
-            q: conv(c, c, 1, 0, 1, vb.pp("q"))?,
-            k: conv(c, c, 1, 0, 1, vb.pp("k"))?,
-            v: conv(c, c, 1, 0, 1, vb.pp("v"))?,
-            proj_out: conv(c, c, 1, 0, 1, vb.pp("proj_out"))?,
+            q: VaeConv::new(c, c, 1, 0, 1, vb.pp("q"))?,
+            k: VaeConv::new(c, c, 1, 0, 1, vb.pp("k"))?,
+            v: VaeConv::new(c, c, 1, 0, 1, vb.pp("v"))?,
+            proj_out: VaeConv::new(c, c, 1, 0, 1, vb.pp("proj_out"))?,
         })
     }
 }
@@ -127,7 +116,7 @@ pub(super) struct Downsample {
 impl Downsample {
     pub(super) fn new(c: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
-            conv: conv(c, c, 3, 0, 2, vb.pp("conv"))?,
+            conv: VaeConv::new(c, c, 3, 0, 2, vb.pp("conv"))?,
         })
     }
 }
@@ -151,7 +140,7 @@ pub(super) struct Upsample {
 impl Upsample {
     pub(super) fn new(c: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Self {
-            conv: conv(c, c, 3, 1, 1, vb.pp("conv"))?,
+            conv: VaeConv::new(c, c, 3, 1, 1, vb.pp("conv"))?,
         })
     }
 }

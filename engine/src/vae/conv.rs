@@ -124,9 +124,10 @@ fn shifted_gemm_3x3(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use candle_core::{DType, Device, Tensor};
+    use candle_core::{Device, Tensor};
 
     use super::*;
+    use crate::vae::tests::max_abs_diff;
 
     /// The shifted GEMM against candle's convolution, with padding 0 and 1, a batch of two and
     /// bands of a single row.
@@ -144,18 +145,7 @@ mod tests {
                 .unwrap();
             let got = shifted_gemm_3x3(&x, &weight, Some(&bias), padding, column_bytes).unwrap();
             assert_eq!(got.dims(), expected.dims());
-            let diff = (got - &expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, &expected);
             assert!(
                 diff < 1e-4,
                 "padding {padding}, {column_bytes} B bands: max |diff| {diff}"

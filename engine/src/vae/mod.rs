@@ -16,7 +16,7 @@ mod conv;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{GroupNorm, VarBuilder};
 
-use self::blocks::{AttnBlock, Downsample, ResnetBlock, Upsample, conv, group_norm};
+use self::blocks::{AttnBlock, Downsample, ResnetBlock, Upsample, group_norm};
 use self::conv::VaeConv;
 use crate::config::VaeConfig;
 
@@ -43,7 +43,7 @@ impl Encoder {
     pub fn new(cfg: &VaeConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let groups = cfg.norm_groups;
         let chans = cfg.block_out_channels();
-        let conv_in = conv(cfg.in_channels, cfg.ch, 3, 1, 1, vb.pp("conv_in"))?;
+        let conv_in = VaeConv::new(cfg.in_channels, cfg.ch, 3, 1, 1, vb.pp("conv_in"))?;
         let mut block_in = cfg.ch;
         let mut down = Vec::with_capacity(chans.len());
         for (i, &block_out) in chans.iter().enumerate() {
@@ -73,7 +73,7 @@ impl Encoder {
             mid_attn_1: AttnBlock::new(block_in, groups, vb_mid.pp("attn_1"))?,
             mid_block_2: ResnetBlock::new(block_in, block_in, groups, vb_mid.pp("block_2"))?,
             norm_out: group_norm(groups, block_in, vb.pp("norm_out"))?,
-            conv_out: conv(block_in, 2 * cfg.z_channels, 3, 1, 1, vb.pp("conv_out"))?,
+            conv_out: VaeConv::new(block_in, 2 * cfg.z_channels, 3, 1, 1, vb.pp("conv_out"))?,
         })
     }
 
@@ -123,7 +123,7 @@ impl Decoder {
         let chans = cfg.block_out_channels();
         let levels = chans.len();
         let mut block_in = chans[levels - 1];
-        let conv_in = conv(cfg.z_channels, block_in, 3, 1, 1, vb.pp("conv_in"))?;
+        let conv_in = VaeConv::new(cfg.z_channels, block_in, 3, 1, 1, vb.pp("conv_in"))?;
         let vb_mid = vb.pp("mid");
         let mid_block_1 = ResnetBlock::new(block_in, block_in, groups, vb_mid.pp("block_1"))?;
         let mid_attn_1 = AttnBlock::new(block_in, groups, vb_mid.pp("attn_1"))?;
@@ -157,7 +157,7 @@ impl Decoder {
             mid_block_2,
             up,
             norm_out: group_norm(groups, block_in, vb.pp("norm_out"))?,
-            conv_out: conv(block_in, cfg.out_channels, 3, 1, 1, vb.pp("conv_out"))?,
+            conv_out: VaeConv::new(block_in, cfg.out_channels, 3, 1, 1, vb.pp("conv_out"))?,
         })
     }
 

@@ -23,7 +23,7 @@ fn tiny_ae(dtype: DType) -> AutoEncoder {
     AutoEncoder::new(m.vae_config(), m.vae_vb(dtype, &Device::Cpu)).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+pub(super) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
         .abs()
